@@ -1,0 +1,1 @@
+"""Analysis of loadkit runs: metrics, limit verdicts, charts, report, comparison. Never imports an engine."""

@@ -1,0 +1,206 @@
+"""The request record: one per HTTP request, the same shape from every engine.
+
+Times are monotonic seconds from the run's start (the wall-clock anchor lives in the run
+metadata, see ``runmeta.py``). Derived metrics (TTFT, ITL, TPOT) are never stored: analysis
+computes them from these raw timestamps. See ``docs/records.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any
+
+RECORD_SCHEMA = "loadkit.record/1"
+RECORDS_GLOB = "records-*.jsonl"
+
+# Transport error kinds (status 0, or a stream cut after a 200).
+TIMEOUT = "timeout"
+REFUSED = "refused"
+RESET = "reset"
+INCOMPLETE_STREAM = "incomplete_stream"
+MALFORMED_EVENT = "malformed_event"
+CANCELLED = "cancelled"  # the run stopped (Ctrl-C, duration over) while the request was open
+OTHER = "other"
+TRANSPORT_ERRORS = (TIMEOUT, REFUSED, RESET, INCOMPLETE_STREAM, MALFORMED_EVENT, CANCELLED, OTHER)
+
+ENDPOINTS = ("chat", "completions", "models", "model")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Everything observed about one HTTP request (a retry is its own record)."""
+
+    run_id: str
+    engine: str  # "async" | "locust"
+    worker: str  # which process/worker produced it
+    request_id: str  # unique in the run; sent as the x-loadkit-request-id header
+    attempt: int  # 1 for the first try, 2.. for retries of the same logical request
+    tier: str
+    key: str  # the key's label, never the key itself
+    endpoint: str  # one of ENDPOINTS
+    stream: bool
+    model: str | None
+    scheduled_s: float | None  # open loop: when the schedule wanted it sent
+    send_s: float  # just before the request was handed to the HTTP client
+    headers_s: float | None  # response status line and headers received
+    first_token_s: float | None  # first chunk with non-empty content (streams only)
+    last_token_s: float | None  # last chunk with non-empty content (streams only)
+    end_s: float  # body fully read, or the failure observed
+    chunk_s: list[float] = field(default_factory=list)  # each content chunk of choice 0
+    status: int = 0  # HTTP status; 0 = no response (transport failure)
+    error_code: str | None = None  # API error code from the body / error event
+    transport_error: str | None = None  # one of TRANSPORT_ERRORS
+    prompt_tokens: int | None = None  # from usage
+    completion_tokens: int | None = None  # from usage
+    content_chunks: int = 0  # content-bearing chunks, all choices
+    finish_reason: str | None = None
+    rl_limit_requests: int | None = None
+    rl_remaining_requests: int | None = None
+    rl_reset_requests_s: float | None = None
+    retry_after_s: float | None = None  # retry-after-ms if sent, else retry-after
+    queued_s: float = 0.0  # time spent waiting for a client-side slot before send
+    schema: str = RECORD_SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(_rounded(asdict(self)), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
+        schema = data.get("schema", RECORD_SCHEMA)
+        if schema != RECORD_SCHEMA:
+            raise ValueError(f"unsupported record schema {schema!r} (this loadkit reads {RECORD_SCHEMA})")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
+_TIME_FIELDS = ("scheduled_s", "send_s", "headers_s", "first_token_s", "last_token_s", "end_s",
+                "rl_reset_requests_s", "retry_after_s", "queued_s")
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+    # Microseconds are far below any effect loadkit measures and halve the file size.
+    for name in _TIME_FIELDS:
+        v = d[name]
+        if v is not None:
+            d[name] = round(v, 6)
+    d["chunk_s"] = [round(t, 6) for t in d["chunk_s"]]
+    return d
+
+
+class RecordWriter:
+    """Appends records as JSON lines, each flushed to the OS as it is written, so an
+    interrupted run keeps every record that finished."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self.count = 0
+
+    def write(self, record: RequestRecord) -> None:
+        if self._fh is None:
+            raise RuntimeError(f"record writer for {self.path} is closed")
+        self._fh.write(record.to_json() + "\n")
+        self._fh.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def record_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    return sorted(Path(run_dir).glob(RECORDS_GLOB))
+
+
+def iter_records(run_dir: str | os.PathLike[str]) -> list[RequestRecord]:
+    """All records of a run as objects (small runs, tests)."""
+    return [r for path in record_files(run_dir) for r in iter_records_file(path)]
+
+
+def read_records(run_dir: str | os.PathLike[str]):  # -> pandas.DataFrame
+    """Every record of a run as a pandas DataFrame, one row per request, columns as
+    RECORD_FIELDS (``chunk_s`` holds lists). Uses pyarrow's JSON reader: fast on millions
+    of records."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    tables = []
+    for path in record_files(run_dir):
+        if path.stat().st_size == 0:
+            continue
+        try:
+            tables.append(pj.read_json(path, parse_options=pj.ParseOptions(
+                explicit_schema=_arrow_schema(), unexpected_field_behavior="ignore")))
+        except pa.ArrowInvalid:
+            # A torn last line or an odd file: fall back to the careful line reader.
+            recs = [asdict(r) for r in iter_records_file(path)]
+            tables.append(pa.Table.from_pylist(recs, schema=_arrow_schema()))
+    if not tables:
+        return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(name)) for name in RECORD_FIELDS})
+    table = pa.concat_tables(tables)
+    return table.to_pandas()
+
+
+def iter_records_file(path: Path) -> list[RequestRecord]:
+    """Records of one file. A torn last line (the writer was killed mid-write) is skipped;
+    any other bad line is an error naming the file and line."""
+    out: list[RequestRecord] = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(RequestRecord.from_dict(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            if i == last:
+                continue  # torn final line of a killed writer
+            raise ValueError(f"{path}:{i + 1}: not a JSON record ({exc.msg})") from None
+    return out
+
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+    types = {
+        "attempt": i64, "stream": b, "status": i64, "prompt_tokens": i64,
+        "completion_tokens": i64, "content_chunks": i64, "rl_limit_requests": i64,
+        "rl_remaining_requests": i64, "chunk_s": pa.list_(f64),
+    }
+    cols = []
+    for name in RECORD_FIELDS:
+        if name in types:
+            cols.append(pa.field(name, types[name]))
+        elif name.endswith("_s"):
+            cols.append(pa.field(name, f64))
+        else:
+            cols.append(pa.field(name, s))
+    return pa.schema(cols)
+
+
+def _pandas_dtype(name: str) -> str:
+    if name in ("stream",):
+        return "bool"
+    if name in ("attempt", "status", "content_chunks"):
+        return "int64"
+    if name in ("prompt_tokens", "completion_tokens", "rl_limit_requests", "rl_remaining_requests"):
+        return "Int64"
+    if name == "chunk_s":
+        return "object"
+    if name.endswith("_s"):
+        return "float64"
+    return "object"
