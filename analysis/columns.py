@@ -1,0 +1,192 @@
+"""A run's request records as flat numpy columns (the shape every analysis module reads),
+loaded straight from the JSONL files with pyarrow so a million records never become a
+million Python objects."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loadkit import records as _records
+from loadkit.records import RequestRecord
+from loadkit.runmeta import RunMeta, read_run_meta
+
+INFERENCE_ENDPOINTS = ("chat", "completions")  # the authenticated, rate-limited endpoints
+
+
+class UnusableInput(Exception):
+    """The run directory cannot be analysed (missing run.json, no records, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class Codes:
+    """A string column as integer codes into ``names`` (-1 = null)."""
+
+    codes: np.ndarray
+    names: tuple[str, ...]
+
+    def code_of(self, name: str) -> int:
+        return self.names.index(name) if name in self.names else -2
+
+    def equals(self, name: str) -> np.ndarray:
+        return self.codes == self.code_of(name)
+
+    def isin(self, names: tuple[str, ...] | list[str]) -> np.ndarray:
+        wanted = [self.code_of(n) for n in names]
+        return np.isin(self.codes, wanted)
+
+    def label(self, code: int) -> str | None:
+        return None if code < 0 else self.names[code]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """One row per request record. Times are float seconds from run start, NaN when absent;
+    nullable integers are float with NaN. ``chunk_values[chunk_offsets[i]:chunk_offsets[i+1]]``
+    are row i's content chunk times."""
+
+    n: int
+    send: np.ndarray
+    headers: np.ndarray
+    first_token: np.ndarray
+    end: np.ndarray
+    scheduled: np.ndarray
+    queued: np.ndarray
+    status: np.ndarray
+    stream: np.ndarray
+    completion_tokens: np.ndarray
+    content_chunks: np.ndarray
+    rl_limit: np.ndarray
+    rl_remaining: np.ndarray
+    retry_after: np.ndarray
+    tier: Codes
+    key: Codes
+    endpoint: Codes
+    error_code: Codes
+    transport_error: Codes
+    chunk_values: np.ndarray
+    chunk_offsets: np.ndarray
+    request_id: pa.ChunkedArray
+
+    def ids(self, rows: np.ndarray | list[int]) -> list[str]:
+        """request_id of the given rows (only ever called for evidence, so a few rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        return [str(x) for x in self.request_id.take(pa.array(rows)).to_pylist()]
+
+
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    arr = table.column(name).to_numpy()
+    return np.asarray(arr, dtype=np.float64)
+
+
+def _codes(table: pa.Table, name: str) -> Codes:
+    col = table.column(name)
+    if col.num_chunks == 0:
+        return Codes(np.zeros(0, dtype=np.int32), ())
+    enc = col.combine_chunks().dictionary_encode()
+    codes = np.asarray(enc.indices.fill_null(-1).to_numpy(), dtype=np.int32)
+    return Codes(codes, tuple(str(x) for x in enc.dictionary.to_pylist()))
+
+
+def columns_from_table(table: pa.Table) -> Columns:
+    """Columns of an arrow table with the record schema (see loadkit.records)."""
+    n = table.num_rows
+    chunks = table.column("chunk_s")
+    if chunks.num_chunks == 0:
+        lists = pa.array([], type=pa.list_(pa.float64()))
+    else:
+        lists = chunks.combine_chunks()
+    lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(), dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.asarray(lists.flatten().to_numpy(), dtype=np.float64)
+    status = np.asarray(table.column("status").fill_null(0).to_numpy(), dtype=np.int64)
+    stream = np.asarray(table.column("stream").fill_null(False).to_numpy(), dtype=bool)
+    chunks_n = np.asarray(table.column("content_chunks").fill_null(0).to_numpy(), dtype=np.int64)
+    queued = _floats(table, "queued_s")
+    return Columns(
+        n=n,
+        send=_floats(table, "send_s"),
+        headers=_floats(table, "headers_s"),
+        first_token=_floats(table, "first_token_s"),
+        end=_floats(table, "end_s"),
+        scheduled=_floats(table, "scheduled_s"),
+        queued=np.nan_to_num(queued, nan=0.0),
+        status=status,
+        stream=stream,
+        completion_tokens=_floats(table, "completion_tokens"),
+        content_chunks=chunks_n,
+        rl_limit=_floats(table, "rl_limit_requests"),
+        rl_remaining=_floats(table, "rl_remaining_requests"),
+        retry_after=_floats(table, "retry_after_s"),
+        tier=_codes(table, "tier"),
+        key=_codes(table, "key"),
+        endpoint=_codes(table, "endpoint"),
+        error_code=_codes(table, "error_code"),
+        transport_error=_codes(table, "transport_error"),
+        chunk_values=values,
+        chunk_offsets=offsets,
+        request_id=table.column("request_id"),
+    )
+
+
+def table_from_records(recs: list[RequestRecord]) -> pa.Table:
+    """An arrow table of record objects (tests, small runs)."""
+    return pa.Table.from_pylist([asdict(r) for r in recs], schema=_records._arrow_schema())
+
+
+def columns_from_records(recs: list[RequestRecord]) -> Columns:
+    return columns_from_table(table_from_records(recs))
+
+
+def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
+    """Every record file of a run as one arrow table. Mirrors ``loadkit.records.read_records``
+    (a torn last line falls back to the careful reader) but stops before pandas."""
+    import pyarrow.json as pj
+
+    schema = _records._arrow_schema()
+    tables = []
+    for path in _records.record_files(run_dir):
+        if path.stat().st_size == 0:
+            continue
+        try:
+            tables.append(pj.read_json(path, parse_options=pj.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore")))
+        except pa.ArrowInvalid:
+            try:
+                recs = [asdict(r) for r in _records.iter_records_file(path)]
+            except (ValueError, TypeError) as exc:
+                raise UnusableInput(str(exc)) from None
+            tables.append(pa.Table.from_pylist(recs, schema=schema))
+        except OSError as exc:
+            raise UnusableInput(f"{path}: cannot read ({exc})") from None
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables)
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunMeta, Columns]:
+    """run.json and the records of a run; UnusableInput with a one-line reason otherwise."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UnusableInput(f"{run_dir}: not a directory")
+    try:
+        meta = read_run_meta(path)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        raise UnusableInput(str(exc)) from None
+    if not _records.record_files(path):
+        raise UnusableInput(f"{run_dir}: no record files ({_records.RECORDS_GLOB})")
+    table = read_table(path)
+    if table.num_rows == 0:
+        raise UnusableInput(f"{run_dir}: the record files hold no records")
+    cols = columns_from_table(table)
+    if np.isnan(cols.send).any() or np.isnan(cols.end).any():
+        raise UnusableInput(f"{run_dir}: some records lack send_s or end_s")
+    return meta, cols

@@ -1,0 +1,136 @@
+"""Interpretation of OpenAI response payloads: streamed chunks (chat and text completion,
+role-only, usage-only, error events, several choices) and non-streaming bodies. Pure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+DONE = "[DONE]"
+
+
+class MalformedChunk(ValueError):
+    """An event whose data is neither ``[DONE]`` nor a JSON object."""
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What one streamed event means for measurement."""
+
+    done: bool = False  # the [DONE] sentinel
+    content: bool = False  # some choice carries non-empty generated text
+    content_choice0: bool = False  # choice index 0 carries non-empty text
+    content_choices: int = 0  # how many choices in this chunk carry text
+    role_only: bool = False  # a chat chunk with only delta.role
+    finish_reason: str | None = None  # of choice 0, when present
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error_code: str | None = None  # an error event mid-stream
+    error_message: str | None = None
+
+
+def parse_event_data(data: str) -> Chunk:
+    """Interpret the data of one SSE event. Raises MalformedChunk for garbage."""
+    if data == DONE:
+        return Chunk(done=True)
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        raise MalformedChunk(f"event data is not JSON: {data[:80]!r}") from None
+    if not isinstance(obj, dict):
+        raise MalformedChunk(f"event data is not a JSON object: {data[:80]!r}")
+    return interpret_chunk(obj)
+
+
+def interpret_chunk(obj: dict[str, Any]) -> Chunk:
+    out = Chunk()
+    err = obj.get("error")
+    if err is not None:
+        out.error_code, out.error_message = _error_fields(err)
+        return out
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        out.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+        out.completion_tokens = _int_or_none(usage.get("completion_tokens"))
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return out
+    role_seen = False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", 0)
+        delta = choice.get("delta")
+        if isinstance(delta, dict):  # chat.completion.chunk
+            text = delta.get("content")
+            if delta.get("role") is not None:
+                role_seen = True
+            if not text:
+                # Tool calls are generated output too; reasoning content likewise.
+                text = delta.get("reasoning_content") or (
+                    "tool" if delta.get("tool_calls") else None
+                )
+        else:  # text_completion chunk
+            text = choice.get("text")
+        if text:
+            out.content = True
+            out.content_choices += 1
+            if index == 0:
+                out.content_choice0 = True
+        if index == 0 and choice.get("finish_reason") is not None:
+            out.finish_reason = choice["finish_reason"]
+    out.role_only = role_seen and not out.content
+    return out
+
+
+@dataclass(slots=True)
+class Body:
+    """What a non-streaming response body means for measurement."""
+
+    error_code: str | None = None
+    error_message: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    choices: int = 0
+    malformed: bool = False
+
+
+def parse_body(raw: bytes) -> Body:
+    """Interpret a complete JSON response body (success or error)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return Body(malformed=True)
+    if not isinstance(obj, dict):
+        return Body(malformed=True)
+    out = Body()
+    err = obj.get("error")
+    if err is not None:
+        out.error_code, out.error_message = _error_fields(err)
+        return out
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        out.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+        out.completion_tokens = _int_or_none(usage.get("completion_tokens"))
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        out.choices = len(choices)
+        for c in choices:
+            if isinstance(c, dict) and c.get("index", 0) == 0:
+                out.finish_reason = c.get("finish_reason")
+    return out
+
+
+def _error_fields(err: Any) -> tuple[str | None, str | None]:
+    if isinstance(err, dict):
+        code = err.get("code") or err.get("type")
+        msg = err.get("message")
+        return (str(code) if code is not None else "unknown_error",
+                str(msg) if msg is not None else None)
+    return "unknown_error", str(err)
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None

@@ -1,0 +1,1 @@
+"""Load engines: the asyncio engine (this package) and the Locust users (locustfiles/)."""

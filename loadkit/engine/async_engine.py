@@ -1,0 +1,306 @@
+"""The asyncio engine: exact open-loop arrivals per key, closed-loop users per key, bursts.
+
+One scheduler per (key, load phase). A late send is recorded as late (``scheduled_s`` is
+kept), never re-timed; arrivals are never dropped (a client-side cap makes them wait, and the
+wait is recorded in ``queued_s``). Every request, whatever happens to it, yields one record
+through :class:`loadkit.trace.RequestTrace`, written as it finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from loadkit import records as R
+from loadkit.arrivals import arrivals
+from loadkit.payloads import MixPicker, PreparedRequest, prepare
+from loadkit.records import RecordWriter, RequestRecord
+from loadkit.runmeta import Clock
+from loadkit.scenario import Key, LoadSpec, Scenario
+from loadkit.trace import RequestInfo, RequestTrace
+
+REQUEST_ID_HEADER = "x-loadkit-request-id"
+
+
+@dataclass
+class EngineResult:
+    records: int = 0
+    interrupted: bool = False
+    stop_reason: str = ""
+    statuses: Counter[int] = field(default_factory=Counter)
+    cancelled: int = 0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """HTTP client settings, all explicit: a load tool that inherits a library's
+    connection cap or total timeout measures itself, not the target."""
+
+    connect_timeout_s: float = 10.0
+    request_timeout_s: float = 600.0
+    read_timeout_s: float = 120.0
+    read_bufsize: int = 1 << 20  # aiohttp's 64 KiB default throttles long bodies
+
+    @classmethod
+    def from_scenario(cls, s: Scenario) -> ClientConfig:
+        t = s.target
+        return cls(t.connect_timeout_s, t.request_timeout_s, t.read_timeout_s)
+
+
+class AsyncEngine:
+    def __init__(self, scenario: Scenario, keys: list[Key], base_url: str, writer: RecordWriter,
+                 clock: Clock, run_id: str, worker: str = "async-0",
+                 client: ClientConfig | None = None, progress: bool = True) -> None:
+        self.scenario = scenario
+        self.keys = keys
+        self.base_url = base_url.rstrip("/")
+        self.writer = writer
+        self.clock = clock
+        self.run_id = run_id
+        self.worker = worker
+        self.client = client or ClientConfig.from_scenario(scenario)
+        self.progress = progress
+        self.result = EngineResult()
+        self._seq = 0
+        self._sent = 0
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._interrupt = False
+        self._session: aiohttp.ClientSession | None = None
+        self._auth = {k.label: {"Authorization": f"Bearer {k.secret}",
+                                "Accept-Encoding": "identity"} for k in keys}
+
+    # -- public -----------------------------------------------------------------------
+
+    async def run(self) -> EngineResult:
+        s = self.scenario
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=30)
+        timeout = aiohttp.ClientTimeout(total=self.client.request_timeout_s,
+                                        connect=self.client.connect_timeout_s,
+                                        sock_read=self.client.read_timeout_s)
+        loop = asyncio.get_running_loop()
+        installed = self._install_sigint(loop)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                         read_bufsize=self.client.read_bufsize,
+                                         auto_decompress=False,
+                                         skip_auto_headers=("User-Agent",)) as session:
+            self._session = session
+            drivers = [asyncio.ensure_future(self._drive(key, load, i))
+                       for i, (key, load) in enumerate(self._plan())]
+            progress = asyncio.ensure_future(self._progress()) if self.progress else None
+            try:
+                await self._wait_end(drivers)
+            finally:
+                for d in drivers:
+                    d.cancel()
+                await asyncio.gather(*drivers, return_exceptions=True)
+                await self._drain(0.0 if self._interrupt else s.drain_s)
+                if progress:
+                    progress.cancel()
+                    await asyncio.gather(progress, return_exceptions=True)
+                    self._print_progress(final=True)
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
+        self.result.interrupted = self._interrupt
+        self.result.records = self.writer.count
+        return self.result
+
+    def stop(self, reason: str = "stopped", interrupt: bool = False) -> None:
+        if not self._stop.is_set():
+            self.result.stop_reason = reason
+        self._interrupt = self._interrupt or interrupt
+        self._stop.set()
+
+    # -- scheduling -------------------------------------------------------------------
+
+    def _plan(self) -> list[tuple[Key, LoadSpec]]:
+        return plan(self.scenario, self.keys)
+
+    async def _wait_end(self, drivers: list[asyncio.Future[None]]) -> None:
+        s = self.scenario
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        all_done = asyncio.ensure_future(asyncio.gather(*drivers, return_exceptions=True))
+        timeout = None if s.duration_s == float("inf") else max(0.0, s.duration_s - self.clock.now())
+        done, _ = await asyncio.wait({stop_wait, all_done}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            self.stop("duration reached")
+        elif all_done in done and not self._stop.is_set():
+            self.stop("schedule complete" if s.max_requests == 0 or self._sent < s.max_requests
+                      else "request count reached")
+        stop_wait.cancel()
+        all_done.cancel()
+
+    async def _drive(self, key: Key, load: LoadSpec, index: int) -> None:
+        rng = random.Random(f"{self.scenario.seed}/{index}/{key.label}")
+        picker = MixPicker(load.mix)
+        sem = asyncio.Semaphore(load.max_in_flight) if load.max_in_flight else None
+        if load.pattern == "closed":
+            users = [asyncio.ensure_future(self._user(key, load, rng, picker, sem, u))
+                     for u in range(load.concurrency)]
+            try:
+                await asyncio.gather(*users)
+            finally:
+                for u in users:
+                    u.cancel()
+            return
+        loop = asyncio.get_running_loop()
+        origin = loop.time() - self.clock.now()  # loop.time() of the run's t=0
+        for t in arrivals(load, self.scenario.duration_s, rng):
+            delay = origin + t - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._stop.is_set() or not self._take_slot():
+                return
+            self._spawn(key, load, rng, picker, sem, t)
+
+    async def _user(self, key: Key, load: LoadSpec, rng: random.Random, picker: MixPicker,
+                    sem: asyncio.Semaphore | None, user: int) -> None:
+        # Users start spread over the first second so they do not all hit at t=0.
+        await asyncio.sleep(max(0.0, load.start_s + rng.random() * 0.05 * user - self.clock.now()))
+        end = load.active_until(self.scenario.duration_s)
+        while not self._stop.is_set() and self.clock.now() < end and self._take_slot():
+            task = self._spawn(key, load, rng, picker, sem, None)
+            await asyncio.shield(task)
+            if load.think_s:
+                await asyncio.sleep(load.think_s)
+
+    def _take_slot(self) -> bool:
+        cap = self.scenario.max_requests
+        if cap and self._sent >= cap:
+            self.stop("request count reached")
+            return False
+        self._sent += 1
+        return True
+
+    def _spawn(self, key: Key, load: LoadSpec, rng: random.Random, picker: MixPicker,
+               sem: asyncio.Semaphore | None, scheduled: float | None) -> asyncio.Task[None]:
+        kind = picker.pick(rng)
+        req = prepare(kind, load.model or self.scenario.target.model,
+                      load.prompt_tokens.sample(rng), load.max_tokens.sample(rng), rng)
+        task = asyncio.ensure_future(self._request(key, req, sem, scheduled, 1))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return task
+
+    async def _drain(self, grace: float) -> None:
+        if self._inflight and grace > 0:
+            await asyncio.wait(set(self._inflight), timeout=grace)
+        pending = set(self._inflight)
+        for t in pending:
+            t.cancel()
+        if pending:
+            self.result.cancelled += len(pending)
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- one request ------------------------------------------------------------------
+
+    async def _request(self, key: Key, req: PreparedRequest, sem: asyncio.Semaphore | None,
+                       scheduled: float | None, attempt: int) -> None:
+        clock = self.clock
+        self._seq += 1
+        info = RequestInfo(self.run_id, "async", self.worker, f"{self.worker}-{self._seq}",
+                           key.tier, key.label, req.endpoint, req.stream, req.model, attempt,
+                           scheduled)
+        queued = 0.0
+        if sem is not None:
+            q0 = clock.now()
+            await sem.acquire()
+            queued = clock.now() - q0
+        try:
+            rec = await self._exchange(key, req, info, queued)
+        finally:
+            if sem is not None:
+                sem.release()
+        self.writer.write(rec)
+        self.result.statuses[rec.status] += 1
+        s = self.scenario
+        if (s.honour_retry_after and rec.status == 429 and attempt <= s.max_retries
+                and not self._stop.is_set()):
+            delay = rec.retry_after_s if rec.retry_after_s is not None else 1.0
+            await asyncio.sleep(delay)
+            if not self._stop.is_set():
+                await self._request(key, req, sem, clock.now(), attempt + 1)
+
+    async def _exchange(self, key: Key, req: PreparedRequest, info: RequestInfo,
+                        queued: float) -> RequestRecord:
+        clock = self.clock
+        assert self._session is not None
+        headers = dict(self._auth[key.label])
+        headers[REQUEST_ID_HEADER] = info.request_id
+        if req.body is not None:
+            headers["Content-Type"] = "application/json"
+        trace = RequestTrace(info, clock.now(), queued)
+        try:
+            async with self._session.request(req.method, self.base_url + req.path,
+                                             data=req.body, headers=headers) as resp:
+                trace.response(clock.now(), resp.status, resp.headers)
+                content = resp.content
+                while True:
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    trace.data(clock.now(), chunk)
+                return trace.finish(clock.now())
+        except asyncio.CancelledError:
+            self.writer.write(trace.fail(clock.now(), R.CANCELLED))
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return trace.fail(clock.now(), R.TIMEOUT)
+        except aiohttp.ClientConnectorError:
+            return trace.fail(clock.now(), R.REFUSED)
+        except aiohttp.ClientPayloadError:
+            return trace.fail(clock.now(), R.INCOMPLETE_STREAM)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError):
+            return trace.fail(clock.now(), R.RESET)
+        except aiohttp.ClientError:
+            return trace.fail(clock.now(), R.OTHER)
+
+    # -- progress and signals ---------------------------------------------------------
+
+    def _install_sigint(self, loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            loop.add_signal_handler(signal.SIGINT, self.stop, "interrupted (Ctrl-C)", True)
+        except (NotImplementedError, RuntimeError, ValueError):
+            return False  # not the main thread (tests), or no signals on this platform
+        return True
+
+    async def _progress(self) -> None:
+        period = 1.0 if sys.stderr.isatty() else 5.0
+        while True:
+            await asyncio.sleep(period)
+            self._print_progress()
+
+    def _print_progress(self, final: bool = False) -> None:
+        st = self.result.statuses
+        ok = sum(n for s, n in st.items() if 200 <= s < 300)
+        limited = st.get(429, 0)
+        other = sum(st.values()) - ok - limited
+        line = (f"[{self.clock.now():7.1f}s] sent {self._sent}  done {self.writer.count}  "
+                f"in flight {len(self._inflight)}  2xx {ok}  429 {limited}  other {other}")
+        end = "\n" if final or not sys.stderr.isatty() else "\r"
+        print(line, end=end, file=sys.stderr, flush=True)
+
+
+def plan(scenario: Scenario, keys: list[Key]) -> list[tuple[Key, LoadSpec]]:
+    """Every (key, load phase) pair the scenario asks for, in a stable order."""
+    out = []
+    for load in scenario.load:
+        tier_keys = [k for k in keys if k.tier == load.tier]
+        out += [(k, load) for i, k in enumerate(tier_keys, 1) if load.applies_to(i)]
+    return out
+
+
+def run_engine(scenario: Scenario, keys: list[Key], base_url: str, writer: RecordWriter,
+               clock: Clock, run_id: str, progress: bool = True) -> EngineResult:
+    """Run the asyncio engine to completion in a fresh event loop."""
+    engine = AsyncEngine(scenario, keys, base_url, writer, clock, run_id, progress=progress)
+    return asyncio.run(engine.run())
+
