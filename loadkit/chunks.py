@@ -40,46 +40,49 @@ def parse_event_data(data: str) -> Chunk:
         raise MalformedChunk(f"event data is not JSON: {data[:80]!r}") from None
     if not isinstance(obj, dict):
         raise MalformedChunk(f"event data is not a JSON object: {data[:80]!r}")
-    return interpret_chunk(obj)
+    try:
+        return interpret_chunk(obj)
+    except (AttributeError, TypeError):
+        raise MalformedChunk(f"event is not an OpenAI chunk: {data[:80]!r}") from None
 
 
 def interpret_chunk(obj: dict[str, Any]) -> Chunk:
+    """Raises AttributeError/TypeError on shapes no OpenAI server sends (on the hot path,
+    one try beats an isinstance per field)."""
     out = Chunk()
     err = obj.get("error")
     if err is not None:
         out.error_code, out.error_message = _error_fields(err)
         return out
     usage = obj.get("usage")
-    if isinstance(usage, dict):
+    if usage:
         out.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
         out.completion_tokens = _int_or_none(usage.get("completion_tokens"))
     choices = obj.get("choices")
-    if not isinstance(choices, list):
+    if not choices:
         return out
     role_seen = False
     for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        index = choice.get("index", 0)
         delta = choice.get("delta")
-        if isinstance(delta, dict):  # chat.completion.chunk
+        if delta is not None:  # chat.completion.chunk
             text = delta.get("content")
-            if delta.get("role") is not None:
-                role_seen = True
             if not text:
-                # Tool calls are generated output too; reasoning content likewise.
-                text = delta.get("reasoning_content") or (
-                    "tool" if delta.get("tool_calls") else None
-                )
+                if delta.get("role") is not None:
+                    role_seen = True
+                # Tool calls and reasoning are generated output too.
+                text = delta.get("reasoning_content") or delta.get("tool_calls")
         else:  # text_completion chunk
             text = choice.get("text")
+        index = choice.get("index", 0)
         if text:
             out.content = True
             out.content_choices += 1
             if index == 0:
                 out.content_choice0 = True
-        if index == 0 and choice.get("finish_reason") is not None:
-            out.finish_reason = choice["finish_reason"]
+        if index == 0:
+            fr = choice.get("finish_reason")
+            if fr is not None:
+                out.finish_reason = fr
     out.role_only = role_seen and not out.content
     return out
 

@@ -8,8 +8,16 @@ import re
 
 __all__ = ["format_duration", "format_duration_ms", "parse_duration"]
 
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6,
-           "ns": 1e-9}
+_UNIT_S = {
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ns": 1e-9,
+}
 # Longest units first so "ms" is not read as "m" followed by garbage.
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|μs|ns|h|m|s)")
 

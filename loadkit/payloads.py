@@ -7,11 +7,7 @@ import json
 import random
 from dataclasses import dataclass
 
-_WORDS = (
-    "the load test measures how fast a model answers when many users ask at once and "
-    "whether each key stays within its promised rate and concurrency limits while streams "
-    "arrive token by token over time"
-).split()
+_WORDS = ["the", "load", "test", "measures", "how", "fast", "a", "model", "answers", "when", "many", "users", "ask", "at", "once", "and", "whether", "each", "key", "stays", "within", "its", "promised", "rate", "and", "concurrency", "limits", "while", "streams", "arrive", "token", "by", "token", "over", "time"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,9 @@ class RequestRecord:
     schema: str = RECORD_SCHEMA
 
     def to_json(self) -> str:
-        return json.dumps(_rounded(asdict(self)), separators=(",", ":"))
+        # Not dataclasses.asdict: its deep copy was the engine's largest single cost.
+        d = {name: getattr(self, name) for name in RECORD_FIELDS}
+        return json.dumps(_rounded(d), separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
@@ -87,7 +89,8 @@ def _rounded(d: dict[str, Any]) -> dict[str, Any]:
         v = d[name]
         if v is not None:
             d[name] = round(v, 6)
-    d["chunk_s"] = [round(t, 6) for t in d["chunk_s"]]
+    if d["chunk_s"]:
+        d["chunk_s"] = [round(t, 6) for t in d["chunk_s"]]
     return d
 
 

@@ -410,6 +410,16 @@ class Key:
     secret: str = field(repr=False)
 
 
+def plan(scenario: Scenario, keys: list[Key]) -> list[tuple[Key, LoadSpec]]:
+    """Every (key, load phase) pair the scenario asks for, in a stable order. Both engines
+    drive exactly these pairs."""
+    out = []
+    for load in scenario.load:
+        tier_keys = [k for k in keys if k.tier == load.tier]
+        out += [(k, load) for i, k in enumerate(tier_keys, 1) if load.applies_to(i)]
+    return out
+
+
 def resolve_keys(scenario: Scenario, environ: dict[str, str] | None = None) -> list[Key]:
     """Keys for a non-embedded target, from each tier's ``keys_env`` and/or ``keys_file``.
     A keys file holds one key per line, optionally ``label key``; ``#`` starts a comment."""

@@ -50,15 +50,20 @@ class SSEDecoder:
         for raw in lines:
             if not raw:
                 if self._has_data:
-                    events.append(SSEEvent("\n".join(self._data), self._event, self._id))
-                self._data = []
+                    data = self._data
+                    events.append(SSEEvent(data[0] if len(data) == 1 else "\n".join(data),
+                                           self._event, self._id))
+                    self._data = []
+                    self._has_data = False
                 self._event = None
-                self._has_data = False
-                continue
-            self._line(raw, events)
+            elif raw[:6] == b"data: ":  # the common case, without the general parse
+                self._data.append(raw[6:].decode("utf-8", "replace"))
+                self._has_data = True
+            else:
+                self._line(raw)
         return events
 
-    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
+    def _line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace")
         if line[0] == ":":
             self.comments += 1

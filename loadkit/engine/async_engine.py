@@ -22,7 +22,7 @@ from loadkit.arrivals import arrivals
 from loadkit.payloads import MixPicker, PreparedRequest, prepare
 from loadkit.records import RecordWriter, RequestRecord
 from loadkit.runmeta import Clock
-from loadkit.scenario import Key, LoadSpec, Scenario
+from loadkit.scenario import Key, LoadSpec, Scenario, plan
 from loadkit.trace import RequestInfo, RequestTrace
 
 REQUEST_ID_HEADER = "x-loadkit-request-id"
@@ -125,18 +125,27 @@ class AsyncEngine:
 
     async def _wait_end(self, drivers: list[asyncio.Future[None]]) -> None:
         s = self.scenario
+        loop = asyncio.get_running_loop()
         stop_wait = asyncio.ensure_future(self._stop.wait())
-        all_done = asyncio.ensure_future(asyncio.gather(*drivers, return_exceptions=True))
-        timeout = None if s.duration_s == float("inf") else max(0.0, s.duration_s - self.clock.now())
-        done, _ = await asyncio.wait({stop_wait, all_done}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if not done:
-            self.stop("duration reached")
-        elif all_done in done and not self._stop.is_set():
-            self.stop("schedule complete" if s.max_requests == 0 or self._sent < s.max_requests
-                      else "request count reached")
-        stop_wait.cancel()
-        all_done.cancel()
+        deadline = None if s.duration_s == float("inf") else loop.time() + s.duration_s \
+            - self.clock.now()
+        pending: set[asyncio.Future[object]] = {stop_wait, *drivers}
+        try:
+            while True:
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(pending, timeout=timeout,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if stop_wait in done:
+                    return
+                if not done:
+                    self.stop("duration reached")
+                    return
+                if pending == {stop_wait}:
+                    self.stop("request count reached" if s.max_requests
+                              and self._sent >= s.max_requests else "schedule complete")
+                    return
+        finally:
+            stop_wait.cancel()
 
     async def _drive(self, key: Key, load: LoadSpec, index: int) -> None:
         rng = random.Random(f"{self.scenario.seed}/{index}/{key.label}")
@@ -146,10 +155,11 @@ class AsyncEngine:
             users = [asyncio.ensure_future(self._user(key, load, rng, picker, sem, u))
                      for u in range(load.concurrency)]
             try:
-                await asyncio.gather(*users)
+                await asyncio.wait(users)
             finally:
                 for u in users:
                     u.cancel()
+                await asyncio.gather(*users, return_exceptions=True)
             return
         loop = asyncio.get_running_loop()
         origin = loop.time() - self.clock.now()  # loop.time() of the run's t=0
@@ -287,15 +297,6 @@ class AsyncEngine:
                 f"in flight {len(self._inflight)}  2xx {ok}  429 {limited}  other {other}")
         end = "\n" if final or not sys.stderr.isatty() else "\r"
         print(line, end=end, file=sys.stderr, flush=True)
-
-
-def plan(scenario: Scenario, keys: list[Key]) -> list[tuple[Key, LoadSpec]]:
-    """Every (key, load phase) pair the scenario asks for, in a stable order."""
-    out = []
-    for load in scenario.load:
-        tier_keys = [k for k in keys if k.tier == load.tier]
-        out += [(k, load) for i, k in enumerate(tier_keys, 1) if load.applies_to(i)]
-    return out
 
 
 def run_engine(scenario: Scenario, keys: list[Key], base_url: str, writer: RecordWriter,

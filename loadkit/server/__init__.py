@@ -1,1 +1,2 @@
-"""The reference server: implements the API contract (API.md) with its limits, faults and ground truth."""
+"""The reference server (``loadkit serve``): the API contract of API.md with its limits,
+faults and ground truth."""

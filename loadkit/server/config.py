@@ -342,7 +342,7 @@ def _tiers(raw: Any) -> tuple[TierConfig, ...]:
         dr, dw, dc, dk = DEFAULT_TIERS.get(name, (None, 60.0, None, 1))
         for req in ("requests", "concurrency"):
             if req not in t and (dr if req == "requests" else dc) is None:
-                raise ConfigError(f"{where}.{req}: required for a tier not named free/pro/enterprise")
+                raise ConfigError(f"{where}.{req}: required (the tier is not free/pro/enterprise)")
         out.append(
             TierConfig(
                 name=str(name),
@@ -410,7 +410,9 @@ def config_from_dict(data: Mapping[str, Any]) -> ServerConfig:
     models = {m.id: m for m in default_models()}
     raw_models = data.get("models", [])
     if isinstance(raw_models, Mapping):  # [models.<id>] tables
-        raw_models = [{"id": k, **v} if isinstance(v, Mapping) else v for k, v in raw_models.items()]
+        raw_models = [
+            {"id": k, **v} if isinstance(v, Mapping) else v for k, v in raw_models.items()
+        ]
     if not isinstance(raw_models, list):
         raise ConfigError(f"models: expected [[models]] entries, got {raw_models!r}")
     for i, m in enumerate(raw_models):

@@ -71,7 +71,9 @@ def generate(seed: int, max_tokens: int, stop: tuple[str, ...] = ()) -> Generate
     return GeneratedChoice(tuple(tokens), tuple(lps), "length", seed)
 
 
-def _cut(tokens: list[str], lps: list[float], cut: int) -> tuple[tuple[str, ...], tuple[float, ...]]:
+def _cut(
+    tokens: list[str], lps: list[float], cut: int
+) -> tuple[tuple[str, ...], tuple[float, ...]]:
     out: list[str] = []
     pos = 0
     for tok in tokens:
@@ -94,7 +96,10 @@ def top_logprobs(token: str, logprob: float, k: int, seed: int, position: int) -
     out = {token: logprob}
     best = max(logprob, -0.01)
     while len(out) < k:
-        alt = " " + WORDS[rng.randrange(len(WORDS))] if rng.random() < 0.8 else PUNCT[rng.randrange(3)]
+        if rng.random() < 0.8:
+            alt = " " + WORDS[rng.randrange(len(WORDS))]
+        else:
+            alt = PUNCT[rng.randrange(3)]
         if alt not in out:
             out[alt] = -round(rng.uniform(-best, -best + 6.0), 4)
     return out

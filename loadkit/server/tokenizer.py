@@ -10,8 +10,7 @@ import zlib
 _TOKEN_RE = re.compile(r"\s*\w+|\s*[^\w\s]|\s+")
 
 # The words the generator writes; their ids are stable (index in this tuple).
-WORDS: tuple[str, ...] = tuple(
-    """the of and to in is that for it as was with be by on not he this are or his from at
+_WORDS_TEXT = """the of and to in is that for it as was with be by on not he this are or his from at
     which but have an they you were her she there been one all we their has would when if
     can more will so no what up out about into than them some could time only these two
     may first then do any like my now over such our man me even most made after also did
@@ -21,10 +20,10 @@ WORDS: tuple[str, ...] = tuple(
     might us great old year off come since against go came right used take three load
     test token model stream request limit window rate server client latency queue burst
     capacity signal measure system network buffer packet record answer value result
-    window slot budget water river stone light paper music garden market winter summer
+    slot budget water river stone light paper music garden market winter summer
     morning evening story number letter simple clear quiet bright gentle steady careful
-    honest rapid""".split()
-)
+    honest rapid"""
+WORDS: tuple[str, ...] = tuple(_WORDS_TEXT.split())
 PUNCT: tuple[str, ...] = (",", ".", ";", ":", "!", "?")
 UNKNOWN_BASE = 1000
 VOCAB_SIZE = 50_000

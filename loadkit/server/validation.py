@@ -143,7 +143,7 @@ def _logit_bias(body: dict[str, Any]) -> dict[str, float]:
     if not isinstance(v, dict):
         raise invalid("logit_bias", "'logit_bias' must be an object of token id -> bias")
     for k, b in v.items():
-        if not k.strip().lstrip("-").isdigit() or int(k) < 0:
+        if not (k.isascii() and k.isdigit()):
             raise invalid("logit_bias", f"'logit_bias' keys must be token ids, got {k!r:.40}")
         if isinstance(b, bool) or not isinstance(b, int | float) or not -100 <= b <= 100:
             raise invalid("logit_bias", f"'logit_bias' values must be in -100..100, got {b!r:.40}")
@@ -221,7 +221,8 @@ def validate_chat(body: dict[str, Any], max_choices: int = 128) -> ChatRequest:
         role = m.get("role")
         if role not in CHAT_ROLES:
             raise invalid(
-                f"{where}.role", f"'{where}.role' must be one of {list(CHAT_ROLES)}, got {role!r:.40}"
+                f"{where}.role",
+                f"'{where}.role' must be one of {list(CHAT_ROLES)}, got {role!r:.40}",
             )
         if "content" not in m and not m.get("tool_calls"):
             raise invalid(f"{where}.content", f"'{where}.content' is required")
@@ -251,9 +252,7 @@ def _prompts(v: Any) -> tuple[Prompt, ...]:
         )
     if all(isinstance(s, str) for s in v):
         return tuple(Prompt(s, count_tokens(s)) for s in v)
-    if all(_is_token_ids(x) for x in v if not isinstance(x, list)) and not any(
-        isinstance(x, list) for x in v
-    ):
+    if all(_is_token_ids(x) for x in v):
         return (Prompt(decode_ids(v), len(v)),)
     if all(isinstance(x, list) and x and all(_is_token_ids(i) for i in x) for x in v):
         return tuple(Prompt(decode_ids(x), len(x)) for x in v)

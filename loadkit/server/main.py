@@ -1,0 +1,108 @@
+"""``loadkit serve``: load the config, write the keys file, listen, print a banner (labels
+and tiers, never keys), write the ready file, and run until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loadkit.server.config import ConfigError, ServerConfig, default_config, load_config
+from loadkit.server.keys import keys_document, resolve_keys, write_private_json
+
+
+def _banner(cfg: ServerConfig, base_url: str, keys_file: Path, st: Any, truth: str | None) -> str:
+    lines = [f"loadkit reference server at {base_url}  (pid {os.getpid()})"]
+    lines.append(f"  limiter mode: {cfg.limiter.mode}")
+    for t in cfg.tiers:
+        labels = [k.label for k in st.access_keys if k.tier == t.name]
+        lines.append(
+            f"  tier {t.name}: {t.requests} requests / {t.window_s:g}s, "
+            f"{t.concurrency} concurrent; keys: {', '.join(labels) or '-'}"
+        )
+    lines.append(f"  admin key label: {st.admin.label}")
+    lines.append(f"  keys file (mode 0600): {keys_file}")
+    lines.append(f"  models: {', '.join(st.models)}")
+    faults = cfg.faults
+    on = [
+        n
+        for n in ("error_rate", "midstream_error_rate", "disconnect_rate", "stall_rate")
+        if getattr(faults, n)
+    ]
+    if on:
+        lines.append("  faults: " + ", ".join(f"{n}={getattr(faults, n):g}" for n in on))
+    if truth:
+        lines.append(f"  ground truth: {truth}")
+    return "\n".join(lines)
+
+
+async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
+    from aiohttp import web
+
+    from loadkit.server.app import STATE, ServerState, build_app
+
+    admin, keys = resolve_keys(cfg)
+    if args.keys_file:
+        keys_file = Path(args.keys_file).resolve()
+    else:
+        keys_file = Path(tempfile.mkdtemp(prefix="loadkit-serve-")) / "keys.json"
+    write_private_json(keys_file, keys_document(admin, keys))
+    state = ServerState(cfg, args.truth, admin, keys)
+    app = build_app(cfg, state=state)
+    from aiohttp.log import access_logger
+
+    # Quiet and fast by default; open streams get 2 s to finish on shutdown.
+    runner = web.AppRunner(
+        app, access_log=access_logger if cfg.access_log else None, shutdown_timeout=2.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            print(f"loadkit serve: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+            return 1
+        host, port = runner.addresses[0][:2]
+        shown_host = args.host if args.host not in ("0.0.0.0", "::", "") else host
+        if ":" in shown_host:
+            shown_host = f"[{shown_host}]"
+        base_url = f"http://{shown_host}:{port}/api/v1"
+        if not args.quiet:
+            print(_banner(cfg, base_url, keys_file, app[STATE], args.truth), flush=True)
+        if args.ready_file:
+            ready = {
+                "host": args.host,
+                "port": port,
+                "base_url": base_url,
+                "keys_file": str(keys_file),
+                "pid": os.getpid(),
+            }
+            write_private_json(args.ready_file, ready)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        if not args.quiet:
+            print("loadkit serve: stopping", flush=True)
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config) if args.config else default_config()
+    except ConfigError as e:
+        print(f"loadkit serve: bad config: {e}", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print(f"loadkit serve: --port must be 0..65535, got {args.port}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(args, cfg))
