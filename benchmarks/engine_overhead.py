@@ -216,7 +216,7 @@ def accuracy(tmp: Path) -> list[str]:
                             "concurrency": 100_000, "keys": 1}},
         "models": [{"id": "fixed", "context_length": 8192,
                     "capabilities": ["chat", "completion"],
-                    "ttft_base_ms": TTFT_MS, "prefill_ms_per_token": 0.0,
+                    "ttft_ms": TTFT_MS, "prefill_ms_per_token": 0.0,
                     "ttft_jitter_ms": 0.0, "itl_ms": ITL_MS, "itl_jitter_ms": 0.0,
                     "decode_capacity_tps": 0}],
     }

@@ -232,11 +232,12 @@ class AsyncEngine:
         self.writer.write(rec)
         self.result.statuses[rec.status] += 1
         s = self.scenario
+        # A retry belongs to its request: it may run into the drain, not past an interrupt.
         if (s.honour_retry_after and rec.status == 429 and attempt <= s.max_retries
-                and not self._stop.is_set()):
+                and not self._interrupt):
             delay = rec.retry_after_s if rec.retry_after_s is not None else 1.0
             await asyncio.sleep(delay)
-            if not self._stop.is_set():
+            if not self._interrupt:
                 await self._request(key, req, sem, clock.now(), attempt + 1)
 
     async def _exchange(self, key: Key, req: PreparedRequest, info: RequestInfo,

@@ -35,19 +35,22 @@ def request_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
 
 
-def _next_token(rng: random.Random, sentence_start: bool) -> str:
+def _next_token(rng: random.Random, sentence_start: bool, space: bool = True) -> str:
     r = rng.random()
     if not sentence_start and r < 0.06:
         return "."
     if not sentence_start and r < 0.13:
         return ","
     w = WORDS[rng.randrange(len(WORDS))]
-    return " " + (w.capitalize() if sentence_start else w)
+    return (" " if space else "") + (w.capitalize() if sentence_start else w)
 
 
-def generate(seed: int, max_tokens: int, stop: tuple[str, ...] = ()) -> GeneratedChoice:
+def generate(
+    seed: int, max_tokens: int, stop: tuple[str, ...] = (), leading_space: bool = True
+) -> GeneratedChoice:
     """Up to ``max_tokens`` tokens from ``seed``; a stop sequence ends the text just
-    before it (finish_reason "stop"), else "length"."""
+    before it (finish_reason "stop"), else "length". Chat replies start without a space,
+    completions continue the prompt with one."""
     rng = random.Random(seed)
     stops = tuple(s for s in stop if s)
     longest = max((len(s) for s in stops), default=0)
@@ -56,7 +59,7 @@ def generate(seed: int, max_tokens: int, stop: tuple[str, ...] = ()) -> Generate
     text = ""
     sentence_start = True
     for _ in range(max_tokens):
-        tok = _next_token(rng, sentence_start)
+        tok = _next_token(rng, sentence_start, leading_space or bool(tokens))
         sentence_start = tok == "."
         lp = -round(rng.uniform(0.005, 3.0), 4)
         before = len(text)

@@ -87,7 +87,7 @@ def plan_chat(
     s = req.sampling
     base = _base_seed(server_seed, "chat", s, list(req.messages))
     choices = tuple(
-        PlanChoice(i, generate(_choice_seed(base, i, s.temperature), max_tokens, s.stop))
+        PlanChoice(i, generate(_choice_seed(base, i, s.temperature), max_tokens, s.stop, False))
         for i in range(s.n)
     )
     return Plan(

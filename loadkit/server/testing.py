@@ -168,3 +168,29 @@ async def running_server(
         yield RunningServer(state, f"http://127.0.0.1:{port}/api/v1")
     finally:
         await runner.cleanup()
+
+
+# --- checks on a ground-truth log ------------------------------------------------------
+
+
+def max_admitted_in_window(admitted_ns: list[int], window_ns: int) -> int:
+    """The most admissions in any span (t - W, t] (the definition of API.md)."""
+    ts = sorted(admitted_ns)
+    best = 0
+    lo = 0
+    for hi, t in enumerate(ts):
+        while ts[lo] <= t - window_ns:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def max_in_flight(intervals: list[tuple[int, int]]) -> int:
+    """The most intervals [admitted, finish) open at one instant (a finish at the same
+    nanosecond as an admission has already freed its slot)."""
+    events = sorted([(a, 1) for a, _ in intervals] + [(f, -1) for _, f in intervals])
+    cur = best = 0
+    for _, d in events:  # -1 sorts before +1 at equal times
+        cur += d
+        best = max(best, cur)
+    return best

@@ -1,0 +1,207 @@
+"""The asyncio engine against the reference server: one record per request whatever
+happened to it (checked against the server's truth log), open-loop schedules kept, a
+client-side cap that delays instead of dropping, retries as their own records, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadkit.records import iter_records
+from loadkit.run import run_scenario
+from loadkit.runmeta import read_run_meta
+from loadkit.scenario import scenario_from_dict
+
+pytestmark = pytest.mark.slow
+
+
+def make_scenario(tmp: Path, server: dict, loads: list[dict], tiers: dict | None = None,
+                  **run) -> tuple:
+    cfg = tmp / "server.json"
+    cfg.write_text(json.dumps(server))
+    run.setdefault("duration_s", 2.0)
+    run.setdefault("drain_s", 5.0)
+    d = {
+        "name": "t",
+        "target": {"base_url": "embedded", "model": "loadkit-small",
+                   "server_config": str(cfg), "read_timeout_s": run.pop("read_timeout_s", 30.0)},
+        "run": run,
+        "tiers": tiers or {"free": {"requests": 10_000, "window_s": 1.0, "concurrency": 10_000}},
+        "load": loads,
+    }
+    return scenario_from_dict(d), d
+
+
+def truth(path: Path) -> dict[str, dict]:
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return {r["request_id"]: r for r in rows if r["request_id"]}
+
+
+def test_no_lost_records_under_every_fault(tmp_path):
+    server = {
+        "tiers": {"free": {"requests": 10_000, "window_s": 1.0, "concurrency": 10_000,
+                           "keys": 2}},
+        "faults": {"seed": 3, "error_rate": 0.1, "disconnect_rate": 0.1,
+                   "midstream_error_rate": 0.1, "stall_rate": 0.1, "stall_s": 1.0},
+    }
+    loads = [{"tier": "free", "pattern": "poisson", "rate_per_s": 25,
+              "mix": {"chat_stream": 2, "completions_stream": 1, "chat": 1, "completions": 1},
+              "max_tokens": 8}]
+    # A 0.5 s read timeout turns the 1 s stalls into client timeouts.
+    sc, _ = make_scenario(tmp_path, server, loads, read_timeout_s=0.5)
+    out = tmp_path / "run"
+    meta = run_scenario(sc, out, engine="async", progress=False)
+    recs = {r.request_id: r for r in iter_records(out)}
+    seen = truth(out / "truth.jsonl")
+    assert len(recs) > 40
+    assert set(recs) == set(seen), "every request the server saw has exactly one record"
+    assert meta.workers[0].records == len(recs)
+    kinds = set()
+    for rid, r in recs.items():
+        t = seen[rid]
+        if r.transport_error == "timeout":
+            kinds.add("timeout")
+            continue  # the client gave up first; the server's status is its own business
+        assert r.status == t["status"], (r, t)
+        if t["status"] == 500:
+            kinds.add("500")
+            assert r.error_code == "internal_error"
+        elif t.get("disconnect") == "server":
+            kinds.add("disconnect")
+            assert r.transport_error in ("incomplete_stream", "reset")
+        elif t["error_code"] == "internal_error":
+            kinds.add("midstream")
+            assert r.status == 200 and r.error_code == "internal_error"
+        else:
+            assert r.transport_error is None and r.error_code is None
+            if r.stream:
+                assert r.first_token_s is not None and r.chunk_s
+    assert kinds == {"timeout", "500", "disconnect", "midstream"}
+
+
+def test_open_loop_schedule_is_kept(tmp_path):
+    sc, _ = make_scenario(tmp_path, {"tiers": {"free": {"requests": 10_000, "window_s": 1.0,
+                                                         "concurrency": 10_000, "keys": 1}}},
+                          [{"tier": "free", "pattern": "constant", "rate_per_s": 50,
+                            "mix": {"chat": 1}, "model": "loadkit-instant"}])
+    out = tmp_path / "run"
+    run_scenario(sc, out, engine="async", progress=False)
+    recs = sorted(iter_records(out), key=lambda r: r.scheduled_s)
+    assert 90 <= len(recs) <= 101
+    gaps = [b.scheduled_s - a.scheduled_s for a, b in zip(recs, recs[1:], strict=False)]
+    assert all(abs(g - 0.02) < 1e-6 for g in gaps), "scheduled times are the schedule itself"
+    late = sorted(r.send_s - r.scheduled_s for r in recs)
+    assert late[0] >= -0.002 and late[len(late) // 2] < 0.02
+
+
+def test_client_cap_delays_and_records_the_wait(tmp_path):
+    sc, _ = make_scenario(
+        tmp_path, {"tiers": {"free": {"requests": 10_000, "window_s": 1.0,
+                                      "concurrency": 10_000, "keys": 1}}},
+        [{"tier": "free", "pattern": "burst", "burst_size": 5, "burst_period_s": 100,
+          "phase_s": 0.1, "max_in_flight": 1, "mix": {"chat": 1}, "max_tokens": 4}],
+        duration_s=0.5)
+    out = tmp_path / "run"
+    run_scenario(sc, out, engine="async", progress=False)
+    recs = sorted(iter_records(out), key=lambda r: r.send_s)
+    assert len(recs) == 5 and all(r.status == 200 for r in recs)
+    assert all(r.scheduled_s == pytest.approx(0.1) for r in recs)
+    assert recs[0].queued_s < 0.01 and all(r.queued_s > 0.05 for r in recs[1:])
+    for a, b in zip(recs, recs[1:], strict=False):
+        assert b.send_s >= a.end_s - 1e-3  # one at a time
+
+
+def test_retry_after_honoured_as_separate_records(tmp_path):
+    server = {"tiers": {"free": {"requests": 2, "window_s": 1.0, "concurrency": 10, "keys": 1}}}
+    sc, _ = make_scenario(
+        tmp_path, server,
+        [{"tier": "free", "pattern": "burst", "burst_size": 4, "burst_period_s": 100,
+          "phase_s": 0.05, "mix": {"chat": 1}, "model": "loadkit-instant"}],
+        tiers={"free": {"requests": 2, "window_s": 1.0, "concurrency": 10}},
+        duration_s=0.2, honour_retry_after=True, max_retries=3)
+    out = tmp_path / "run"
+    run_scenario(sc, out, engine="async", progress=False)
+    recs = iter_records(out)
+    first = [r for r in recs if r.attempt == 1]
+    retries = [r for r in recs if r.attempt > 1]
+    assert len(first) == 4
+    assert sum(r.status == 429 for r in first) == 2
+    assert all(r.retry_after_s and r.retry_after_s <= 1.0 for r in first if r.status == 429)
+    assert retries and all(r.status == 200 for r in retries)  # the promise held
+
+
+def test_request_count_bounds_the_run(tmp_path):
+    sc, _ = make_scenario(tmp_path, {"tiers": {"free": {"requests": 10_000, "window_s": 1.0,
+                                                         "concurrency": 10_000, "keys": 2}}},
+                          [{"tier": "free", "pattern": "closed", "concurrency": 3,
+                            "mix": {"chat": 1}, "model": "loadkit-instant"}],
+                          duration_s=30, max_requests=40)
+    out = tmp_path / "run"
+    meta = run_scenario(sc, out, engine="async", progress=False)
+    assert len(iter_records(out)) == 40
+    assert meta.stop_reason == "request count reached"
+    assert meta.duration_s < 20
+
+
+def test_ctrl_c_keeps_records_and_marks_interrupted(tmp_path):
+    _, d = make_scenario(tmp_path, {"tiers": {"free": {"requests": 10_000, "window_s": 1.0,
+                                                        "concurrency": 10_000, "keys": 1}}},
+                         [{"tier": "free", "pattern": "closed", "concurrency": 4,
+                           "mix": {"chat_stream": 1}, "max_tokens": 200}],
+                         duration_s=60)
+    path = tmp_path / "s.toml"
+    path.write_text(_to_toml(d))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "loadkit", "run", str(path), "--engine",
+                             "async", "--out", str(out), "--no-analyze", "--quiet"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        files = list(out.glob("records-*.jsonl"))
+        if files and files[0].stat().st_size > 0:
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    meta = read_run_meta(out)
+    assert meta.interrupted and "Ctrl-C" in meta.stop_reason
+    recs = iter_records(out)
+    assert any(r.transport_error == "cancelled" for r in recs)  # open streams are recorded
+    assert set(truth(out / "truth.jsonl")) == {r.request_id for r in recs}
+
+
+def _to_toml(d: dict, prefix: str = "") -> str:
+    lines, tables = [], []
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "mix":
+            tables.append((k, v))
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines.append(f"[[{prefix}{k}]]")
+                for ik, iv in item.items():
+                    lines.append(f"{ik} = {_val(iv)}")
+        else:
+            lines.append(f"{k} = {_val(v)}")
+    out = "\n".join(lines) + "\n"
+    for k, v in tables:
+        out += f"[{prefix}{k}]\n" + _to_toml(v, f"{prefix}{k}.")
+    return out
+
+
+def _val(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_val(x)}" for k, x in v.items()) + " }"
+    return repr(v)
