@@ -154,6 +154,11 @@ def read_records(run_dir: str | os.PathLike[str]):  # -> pandas.DataFrame
     if not tables:
         return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(name)) for name in RECORD_FIELDS})
     table = pa.concat_tables(tables)
+    schemas = set(table.column("schema").unique().to_pylist()) - {None}
+    if schemas - {RECORD_SCHEMA}:
+        bad = sorted(str(x) for x in schemas - {RECORD_SCHEMA})
+        raise ValueError(f"{run_dir}: unsupported record schema {', '.join(bad)} "
+                         f"(this loadkit reads {RECORD_SCHEMA})")
     return table.to_pandas()
 
 

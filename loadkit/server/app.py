@@ -101,6 +101,23 @@ class ServerState:
         self.rng = random.Random(config.seed)  # latency jitter
         self.fault_rng = random.Random(config.faults.seed)
         self.started_ns = time.perf_counter_ns()
+        self.in_progress = 0  # requests inside the middleware (truth line not yet written)
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in progress: every truth line so far is written."""
+        if self.in_progress:
+            fut = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(fut)
+            await fut
+
+    def _leave(self) -> None:
+        self.in_progress -= 1
+        if not self.in_progress:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for f in waiters:
+                if not f.done():
+                    f.set_result(None)
 
     def close(self) -> None:
         if self.truth is not None:
@@ -187,6 +204,7 @@ async def core_middleware(
     request[CTX] = ctx
     c = st.counters
     c.seen += 1
+    st.in_progress += 1
     held: str | None = None
     resp: web.StreamResponse | None = None
     try:
@@ -243,6 +261,7 @@ async def core_middleware(
             c.disconnects[rec.disconnect] += 1
         if st.truth is not None:
             st.truth.write(rec)
+        st._leave()
     return resp
 
 

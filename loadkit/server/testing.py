@@ -123,6 +123,13 @@ class ServerThread(_Handle):
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=15)
 
+    def wait_idle(self, timeout_s: float = 30.0) -> None:
+        """Block until no request is in progress on the server (so the truth log holds
+        every request whose response the caller has read)."""
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(self.state.wait_idle(), self._loop)
+        fut.result(timeout=timeout_s)
+
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the server's loop and return its result (state peeking)."""
         assert self._loop is not None
