@@ -94,6 +94,10 @@ class LoadSpec:
     max_tokens: Dist = Dist("fixed", 16)
     max_in_flight: int = 0  # client-side cap per key (0 = none); waits are recorded
     keys: tuple[int, ...] = ()  # which keys of the tier (1-based); () = every key
+    # Closed loop: after a 429 a user pauses this long before its next request; None =
+    # the advertised retry-after (capped at 5 s; 1 s if absent). Without a pause, a refused
+    # user would spin thousands of 429s per second.
+    backoff_429_s: float | None = None
 
     def applies_to(self, key_index: int) -> bool:
         """Whether this phase loads the tier's ``key_index``-th key (1-based)."""
@@ -277,7 +281,8 @@ def _load(i: int, d: Any, where: _Where, tiers: dict[str, TierSpec]) -> LoadSpec
         raise ScenarioError(f"{where}: {ctx}: expected a table, got {d!r}")
     _only(d, {"tier", "pattern", "rate_per_s", "rate_per_min", "rate_factor", "concurrency",
               "think_s", "burst_size", "burst_period_s", "phase_s", "start_s", "duration_s",
-              "mix", "model", "prompt_tokens", "max_tokens", "max_in_flight", "keys"},
+              "mix", "model", "prompt_tokens", "max_tokens", "max_in_flight", "keys",
+              "backoff_429_s"},
           where, ctx)
     tier = _str(d, "tier", where, ctx, "")
     if tier not in tiers:
@@ -334,7 +339,17 @@ def _load(i: int, d: Any, where: _Where, tiers: dict[str, TierSpec]) -> LoadSpec
         max_tokens=_dist(d.get("max_tokens", 16), where, f"{ctx}.max_tokens"),
         max_in_flight=_int(d, "max_in_flight", where, ctx, 0, minimum=0),
         keys=_key_indexes(d.get("keys", []), where, ctx),
+        backoff_429_s=_backoff(d.get("backoff_429_s", "retry-after"), where, ctx),
     )
+
+
+def _backoff(v: Any, where: _Where, ctx: str) -> float | None:
+    if v == "retry-after":
+        return None
+    if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
+        return float(v)
+    raise ScenarioError(f"{where}: {ctx}.backoff_429_s: expected 'retry-after' or seconds "
+                        f">= 0, got {v!r}")
 
 
 def _key_indexes(v: Any, where: _Where, ctx: str) -> tuple[int, ...]:

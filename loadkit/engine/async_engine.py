@@ -69,7 +69,7 @@ class AsyncEngine:
         self.result = EngineResult()
         self._seq = 0
         self._sent = 0
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[RequestRecord | None]] = set()
         self._stop = asyncio.Event()
         self._interrupt = False
         self._session: aiohttp.ClientSession | None = None
@@ -178,9 +178,12 @@ class AsyncEngine:
         end = load.active_until(self.scenario.duration_s)
         while not self._stop.is_set() and self.clock.now() < end and self._take_slot():
             task = self._spawn(key, load, rng, picker, sem, None)
-            await asyncio.shield(task)
-            if load.think_s:
-                await asyncio.sleep(load.think_s)
+            rec = await asyncio.shield(task)
+            pause = load.think_s
+            if rec is not None and rec.status == 429:
+                pause = max(pause, backoff_after_429(load, rec.retry_after_s))
+            if pause:
+                await asyncio.sleep(pause)
 
     def _take_slot(self) -> bool:
         cap = self.scenario.max_requests
@@ -191,7 +194,8 @@ class AsyncEngine:
         return True
 
     def _spawn(self, key: Key, load: LoadSpec, rng: random.Random, picker: MixPicker,
-               sem: asyncio.Semaphore | None, scheduled: float | None) -> asyncio.Task[None]:
+               sem: asyncio.Semaphore | None,
+               scheduled: float | None) -> asyncio.Task[RequestRecord | None]:
         kind = picker.pick(rng)
         req = prepare(kind, load.model or self.scenario.target.model,
                       load.prompt_tokens.sample(rng), load.max_tokens.sample(rng), rng)
@@ -213,7 +217,8 @@ class AsyncEngine:
     # -- one request ------------------------------------------------------------------
 
     async def _request(self, key: Key, req: PreparedRequest, sem: asyncio.Semaphore | None,
-                       scheduled: float | None, attempt: int) -> None:
+                       scheduled: float | None, attempt: int) -> RequestRecord | None:
+        """Send one request (and its retries); returns the last attempt's record."""
         clock = self.clock
         self._seq += 1
         info = RequestInfo(self.run_id, "async", self.worker, f"{self.worker}-{self._seq}",
@@ -238,7 +243,8 @@ class AsyncEngine:
             delay = rec.retry_after_s if rec.retry_after_s is not None else 1.0
             await asyncio.sleep(delay)
             if not self._interrupt:
-                await self._request(key, req, sem, clock.now(), attempt + 1)
+                return await self._request(key, req, sem, clock.now(), attempt + 1)
+        return rec
 
     async def _exchange(self, key: Key, req: PreparedRequest, info: RequestInfo,
                         queued: float) -> RequestRecord:
@@ -298,6 +304,13 @@ class AsyncEngine:
                 f"in flight {len(self._inflight)}  2xx {ok}  429 {limited}  other {other}")
         end = "\n" if final or not sys.stderr.isatty() else "\r"
         print(line, end=end, file=sys.stderr, flush=True)
+
+
+def backoff_after_429(load: LoadSpec, retry_after_s: float | None) -> float:
+    """How long a closed-loop user pauses after a 429 (see LoadSpec.backoff_429_s)."""
+    if load.backoff_429_s is not None:
+        return load.backoff_429_s
+    return min(5.0, retry_after_s) if retry_after_s is not None else 1.0
 
 
 def run_engine(scenario: Scenario, keys: list[Key], base_url: str, writer: RecordWriter,

@@ -492,7 +492,9 @@ async def _stream(
     async def write_step(step: int) -> None:
         nonlocal sent
         await resp.write(b"".join(_sse(ch) for ch in stream_step(plan, step)))
-        sent += tokens_at_step(plan, step)
+        n = tokens_at_step(plan, step)
+        sent += n
+        st.counters.tokens_written += n
 
     try:
         await resp.prepare(request)
@@ -529,7 +531,6 @@ async def _stream(
         done = plan.completion_tokens if ctx.rec.disconnect is None else sent
         ctx.rec.completion_tokens = done
         st.ledger.settle(hold, plan.prompt_tokens, done)
-        st.counters.tokens_written += sent
     return resp
 
 

@@ -63,8 +63,11 @@ class Counters:
         self.lateness = LatenessRing(lateness_capacity)
 
     def reset(self) -> None:
-        cap = self.lateness.capacity
-        self.__init__(cap)  # type: ignore[misc]
+        """Zero every counter in place (streams in progress keep feeding the same ring)."""
+        self.seen = self.admitted = self.tokens_written = 0
+        for c in (self.rejected, self.status, self.errors, self.disconnects):
+            c.clear()
+        self.lateness.reset()
 
     def snapshot(self) -> dict[str, Any]:
         return {
