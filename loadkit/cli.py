@@ -36,6 +36,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="locust engine: worker processes (0 = one local process)")
     r.add_argument("--target", metavar="URL", help="override the scenario's target base URL")
     r.add_argument("--no-analyze", action="store_true", help="only write records, no analysis")
+    r.add_argument("--parquet", action="store_true",
+                   help="also write the records as records.parquet at the end")
     r.add_argument("--quiet", action="store_true", help="no progress line")
 
     a = sub.add_parser("analyze", help="metrics, limit verdicts, charts and report for a run")

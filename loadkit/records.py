@@ -15,6 +15,7 @@ from typing import IO, Any
 
 RECORD_SCHEMA = "loadkit.record/1"
 RECORDS_GLOB = "records-*.jsonl"
+PARQUET_FILE = "records.parquet"
 
 # Transport error kinds (status 0, or a stream cut after a 200).
 TIMEOUT = "timeout"
@@ -140,6 +141,14 @@ def read_records(run_dir: str | os.PathLike[str]):  # -> pandas.DataFrame
     import pyarrow as pa
     import pyarrow.json as pj
 
+    parquet = Path(run_dir) / PARQUET_FILE
+    if not record_files(run_dir) and parquet.exists():
+        df = pd.read_parquet(parquet)
+        bad = set(df["schema"].dropna().unique()) - {RECORD_SCHEMA} if len(df) else set()
+        if bad:
+            raise ValueError(f"{parquet}: unsupported record schema {', '.join(sorted(bad))} "
+                             f"(this loadkit reads {RECORD_SCHEMA})")
+        return df
     tables = []
     for path in record_files(run_dir):
         if path.stat().st_size == 0:
@@ -160,6 +169,19 @@ def read_records(run_dir: str | os.PathLike[str]):  # -> pandas.DataFrame
         raise ValueError(f"{run_dir}: unsupported record schema {', '.join(bad)} "
                          f"(this loadkit reads {RECORD_SCHEMA})")
     return table.to_pandas()
+
+
+def write_parquet(run_dir: str | os.PathLike[str]) -> Path:
+    """Write every record of the run as ``records.parquet`` (the JSONL files stay: they
+    are what an interrupted run keeps)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = read_records(run_dir)
+    path = Path(run_dir) / PARQUET_FILE
+    table = pa.Table.from_pandas(df, schema=_arrow_schema(), preserve_index=False)
+    pq.write_table(table, path)
+    return path
 
 
 def iter_records_file(path: Path) -> list[RequestRecord]:

@@ -91,6 +91,8 @@ def run_scenario(scenario: Scenario, out_dir: Path, engine: str = "async",
     run_id = out_dir.name if out_dir.name else new_run_id()
     # Pin the embedded server and the generator to different cores when there are two.
     server_cpu = 0 if (os.cpu_count() or 1) >= 2 else None
+    if engine == "async":
+        import loadkit.engine.async_engine  # noqa: F401  (imported before the clock starts)
     with open_target(scenario, out_dir, cpu=server_cpu) as target:
         clock = Clock()
         meta = new_meta(scenario, engine, target.base_url, target.keys, run_id, clock)
@@ -145,6 +147,10 @@ def run_main(args: Any) -> int:
         print(f"loadkit run: {exc}", file=sys.stderr)
         return 2
     print(f"records: {out_dir}", file=sys.stderr)
+    if getattr(args, "parquet", False):
+        from loadkit.records import write_parquet
+
+        print(f"parquet: {write_parquet(out_dir)}", file=sys.stderr)
     if meta.interrupted:
         print("run interrupted: every finished request was kept", file=sys.stderr)
     if args.no_analyze:

@@ -54,3 +54,14 @@ def test_unknown_schema_is_refused(run_dir):
         iter_records(run_dir)
     with pytest.raises(ValueError, match="loadkit.record/9"):
         read_records(run_dir)
+
+
+def test_parquet_copy_reads_back_the_same(run_dir):
+    from loadkit.records import write_parquet
+
+    write_parquet(run_dir)
+    via_jsonl = read_records(run_dir)
+    (run_dir / "records-golden.jsonl").unlink()
+    via_parquet = read_records(run_dir)
+    assert via_parquet["request_id"].tolist() == via_jsonl["request_id"].tolist()
+    assert list(via_parquet.loc[0, "chunk_s"]) == [0.552, 0.572, 0.592, 0.612]
