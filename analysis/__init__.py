@@ -1,1 +1,3 @@
-"""Analysis of loadkit runs: metrics, limit verdicts, charts, report, comparison. Never imports an engine."""
+"""Analysis of loadkit runs: metrics, limit verdicts, charts, report, comparison.
+
+Never imports an engine, Locust or aiohttp."""

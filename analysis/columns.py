@@ -139,7 +139,7 @@ def columns_from_table(table: pa.Table) -> Columns:
 
 def table_from_records(recs: list[RequestRecord]) -> pa.Table:
     """An arrow table of record objects (tests, small runs)."""
-    return pa.Table.from_pylist([asdict(r) for r in recs], schema=_records._arrow_schema())
+    return pa.Table.from_pylist([asdict(r) for r in recs], schema=_records.arrow_schema())
 
 
 def columns_from_records(recs: list[RequestRecord]) -> Columns:
@@ -151,14 +151,23 @@ def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
     (a torn last line falls back to the careful reader) but stops before pandas."""
     import pyarrow.json as pj
 
-    schema = _records._arrow_schema()
+    schema = _records.arrow_schema()
+    parquet = parquet_file(run_dir)
+    if parquet is not None:
+        return _read_parquet(parquet, schema)
     tables = []
     for path in _records.record_files(run_dir):
         if path.stat().st_size == 0:
             continue
         try:
-            tables.append(pj.read_json(path, parse_options=pj.ParseOptions(
-                explicit_schema=schema, unexpected_field_behavior="ignore")))
+            tables.append(
+                pj.read_json(
+                    path,
+                    parse_options=pj.ParseOptions(
+                        explicit_schema=schema, unexpected_field_behavior="ignore"
+                    ),
+                )
+            )
         except pa.ArrowInvalid:
             try:
                 recs = [asdict(r) for r in _records.iter_records_file(path)]
@@ -172,6 +181,33 @@ def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def parquet_file(run_dir: str | os.PathLike[str]) -> Path | None:
+    """records.parquet when it exists and is at least as new as every JSONL file (then it
+    holds the same records and reads ~10x faster), else None."""
+    name = getattr(_records, "PARQUET_FILE", "records.parquet")
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return None
+    newest = max((f.stat().st_mtime for f in _records.record_files(run_dir)), default=0.0)
+    return path if path.stat().st_mtime >= newest else None
+
+
+def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise UnusableInput(f"{path}: cannot read ({exc})") from None
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise UnusableInput(f"{path}: missing record fields {', '.join(missing)}")
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise UnusableInput(f"{path}: unexpected field types ({exc})") from None
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunMeta, Columns]:
     """run.json and the records of a run; UnusableInput with a one-line reason otherwise."""
     path = Path(run_dir)
@@ -181,7 +217,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunMeta, Columns]:
         meta = read_run_meta(path)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         raise UnusableInput(str(exc)) from None
-    if not _records.record_files(path):
+    if not _records.record_files(path) and parquet_file(path) is None:
         raise UnusableInput(f"{run_dir}: no record files ({_records.RECORDS_GLOB})")
     table = read_table(path)
     if table.num_rows == 0:

@@ -171,5 +171,5 @@ def min_span_for_counts(points_sorted: np.ndarray, ks: np.ndarray) -> np.ndarray
     out = np.full(ks.size, np.inf)
     for i, k in enumerate(ks.tolist()):
         if 1 <= k <= n:
-            out[i] = float(np.min(points_sorted[k - 1:] - points_sorted[: n - k + 1]))
+            out[i] = float(np.min(points_sorted[k - 1 :] - points_sorted[: n - k + 1]))
     return out

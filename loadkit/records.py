@@ -155,11 +155,11 @@ def read_records(run_dir: str | os.PathLike[str]):  # -> pandas.DataFrame
             continue
         try:
             tables.append(pj.read_json(path, parse_options=pj.ParseOptions(
-                explicit_schema=_arrow_schema(), unexpected_field_behavior="ignore")))
+                explicit_schema=arrow_schema(), unexpected_field_behavior="ignore")))
         except pa.ArrowInvalid:
             # A torn last line or an odd file: fall back to the careful line reader.
             recs = [asdict(r) for r in iter_records_file(path)]
-            tables.append(pa.Table.from_pylist(recs, schema=_arrow_schema()))
+            tables.append(pa.Table.from_pylist(recs, schema=arrow_schema()))
     if not tables:
         return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(name)) for name in RECORD_FIELDS})
     table = pa.concat_tables(tables)
@@ -179,7 +179,7 @@ def write_parquet(run_dir: str | os.PathLike[str]) -> Path:
 
     df = read_records(run_dir)
     path = Path(run_dir) / PARQUET_FILE
-    table = pa.Table.from_pandas(df, schema=_arrow_schema(), preserve_index=False)
+    table = pa.Table.from_pandas(df, schema=arrow_schema(), preserve_index=False)
     pq.write_table(table, path)
     return path
 
@@ -202,7 +202,8 @@ def iter_records_file(path: Path) -> list[RequestRecord]:
     return out
 
 
-def _arrow_schema():
+def arrow_schema():
+    """The Arrow schema of a record table (JSONL reading, Parquet writing)."""
     import pyarrow as pa
 
     f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()

@@ -97,9 +97,6 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    import gc
-    if os.environ.get("LK_GC_EXPERIMENT") == "off":
-        gc.disable()
     try:
         cfg = load_config(args.config) if args.config else default_config()
     except ConfigError as e:

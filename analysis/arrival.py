@@ -1,0 +1,68 @@
+"""The empirical arrival curve of a key's admissions, alpha(t) = most admissions in any span
+of length t, next to the promised envelope N * ceil(t / W). A fixed window's boundary burst
+(2N in a short span) or a token bucket's initial burst shows at a glance."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from analysis.intervals import contained_counts, min_span_for_counts, touching_max
+from analysis.verdicts import KeyView, Policy
+
+BOUND_FRACTIONS = (1 / 8, 1 / 2, 1.0, 2.0, 3.0)
+
+
+def envelope(t: np.ndarray | float, policy: Policy) -> np.ndarray:
+    """Most admissions the promise allows in a half-open span of length t > 0."""
+    return policy.requests * np.ceil(np.asarray(t, dtype=np.float64) / policy.window_s)
+
+
+def count_points(n: int, policy: Policy, max_points: int) -> np.ndarray:
+    """Which k to evaluate: log-spaced, plus the interesting counts around N and 2N."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    ks = np.unique(np.round(np.geomspace(1, n, num=max(2, max_points - 8))).astype(np.int64))
+    extra = [policy.requests, policy.requests + 1, 2 * policy.requests, 2 * policy.requests + 1]
+    ks = np.union1d(ks, [k for k in extra if 1 <= k <= n])
+    return ks.astype(np.int64)
+
+
+def arrival_curve(kv: KeyView, policy: Policy, max_points: int = 200) -> dict[str, Any]:
+    """Point estimate (admission = midpoint of [send, headers]) as (k, shortest span with k
+    admissions) pairs, plus certain / possible counts at a few span lengths."""
+    adm = kv.admitted
+    mid = np.sort((kv.s[adm] + kv.hi[adm]) / 2.0)
+    ks = count_points(mid.size, policy, max_points)
+    spans = min_span_for_counts(mid, ks)
+    # a half-open span of length t holds k points iff their closed span is < t
+    within = ks[spans < policy.window_s]
+    point_max = int(within.max()) if within.size else 0
+    sa, ha = kv.s[adm], kv.hi[adm]
+    maybe = kv.maybe
+    sp, hp = kv.s[maybe], kv.hi[maybe]
+    horizon = float(mid[-1] - mid[0]) if mid.size else 0.0
+    bounds = []
+    for frac in BOUND_FRACTIONS:
+        t = policy.window_s * frac
+        if frac > 1 and t > horizon + policy.window_s:
+            break
+        certain = int(contained_counts(sa, ha, t).max()) if sa.size else 0
+        possible = touching_max(sp, hp, t)[0]
+        bounds.append(
+            {
+                "t_s": t,
+                "certain": certain,
+                "possible": possible,
+                "promised": int(policy.requests * math.ceil(frac)),
+            }
+        )
+    return {
+        "points": [{"k": int(k), "span_s": float(s)} for k, s in zip(ks, spans, strict=True)],
+        "bounds": bounds,
+        "point_max_in_window": point_max,
+        "promised": policy.requests,
+        "window_s": policy.window_s,
+    }

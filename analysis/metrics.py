@@ -1,0 +1,141 @@
+"""Latency metrics derived from raw record timestamps (TTFT, ITL, TPOT, end-to-end, time
+to headers, send lateness, client queueing), exact percentiles overall, per tier and per
+(tier, key, endpoint, stream) group. ``docs/metrics.md`` defines each one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from analysis.columns import INFERENCE_ENDPOINTS, Columns
+from analysis.stats import describe
+
+LATENCY_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "headers_ms")
+CLIENT_METRICS = ("send_lateness_ms", "queued_ms")
+
+
+@dataclass(frozen=True)
+class MetricValues:
+    """Raw values of one metric (milliseconds) and the record row each came from."""
+
+    values: np.ndarray
+    rows: np.ndarray
+
+
+def latency_eligible(cols: Columns, warmup_s: float) -> np.ndarray:
+    """Records whose latency counts: status 200, no transport error, sent after warm-up."""
+    return (cols.status == 200) & (cols.transport_error.codes < 0) & (cols.send >= warmup_s)
+
+
+def output_tokens(cols: Columns) -> np.ndarray:
+    """usage.completion_tokens, else the number of content chunks."""
+    return np.where(np.isnan(cols.completion_tokens), cols.content_chunks, cols.completion_tokens)
+
+
+def chunk_rows(cols: Columns) -> np.ndarray:
+    """The record row of every flattened chunk time."""
+    lengths = np.diff(cols.chunk_offsets)
+    return np.repeat(np.arange(cols.n, dtype=np.int32), lengths)
+
+
+def itl_values(cols: Columns, rows_mask: np.ndarray) -> MetricValues:
+    """Gaps between consecutive content chunks of the same request, pooled."""
+    vals = cols.chunk_values
+    if vals.size < 2:
+        return MetricValues(np.zeros(0), np.zeros(0, dtype=np.int64))
+    owner = chunk_rows(cols)
+    same = owner[1:] == owner[:-1]
+    keep = same & rows_mask[owner[1:]]
+    gaps = np.diff(vals)[keep] * 1000.0
+    return MetricValues(gaps, owner[1:][keep].astype(np.int64))
+
+
+def _mv(values_s: np.ndarray, mask: np.ndarray) -> MetricValues:
+    rows = np.flatnonzero(mask)
+    return MetricValues(values_s[rows] * 1000.0, rows)
+
+
+def metric_values(cols: Columns, warmup_s: float) -> dict[str, MetricValues]:
+    """Every latency and client metric's raw values, in milliseconds."""
+    ok = latency_eligible(cols, warmup_s)
+    has_first = ~np.isnan(cols.first_token)
+    ttft_mask = ok & cols.stream & has_first
+    tokens = output_tokens(cols)
+    tpot_mask = ttft_mask & (tokens >= 2)
+    denom = np.where(tpot_mask, tokens - 1, 1)
+    after_warmup = cols.send >= warmup_s
+    late_mask = after_warmup & ~np.isnan(cols.scheduled)
+    return {
+        "ttft_ms": _mv(cols.first_token - cols.send, ttft_mask),
+        "itl_ms": itl_values(cols, ok & cols.stream),
+        "tpot_ms": _mv((cols.end - cols.first_token) / denom, tpot_mask),
+        "e2e_ms": _mv(cols.end - cols.send, ok),
+        "headers_ms": _mv(cols.headers - cols.send, ok & ~np.isnan(cols.headers)),
+        "send_lateness_ms": _mv(cols.send - cols.scheduled, late_mask),
+        "queued_ms": _mv(cols.queued, after_warmup),
+    }
+
+
+def _grouped(values: np.ndarray, gid: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """Split values by small integer group id (radix sort when ids fit 16 bits)."""
+    if n_groups <= 1:
+        return [values] if n_groups == 1 else []
+    if n_groups <= 16:  # a few boolean masks beat sorting millions of pooled values
+        return [values[gid == g] for g in range(n_groups)]
+    key = gid.astype(np.uint16) if n_groups < 65536 else gid
+    order = np.argsort(key, kind="stable")
+    counts = np.bincount(gid, minlength=n_groups)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    sorted_vals = values[order]
+    return [sorted_vals[bounds[g] : bounds[g + 1]] for g in range(n_groups)]
+
+
+def group_ids(cols: Columns) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """A group id per row for (tier, key, endpoint, stream), and each group's labels."""
+    nk, ne = len(cols.key.names) + 1, len(cols.endpoint.names) + 1
+    combined = (
+        ((cols.tier.codes.astype(np.int64) + 1) * nk + cols.key.codes + 1) * ne
+        + cols.endpoint.codes
+        + 1
+    ) * 2 + cols.stream
+    uniq, inverse = np.unique(combined, return_inverse=True)
+    labels = []
+    for c in uniq.tolist():
+        c, s = divmod(c, 2)
+        c, e = divmod(c, ne)
+        t, k = divmod(c, nk)
+        labels.append(
+            {
+                "tier": cols.tier.label(t - 1),
+                "key": cols.key.label(k - 1),
+                "endpoint": cols.endpoint.label(e - 1),
+                "stream": bool(s),
+            }
+        )
+    return inverse.reshape(-1).astype(np.int64), labels
+
+
+def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> dict[str, Any]:
+    """summary.json's ``latency``: per metric overall (inference endpoints) and by tier,
+    plus ``groups`` by (tier, key, endpoint, stream) over every endpoint."""
+    inference = cols.endpoint.isin(INFERENCE_ENDPOINTS)
+    gid, labels = group_ids(cols)
+    tiers = cols.tier.names
+    out: dict[str, Any] = {}
+    per_group: list[dict[str, Any]] = [dict(lab) for lab in labels]
+    for name, mv in values.items():
+        inf = inference[mv.rows]
+        v = mv.values[inf]
+        tier_codes = cols.tier.codes[mv.rows][inf]
+        by_tier = {}
+        for code, chunk in enumerate(_grouped(v, np.maximum(tier_codes, 0), len(tiers))):
+            if chunk.size:
+                by_tier[tiers[code]] = describe(chunk)
+        out[name] = {"unit": "ms", "overall": describe(v), "by_tier": by_tier}
+        for g, chunk in enumerate(_grouped(mv.values, gid[mv.rows], len(labels))):
+            if chunk.size:
+                per_group[g][name] = describe(chunk)
+    out["groups"] = [g for g in per_group if len(g) > 4]
+    return out

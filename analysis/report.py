@@ -1,0 +1,321 @@
+"""report.html: one self-contained page (inline CSS, charts as base64 data URIs, no
+network) that someone who did not run the test can read: verdict, limit verdicts with
+plain-language evidence, SLOs, latency tables, throughput, errors and the charts."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from analysis.summary import REPORT_FILE
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
+max-width:1200px;color:#1b1f24;line-height:1.45;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:4px}h2{margin-top:32px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:.92em}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:2px 10px;border-radius:12px;font-weight:600;color:#fff}
+.pass,.held,.met,.agrees{background:#1a7f37}.fail,.violated,.missed,.disagrees{background:#cf222e}
+.inconclusive,.possible,.nodata{background:#9a6700}
+.banner{padding:10px 14px;border-radius:6px;margin:12px 0;background:#fff8c5;
+border:1px solid #d4a72c}
+.verdict{font-size:1.3em;margin:12px 0}ul.reasons{margin-top:4px}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}
+details{margin:4px 0}code{font-size:.85em;word-break:break-all}.muted{color:#57606a}
+"""
+
+METRIC_NAMES = {
+    "ttft_ms": "time to first token",
+    "itl_ms": "inter-token latency (gaps between chunks)",
+    "tpot_ms": "time per output token after the first",
+    "e2e_ms": "end-to-end latency",
+    "headers_ms": "time to response headers",
+    "send_lateness_ms": "send lateness (actual − scheduled send)",
+    "queued_ms": "client-side queueing before send",
+}
+CHART_CAPTIONS = {
+    "ttft_cdf.png": "Time to first token, cumulative distribution per tier.",
+    "itl_cdf.png": "Inter-token latency, cumulative distribution per tier.",
+    "latency_over_time.png": "TTFT and end-to-end latency (p50, p99) per time bin.",
+    "throughput_over_time.png": "Requests sent, completed and refused (429) per second, and "
+    "output tokens per second.",
+    "inflight_per_key.png": "Requests in flight per key: certainly (headers to end) and "
+    "possibly (send to end), against the promised concurrency cap.",
+    "window_per_key.png": "Admitted requests in the trailing window per key (admission taken "
+    "as the midpoint of send and headers), against the promised limit.",
+    "arrival_per_key.png": "Arrival curve: the most admissions seen in any span of length t, "
+    "against the promise N·ceil(t/W). A curve above the dashed staircase "
+    "is a burst the promise does not allow.",
+    "status_over_time.png": "Response status classes per second.",
+}
+
+
+def _badge(word: str | None) -> str:
+    w = word or "n/a"
+    cls = "nodata" if w in ("no data", "n/a") else w
+    return f'<span class="badge {escape(cls)}">{escape(w)}</span>'
+
+
+def _num(x: Any, digits: int = 1) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return escape(str(x))
+
+
+def _ids(ids: list[str], limit: int = 40) -> str:
+    shown = ", ".join(escape(i) for i in ids[:limit])
+    more = f" … and {len(ids) - limit} more" if len(ids) > limit else ""
+    return f"<code>{shown}{more}</code>"
+
+
+def _evidence(e: dict[str, Any]) -> str:
+    ev_e, ev_h = e["evidence"]["enforced"], e["evidence"]["honoured"]
+    parts = []
+    if e["kind"] == "requests":
+        if "certain_span_s" in ev_e:
+            a, b = ev_e["certain_span_s"]
+            parts.append(
+                f"<li>Most requests certainly admitted inside one span: "
+                f"{ev_e['certain_count']} between {_num(a, 3)} s and {_num(b, 3)} s: "
+                f"{_ids(ev_e['request_ids'])}</li>"
+            )
+        if "possible_span_s" in ev_e:
+            a, b = ev_e["possible_span_s"]
+            parts.append(
+                f"<li>Most requests that could have been admitted in one window: "
+                f"{e['observed_max_possible']} in [{_num(a, 3)} s, {_num(b, 3)} s)"
+                + (
+                    f": {_ids(ev_e['possible_request_ids'])}"
+                    if "possible_request_ids" in ev_e
+                    else ""
+                )
+                + "</li>"
+            )
+    else:
+        if "certain_instant_s" in ev_e:
+            parts.append(
+                f"<li>Certainly in flight together at {_num(ev_e['certain_instant_s'], 3)}"
+                f" s: {_ids(ev_e['request_ids'])}</li>"
+            )
+        if "possible_request_ids" in ev_e:
+            parts.append(
+                f"<li>Possibly in flight together at "
+                f"{_num(ev_e['possible_instant_s'], 3)} s: "
+                f"{_ids(ev_e['possible_request_ids'])}</li>"
+            )
+    for ex_key in ("unjustified_examples", "unjustified_uncoded_examples"):
+        for x in ev_h.get(ex_key, [])[:10]:
+            bound = x.get("max_admitted_in_window", x.get("max_in_flight"))
+            parts.append(
+                f"<li>Unjustified 429 <code>{escape(x['request_id'])}</code> sent at "
+                f"{_num(x['send_s'], 3)} s: at most {bound} could have counted against "
+                "the limit</li>"
+            )
+    ra = e.get("retry_after")
+    if ra:
+        for x in ra["examples"][:10]:
+            parts.append(
+                f"<li>Retry-After broken: <code>{escape(x['refused_id'])}</code> advised "
+                f"{_num(x['retry_after_s'], 3)} s; <code>{escape(x['followup_id'])}"
+                f"</code> sent at {_num(x['followup_send_s'], 3)} s was refused again</li>"
+            )
+    rh = e.get("remaining_header")
+    if rh:
+        for x in rh["examples"][:10]:
+            parts.append(
+                f"<li>x-ratelimit-remaining on <code>{escape(x['request_id'])}</code> "
+                f"implies {x['reported_used']} used; the count was between {x['lower']} "
+                f"and {x['upper']}</li>"
+            )
+    if not parts:
+        return ""
+    return f"<details><summary>evidence</summary><ul>{''.join(parts)}</ul></details>"
+
+
+def _limits_table(summary: dict[str, Any]) -> str:
+    if not summary["limits"]:
+        return (
+            "<p>No limit could be judged: no requests to the limited endpoints with a promise.</p>"
+        )
+    rows = []
+    for e in summary["limits"]:
+        promise = (
+            f"{e['promised']} per {e['window_s']:g} s"
+            if e["kind"] == "requests"
+            else f"{e['promised']} at once"
+        )
+        offered = e["offered"]["max_in_window" if e["kind"] == "requests" else "max_concurrent"]
+        extra = ""
+        if e["kind"] == "requests":
+            extra = (
+                f"<br>Retry-After {_badge(e['retry_after']['verdict'])} "
+                f"remaining header {_badge(e['remaining_header']['verdict'])}"
+            )
+        text = "".join(f"<p>{escape(s)}</p>" for s in e["explanation"])
+        rows.append(
+            f"<tr><td>{escape(e['key'])}</td><td>{escape(e['tier'])}</td><td>{e['kind']}</td>"
+            f"<td>{promise}</td><td class=num>{e['observed_max']}</td>"
+            f"<td class=num>{e['observed_max_possible']}</td><td class=num>{offered}</td>"
+            f"<td>{_badge(e['enforced'])}</td><td>{_badge(e['honoured'])}{extra}</td>"
+            f"<td>{text}{_evidence(e)}</td></tr>"
+        )
+    return (
+        "<table><tr><th>key</th><th>tier</th><th>limit</th><th>promised</th>"
+        "<th>observed (certain)</th><th>observed (possible)</th><th>most offered</th>"
+        "<th>enforced</th><th>honoured</th><th>what happened</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _slo_table(summary: dict[str, Any]) -> str:
+    checks = summary["slo"]["checks"]
+    if not checks:
+        return "<p class=muted>No SLOs were set (run.json <code>slo</code> or --slo).</p>"
+    rows = "".join(
+        f"<tr><td>{escape(c['name'])}</td><td>{escape(c['direction'])} {c['threshold']:g}</td>"
+        f"<td class=num>{_num(c['observed'], 3)}</td><td>{_badge(c['status'])}</td>"
+        f"<td>{escape(c['source'])}</td></tr>"
+        for c in checks
+    )
+    return (
+        "<table><tr><th>SLO</th><th>objective</th><th>observed</th><th>status</th>"
+        f"<th>from</th></tr>{rows}</table>"
+    )
+
+
+STAT_COLS = ("p50", "p90", "p95", "p99", "p99_9", "mean", "max", "count")
+
+
+def _stats_row(label: str, d: dict[str, Any]) -> str:
+    cells = "".join(
+        f"<td class=num>{_num(d.get(s), 1) if s != 'count' else d.get(s)}</td>" for s in STAT_COLS
+    )
+    return f"<tr><td>{label}</td>{cells}</tr>"
+
+
+def _latency_tables(summary: dict[str, Any]) -> str:
+    lat = summary["latency"]
+    head = (
+        "<tr><th>metric (ms)</th>"
+        + "".join(f"<th>{s.replace('_', '.')}</th>" for s in STAT_COLS)
+        + "</tr>"
+    )
+    rows = []
+    for m, desc in METRIC_NAMES.items():
+        if m in lat:
+            rows.append(
+                _stats_row(f"<b>{m}</b> <span class=muted>{escape(desc)}</span>", lat[m]["overall"])
+            )
+            for tier, d in lat[m]["by_tier"].items():
+                rows.append(_stats_row(f"&nbsp;&nbsp;tier {escape(tier)}", d))
+    out = f"<table>{head}{''.join(rows)}</table>"
+    g_rows = []
+    for g in lat.get("groups", []):
+        label = (
+            f"{escape(str(g['tier']))} / {escape(str(g['key']))} / {escape(str(g['endpoint']))}"
+            f" / {'stream' if g['stream'] else 'no stream'}"
+        )
+        for m in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            if m in g:
+                g_rows.append(_stats_row(f"{label}: {m}", g[m]))
+    if g_rows:
+        out += (
+            "<details><summary>by tier / key / endpoint / stream</summary><table>"
+            f"{head}{''.join(g_rows)}</table></details>"
+        )
+    return out
+
+
+def _throughput(summary: dict[str, Any]) -> str:
+    tp, err = summary["throughput"], summary["errors"]
+    gp = tp["goodput"]
+    gp_text = (
+        "no goodput thresholds in run.json"
+        if not gp["thresholds"]
+        else f"{gp['requests_per_s']:.2f} req/s met {escape(str(gp['thresholds']))}"
+        + (f" ({gp['ratio']:.1%} of successes)" if gp["ratio"] is not None else "")
+    )
+    by_status = ", ".join(f"{escape(k)}: {v}" for k, v in err["by_status"].items())
+    by_code = ", ".join(f"{escape(k)}: {v}" for k, v in err["by_code"].items()) or "none"
+    transport = ", ".join(f"{escape(k)}: {v}" for k, v in err["transport"].items()) or "none"
+    return (
+        f"<ul><li>{tp['requests_per_s']:.2f} successful requests/s, "
+        f"{tp['output_tokens_per_s']:.1f} output tokens/s over {tp['duration_s']:.1f} s "
+        f"(from warm-up end to the last response)</li><li>goodput: {gp_text}</li>"
+        f"<li>errors (not counting 429): {err['errors']} of {err['requests']} "
+        f"({err['error_rate']:.2%}); 429 refusals: {err['throttled']} "
+        f"({err['throttle_rate']:.2%})</li><li>by status: {by_status}</li>"
+        f"<li>by API error code: {by_code}</li><li>transport errors: {transport}</li></ul>"
+    )
+
+
+def _charts(summary: dict[str, Any], out_dir: Path) -> str:
+    parts = []
+    for name in summary.get("charts", []):
+        path = out_dir / name
+        if not path.exists():
+            continue
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(
+            f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{escape(CHART_CAPTIONS.get(name, name))}</figcaption></figure>"
+        )
+    return "".join(parts) or "<p class=muted>No charts.</p>"
+
+
+def render_report(summary: dict[str, Any], out_dir: Path) -> str:
+    run = summary["run"]
+    banner = ""
+    if run.get("interrupted"):
+        banner = (
+            "<div class=banner><b>This run was interrupted</b> "
+            f"({escape(run.get('stop_reason') or 'stopped early')}): the figures cover the "
+            "records written before it stopped.</div>"
+        )
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in summary["verdict_reasons"])
+    s = summary["settings"]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>loadkit report {escape(run["run_id"])}</title>
+<style>{CSS}</style></head><body>
+<h1>loadkit report</h1>
+<div class=muted>run <b>{escape(run["run_id"])}</b> · engine {escape(str(run["engine"]))} ·
+target {escape(str(run.get("target")))} · started {escape(str(run.get("started_at")))} ·
+{run["records"]} requests · warm-up {run["warmup_s"]:g} s</div>
+{banner}
+<div class=verdict>Verdict: {_badge(summary["verdict"])}</div>
+<ul class=reasons>{reasons}</ul>
+<h2>Rate limits: promised vs observed</h2>
+<p>Each key is judged against its tier's promise. <b>Enforced</b>: the server never admitted
+more than promised. <b>Honoured</b>: it never refused a request the promise allowed.
+The client only knows a request was admitted somewhere between sending it and receiving the
+response headers, so a verdict is <i>violated</i> only when the timing proves it,
+<i>possible</i> when only the timing uncertainty allows it (not a failure), and
+<i>inconclusive</i> when the load never reached the limit. Concurrency counts a request as
+certainly in flight from its headers to its end minus {s["concurrency_margin_s"] * 1000:g} ms.
+Under-admission tolerance: {s["under_admission_tolerance"]:.0%}.</p>
+{_limits_table(summary)}
+<h2>Service-level objectives</h2>
+{_slo_table(summary)}
+<h2>Latency</h2>
+<p class=muted>Successful (status 200, no transport error) chat and completion requests sent
+after warm-up; exact percentiles of the raw values.</p>
+{_latency_tables(summary)}
+<h2>Throughput and errors</h2>
+{_throughput(summary)}
+<h2>Charts</h2>
+{_charts(summary, out_dir)}
+<p class=muted>Definitions: docs/metrics.md and docs/verdicts.md in loadkit.
+summary.json in this directory holds every figure on this page.</p>
+</body></html>
+"""
+
+
+def write_report(result: Any, out_dir: Path) -> Path:
+    path = Path(out_dir) / REPORT_FILE
+    path.write_text(render_report(result.summary, Path(out_dir)), encoding="utf-8")
+    return path

@@ -1,0 +1,369 @@
+"""Limit verdicts per key: was the promised requests-per-window and concurrency limit
+*enforced* (never more admitted than promised) and *honoured* (never refused when the
+promise allowed the request)? Every verdict accounts for the client's timing
+uncertainty: a request's admission instant is only known to lie in [send, headers].
+``docs/verdicts.md`` states the rules; this module is their only implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from analysis.columns import INFERENCE_ENDPOINTS, Columns
+from analysis.intervals import (
+    contained_counts,
+    holding_mask,
+    overlap_max,
+    span_max,
+    touching_mask,
+    touching_max,
+)
+
+HELD, VIOLATED, POSSIBLE, INCONCLUSIVE = "held", "violated", "possible", "inconclusive"
+RATE_CODE = "rate_limit_exceeded"
+CONCURRENCY_CODE = "concurrency_limit_exceeded"
+
+IdLookup = Callable[[np.ndarray], list[str]]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A tier's promise: ``requests`` per ``window_s`` seconds, ``concurrency`` in flight."""
+
+    requests: int
+    window_s: float
+    concurrency: int
+
+    @classmethod
+    def from_dict(cls, tier: str, d: dict[str, Any]) -> Policy:
+        try:
+            p = cls(int(d["requests"]), float(d["window_s"]), int(d["concurrency"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"run.json tiers.{tier}: needs requests, window_s, concurrency ({exc})"
+            ) from None
+        if p.requests < 1 or p.window_s <= 0 or p.concurrency < 1:
+            raise ValueError(f"run.json tiers.{tier}: limits must be positive, got {d}")
+        return p
+
+
+@dataclass(frozen=True)
+class VerdictSettings:
+    """Tolerances of the verdicts; all are stated in summary.json."""
+
+    concurrency_margin_s: float = 0.002  # delivery / event-loop slack before end_s
+    under_admission_tolerance: float = 0.05  # honoured needs >= (1 - tol) * N admitted
+    burst_window_s: float = 1.0  # "largest burst" = most requests sent within this span
+    max_examples: int = 20  # refusals / disagreements listed as examples
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "concurrency_margin_s": self.concurrency_margin_s,
+            "under_admission_tolerance": self.under_admission_tolerance,
+            "burst_window_s": self.burst_window_s,
+        }
+
+
+@dataclass(frozen=True)
+class KeyView:
+    """One key's requests to the limited endpoints, as arrays aligned by position.
+
+    ``hi`` is the latest instant the request can have been admitted: headers_s, or end_s
+    when no headers arrived."""
+
+    rows: np.ndarray
+    s: np.ndarray
+    hi: np.ndarray
+    e: np.ndarray
+    status: np.ndarray
+    admitted: np.ndarray
+    possible: np.ndarray  # status 0: the server may or may not have admitted it
+    rate429: np.ndarray
+    conc429: np.ndarray
+    other429: np.ndarray  # 429 with no (or an unknown) code: judged against both limits
+    retry_after: np.ndarray
+    rl_limit: np.ndarray
+    rl_remaining: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.rows.size)
+
+    @property
+    def maybe(self) -> np.ndarray:
+        return self.admitted | self.possible
+
+
+def key_view(cols: Columns, key_code: int) -> KeyView:
+    sel = (cols.key.codes == key_code) & cols.endpoint.isin(INFERENCE_ENDPOINTS)
+    rows = np.flatnonzero(sel)
+    return view_of_rows(cols, rows)
+
+
+def view_of_rows(cols: Columns, rows: np.ndarray) -> KeyView:
+    s = cols.send[rows]
+    e = cols.end[rows]
+    hdr = cols.headers[rows]
+    hi = np.where(np.isnan(hdr), e, hdr)
+    st = cols.status[rows]
+    code = cols.error_code.codes[rows]
+    is429 = st == 429
+    rate = is429 & (code == cols.error_code.code_of(RATE_CODE))
+    conc = is429 & (code == cols.error_code.code_of(CONCURRENCY_CODE))
+    return KeyView(
+        rows=rows,
+        s=s,
+        hi=hi,
+        e=e,
+        status=st,
+        admitted=(st != 0) & (st != 401) & ~is429,
+        possible=st == 0,
+        rate429=rate,
+        conc429=conc,
+        other429=is429 & ~rate & ~conc,
+        retry_after=cols.retry_after[rows],
+        rl_limit=cols.rl_limit[rows],
+        rl_remaining=cols.rl_remaining[rows],
+    )
+
+
+def _count_le(sorted_vals: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.searchsorted(sorted_vals, x, side="right")
+
+
+def _count_lt(sorted_vals: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.searchsorted(sorted_vals, x, side="left")
+
+
+def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> dict[str, Any]:
+    """What the client asked of the limiter: a limiter is only caught doing what this provoked."""
+    in_window, w_start = span_max(kv.s, policy.window_s)
+    burst, b_start = span_max(kv.s, settings.burst_window_s)
+    conc, c_at = overlap_max(kv.s, kv.e, closed=True)
+    return {
+        "requests": kv.n,
+        "admitted": int(kv.admitted.sum()),
+        "possibly_admitted": int(kv.possible.sum()),
+        "refused_rate_limit": int(kv.rate429.sum()),
+        "refused_concurrency": int(kv.conc429.sum()),
+        "refused_other_429": int(kv.other429.sum()),
+        "unauthorized": int((kv.status == 401).sum()),
+        "max_in_window": in_window,
+        "max_in_window_start_s": _num(w_start),
+        "max_in_burst": burst,
+        "burst_window_s": settings.burst_window_s,
+        "max_concurrent": conc,
+        "max_concurrent_at_s": _num(c_at),
+    }
+
+
+def _num(x: float) -> float | None:
+    return None if x != x else round(float(x), 6)
+
+
+def _pick(mask: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(mask)
+
+
+def requests_verdict(
+    kv: KeyView, policy: Policy, settings: VerdictSettings, ids: IdLookup
+) -> dict[str, Any]:
+    """Requests-per-window: enforced, honoured, observed maxima and their evidence."""
+    n_lim, w = policy.requests, policy.window_s
+    adm, maybe = kv.admitted, kv.maybe
+    sa, ha, rows_a = kv.s[adm], kv.hi[adm], kv.rows[adm]
+    sp, hp = kv.s[maybe], kv.hi[maybe]
+
+    # Certain: the most admitted intervals that fit wholly inside one [s_i, s_i + W).
+    certain, ev_enf = 0, {}
+    if sa.size:
+        counts = contained_counts(sa, ha, w)
+        i = int(np.argmax(counts))
+        certain = int(counts[i])
+        members = _pick((sa >= sa[i]) & (ha < sa[i] + w))
+        members = members[np.argsort(ha[members], kind="stable")]
+        if certain > n_lim:
+            members = members[: n_lim + 1]
+        if members.size:
+            ev_enf = {
+                "certain_span_s": [_num(sa[i]), _num(float(ha[members].max()))],
+                "certain_count": certain,
+                "request_ids": ids(rows_a[members]),
+            }
+    # Possible: the most admitted-or-unknown intervals touching one [t, t + W).
+    possible, t = touching_max(sp, hp, w)
+    if sp.size:
+        ev_enf["possible_span_s"] = [_num(t), _num(t + w)]
+        if possible > n_lim and certain <= n_lim:
+            touch = _pick(touching_mask(sp, hp, t, w))
+            ev_enf["possible_request_ids"] = ids(kv.rows[maybe][touch][: n_lim + 1])
+
+    offered = offered_load(kv, policy, settings)
+    if certain > n_lim:
+        enforced = VIOLATED
+    elif possible > n_lim:
+        enforced = POSSIBLE
+    elif offered["max_in_window"] <= n_lim:
+        enforced = INCONCLUSIVE
+    else:
+        enforced = HELD
+
+    honoured, ev_hon = _requests_honoured(kv, policy, settings, possible, ids)
+    return {
+        "kind": "requests",
+        "promised": n_lim,
+        "window_s": w,
+        "observed_max": certain,
+        "observed_max_possible": possible,
+        "enforced": enforced,
+        "honoured": honoured,
+        "evidence": {"enforced": ev_enf, "honoured": ev_hon},
+        "offered": offered,
+    }
+
+
+def justified_by_requests(kv: KeyView, refused: np.ndarray, policy: Policy) -> np.ndarray:
+    """For each refused position r: an upper bound on the admitted requests in its window,
+    #(admitted-or-unknown j with [s_j, h_j] meeting [s_r - W, h_r])."""
+    maybe = kv.maybe
+    sp, hp = np.sort(kv.s[maybe]), np.sort(kv.hi[maybe])
+    s_r, h_r = kv.s[refused], kv.hi[refused]
+    return _count_le(sp, h_r) - _count_lt(hp, s_r - policy.window_s)
+
+
+def in_flight_upper(kv: KeyView, refused: np.ndarray) -> np.ndarray:
+    """For each refused position r: #(admitted-or-unknown j with [s_j, e_j] meeting
+    [s_r, h_r]), an upper bound on what was in flight when it was refused."""
+    maybe = kv.maybe
+    sp, ep = np.sort(kv.s[maybe]), np.sort(kv.e[maybe])
+    s_r, h_r = kv.s[refused], kv.hi[refused]
+    return _count_le(sp, h_r) - _count_lt(ep, s_r)
+
+
+def _examples(
+    kv: KeyView, pos: np.ndarray, counts: np.ndarray, ids: IdLookup, limit: int, label: str
+) -> list[dict[str, Any]]:
+    pos, counts = pos[:limit], counts[:limit]
+    names = ids(kv.rows[pos])
+    return [
+        {"request_id": rid, "send_s": _num(kv.s[p]), "headers_s": _num(kv.hi[p]), label: int(c)}
+        for rid, p, c in zip(names, pos.tolist(), counts.tolist(), strict=True)
+    ]
+
+
+def _uncoded_unjustified(kv: KeyView, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+    pos = _pick(kv.other429)
+    if pos.size == 0:
+        return pos, pos
+    by_req = justified_by_requests(kv, pos, policy)
+    by_conc = in_flight_upper(kv, pos)
+    bad = (by_req < policy.requests) & (by_conc < policy.concurrency)
+    return pos[bad], by_req[bad]
+
+
+def _requests_honoured(
+    kv: KeyView, policy: Policy, settings: VerdictSettings, possible_max: int, ids: IdLookup
+) -> tuple[str, dict[str, Any]]:
+    n_lim = policy.requests
+    rate_pos = _pick(kv.rate429)
+    in_window = justified_by_requests(kv, rate_pos, policy)
+    bad = in_window < n_lim
+    unc_pos, unc_cnt = _uncoded_unjustified(kv, policy)
+    # Load that the requests limiter had to decide on: not 401s, not concurrency refusals.
+    eligible = (kv.status != 401) & ~kv.conc429
+    eligible_max, _ = span_max(kv.s[eligible], policy.window_s)
+    floor = (1.0 - settings.under_admission_tolerance) * n_lim
+    under = eligible_max > n_lim and possible_max < floor
+    ev: dict[str, Any] = {
+        "rate_limit_429s": int(rate_pos.size),
+        "unjustified_429s": int(bad.sum()),
+        "unjustified_examples": _examples(
+            kv, rate_pos[bad], in_window[bad], ids, settings.max_examples, "max_admitted_in_window"
+        ),
+        "unjustified_uncoded_429s": int(unc_pos.size),
+        "unjustified_uncoded_examples": _examples(
+            kv, unc_pos, unc_cnt, ids, settings.max_examples, "max_admitted_in_window"
+        ),
+        "offered_max_in_window": eligible_max,
+        "under_admission": under,
+        "admitted_floor": floor,
+        "tolerance": settings.under_admission_tolerance,
+    }
+    if bad.any() or unc_pos.size or under:
+        return VIOLATED, ev
+    if eligible_max <= n_lim:
+        return INCONCLUSIVE, ev
+    return HELD, ev
+
+
+def concurrency_verdict(
+    kv: KeyView, policy: Policy, settings: VerdictSettings, ids: IdLookup
+) -> dict[str, Any]:
+    """Concurrent requests in flight: enforced and honoured, with evidence."""
+    c_lim = policy.concurrency
+    adm, maybe = kv.admitted, kv.maybe
+    # Certainly in flight: headers received .. end minus the delivery margin (admitted only).
+    c_start, c_end = kv.hi[adm], kv.e[adm] - settings.concurrency_margin_s
+    certain, t_c = overlap_max(c_start, c_end, closed=False)
+    # Possibly in flight: send .. end (admitted or unknown).
+    possible, t_p = overlap_max(kv.s[maybe], kv.e[maybe], closed=True)
+    ev_enf: dict[str, Any] = {}
+    if certain:
+        held = _pick(holding_mask(c_start, c_end, t_c, closed=False))
+        ev_enf["certain_instant_s"] = _num(t_c)
+        ev_enf["request_ids"] = ids(kv.rows[adm][held][: max(c_lim + 1, 1)])
+    if possible:
+        ev_enf["possible_instant_s"] = _num(t_p)
+        if possible > c_lim and certain <= c_lim:
+            held = _pick(holding_mask(kv.s[maybe], kv.e[maybe], t_p, closed=True))
+            ev_enf["possible_request_ids"] = ids(kv.rows[maybe][held][: c_lim + 1])
+    offered = offered_load(kv, policy, settings)
+    if certain > c_lim:
+        enforced = VIOLATED
+    elif possible > c_lim:
+        enforced = POSSIBLE
+    elif offered["max_concurrent"] <= c_lim:
+        enforced = INCONCLUSIVE
+    else:
+        enforced = HELD
+
+    conc_pos = _pick(kv.conc429)
+    in_flight = in_flight_upper(kv, conc_pos)
+    bad = in_flight < c_lim
+    unc_pos, _ = _uncoded_unjustified(kv, policy)
+    unc_flight = in_flight_upper(kv, unc_pos)
+    eligible = (kv.status != 401) & ~kv.rate429
+    eligible_max, _ = overlap_max(kv.s[eligible], kv.e[eligible], closed=True)
+    ev_hon = {
+        "concurrency_429s": int(conc_pos.size),
+        "unjustified_429s": int(bad.sum()),
+        "unjustified_examples": _examples(
+            kv, conc_pos[bad], in_flight[bad], ids, settings.max_examples, "max_in_flight"
+        ),
+        "unjustified_uncoded_429s": int(unc_pos.size),
+        "unjustified_uncoded_examples": _examples(
+            kv, unc_pos, unc_flight, ids, settings.max_examples, "max_in_flight"
+        ),
+        "offered_max_concurrent": eligible_max,
+    }
+    if bad.any() or unc_pos.size:
+        honoured = VIOLATED
+    elif eligible_max <= c_lim:
+        honoured = INCONCLUSIVE
+    else:
+        honoured = HELD
+    return {
+        "kind": "concurrency",
+        "promised": c_lim,
+        "window_s": None,
+        "observed_max": certain,
+        "observed_max_possible": possible,
+        "enforced": enforced,
+        "honoured": honoured,
+        "margin_s": settings.concurrency_margin_s,
+        "evidence": {"enforced": ev_enf, "honoured": ev_hon},
+        "offered": offered,
+    }

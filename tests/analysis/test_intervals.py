@@ -1,0 +1,92 @@
+"""The O(n log n) counting primitives against brute-force definitions (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analysis import intervals
+from tests.analysis import reference as ref
+
+# coarse grids provoke ties, the edge cases of half-open spans
+grid = st.integers(min_value=0, max_value=40).map(lambda k: k * 0.25)
+lengths = st.integers(min_value=0, max_value=30).map(lambda k: k * 0.25)
+widths = st.sampled_from([0.25, 1.0, 2.5, 5.0, 7.75])
+
+
+@st.composite
+def interval_sets(draw, max_size=25):
+    n = draw(st.integers(min_value=0, max_value=max_size))
+    s = np.array([draw(grid) for _ in range(n)], dtype=float)
+    h = s + np.array([draw(lengths) for _ in range(n)], dtype=float)
+    return s, h
+
+
+@given(interval_sets(), widths)
+@settings(max_examples=150, deadline=None)
+def test_certain_max_matches_brute_force(iv, w):
+    s, h = iv
+    fast = int(intervals.contained_counts(s, h, w).max()) if s.size else 0
+    assert fast == ref.certain_max(s, h, w)
+
+
+@given(interval_sets(), widths)
+@settings(max_examples=150, deadline=None)
+def test_possible_max_matches_brute_force(iv, w):
+    s, h = iv
+    assert intervals.touching_max(s, h, w)[0] == ref.possible_max(s, h, w)
+
+
+@given(interval_sets(), st.lists(st.tuples(grid, grid), min_size=1, max_size=10))
+@settings(max_examples=150, deadline=None)
+def test_count_covering_brute_and_fenwick(iv, queries):
+    s, h = iv
+    x = np.array([q[0] for q in queries])
+    y = np.array([q[1] for q in queries])
+    expected = ref.covering(s, h, x, y)
+    assert intervals.count_covering(s, h, x, y).tolist() == expected.tolist()
+    old = intervals._BRUTE_CELLS
+    intervals._BRUTE_CELLS = 0  # force the Fenwick sweep
+    try:
+        assert intervals.count_covering(s, h, x, y).tolist() == expected.tolist()
+    finally:
+        intervals._BRUTE_CELLS = old
+
+
+@given(interval_sets(), st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_overlap_max_matches_brute_force(iv, closed):
+    s, h = iv
+    expected = ref.overlap_max(
+        s[h >= s] if closed else s[h > s], h[h >= s] if closed else h[h > s], closed
+    )
+    assert intervals.overlap_max(s, h, closed)[0] == expected
+
+
+@given(st.lists(grid, max_size=30), widths)
+@settings(max_examples=100, deadline=None)
+def test_span_max_matches_brute_force(points, w):
+    p = np.array(points, dtype=float)
+    assert intervals.span_max(p, w)[0] == ref.span_max(points, w)
+
+
+def test_fenwick_prefix_sums():
+    f = intervals.Fenwick(8)
+    for pos in (0, 3, 3, 7):
+        f.add(pos)
+    assert [f.prefix(c) for c in range(9)] == [0, 1, 1, 1, 3, 3, 3, 3, 4]
+
+
+def test_contained_counts_with_long_intervals():
+    # the first interval is longer than the span: it is inside no span of length 5
+    s = np.array([0.0, 1.0, 1.5])
+    h = np.array([20.0, 1.2, 1.6])
+    assert intervals.contained_counts(s, h, 5.0).tolist() == [2, 2, 1]
+
+
+@pytest.mark.parametrize("k,expected", [(1, 0.0), (2, 0.5), (3, 2.0), (5, 10.0)])
+def test_min_span_for_counts(k, expected):
+    p = np.array([0.0, 0.5, 2.0, 2.5, 10.0])
+    assert intervals.min_span_for_counts(p, np.array([k]))[0] == pytest.approx(expected)
