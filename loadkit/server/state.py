@@ -1,0 +1,90 @@
+"""The mutable state of one running reference server (keys, limiter, ledger, models,
+counters, truth log) and the per-request context the middleware hands to handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from loadkit.server.billing import Ledger
+from loadkit.server.config import ModelConfig, ServerConfig
+from loadkit.server.keys import AccessKey, KeyStore, resolve_keys
+from loadkit.server.limiter import Limiter, LimitSpec
+from loadkit.server.stats import Counters
+from loadkit.server.truth import TruthRecord, TruthWriter
+
+
+@dataclass
+class RequestCtx:
+    rec: TruthRecord
+    headers: dict[str, str] = field(default_factory=dict)
+    key: AccessKey | None = None
+    finish_ns: int | None = None  # set by a stream handler when its last byte went out
+    error_code: str | None = None  # an error sent inside a 200 stream
+
+
+class ServerState:
+    """Everything mutable of one running server (one event loop, no locks needed)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        truth_path: str | Path | None = None,
+        admin: AccessKey | None = None,
+        keys: list[AccessKey] | None = None,
+    ) -> None:
+        self.config = config
+        if admin is None or keys is None:
+            admin, keys = resolve_keys(config)
+        self.admin = admin
+        self.access_keys = keys
+        self.keys = KeyStore([admin, *keys])
+        self.specs: dict[str, LimitSpec] = {
+            admin.label: LimitSpec.of(
+                config.admin.requests, config.admin.window_s, config.admin.concurrency
+            )
+        }
+        for k in keys:
+            t = config.tier(k.tier)
+            self.specs[k.label] = LimitSpec.of(t.requests, t.window_s, t.concurrency)
+        lc = config.limiter
+        self.limiter = Limiter(lc.mode, lc.burst_factor, lc.under_admit_fraction)
+        self.ledger = Ledger(config.billing, {k.label: k.balance for k in keys})
+        self.models: dict[str, ModelConfig] = {m.id: m for m in config.models}
+        self.truth = TruthWriter(truth_path) if truth_path else None
+        self.counters = Counters(config.lateness_samples)
+        self.active: Counter[str] = Counter()  # model id -> sequences decoding now
+        self.rng = random.Random(config.seed)  # latency jitter
+        self.fault_rng = random.Random(config.faults.seed)
+        self.started_ns = time.perf_counter_ns()
+        self.in_progress = 0  # requests inside the middleware (truth line not yet written)
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in progress: every truth line so far is written."""
+        if self.in_progress:
+            fut = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(fut)
+            await fut
+
+    def _leave(self) -> None:
+        self.in_progress -= 1
+        if not self.in_progress:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for f in waiters:
+                if not f.done():
+                    f.set_result(None)
+
+    def close(self) -> None:
+        if self.truth is not None:
+            self.truth.close()
+
+
+STATE: web.AppKey[ServerState] = web.AppKey("loadkit_state", ServerState)
+CTX = "loadkit_ctx"
