@@ -1,0 +1,85 @@
+"""``loadkit serve`` as a process: ready file, keys file (0600), a banner that names
+labels and tiers but never a key, exit 0 on SIGTERM, exit 2 naming the bad config field."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadkit.server.process import start_server_process
+from loadkit.server.truth import read_truth
+from tests.server.conftest import Raw
+
+
+def test_start_server_process_with_config_dict(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.jsonl"
+    cfg = {"tiers": {"free": {"requests": 2, "window_s": 5, "concurrency": 1, "keys": 1}}}
+    srv = start_server_process(config_dict=cfg, truth_path=truth)
+    try:
+        assert srv.base_url.startswith("http://127.0.0.1:") and srv.base_url.endswith("/api/v1")
+        assert [k["label"] for k in srv.keys] == ["free-1"]
+        raw = Raw(srv.base_url)
+        body = {"model": "loadkit-instant", "prompt": "x"}
+        codes = [raw.request("POST", "/ai/completions", body, srv.key("free-1"))[0]
+                 for _ in range(3)]  # fmt: skip
+        assert codes == [200, 200, 429]
+        assert srv.stats()["admitted"] == 3  # two completions and this stats request
+        keys_file = Path(srv.ready["keys_file"])
+        assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+        assert srv.ready["pid"] == srv.pid
+    finally:
+        assert srv.stop() == 0
+    recs = read_truth(truth)
+    assert [r["decision"] for r in recs][:3] == ["admitted", "admitted", "rate_limited"]
+    assert not Path(srv.workdir).exists()
+
+
+def test_banner_names_labels_never_keys(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    keys_file = tmp_path / "keys.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadkit", "serve", "--port", "0", "--ready-file", str(ready),
+         "--keys-file", str(keys_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        info = json.loads(ready.read_text())
+        assert set(info) == {"host", "port", "base_url", "keys_file", "pid"}
+        assert info["keys_file"] == str(keys_file.resolve())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    text = out.decode() + err.decode()
+    doc = json.loads(keys_file.read_text())
+    assert doc["admin"]["label"] == "admin"
+    assert [k["label"] for k in doc["keys"]] == ["free-1", "free-2", "free-3", "pro-1", "pro-2",
+                                                 "enterprise-1"]  # fmt: skip
+    for k in [doc["admin"], *doc["keys"]]:
+        assert k["key"] not in text
+    assert "free-1" in text and "60 requests / 60s, 3 concurrent" in text
+    assert str(keys_file.resolve()) in text and info["base_url"] in text
+    assert stat.S_IMODE(os.stat(keys_file).st_mode) == 0o600
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text("[tiers.free]\nrequests = -3\n")
+    r = subprocess.run([sys.executable, "-m", "loadkit", "serve", "--config", str(p)],
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 2
+    assert "tiers.free.requests" in r.stderr and "-3" in r.stderr
+    with pytest.raises(RuntimeError, match="limiter.mode"):
+        start_server_process(config_dict={"limiter": {"mode": "nope"}})
