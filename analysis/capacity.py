@@ -10,8 +10,13 @@ from typing import Any
 
 import numpy as np
 
-LAT_COLS = (("ttft_ms", "p50"), ("ttft_ms", "p99"), ("itl_ms", "p99"), ("e2e_ms", "p50"),
-            ("e2e_ms", "p99"))
+LAT_COLS = (
+    ("ttft_ms", "p50"),
+    ("ttft_ms", "p99"),
+    ("itl_ms", "p99"),
+    ("e2e_ms", "p50"),
+    ("e2e_ms", "p99"),
+)
 
 
 def _lat(summary: dict[str, Any], metric: str, stat: str) -> float | None:
@@ -19,18 +24,25 @@ def _lat(summary: dict[str, Any], metric: str, stat: str) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def step_row(step: int, value: float, unit: str, summary: dict[str, Any], pattern: str,
-             saturation: float) -> dict[str, Any]:
+def step_row(
+    step: int, value: float, unit: str, summary: dict[str, Any], pattern: str, saturation: float
+) -> dict[str, Any]:
     """Reduce one step's summary to the figures a capacity planner compares."""
     thr = summary.get("throughput", {})
     achieved = float(thr.get("requests_per_s") or 0.0)
     keys = max(1, len({lim.get("key") for lim in summary.get("limits", [])}) or 1)
     offered = value * keys if pattern != "closed" else None
-    slo_missed = [c.get("name", "?") for c in summary.get("slo", {}).get("checks", [])
-                  if c.get("met") is False]
+    slo_missed = [
+        c.get("name", "?")
+        for c in summary.get("slo", {}).get("checks", [])
+        if c.get("met") is False
+    ]
     row: dict[str, Any] = {
-        "step": step, "load": value, "unit": unit,
-        "offered_rps": offered, "achieved_rps": achieved,
+        "step": step,
+        "load": value,
+        "unit": unit,
+        "offered_rps": offered,
+        "achieved_rps": achieved,
         "output_tokens_per_s": float(thr.get("output_tokens_per_s") or 0.0),
         "error_rate": summary.get("errors", {}).get("error_rate"),
         "slo_missed": slo_missed,
@@ -45,9 +57,12 @@ def mark_saturation(rows: list[dict[str, Any]]) -> None:
     """Closed loop has no offered rate: call a step saturated when the load grew by at
     least a quarter but throughput grew by less than 5 %."""
     for prev, cur in zip(rows, rows[1:], strict=False):
-        if cur["offered_rps"] is None and prev["achieved_rps"] > 0 \
-                and cur["load"] >= 1.25 * prev["load"] \
-                and cur["achieved_rps"] < 1.05 * prev["achieved_rps"]:
+        if (
+            cur["offered_rps"] is None
+            and prev["achieved_rps"] > 0
+            and cur["load"] >= 1.25 * prev["load"]
+            and cur["achieved_rps"] < 1.05 * prev["achieved_rps"]
+        ):
             cur["saturated"] = True
 
 
@@ -69,20 +84,29 @@ def knee_index(x: list[float], y: list[float]) -> int | None:
     return i if below[i] > 0.05 else None
 
 
-def capacity_report(rows: list[dict[str, Any]], out_dir: Path, stop_reason: str,
-                    name: str) -> dict[str, Any]:
+def capacity_report(
+    rows: list[dict[str, Any]], out_dir: Path, stop_reason: str, name: str
+) -> dict[str, Any]:
     mark_saturation(rows)
     loads = [r["load"] for r in rows]
     p99 = [r["e2e_ms_p99"] if r["e2e_ms_p99"] is not None else r["ttft_ms_p99"] for r in rows]
     k = knee_index(loads, p99)
     knee = rows[k] if k is not None else None
-    knee_text = (f"{knee['load']:g} {knee['unit']} ({knee['achieved_rps']:.1f} req/s, "
-                 f"e2e p99 {knee['e2e_ms_p99']:.0f} ms)" if knee and knee["e2e_ms_p99"]
-                 else "none found (the curve did not bend within the steps run)")
+    knee_text = (
+        f"{knee['load']:g} {knee['unit']} ({knee['achieved_rps']:.1f} req/s, "
+        f"e2e p99 {knee['e2e_ms_p99']:.0f} ms)"
+        if knee and knee["e2e_ms_p99"]
+        else "none found (the curve did not bend within the steps run)"
+    )
     table = _table(rows, k)
-    report = {"schema": "loadkit.sweep/1", "name": name, "steps": rows,
-              "knee_step": knee["step"] if knee else None, "knee_text": knee_text,
-              "stop_reason": stop_reason}
+    report = {
+        "schema": "loadkit.sweep/1",
+        "name": name,
+        "steps": rows,
+        "knee_step": knee["step"] if knee else None,
+        "knee_text": knee_text,
+        "stop_reason": stop_reason,
+    }
     (out_dir / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "sweep.md").write_text(table + "\n")
     _chart(rows, k, out_dir / "capacity.png", name)
@@ -95,8 +119,10 @@ def _fmt(v: Any, spec: str = ".1f") -> str:
 
 
 def _table(rows: list[dict[str, Any]], knee: int | None) -> str:
-    head = ("| step | load | achieved req/s | tokens/s | TTFT p50 | TTFT p99 | ITL p99 | "
-            "e2e p50 | e2e p99 (ms) | errors | note |")
+    head = (
+        "| step | load | achieved req/s | tokens/s | TTFT p50 | TTFT p99 | ITL p99 | "
+        "e2e p50 | e2e p99 (ms) | errors | note |"
+    )
     lines = [head, "|" + "---|" * 11]
     for i, r in enumerate(rows):
         notes = []
@@ -110,7 +136,8 @@ def _table(rows: list[dict[str, Any]], knee: int | None) -> str:
             f"| {r['step']} | {r['load']:g} {r['unit']} | {r['achieved_rps']:.1f} | "
             f"{r['output_tokens_per_s']:.0f} | {_fmt(r['ttft_ms_p50'])} | "
             f"{_fmt(r['ttft_ms_p99'])} | {_fmt(r['itl_ms_p99'])} | {_fmt(r['e2e_ms_p50'])} | "
-            f"{_fmt(r['e2e_ms_p99'])} | {_fmt(r['error_rate'], '.1%')} | {'; '.join(notes)} |")
+            f"{_fmt(r['e2e_ms_p99'])} | {_fmt(r['error_rate'], '.1%')} | {'; '.join(notes)} |"
+        )
     return "\n".join(lines)
 
 
@@ -133,17 +160,30 @@ def _chart(rows: list[dict[str, Any]], knee: int | None, path: Path, name: str) 
     ax0.set_title("Throughput vs offered load")
     ax0.grid(alpha=0.3)
     ax0.legend()
-    for metric, stat, style in (("ttft_ms", "p99", "o--"), ("e2e_ms", "p50", "s-"),
-                                ("e2e_ms", "p99", "o-")):
+    for metric, stat, style in (
+        ("ttft_ms", "p99", "o--"),
+        ("e2e_ms", "p50", "s-"),
+        ("e2e_ms", "p99", "o-"),
+    ):
         ys = [r[f"{metric}_{stat}"] for r in rows]
         if any(y is not None for y in ys):
-            ax.plot(thr, [np.nan if y is None else y for y in ys], style,
-                    label=f"{metric.removesuffix('_ms').upper()} {stat}")
+            ax.plot(
+                thr,
+                [np.nan if y is None else y for y in ys],
+                style,
+                label=f"{metric.removesuffix('_ms').upper()} {stat}",
+            )
     if knee is not None and rows[knee]["e2e_ms_p99"] is not None:
         r = rows[knee]
         ax.axvline(r["achieved_rps"], color="crimson", alpha=0.4)
-        ax.annotate(f"knee: {r['load']:g} {r['unit']}", (r["achieved_rps"], r["e2e_ms_p99"]),
-                    textcoords="offset points", xytext=(-10, 12), ha="right", color="crimson")
+        ax.annotate(
+            f"knee: {r['load']:g} {r['unit']}",
+            (r["achieved_rps"], r["e2e_ms_p99"]),
+            textcoords="offset points",
+            xytext=(-10, 12),
+            ha="right",
+            color="crimson",
+        )
     ax.set_xlabel("achieved throughput (requests/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_title("Latency vs achieved throughput")

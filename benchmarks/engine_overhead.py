@@ -41,24 +41,38 @@ CONCURRENCY = 64
 # The bare loop: what any Python client must at least spend (aiohttp, parse every chunk).
 
 
-async def _bare(url: str, stream: bool, concurrency: int, seconds: float, out: str,
-                profile_streams: int = 0, key: str = "k", model: str = "m",
-                max_tokens: int = 16) -> None:
+async def _bare(
+    url: str,
+    stream: bool,
+    concurrency: int,
+    seconds: float,
+    out: str,
+    profile_streams: int = 0,
+    key: str = "k",
+    model: str = "m",
+    max_tokens: int = 16,
+) -> None:
     import aiohttp
 
-    body = {"model": model, "messages": [{"role": "user", "content": "hi there"}],
-            "stream": stream, "max_tokens": max_tokens}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi there"}],
+        "stream": stream,
+        "max_tokens": max_tokens,
+    }
     data = json.dumps(body).encode()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-               "Accept-Encoding": "identity"}
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "Accept-Encoding": "identity",
+    }
     ttft: list[float] = []
     itl: list[float] = []
     done = 0
     t_end = time.perf_counter() + seconds
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=600, sock_read=120)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout,
-                                     read_bufsize=1 << 20) as s:
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout, read_bufsize=1 << 20) as s:
 
         async def one() -> None:
             nonlocal done
@@ -100,8 +114,7 @@ async def _bare(url: str, stream: bool, concurrency: int, seconds: float, out: s
             await asyncio.gather(*(one() for _ in range(profile_streams)))
         else:
             await asyncio.gather(*(user() for _ in range(concurrency)))
-    Path(out).write_text(json.dumps({"done": done, "seconds": seconds, "ttft": ttft,
-                                     "itl": itl}))
+    Path(out).write_text(json.dumps({"done": done, "seconds": seconds, "ttft": ttft, "itl": itl}))
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,9 +127,26 @@ def _pinned(cmd: list[str], cpu: str) -> list[str]:
 
 def _engine_run(scenario: str, out: Path, env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(_pinned([PY, "-m", "loadkit", "run", scenario, "--engine", "async",
-                            "--out", str(out), "--no-analyze", "--quiet"], GEN_CPU),
-                   check=True, env={**os.environ, **env})
+    subprocess.run(
+        _pinned(
+            [
+                PY,
+                "-m",
+                "loadkit",
+                "run",
+                scenario,
+                "--engine",
+                "async",
+                "--out",
+                str(out),
+                "--no-analyze",
+                "--quiet",
+            ],
+            GEN_CPU,
+        ),
+        check=True,
+        env={**os.environ, **env},
+    )
     return time.perf_counter() - t0
 
 
@@ -163,15 +193,33 @@ def ceiling(tmp: Path, port: int) -> list[str]:
         base = f"http://127.0.0.1:{port}/{prefix}/v1"
         bare_out = tmp / f"bare-{mode}.json"
         secs = 8.0
-        subprocess.run(_pinned([PY, __file__, "--bare", f"{base}/ai/chat/completions",
-                                "--stream", str(mode == "stream"), "--seconds", str(secs),
-                                "--out", str(bare_out)], GEN_CPU), check=True)
+        subprocess.run(
+            _pinned(
+                [
+                    PY,
+                    __file__,
+                    "--bare",
+                    f"{base}/ai/chat/completions",
+                    "--stream",
+                    str(mode == "stream"),
+                    "--seconds",
+                    str(secs),
+                    "--out",
+                    str(bare_out),
+                ],
+                GEN_CPU,
+            ),
+            check=True,
+        )
         bare = json.loads(bare_out.read_text())
         bare_rps = bare["done"] / secs
         out = tmp / f"engine-{mode}"
-        sc = _scenario(tmp / f"{mode}.toml", base,
-                       f'pattern = "closed"\nconcurrency = {CONCURRENCY}\nmix = {{ {kind} = 1 }}',
-                       secs)
+        sc = _scenario(
+            tmp / f"{mode}.toml",
+            base,
+            f'pattern = "closed"\nconcurrency = {CONCURRENCY}\nmix = {{ {kind} = 1 }}',
+            secs,
+        )
         _engine_run(sc, out, {"BENCH_KEYS": "bench-key"})
         recs = _records(out)
         ok = [r for r in recs if r["status"] == 200 and not r["transport_error"]]
@@ -184,18 +232,26 @@ def ceiling(tmp: Path, port: int) -> list[str]:
 
 
 def lateness(tmp: Path, port: int) -> list[str]:
-    lines = ["| rate (req/s) | sent | lateness p50 (ms) | p99 (ms) | max (ms) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| rate (req/s) | sent | lateness p50 (ms) | p99 (ms) | max (ms) |",
+        "|---|---|---|---|---|",
+    ]
     base = f"http://127.0.0.1:{port}/json/v1"
     for rate in (100, 500, 1000):
         out = tmp / f"late-{rate}"
-        sc = _scenario(tmp / f"late-{rate}.toml", base,
-                       f'pattern = "constant"\nrate_per_s = {rate}\nmix = {{ chat = 1 }}', 8.0)
+        sc = _scenario(
+            tmp / f"late-{rate}.toml",
+            base,
+            f'pattern = "constant"\nrate_per_s = {rate}\nmix = {{ chat = 1 }}',
+            8.0,
+        )
         _engine_run(sc, out, {"BENCH_KEYS": "bench-key"})
         recs = _records(out)
         late = np.array([r["send_s"] - r["scheduled_s"] for r in recs]) * 1e3
-        lines.append(f"| {rate} | {len(recs)} | {_pct(late, 50):.3f} | {_pct(late, 99):.3f} | "
-                     f"{late.max():.3f} |")
+        lines.append(
+            f"| {rate} | {len(recs)} | {_pct(late, 50):.3f} | {_pct(late, 99):.3f} | "
+            f"{late.max():.3f} |"
+        )
         print(lines[-1], flush=True)
     return lines
 
@@ -212,30 +268,66 @@ def accuracy(tmp: Path) -> list[str]:
     from loadkit.server.process import start_server_process
 
     cfg = {
-        "tiers": {"bench": {"requests": 10_000_000, "window_s": 60.0,
-                            "concurrency": 100_000, "keys": 1}},
-        "models": [{"id": "fixed", "context_length": 8192,
-                    "capabilities": ["chat", "completion"],
-                    "ttft_ms": TTFT_MS, "prefill_ms_per_token": 0.0,
-                    "ttft_jitter_ms": 0.0, "itl_ms": ITL_MS, "itl_jitter_ms": 0.0,
-                    "decode_capacity_tps": 0}],
+        "tiers": {
+            "bench": {"requests": 10_000_000, "window_s": 60.0, "concurrency": 100_000, "keys": 1}
+        },
+        "models": [
+            {
+                "id": "fixed",
+                "context_length": 8192,
+                "capabilities": ["chat", "completion"],
+                "ttft_ms": TTFT_MS,
+                "prefill_ms_per_token": 0.0,
+                "ttft_jitter_ms": 0.0,
+                "itl_ms": ITL_MS,
+                "itl_jitter_ms": 0.0,
+                "decode_capacity_tps": 0,
+            }
+        ],
     }
-    lines = ["| streams | client | TTFT err p50 (ms) | p99 | ITL err p50 (ms) | p99 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| streams | client | TTFT err p50 (ms) | p99 | ITL err p50 (ms) | p99 |",
+        "|---|---|---|---|---|---|",
+    ]
     with start_server_process(config_dict=cfg, cpu=int(SERVER_CPU)) as srv:
         key = next(k for k in srv.keys if k["tier"] == "bench")["key"]
         for n in (1, 100, 1000):
             bare_out = tmp / f"acc-bare-{n}.json"
-            subprocess.run(_pinned([PY, __file__, "--bare", f"{srv.base_url}/ai/chat/completions",
-                                    "--stream", "True", "--profile-streams", str(n),
-                                    "--key", key, "--model", "fixed", "--max-tokens",
-                                    str(TOKENS), "--out", str(bare_out)], GEN_CPU), check=True)
+            subprocess.run(
+                _pinned(
+                    [
+                        PY,
+                        __file__,
+                        "--bare",
+                        f"{srv.base_url}/ai/chat/completions",
+                        "--stream",
+                        "True",
+                        "--profile-streams",
+                        str(n),
+                        "--key",
+                        key,
+                        "--model",
+                        "fixed",
+                        "--max-tokens",
+                        str(TOKENS),
+                        "--out",
+                        str(bare_out),
+                    ],
+                    GEN_CPU,
+                ),
+                check=True,
+            )
             bare = json.loads(bare_out.read_text())
             out = tmp / f"acc-engine-{n}"
-            sc = _scenario(tmp / f"acc-{n}.toml", srv.base_url,
-                           f'pattern = "burst"\nburst_size = {n}\nburst_period_s = 1000\n'
-                           f'phase_s = 0.2\nmix = {{ chat_stream = 1 }}\nmodel = "fixed"\n'
-                           f'max_tokens = {TOKENS}', 0.3, "drain_s = 60")
+            sc = _scenario(
+                tmp / f"acc-{n}.toml",
+                srv.base_url,
+                f'pattern = "burst"\nburst_size = {n}\nburst_period_s = 1000\n'
+                f'phase_s = 0.2\nmix = {{ chat_stream = 1 }}\nmodel = "fixed"\n'
+                f"max_tokens = {TOKENS}",
+                0.3,
+                "drain_s = 60",
+            )
             _engine_run(sc, out, {"BENCH_KEYS": key})
             recs = [r for r in _records(out) if r["status"] == 200]
             e_ttft = [(r["first_token_s"] - r["send_s"]) * 1e3 - TTFT_MS for r in recs]
@@ -243,8 +335,10 @@ def accuracy(tmp: Path) -> list[str]:
             b_ttft = [t * 1e3 - TTFT_MS for t in bare["ttft"]]
             b_itl = [t * 1e3 - ITL_MS for t in bare["itl"]]
             for name, a, b in (("bare loop", b_ttft, b_itl), ("loadkit", e_ttft, e_itl)):
-                lines.append(f"| {n} | {name} | {_pct(a, 50):.2f} | {_pct(a, 99):.2f} | "
-                             f"{_pct(b, 50):.2f} | {_pct(b, 99):.2f} |")
+                lines.append(
+                    f"| {n} | {name} | {_pct(a, 50):.2f} | {_pct(a, 99):.2f} | "
+                    f"{_pct(b, 50):.2f} | {_pct(b, 99):.2f} |"
+                )
                 print(lines[-1], flush=True)
     return lines
 
@@ -262,16 +356,37 @@ def main() -> int:
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.bare:
-        asyncio.run(_bare(a.bare, a.stream == "True", CONCURRENCY, a.seconds, a.out,
-                          a.profile_streams, a.key, a.model, a.max_tokens))
+        asyncio.run(
+            _bare(
+                a.bare,
+                a.stream == "True",
+                CONCURRENCY,
+                a.seconds,
+                a.out,
+                a.profile_streams,
+                a.key,
+                a.model,
+                a.max_tokens,
+            )
+        )
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="loadkit-bench-"))
     report: list[str] = [f"command: python {' '.join(sys.argv)}", ""]
     port = 18600
     need_nginx = a.only in (None, "ceiling", "lateness")
     if need_nginx:
-        subprocess.run(["taskset", "-c", SERVER_CPU, "bash", str(NGINX / "start.sh"), str(port),
-                        str(tmp / "nginx")], check=True)
+        subprocess.run(
+            [
+                "taskset",
+                "-c",
+                SERVER_CPU,
+                "bash",
+                str(NGINX / "start.sh"),
+                str(port),
+                str(tmp / "nginx"),
+            ],
+            check=True,
+        )
     try:
         if a.only in (None, "ceiling"):
             report += ["Ceiling (nginx canned target, 64 concurrent, generator on one core):"]
@@ -280,8 +395,10 @@ def main() -> int:
             report += ["Send lateness vs schedule (open loop, constant rate):"]
             report += lateness(tmp, port) + [""]
         if a.only in (None, "accuracy"):
-            report += [f"Accuracy vs the reference server's fixed profile (TTFT {TTFT_MS} ms, "
-                       f"ITL {ITL_MS} ms, {TOKENS} tokens):"]
+            report += [
+                f"Accuracy vs the reference server's fixed profile (TTFT {TTFT_MS} ms, "
+                f"ITL {ITL_MS} ms, {TOKENS} tokens):"
+            ]
             report += accuracy(tmp) + [""]
     finally:
         if need_nginx:

@@ -130,8 +130,10 @@ def _error_fields(err: Any) -> tuple[str | None, str | None]:
     if isinstance(err, dict):
         code = err.get("code") or err.get("type")
         msg = err.get("message")
-        return (str(code) if code is not None else "unknown_error",
-                str(msg) if msg is not None else None)
+        return (
+            str(code) if code is not None else "unknown_error",
+            str(msg) if msg is not None else None,
+        )
     return "unknown_error", str(err)
 
 

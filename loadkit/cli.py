@@ -15,47 +15,85 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("serve", help="run the reference server (implements API.md, limits included)")
+    s = sub.add_parser(
+        "serve", help="run the reference server (implements API.md, limits included)"
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    s.add_argument("--config", metavar="FILE", help="server TOML config (tiers, keys, models, faults)")
-    s.add_argument("--truth", metavar="FILE", help="append one JSON line per request (ground truth)")
-    s.add_argument("--keys-file", metavar="FILE",
-                   help="write the access keys here (mode 0600); default: a file in a temp folder")
-    s.add_argument("--ready-file", metavar="FILE",
-                   help="when listening, write {host, port, base_url, keys_file} here as JSON")
+    s.add_argument(
+        "--config", metavar="FILE", help="server TOML config (tiers, keys, models, faults)"
+    )
+    s.add_argument(
+        "--truth", metavar="FILE", help="append one JSON line per request (ground truth)"
+    )
+    s.add_argument(
+        "--keys-file",
+        metavar="FILE",
+        help="write the access keys here (mode 0600); default: a file in a temp folder",
+    )
+    s.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="when listening, write {host, port, base_url, keys_file} here as JSON",
+    )
     s.add_argument("--quiet", action="store_true", help="print nothing at start-up")
 
-    r = sub.add_parser("run", help="run a scenario (default: the built-in one on the embedded server)")
+    r = sub.add_parser(
+        "run", help="run a scenario (default: the built-in one on the embedded server)"
+    )
     r.add_argument("scenario", nargs="?", help="scenario TOML file; omit for the built-in default")
-    r.add_argument("--engine", choices=("async", "locust"), default=None,
-                   help="load engine (default: the scenario's, else locust)")
+    r.add_argument(
+        "--engine",
+        choices=("async", "locust"),
+        default=None,
+        help="load engine (default: the scenario's, else locust)",
+    )
     r.add_argument("--out", metavar="DIR", help="output directory (default: runs/<run id>)")
     r.add_argument("--duration", type=float, metavar="SECONDS", help="override the run duration")
-    r.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="locust engine: worker processes (0 = one local process)")
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="locust engine: worker processes (0 = one local process)",
+    )
     r.add_argument("--target", metavar="URL", help="override the scenario's target base URL")
     r.add_argument("--no-analyze", action="store_true", help="only write records, no analysis")
-    r.add_argument("--parquet", action="store_true",
-                   help="also write the records as records.parquet at the end")
+    r.add_argument(
+        "--parquet",
+        action="store_true",
+        help="also write the records as records.parquet at the end",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress line")
 
     a = sub.add_parser("analyze", help="metrics, limit verdicts, charts and report for a run")
     a.add_argument("run_dir", metavar="DIR")
-    a.add_argument("--slo", action="append", default=[], metavar="METRIC.STAT=VALUE",
-                   help="an SLO such as ttft_ms.p99=800 or error_rate=0.01 (repeatable)")
+    a.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="METRIC.STAT=VALUE",
+        help="an SLO such as ttft_ms.p99=800 or error_rate=0.01 (repeatable)",
+    )
     a.add_argument("--no-charts", action="store_true", help="skip PNG charts and the HTML report")
     a.add_argument("--quiet", action="store_true", help="no console table")
 
     c = sub.add_parser("compare", help="compare two analysed runs; exit 1 on a regression")
     c.add_argument("base", metavar="BASE")
     c.add_argument("new", metavar="NEW")
-    c.add_argument("--threshold", action="append", default=[], metavar="METRIC.STAT=PCT",
-                   help="allowed worsening in percent, e.g. ttft_ms.p99=10 (repeatable)")
+    c.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="METRIC.STAT=PCT",
+        help="allowed worsening in percent, e.g. ttft_ms.p99=10 (repeatable)",
+    )
     c.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per check)")
 
     w = sub.add_parser("sweep", help="capacity sweep: step the offered load until an SLO fails")
-    w.add_argument("scenario", nargs="?", help="scenario TOML with a [sweep] table; omit for a demo")
+    w.add_argument(
+        "scenario", nargs="?", help="scenario TOML with a [sweep] table; omit for a demo"
+    )
     w.add_argument("--out", metavar="DIR")
     w.add_argument("--engine", choices=("async",), default="async")
     w.add_argument("--quiet", action="store_true")

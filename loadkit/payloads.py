@@ -7,7 +7,43 @@ import json
 import random
 from dataclasses import dataclass
 
-_WORDS = ["the", "load", "test", "measures", "how", "fast", "a", "model", "answers", "when", "many", "users", "ask", "at", "once", "and", "whether", "each", "key", "stays", "within", "its", "promised", "rate", "and", "concurrency", "limits", "while", "streams", "arrive", "token", "by", "token", "over", "time"]
+_WORDS = [
+    "the",
+    "load",
+    "test",
+    "measures",
+    "how",
+    "fast",
+    "a",
+    "model",
+    "answers",
+    "when",
+    "many",
+    "users",
+    "ask",
+    "at",
+    "once",
+    "and",
+    "whether",
+    "each",
+    "key",
+    "stays",
+    "within",
+    "its",
+    "promised",
+    "rate",
+    "and",
+    "concurrency",
+    "limits",
+    "while",
+    "streams",
+    "arrive",
+    "token",
+    "by",
+    "token",
+    "over",
+    "time",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +62,9 @@ def prompt_text(n_words: int, rng: random.Random) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(max(1, n_words)))
 
 
-def prepare(kind: str, model: str, prompt_tokens: int, max_tokens: int,
-            rng: random.Random) -> PreparedRequest:
+def prepare(
+    kind: str, model: str, prompt_tokens: int, max_tokens: int, rng: random.Random
+) -> PreparedRequest:
     if kind == "models":
         return PreparedRequest(kind, "models", "GET", "/ai/models", False, None, None)
     stream = kind.endswith("_stream")
@@ -43,8 +80,15 @@ def prepare(kind: str, model: str, prompt_tokens: int, max_tokens: int,
         path, endpoint = "/ai/completions", "completions"
     else:
         raise ValueError(f"unknown request kind {kind!r}")
-    return PreparedRequest(kind, endpoint, "POST", path, stream, model,
-                           json.dumps(body, separators=(",", ":")).encode())
+    return PreparedRequest(
+        kind,
+        endpoint,
+        "POST",
+        path,
+        stream,
+        model,
+        json.dumps(body, separators=(",", ":")).encode(),
+    )
 
 
 class MixPicker:

@@ -74,14 +74,25 @@ class RequestRecord:
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
         schema = data.get("schema", RECORD_SCHEMA)
         if schema != RECORD_SCHEMA:
-            raise ValueError(f"unsupported record schema {schema!r} (this loadkit reads {RECORD_SCHEMA})")
+            raise ValueError(
+                f"unsupported record schema {schema!r} (this loadkit reads {RECORD_SCHEMA})"
+            )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
-_TIME_FIELDS = ("scheduled_s", "send_s", "headers_s", "first_token_s", "last_token_s", "end_s",
-                "rl_reset_requests_s", "retry_after_s", "queued_s")
+_TIME_FIELDS = (
+    "scheduled_s",
+    "send_s",
+    "headers_s",
+    "first_token_s",
+    "last_token_s",
+    "end_s",
+    "rl_reset_requests_s",
+    "retry_after_s",
+    "queued_s",
+)
 
 
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:
@@ -146,16 +157,24 @@ def read_records(run_dir: str | os.PathLike[str]):  # -> pandas.DataFrame
         df = pd.read_parquet(parquet)
         bad = set(df["schema"].dropna().unique()) - {RECORD_SCHEMA} if len(df) else set()
         if bad:
-            raise ValueError(f"{parquet}: unsupported record schema {', '.join(sorted(bad))} "
-                             f"(this loadkit reads {RECORD_SCHEMA})")
+            raise ValueError(
+                f"{parquet}: unsupported record schema {', '.join(sorted(bad))} "
+                f"(this loadkit reads {RECORD_SCHEMA})"
+            )
         return df
     tables = []
     for path in record_files(run_dir):
         if path.stat().st_size == 0:
             continue
         try:
-            tables.append(pj.read_json(path, parse_options=pj.ParseOptions(
-                explicit_schema=arrow_schema(), unexpected_field_behavior="ignore")))
+            tables.append(
+                pj.read_json(
+                    path,
+                    parse_options=pj.ParseOptions(
+                        explicit_schema=arrow_schema(), unexpected_field_behavior="ignore"
+                    ),
+                )
+            )
         except pa.ArrowInvalid:
             # A torn last line or an odd file: fall back to the careful line reader.
             recs = [asdict(r) for r in iter_records_file(path)]
@@ -166,8 +185,10 @@ def read_records(run_dir: str | os.PathLike[str]):  # -> pandas.DataFrame
     schemas = set(table.column("schema").unique().to_pylist()) - {None}
     if schemas - {RECORD_SCHEMA}:
         bad = sorted(str(x) for x in schemas - {RECORD_SCHEMA})
-        raise ValueError(f"{run_dir}: unsupported record schema {', '.join(bad)} "
-                         f"(this loadkit reads {RECORD_SCHEMA})")
+        raise ValueError(
+            f"{run_dir}: unsupported record schema {', '.join(bad)} "
+            f"(this loadkit reads {RECORD_SCHEMA})"
+        )
     return table.to_pandas()
 
 
@@ -208,9 +229,15 @@ def arrow_schema():
 
     f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
     types = {
-        "attempt": i64, "stream": b, "status": i64, "prompt_tokens": i64,
-        "completion_tokens": i64, "content_chunks": i64, "rl_limit_requests": i64,
-        "rl_remaining_requests": i64, "chunk_s": pa.list_(f64),
+        "attempt": i64,
+        "stream": b,
+        "status": i64,
+        "prompt_tokens": i64,
+        "completion_tokens": i64,
+        "content_chunks": i64,
+        "rl_limit_requests": i64,
+        "rl_remaining_requests": i64,
+        "chunk_s": pa.list_(f64),
     }
     cols = []
     for name in RECORD_FIELDS:

@@ -47,8 +47,9 @@ def open_target(scenario: Scenario, out_dir: Path, cpu: int | None = None) -> It
     from loadkit.server.process import start_server_process
 
     truth = out_dir / "truth.jsonl"
-    with start_server_process(config_path=scenario.target.server_config, truth_path=truth,
-                              cpu=cpu) as srv:
+    with start_server_process(
+        config_path=scenario.target.server_config, truth_path=truth, cpu=cpu
+    ) as srv:
         yield Target(srv.base_url, embedded_keys(scenario, srv.keys), truth)
 
 
@@ -58,33 +59,50 @@ def embedded_keys(scenario: Scenario, server_keys: list[dict[str, str]]) -> list
         mine = [k for k in server_keys if k["tier"] == tier.name]
         if not mine:
             have = sorted({k["tier"] for k in server_keys})
-            raise ScenarioError(f"tiers.{tier.name}: the embedded server has no keys of tier "
-                                f"{tier.name!r} (its tiers: {', '.join(have)})")
+            raise ScenarioError(
+                f"tiers.{tier.name}: the embedded server has no keys of tier "
+                f"{tier.name!r} (its tiers: {', '.join(have)})"
+            )
         if tier.keys:
             if tier.keys > len(mine):
-                raise ScenarioError(f"tiers.{tier.name}.keys: asks for {tier.keys} keys, the "
-                                    f"embedded server has {len(mine)}")
+                raise ScenarioError(
+                    f"tiers.{tier.name}.keys: asks for {tier.keys} keys, the "
+                    f"embedded server has {len(mine)}"
+                )
             mine = mine[: tier.keys]
         out += [Key(k["label"], tier.name, k["key"]) for k in mine]
     return out
 
 
-def new_meta(scenario: Scenario, engine: str, base_url: str, keys: list[Key], run_id: str,
-             clock: Clock) -> RunMeta:
+def new_meta(
+    scenario: Scenario, engine: str, base_url: str, keys: list[Key], run_id: str, clock: Clock
+) -> RunMeta:
     return RunMeta(
-        run_id=run_id, engine=engine, target=base_url, scenario_name=scenario.name,
-        started_unix=clock.wall_anchor, mono_anchor_ns=clock.mono_anchor_ns,
+        run_id=run_id,
+        engine=engine,
+        target=base_url,
+        scenario_name=scenario.name,
+        started_unix=clock.wall_anchor,
+        mono_anchor_ns=clock.mono_anchor_ns,
         tiers={name: t.promised() for name, t in scenario.tiers.items()},
-        keys=[{"label": k.label, "tier": k.tier, "fingerprint": fingerprint(k.secret)}
-              for k in keys],
-        slo=dict(scenario.slo), goodput=dict(scenario.goodput),
-        scenario=_jsonable(scenario.to_dict()), warmup_s=scenario.warmup_s,
+        keys=[
+            {"label": k.label, "tier": k.tier, "fingerprint": fingerprint(k.secret)} for k in keys
+        ],
+        slo=dict(scenario.slo),
+        goodput=dict(scenario.goodput),
+        scenario=_jsonable(scenario.to_dict()),
+        warmup_s=scenario.warmup_s,
         loadkit_version=__version__,
     )
 
 
-def run_scenario(scenario: Scenario, out_dir: Path, engine: str = "async",
-                 workers: int | None = None, progress: bool = True) -> RunMeta:
+def run_scenario(
+    scenario: Scenario,
+    out_dir: Path,
+    engine: str = "async",
+    workers: int | None = None,
+    progress: bool = True,
+) -> RunMeta:
     """Run a scenario and write records and run.json into ``out_dir``; returns the
     metadata (``interrupted`` set if Ctrl-C stopped it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,37 +116,48 @@ def run_scenario(scenario: Scenario, out_dir: Path, engine: str = "async",
         meta = new_meta(scenario, engine, target.base_url, target.keys, run_id, clock)
         meta.write(out_dir)
         if progress:
-            print(f"loadkit: {scenario.name}: {engine} engine, {len(target.keys)} keys, "
-                  f"{_duration_text(scenario)} against {target.base_url}", file=sys.stderr)
+            print(
+                f"loadkit: {scenario.name}: {engine} engine, {len(target.keys)} keys, "
+                f"{_duration_text(scenario)} against {target.base_url}",
+                file=sys.stderr,
+            )
         if engine == "async":
             _run_async(scenario, target, out_dir, clock, meta, progress)
         else:
             from loadkit.locust_runner import run_locust
 
-            run_locust(scenario, target, out_dir, clock, meta, workers=workers,
-                       progress=progress)
+            run_locust(scenario, target, out_dir, clock, meta, workers=workers, progress=progress)
         meta.ended_unix = time.time()
         meta.duration_s = clock.now()
         meta.write(out_dir)
     return meta
 
 
-def _run_async(scenario: Scenario, target: Target, out_dir: Path, clock: Clock,
-               meta: RunMeta, progress: bool) -> None:
+def _run_async(
+    scenario: Scenario, target: Target, out_dir: Path, clock: Clock, meta: RunMeta, progress: bool
+) -> None:
     from loadkit.engine.async_engine import run_engine
 
     worker = "async-0"
     with RecordWriter(out_dir / f"records-{worker}.jsonl") as writer:
         try:
-            res = run_engine(scenario, target.keys, target.base_url, writer, clock,
-                             meta.run_id, progress=progress)
+            res = run_engine(
+                scenario,
+                target.keys,
+                target.base_url,
+                writer,
+                clock,
+                meta.run_id,
+                progress=progress,
+            )
             meta.interrupted = res.interrupted
             meta.stop_reason = res.stop_reason
         except KeyboardInterrupt:
             meta.interrupted = True
             meta.stop_reason = "interrupted (Ctrl-C)"
-        meta.workers = [WorkerInfo(worker, writer.count,
-                                   "interrupted" if meta.interrupted else "ok")]
+        meta.workers = [
+            WorkerInfo(worker, writer.count, "interrupted" if meta.interrupted else "ok")
+        ]
 
 
 def run_main(args: Any) -> int:
@@ -141,8 +170,9 @@ def run_main(args: Any) -> int:
     engine = args.engine or scenario.engine or "locust"
     out_dir = Path(args.out) if args.out else Path("runs") / new_run_id()
     try:
-        meta = run_scenario(scenario, out_dir, engine=engine, workers=args.workers,
-                            progress=not args.quiet)
+        meta = run_scenario(
+            scenario, out_dir, engine=engine, workers=args.workers, progress=not args.quiet
+        )
     except ScenarioError as exc:
         print(f"loadkit run: {exc}", file=sys.stderr)
         return 2
@@ -159,8 +189,9 @@ def run_main(args: Any) -> int:
 
     from analysis.cli import analyze_main
 
-    return analyze_main(argparse.Namespace(run_dir=str(out_dir), slo=[], no_charts=False,
-                                           quiet=args.quiet))
+    return analyze_main(
+        argparse.Namespace(run_dir=str(out_dir), slo=[], no_charts=False, quiet=args.quiet)
+    )
 
 
 def _duration_text(s: Scenario) -> str:
@@ -180,4 +211,3 @@ def _jsonable(d: Any) -> Any:
     if isinstance(d, float) and d == float("inf"):
         return None
     return d
-

@@ -70,8 +70,11 @@ class TierSpec:
     keys: int = 0  # embedded server: how many of its keys of this tier to use (0 = all)
 
     def promised(self) -> dict[str, Any]:
-        return {"requests": self.requests, "window_s": self.window_s,
-                "concurrency": self.concurrency}
+        return {
+            "requests": self.requests,
+            "window_s": self.window_s,
+            "concurrency": self.concurrency,
+        }
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,9 @@ class Scenario:
     sweep: dict[str, Any] = field(default_factory=dict)
     source: str = "<built-in>"
 
-    def with_overrides(self, *, duration_s: float | None = None,
-                       base_url: str | None = None) -> Scenario:
+    def with_overrides(
+        self, *, duration_s: float | None = None, base_url: str | None = None
+    ) -> Scenario:
         from dataclasses import replace
 
         s = self
@@ -174,14 +178,30 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     return scenario_from_dict(data, source=str(p), base_dir=p.parent)
 
 
-def scenario_from_dict(data: dict[str, Any], source: str = "<dict>",
-                       base_dir: Path | None = None) -> Scenario:
+def scenario_from_dict(
+    data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None
+) -> Scenario:
     where = _Where(source)
-    _only(data, {"name", "description", "target", "run", "tiers", "load", "slo", "goodput",
-                 "sweep"}, where, "")
+    _only(
+        data,
+        {"name", "description", "target", "run", "tiers", "load", "slo", "goodput", "sweep"},
+        where,
+        "",
+    )
     target_d = _table(data, "target", where)
-    _only(target_d, {"base_url", "model", "connect_timeout_s", "request_timeout_s",
-                     "read_timeout_s", "server_config"}, where, "target")
+    _only(
+        target_d,
+        {
+            "base_url",
+            "model",
+            "connect_timeout_s",
+            "request_timeout_s",
+            "read_timeout_s",
+            "server_config",
+        },
+        where,
+        "target",
+    )
     server_config = _opt_str(target_d, "server_config", where, "target")
     if server_config and base_dir is not None and not Path(server_config).is_absolute():
         server_config = str(base_dir / server_config)
@@ -194,17 +214,33 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<dict>",
         server_config=server_config,
     )
     if target.base_url != EMBEDDED and not target.base_url.startswith(("http://", "https://")):
-        raise ScenarioError(f"{where}: target.base_url: expected 'embedded' or an http(s) URL, "
-                            f"got {target.base_url!r}")
+        raise ScenarioError(
+            f"{where}: target.base_url: expected 'embedded' or an http(s) URL, "
+            f"got {target.base_url!r}"
+        )
 
     run_d = _table(data, "run", where)
-    _only(run_d, {"duration_s", "max_requests", "warmup_s", "drain_s", "seed", "engine",
-                  "honour_retry_after", "max_retries"}, where, "run")
+    _only(
+        run_d,
+        {
+            "duration_s",
+            "max_requests",
+            "warmup_s",
+            "drain_s",
+            "seed",
+            "engine",
+            "honour_retry_after",
+            "max_retries",
+        },
+        where,
+        "run",
+    )
     duration = _num(run_d, "duration_s", where, "run", 0.0)
     max_requests = _int(run_d, "max_requests", where, "run", 0, minimum=0)
     if duration <= 0 and max_requests <= 0:
-        raise ScenarioError(f"{where}: run: set duration_s > 0 or max_requests > 0; "
-                            "every run must be bounded")
+        raise ScenarioError(
+            f"{where}: run: set duration_s > 0 or max_requests > 0; every run must be bounded"
+        )
     if duration < 0:
         raise ScenarioError(f"{where}: run.duration_s: must be >= 0, got {duration!r}")
     if duration == 0:
@@ -232,14 +268,19 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<dict>",
     if not isinstance(goodput, dict) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in goodput.values()
     ):
-        raise ScenarioError(f"{where}: goodput: expected a table of positive thresholds "
-                            f"(e.g. ttft_ms = 500), got {goodput!r}")
+        raise ScenarioError(
+            f"{where}: goodput: expected a table of positive thresholds "
+            f"(e.g. ttft_ms = 500), got {goodput!r}"
+        )
     sweep = data.get("sweep", {})
     if not isinstance(sweep, dict):
         raise ScenarioError(f"{where}: sweep: expected a table, got {sweep!r}")
     return Scenario(
         name=_str(data, "name", where, "", Path(source).stem if source else "scenario"),
-        target=target, tiers=tiers, load=loads, duration_s=duration,
+        target=target,
+        tiers=tiers,
+        load=loads,
+        duration_s=duration,
         max_requests=max_requests,
         warmup_s=_num(run_d, "warmup_s", where, "run", 0.0, minimum=0.0),
         drain_s=_num(run_d, "drain_s", where, "run", 30.0, minimum=0.0),
@@ -247,7 +288,10 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<dict>",
         engine=engine,
         honour_retry_after=_bool(run_d, "honour_retry_after", where, "run", False),
         max_retries=_int(run_d, "max_retries", where, "run", 3, minimum=0),
-        slo=slo, goodput={k: float(v) for k, v in goodput.items()}, sweep=sweep, source=source,
+        slo=slo,
+        goodput={k: float(v) for k, v in goodput.items()},
+        sweep=sweep,
+        source=source,
     )
 
 
@@ -259,8 +303,9 @@ def _tier(name: str, d: Any, where: _Where, base_dir: Path | None) -> TierSpec:
     if "requests" not in d:
         raise ScenarioError(f"{where}: {ctx}.requests: required (the promised requests per window)")
     if "concurrency" not in d:
-        raise ScenarioError(f"{where}: {ctx}.concurrency: required (the promised concurrent "
-                            "requests)")
+        raise ScenarioError(
+            f"{where}: {ctx}.concurrency: required (the promised concurrent requests)"
+        )
     keys_file = _opt_str(d, "keys_file", where, ctx)
     if keys_file and base_dir is not None and not Path(keys_file).is_absolute():
         keys_file = str(base_dir / keys_file)
@@ -279,25 +324,51 @@ def _load(i: int, d: Any, where: _Where, tiers: dict[str, TierSpec]) -> LoadSpec
     ctx = f"load[{i}]"
     if not isinstance(d, dict):
         raise ScenarioError(f"{where}: {ctx}: expected a table, got {d!r}")
-    _only(d, {"tier", "pattern", "rate_per_s", "rate_per_min", "rate_factor", "concurrency",
-              "think_s", "burst_size", "burst_period_s", "phase_s", "start_s", "duration_s",
-              "mix", "model", "prompt_tokens", "max_tokens", "max_in_flight", "keys",
-              "backoff_429_s"},
-          where, ctx)
+    _only(
+        d,
+        {
+            "tier",
+            "pattern",
+            "rate_per_s",
+            "rate_per_min",
+            "rate_factor",
+            "concurrency",
+            "think_s",
+            "burst_size",
+            "burst_period_s",
+            "phase_s",
+            "start_s",
+            "duration_s",
+            "mix",
+            "model",
+            "prompt_tokens",
+            "max_tokens",
+            "max_in_flight",
+            "keys",
+            "backoff_429_s",
+        },
+        where,
+        ctx,
+    )
     tier = _str(d, "tier", where, ctx, "")
     if tier not in tiers:
-        raise ScenarioError(f"{where}: {ctx}.tier: {tier!r} is not a tier of this scenario "
-                            f"(tiers: {', '.join(sorted(tiers))})")
+        raise ScenarioError(
+            f"{where}: {ctx}.tier: {tier!r} is not a tier of this scenario "
+            f"(tiers: {', '.join(sorted(tiers))})"
+        )
     pattern = _str(d, "pattern", where, ctx, "poisson")
     if pattern not in PATTERNS:
-        raise ScenarioError(f"{where}: {ctx}.pattern: expected one of {', '.join(PATTERNS)}, "
-                            f"got {pattern!r}")
+        raise ScenarioError(
+            f"{where}: {ctx}.pattern: expected one of {', '.join(PATTERNS)}, got {pattern!r}"
+        )
     rates = [k for k in ("rate_per_s", "rate_per_min", "rate_factor") if k in d]
     rate = 0.0
     if pattern in ("constant", "poisson"):
         if len(rates) != 1:
-            raise ScenarioError(f"{where}: {ctx}: a {pattern} load needs exactly one of "
-                                f"rate_per_s, rate_per_min, rate_factor (got {rates or 'none'})")
+            raise ScenarioError(
+                f"{where}: {ctx}: a {pattern} load needs exactly one of "
+                f"rate_per_s, rate_per_min, rate_factor (got {rates or 'none'})"
+            )
         if "rate_per_s" in d:
             rate = _pos(d, "rate_per_s", where, ctx, 1.0)
         elif "rate_per_min" in d:
@@ -306,33 +377,45 @@ def _load(i: int, d: Any, where: _Where, tiers: dict[str, TierSpec]) -> LoadSpec
             t = tiers[tier]
             rate = _pos(d, "rate_factor", where, ctx, 1.0) * t.requests / t.window_s
     elif rates:
-        raise ScenarioError(f"{where}: {ctx}.{rates[0]}: only for constant/poisson loads, "
-                            f"not {pattern!r}")
+        raise ScenarioError(
+            f"{where}: {ctx}.{rates[0]}: only for constant/poisson loads, not {pattern!r}"
+        )
     concurrency = _int(d, "concurrency", where, ctx, 0, minimum=0)
     if pattern == "closed" and concurrency < 1:
-        raise ScenarioError(f"{where}: {ctx}.concurrency: a closed load needs users per key "
-                            f">= 1, got {d.get('concurrency')!r}")
+        raise ScenarioError(
+            f"{where}: {ctx}.concurrency: a closed load needs users per key "
+            f">= 1, got {d.get('concurrency')!r}"
+        )
     burst_size = _int(d, "burst_size", where, ctx, 0, minimum=0)
     burst_period = _num(d, "burst_period_s", where, ctx, 0.0, minimum=0.0)
     if pattern == "burst" and (burst_size < 1 or burst_period <= 0):
-        raise ScenarioError(f"{where}: {ctx}: a burst load needs burst_size >= 1 and "
-                            f"burst_period_s > 0 (got {burst_size!r}, {burst_period!r})")
+        raise ScenarioError(
+            f"{where}: {ctx}: a burst load needs burst_size >= 1 and "
+            f"burst_period_s > 0 (got {burst_size!r}, {burst_period!r})"
+        )
     phase = d.get("phase_s", "random")
     if phase == "random":
         phase_s = None
     elif isinstance(phase, int | float) and not isinstance(phase, bool) and phase >= 0:
         phase_s = float(phase)
     else:
-        raise ScenarioError(f"{where}: {ctx}.phase_s: expected 'random' or seconds >= 0, "
-                            f"got {phase!r}")
+        raise ScenarioError(
+            f"{where}: {ctx}.phase_s: expected 'random' or seconds >= 0, got {phase!r}"
+        )
     duration = d.get("duration_s")
     if duration is not None:
         duration = _pos(d, "duration_s", where, ctx, 1.0)
     return LoadSpec(
-        tier=tier, pattern=pattern, rate_per_s=rate, concurrency=concurrency,
+        tier=tier,
+        pattern=pattern,
+        rate_per_s=rate,
+        concurrency=concurrency,
         think_s=_num(d, "think_s", where, ctx, 0.0, minimum=0.0),
-        burst_size=burst_size, burst_period_s=burst_period, phase_s=phase_s,
-        start_s=_num(d, "start_s", where, ctx, 0.0, minimum=0.0), duration_s=duration,
+        burst_size=burst_size,
+        burst_period_s=burst_period,
+        phase_s=phase_s,
+        start_s=_num(d, "start_s", where, ctx, 0.0, minimum=0.0),
+        duration_s=duration,
         mix=_mix(d.get("mix", {"chat_stream": 1}), where, ctx),
         model=_opt_str(d, "model", where, ctx),
         prompt_tokens=_dist(d.get("prompt_tokens", 16), where, f"{ctx}.prompt_tokens"),
@@ -348,28 +431,34 @@ def _backoff(v: Any, where: _Where, ctx: str) -> float | None:
         return None
     if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
         return float(v)
-    raise ScenarioError(f"{where}: {ctx}.backoff_429_s: expected 'retry-after' or seconds "
-                        f">= 0, got {v!r}")
+    raise ScenarioError(
+        f"{where}: {ctx}.backoff_429_s: expected 'retry-after' or seconds >= 0, got {v!r}"
+    )
 
 
 def _key_indexes(v: Any, where: _Where, ctx: str) -> tuple[int, ...]:
     if not isinstance(v, list) or not all(
         isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v
     ):
-        raise ScenarioError(f"{where}: {ctx}.keys: expected a list of key numbers within the "
-                            f"tier (1 = its first key), got {v!r}")
+        raise ScenarioError(
+            f"{where}: {ctx}.keys: expected a list of key numbers within the "
+            f"tier (1 = its first key), got {v!r}"
+        )
     return tuple(v)
 
 
 def _mix(d: Any, where: _Where, ctx: str) -> tuple[tuple[str, float], ...]:
     if not isinstance(d, dict) or not d:
-        raise ScenarioError(f"{where}: {ctx}.mix: expected a table of weights such as "
-                            f"{{chat_stream = 1}}, got {d!r}")
+        raise ScenarioError(
+            f"{where}: {ctx}.mix: expected a table of weights such as "
+            f"{{chat_stream = 1}}, got {d!r}"
+        )
     out = []
     for k, v in d.items():
         if k not in MIX_KINDS:
-            raise ScenarioError(f"{where}: {ctx}.mix.{k}: unknown request kind "
-                                f"(kinds: {', '.join(MIX_KINDS)})")
+            raise ScenarioError(
+                f"{where}: {ctx}.mix.{k}: unknown request kind (kinds: {', '.join(MIX_KINDS)})"
+            )
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
             raise ScenarioError(f"{where}: {ctx}.mix.{k}: weight must be >= 0, got {v!r}")
         if v > 0:
@@ -385,12 +474,15 @@ def _dist(v: Any, where: _Where, ctx: str) -> Dist:
             raise ScenarioError(f"{where}: {ctx}: must be >= 1, got {v!r}")
         return Dist("fixed", v)
     if not isinstance(v, dict):
-        raise ScenarioError(f"{where}: {ctx}: expected a count or a table such as "
-                            f"{{dist = 'uniform', min = 10, max = 50}}, got {v!r}")
+        raise ScenarioError(
+            f"{where}: {ctx}: expected a count or a table such as "
+            f"{{dist = 'uniform', min = 10, max = 50}}, got {v!r}"
+        )
     kind = v.get("dist", "fixed")
     if kind not in DISTS:
-        raise ScenarioError(f"{where}: {ctx}.dist: expected one of {', '.join(DISTS)}, "
-                            f"got {kind!r}")
+        raise ScenarioError(
+            f"{where}: {ctx}.dist: expected one of {', '.join(DISTS)}, got {kind!r}"
+        )
     if kind == "fixed":
         return Dist("fixed", _int(v, "value", where, ctx, 16, minimum=1))
     if kind == "uniform":
@@ -406,11 +498,14 @@ def _dist(v: Any, where: _Where, ctx: str) -> Dist:
         hi = _int(v, "max", where, ctx, max(lo, round(mean + 4 * sd)), minimum=lo)
         return Dist("normal", mean=mean, sd=sd, min=lo, max=hi)
     choices = v.get("values")
-    if (not isinstance(choices, list) or not choices
-            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
-                       for c in choices)):
-        raise ScenarioError(f"{where}: {ctx}.values: expected a list of counts >= 1, "
-                            f"got {choices!r}")
+    if (
+        not isinstance(choices, list)
+        or not choices
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in choices)
+    ):
+        raise ScenarioError(
+            f"{where}: {ctx}.values: expected a list of counts >= 1, got {choices!r}"
+        )
     return Dist("choice", choices=tuple(choices))
 
 
@@ -445,14 +540,18 @@ def resolve_keys(scenario: Scenario, environ: dict[str, str] | None = None) -> l
         if tier.keys_env:
             raw = env.get(tier.keys_env, "")
             if not raw.strip():
-                raise ScenarioError(f"tiers.{tier.name}.keys_env: environment variable "
-                                    f"{tier.keys_env} is empty or not set")
+                raise ScenarioError(
+                    f"tiers.{tier.name}.keys_env: environment variable "
+                    f"{tier.keys_env} is empty or not set"
+                )
             secrets += [(None, s.strip()) for s in raw.split(",") if s.strip()]
         if tier.keys_file:
             secrets += _read_keys_file(tier.keys_file, tier.name)
         if not secrets:
-            raise ScenarioError(f"tiers.{tier.name}: no keys: set keys_env or keys_file "
-                                "(keys are never written in a scenario)")
+            raise ScenarioError(
+                f"tiers.{tier.name}: no keys: set keys_env or keys_file "
+                "(keys are never written in a scenario)"
+            )
         if tier.keys:
             secrets = secrets[: tier.keys]
         for i, (label, secret) in enumerate(secrets, 1):
@@ -468,8 +567,9 @@ def _read_keys_file(path: str, tier: str) -> list[tuple[str | None, str]]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise ScenarioError(f"tiers.{tier}.keys_file: cannot read {path} ({exc.strerror})") \
-            from None
+        raise ScenarioError(
+            f"tiers.{tier}.keys_file: cannot read {path} ({exc.strerror})"
+        ) from None
     out: list[tuple[str | None, str]] = []
     for n, line in enumerate(lines, 1):
         line = line.split("#", 1)[0].strip()
@@ -481,8 +581,9 @@ def _read_keys_file(path: str, tier: str) -> list[tuple[str | None, str]]:
         elif len(parts) == 2:
             out.append((parts[0], parts[1]))
         else:
-            raise ScenarioError(f"tiers.{tier}.keys_file: {path}:{n}: expected 'KEY' or "
-                                "'LABEL KEY'")
+            raise ScenarioError(
+                f"tiers.{tier}.keys_file: {path}:{n}: expected 'KEY' or 'LABEL KEY'"
+            )
     return out
 
 
@@ -498,8 +599,9 @@ def _only(d: dict[str, Any], allowed: set[str], where: _Where, ctx: str) -> None
     for k in d:
         if k not in allowed:
             name = f"{ctx}.{k}" if ctx else k
-            raise ScenarioError(f"{where}: {name}: unknown field (expected one of "
-                                f"{', '.join(sorted(allowed))})")
+            raise ScenarioError(
+                f"{where}: {name}: unknown field (expected one of {', '.join(sorted(allowed))})"
+            )
 
 
 def _table(d: dict[str, Any], name: str, where: _Where) -> dict[str, Any]:
@@ -534,8 +636,14 @@ def _bool(d: dict[str, Any], key: str, where: _Where, ctx: str, default: bool) -
     return v
 
 
-def _num(d: dict[str, Any], key: str, where: _Where, ctx: str, default: float,
-         minimum: float | None = None) -> float:
+def _num(
+    d: dict[str, Any],
+    key: str,
+    where: _Where,
+    ctx: str,
+    default: float,
+    minimum: float | None = None,
+) -> float:
     v = d.get(key, default)
     if not isinstance(v, int | float) or isinstance(v, bool) or math.isnan(v):
         raise ScenarioError(f"{where}: {_name(ctx, key)}: expected a number, got {v!r}")
@@ -547,8 +655,9 @@ def _num(d: dict[str, Any], key: str, where: _Where, ctx: str, default: float,
 def _pos(d: dict[str, Any], key: str, where: _Where, ctx: str, default: float) -> float:
     v = _num(d, key, where, ctx, default)
     if v <= 0 or math.isinf(v):
-        raise ScenarioError(f"{where}: {_name(ctx, key)}: must be a positive number, got "
-                            f"{d.get(key)!r}")
+        raise ScenarioError(
+            f"{where}: {_name(ctx, key)}: must be a positive number, got {d.get(key)!r}"
+        )
     return v
 
 
@@ -557,8 +666,9 @@ def _positive(name: str, v: float) -> None:
         raise ScenarioError(f"{name}: must be a positive number of seconds, got {v!r}")
 
 
-def _int(d: dict[str, Any], key: str, where: _Where, ctx: str, default: int,
-         minimum: int | None = None) -> int:
+def _int(
+    d: dict[str, Any], key: str, where: _Where, ctx: str, default: int, minimum: int | None = None
+) -> int:
     v = d.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool):
         raise ScenarioError(f"{where}: {_name(ctx, key)}: expected an integer, got {v!r}")

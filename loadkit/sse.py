@@ -51,8 +51,11 @@ class SSEDecoder:
             if not raw:
                 if self._has_data:
                     data = self._data
-                    events.append(SSEEvent(data[0] if len(data) == 1 else "\n".join(data),
-                                           self._event, self._id))
+                    events.append(
+                        SSEEvent(
+                            data[0] if len(data) == 1 else "\n".join(data), self._event, self._id
+                        )
+                    )
                     self._data = []
                     self._has_data = False
                 self._event = None

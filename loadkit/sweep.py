@@ -33,42 +33,53 @@ def sweep_spec(s: Scenario) -> SweepSpec:
     allowed = {"load", "values", "step_duration_s", "warmup_s", "stop_when", "saturation"}
     for k in d:
         if k not in allowed:
-            raise ScenarioError(f"{where}.{k}: unknown field (expected one of "
-                                f"{', '.join(sorted(allowed))})")
+            raise ScenarioError(
+                f"{where}.{k}: unknown field (expected one of {', '.join(sorted(allowed))})"
+            )
     idx = d.get("load", 0)
     if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(s.load):
-        raise ScenarioError(f"{where}.load: expected the index of a [[load]] table "
-                            f"(0..{len(s.load) - 1}), got {idx!r}")
+        raise ScenarioError(
+            f"{where}.load: expected the index of a [[load]] table "
+            f"(0..{len(s.load) - 1}), got {idx!r}"
+        )
     values = d.get("values")
-    if (not isinstance(values, list) or not values
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-                       for v in values)
-            or sorted(values) != values):
-        raise ScenarioError(f"{where}.values: expected an increasing list of positive loads, "
-                            f"got {values!r}")
+    if (
+        not isinstance(values, list)
+        or not values
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values)
+        or sorted(values) != values
+    ):
+        raise ScenarioError(
+            f"{where}.values: expected an increasing list of positive loads, got {values!r}"
+        )
     pattern = s.load[idx].pattern
     if pattern == "burst":
-        raise ScenarioError(f"{where}.load: load[{idx}] is a burst; sweep a constant, poisson "
-                            "or closed phase")
+        raise ScenarioError(
+            f"{where}.load: load[{idx}] is a burst; sweep a constant, poisson or closed phase"
+        )
     if pattern == "closed" and not all(float(v).is_integer() for v in values):
-        raise ScenarioError(f"{where}.values: a closed phase steps users per key: whole "
-                            f"numbers, got {values!r}")
+        raise ScenarioError(
+            f"{where}.values: a closed phase steps users per key: whole numbers, got {values!r}"
+        )
     step = d.get("step_duration_s", 20)
     if not isinstance(step, int | float) or isinstance(step, bool) or step <= 0:
         raise ScenarioError(f"{where}.step_duration_s: must be a positive number, got {step!r}")
     warm = d.get("warmup_s", min(2.0, step / 5))
     if not isinstance(warm, int | float) or isinstance(warm, bool) or not 0 <= warm < step:
-        raise ScenarioError(f"{where}.warmup_s: must be >= 0 and below step_duration_s, "
-                            f"got {warm!r}")
+        raise ScenarioError(
+            f"{where}.warmup_s: must be >= 0 and below step_duration_s, got {warm!r}"
+        )
     stop = d.get("stop_when", "slo_or_saturated")
     if stop not in STOP_WHEN:
-        raise ScenarioError(f"{where}.stop_when: expected one of {', '.join(STOP_WHEN)}, "
-                            f"got {stop!r}")
+        raise ScenarioError(
+            f"{where}.stop_when: expected one of {', '.join(STOP_WHEN)}, got {stop!r}"
+        )
     sat = d.get("saturation", 0.9)
     if not isinstance(sat, int | float) or isinstance(sat, bool) or not 0 < sat <= 1:
         raise ScenarioError(f"{where}.saturation: must be in (0, 1], got {sat!r}")
-    return SweepSpec(idx, tuple(float(v) for v in values), float(step), float(warm), stop,
-                     float(sat))
+    return SweepSpec(
+        idx, tuple(float(v) for v in values), float(step), float(warm), stop, float(sat)
+    )
 
 
 def step_scenario(s: Scenario, spec: SweepSpec, value: float) -> Scenario:
@@ -78,8 +89,14 @@ def step_scenario(s: Scenario, spec: SweepSpec, value: float) -> Scenario:
         load = replace(load, concurrency=int(value), start_s=0.0, duration_s=None)
     else:
         load = replace(load, rate_per_s=value, start_s=0.0, duration_s=None)
-    return replace(s, load=(load,), duration_s=spec.step_duration_s, warmup_s=spec.warmup_s,
-                   max_requests=0, drain_s=min(s.drain_s, 30.0))
+    return replace(
+        s,
+        load=(load,),
+        duration_s=spec.step_duration_s,
+        warmup_s=spec.warmup_s,
+        max_requests=0,
+        drain_s=min(s.drain_s, 30.0),
+    )
 
 
 def run_sweep(s: Scenario, out_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -95,10 +112,10 @@ def run_sweep(s: Scenario, out_dir: Path, progress: bool = True) -> dict[str, An
     for i, value in enumerate(spec.values, 1):
         step_dir = out_dir / f"step-{i:02d}"
         if progress:
-            print(f"loadkit sweep: step {i}/{len(spec.values)}: {value:g} {unit}",
-                  file=sys.stderr)
-        meta = run_scenario(step_scenario(s, spec, value), step_dir, engine="async",
-                            progress=progress)
+            print(f"loadkit sweep: step {i}/{len(spec.values)}: {value:g} {unit}", file=sys.stderr)
+        meta = run_scenario(
+            step_scenario(s, spec, value), step_dir, engine="async", progress=progress
+        )
         summary = analyze_run(step_dir, charts=False)
         row = step_row(i, value, unit, summary, load.pattern, spec.saturation)
         rows.append(row)

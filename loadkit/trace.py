@@ -42,12 +42,9 @@ def parse_limit_headers(headers: Mapping[str, str]) -> LimitHeaders:
     """Read ``x-ratelimit-*`` and ``retry-after(-ms)``; header names case-insensitive.
     A value that does not parse is treated as absent rather than failing the request."""
     get = _getter(headers)
-    retry: float | None = None
     ms = _float(get("retry-after-ms"))
-    if ms is not None:
-        retry = ms / 1000.0
-    else:
-        retry = _float(get("retry-after"))  # an HTTP-date form is left unparsed
+    # An HTTP-date retry-after is left unparsed (absent).
+    retry = ms / 1000.0 if ms is not None else _float(get("retry-after"))
     reset = get("x-ratelimit-reset-requests")
     reset_s: float | None
     try:
@@ -75,11 +72,23 @@ class RequestTrace:
     def __init__(self, info: RequestInfo, send_s: float, queued_s: float = 0.0) -> None:
         self.info = info
         self.rec = RequestRecord(
-            run_id=info.run_id, engine=info.engine, worker=info.worker,
-            request_id=info.request_id, attempt=info.attempt, tier=info.tier, key=info.key,
-            endpoint=info.endpoint, stream=info.stream, model=info.model,
-            scheduled_s=info.scheduled_s, send_s=send_s, headers_s=None, first_token_s=None,
-            last_token_s=None, end_s=send_s, queued_s=queued_s,
+            run_id=info.run_id,
+            engine=info.engine,
+            worker=info.worker,
+            request_id=info.request_id,
+            attempt=info.attempt,
+            tier=info.tier,
+            key=info.key,
+            endpoint=info.endpoint,
+            stream=info.stream,
+            model=info.model,
+            scheduled_s=info.scheduled_s,
+            send_s=send_s,
+            headers_s=None,
+            first_token_s=None,
+            last_token_s=None,
+            end_s=send_s,
+            queued_s=queued_s,
         )
         self._decoder: SSEDecoder | None = None
         self._body: list[bytes] = []

@@ -18,28 +18,51 @@ N, W, C = 10, 2.0, 2
 
 def scenario(tmp_path, mode: str):
     cfg = tmp_path / "server.json"
-    cfg.write_text(json.dumps({
-        "tiers": {"free": {"requests": N, "window_s": W, "concurrency": C, "keys": 2}},
-        "limiter": {"mode": mode},
-    }))
-    return scenario_from_dict({
-        "name": f"e2e-{mode}",
-        "target": {"base_url": "embedded", "server_config": str(cfg),
-                   "model": "loadkit-instant"},
-        "run": {"duration_s": 5.0, "drain_s": 5.0, "seed": 5},
-        "tiers": {"free": {"requests": N, "window_s": W, "concurrency": C}},
-        "load": [
-            # key 1: bursts of short requests, at most C in flight on the client. 0.65 s is
-            # not a divisor of W: bursts land at shifting offsets, some pair straddles an edge.
-            {"tier": "free", "keys": [1], "pattern": "burst", "burst_size": 14,
-             "burst_period_s": 0.65, "phase_s": 0.05, "max_in_flight": C,
-             "mix": {"chat": 1, "completions": 1}},
-            # key 2: more users than the cap, holding ~0.4 s streams open.
-            {"tier": "free", "keys": [2], "pattern": "closed", "concurrency": C + 2,
-             "model": "loadkit-small", "max_tokens": 16, "backoff_429_s": 0.05,
-             "mix": {"chat_stream": 1}},
-        ],
-    })
+    cfg.write_text(
+        json.dumps(
+            {
+                "tiers": {"free": {"requests": N, "window_s": W, "concurrency": C, "keys": 2}},
+                "limiter": {"mode": mode},
+            }
+        )
+    )
+    return scenario_from_dict(
+        {
+            "name": f"e2e-{mode}",
+            "target": {
+                "base_url": "embedded",
+                "server_config": str(cfg),
+                "model": "loadkit-instant",
+            },
+            "run": {"duration_s": 5.0, "drain_s": 5.0, "seed": 5},
+            "tiers": {"free": {"requests": N, "window_s": W, "concurrency": C}},
+            "load": [
+                # key 1: bursts of short requests, at most C in flight on the client. 0.65 s is
+                # not a divisor of W: bursts land at shifting offsets, some pair straddles an edge.
+                {
+                    "tier": "free",
+                    "keys": [1],
+                    "pattern": "burst",
+                    "burst_size": 14,
+                    "burst_period_s": 0.65,
+                    "phase_s": 0.05,
+                    "max_in_flight": C,
+                    "mix": {"chat": 1, "completions": 1},
+                },
+                # key 2: more users than the cap, holding ~0.4 s streams open.
+                {
+                    "tier": "free",
+                    "keys": [2],
+                    "pattern": "closed",
+                    "concurrency": C + 2,
+                    "model": "loadkit-small",
+                    "max_tokens": 16,
+                    "backoff_429_s": 0.05,
+                    "mix": {"chat_stream": 1},
+                },
+            ],
+        }
+    )
 
 
 def verdicts(tmp_path, mode: str) -> dict:
@@ -47,8 +70,11 @@ def verdicts(tmp_path, mode: str) -> dict:
     run_scenario(scenario(tmp_path, mode), out, engine="async", progress=False)
     s = analyze_run(out, charts=False)
     got = {(e["key"], e["kind"]): e for e in s["limits"]}
-    return {"summary": s, "req": got[("free-1", "requests")],
-            "conc": got[("free-2", "concurrency")]}
+    return {
+        "summary": s,
+        "req": got[("free-1", "requests")],
+        "conc": got[("free-2", "concurrency")],
+    }
 
 
 def test_exact_limiter_is_not_accused(tmp_path):

@@ -62,8 +62,9 @@ def test_every_loadkit_command_parses():
     assert {"run", "serve", "analyze", "compare", "sweep"} <= seen
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT))
-                                        for p in (ROOT / "examples").glob("*.toml")))
+@pytest.mark.parametrize(
+    "path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.toml"))
+)
 def test_example_scenarios_parse(path):
     assert load_scenario(ROOT / path).load
 

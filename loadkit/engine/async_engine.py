@@ -55,9 +55,18 @@ class ClientConfig:
 
 
 class AsyncEngine:
-    def __init__(self, scenario: Scenario, keys: list[Key], base_url: str, writer: RecordWriter,
-                 clock: Clock, run_id: str, worker: str = "async-0",
-                 client: ClientConfig | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        keys: list[Key],
+        base_url: str,
+        writer: RecordWriter,
+        clock: Clock,
+        run_id: str,
+        worker: str = "async-0",
+        client: ClientConfig | None = None,
+        progress: bool = True,
+    ) -> None:
         self.scenario = scenario
         self.keys = keys
         self.base_url = base_url.rstrip("/")
@@ -74,27 +83,37 @@ class AsyncEngine:
         self._stop = asyncio.Event()
         self._interrupt = False
         self._session: aiohttp.ClientSession | None = None
-        self._auth = {k.label: {"Authorization": f"Bearer {k.secret}",
-                                "Accept-Encoding": "identity"} for k in keys}
+        self._auth = {
+            k.label: {"Authorization": f"Bearer {k.secret}", "Accept-Encoding": "identity"}
+            for k in keys
+        }
 
     # -- public -----------------------------------------------------------------------
 
     async def run(self) -> EngineResult:
         s = self.scenario
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=30)
-        timeout = aiohttp.ClientTimeout(total=self.client.request_timeout_s,
-                                        connect=self.client.connect_timeout_s,
-                                        sock_read=self.client.read_timeout_s)
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=self.client.request_timeout_s,
+            connect=self.client.connect_timeout_s,
+            sock_read=self.client.read_timeout_s,
+        )
         loop = asyncio.get_running_loop()
         installed = self._install_sigint(loop)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                         read_bufsize=self.client.read_bufsize,
-                                         auto_decompress=False,
-                                         skip_auto_headers=("User-Agent",)) as session:
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            read_bufsize=self.client.read_bufsize,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        ) as session:
             self._session = session
-            drivers = [asyncio.ensure_future(self._drive(key, load, i))
-                       for i, (key, load) in enumerate(self._plan())]
+            drivers = [
+                asyncio.ensure_future(self._drive(key, load, i))
+                for i, (key, load) in enumerate(self._plan())
+            ]
             progress = asyncio.ensure_future(self._progress()) if self.progress else None
             try:
                 await self._wait_end(drivers)
@@ -128,22 +147,27 @@ class AsyncEngine:
         s = self.scenario
         loop = asyncio.get_running_loop()
         stop_wait = asyncio.ensure_future(self._stop.wait())
-        deadline = None if s.duration_s == float("inf") else loop.time() + s.duration_s \
-            - self.clock.now()
+        deadline = (
+            None if s.duration_s == float("inf") else loop.time() + s.duration_s - self.clock.now()
+        )
         pending: set[asyncio.Future[object]] = {stop_wait, *drivers}
         try:
             while True:
                 timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                done, pending = await asyncio.wait(pending, timeout=timeout,
-                                                   return_when=asyncio.FIRST_COMPLETED)
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 if stop_wait in done:
                     return
                 if not done:
                     self.stop("duration reached")
                     return
                 if pending == {stop_wait}:
-                    self.stop("request count reached" if s.max_requests
-                              and self._sent >= s.max_requests else "schedule complete")
+                    self.stop(
+                        "request count reached"
+                        if s.max_requests and self._sent >= s.max_requests
+                        else "schedule complete"
+                    )
                     return
         finally:
             stop_wait.cancel()
@@ -153,8 +177,10 @@ class AsyncEngine:
         picker = MixPicker(load.mix)
         sem = asyncio.Semaphore(load.max_in_flight) if load.max_in_flight else None
         if load.pattern == "closed":
-            users = [asyncio.ensure_future(self._user(key, load, rng, picker, sem, u))
-                     for u in range(load.concurrency)]
+            users = [
+                asyncio.ensure_future(self._user(key, load, rng, picker, sem, u))
+                for u in range(load.concurrency)
+            ]
             try:
                 await asyncio.wait(users)
             finally:
@@ -170,8 +196,15 @@ class AsyncEngine:
                 return
             self._spawn(key, load, rng, picker, sem, t)
 
-    async def _user(self, key: Key, load: LoadSpec, rng: random.Random, picker: MixPicker,
-                    sem: asyncio.Semaphore | None, user: int) -> None:
+    async def _user(
+        self,
+        key: Key,
+        load: LoadSpec,
+        rng: random.Random,
+        picker: MixPicker,
+        sem: asyncio.Semaphore | None,
+        user: int,
+    ) -> None:
         # Users start spread over the first second so they do not all hit at t=0.
         await asyncio.sleep(max(0.0, load.start_s + rng.random() * 0.05 * user - self.clock.now()))
         end = load.active_until(self.scenario.duration_s)
@@ -192,12 +225,23 @@ class AsyncEngine:
         self._sent += 1
         return True
 
-    def _spawn(self, key: Key, load: LoadSpec, rng: random.Random, picker: MixPicker,
-               sem: asyncio.Semaphore | None,
-               scheduled: float | None) -> asyncio.Task[RequestRecord | None]:
+    def _spawn(
+        self,
+        key: Key,
+        load: LoadSpec,
+        rng: random.Random,
+        picker: MixPicker,
+        sem: asyncio.Semaphore | None,
+        scheduled: float | None,
+    ) -> asyncio.Task[RequestRecord | None]:
         kind = picker.pick(rng)
-        req = prepare(kind, load.model or self.scenario.target.model,
-                      load.prompt_tokens.sample(rng), load.max_tokens.sample(rng), rng)
+        req = prepare(
+            kind,
+            load.model or self.scenario.target.model,
+            load.prompt_tokens.sample(rng),
+            load.max_tokens.sample(rng),
+            rng,
+        )
         task = asyncio.ensure_future(self._request(key, req, sem, scheduled, 1))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -215,14 +259,30 @@ class AsyncEngine:
 
     # -- one request ------------------------------------------------------------------
 
-    async def _request(self, key: Key, req: PreparedRequest, sem: asyncio.Semaphore | None,
-                       scheduled: float | None, attempt: int) -> RequestRecord | None:
+    async def _request(
+        self,
+        key: Key,
+        req: PreparedRequest,
+        sem: asyncio.Semaphore | None,
+        scheduled: float | None,
+        attempt: int,
+    ) -> RequestRecord | None:
         """Send one request (and its retries); returns the last attempt's record."""
         clock = self.clock
         self._seq += 1
-        info = RequestInfo(self.run_id, "async", self.worker, f"{self.worker}-{self._seq}",
-                           key.tier, key.label, req.endpoint, req.stream, req.model, attempt,
-                           scheduled)
+        info = RequestInfo(
+            self.run_id,
+            "async",
+            self.worker,
+            f"{self.worker}-{self._seq}",
+            key.tier,
+            key.label,
+            req.endpoint,
+            req.stream,
+            req.model,
+            attempt,
+            scheduled,
+        )
         queued = 0.0
         if sem is not None:
             q0 = clock.now()
@@ -237,16 +297,21 @@ class AsyncEngine:
         self.result.statuses[rec.status] += 1
         s = self.scenario
         # A retry belongs to its request: it may run into the drain, not past an interrupt.
-        if (s.honour_retry_after and rec.status == 429 and attempt <= s.max_retries
-                and not self._interrupt):
+        if (
+            s.honour_retry_after
+            and rec.status == 429
+            and attempt <= s.max_retries
+            and not self._interrupt
+        ):
             delay = rec.retry_after_s if rec.retry_after_s is not None else 1.0
             await asyncio.sleep(delay)
             if not self._interrupt:
                 return await self._request(key, req, sem, clock.now(), attempt + 1)
         return rec
 
-    async def _exchange(self, key: Key, req: PreparedRequest, info: RequestInfo,
-                        queued: float) -> RequestRecord:
+    async def _exchange(
+        self, key: Key, req: PreparedRequest, info: RequestInfo, queued: float
+    ) -> RequestRecord:
         clock = self.clock
         assert self._session is not None
         headers = dict(self._auth[key.label])
@@ -255,8 +320,9 @@ class AsyncEngine:
             headers["Content-Type"] = "application/json"
         trace = RequestTrace(info, clock.now(), queued)
         try:
-            async with self._session.request(req.method, self.base_url + req.path,
-                                             data=req.body, headers=headers) as resp:
+            async with self._session.request(
+                req.method, self.base_url + req.path, data=req.body, headers=headers
+            ) as resp:
                 trace.response(clock.now(), resp.status, resp.headers)
                 content = resp.content
                 while True:
@@ -299,8 +365,10 @@ class AsyncEngine:
         ok = sum(n for s, n in st.items() if 200 <= s < 300)
         limited = st.get(429, 0)
         other = sum(st.values()) - ok - limited
-        line = (f"[{self.clock.now():7.1f}s] sent {self._sent}  done {self.writer.count}  "
-                f"in flight {len(self._inflight)}  2xx {ok}  429 {limited}  other {other}")
+        line = (
+            f"[{self.clock.now():7.1f}s] sent {self._sent}  done {self.writer.count}  "
+            f"in flight {len(self._inflight)}  2xx {ok}  429 {limited}  other {other}"
+        )
         end = "\n" if final or not sys.stderr.isatty() else "\r"
         print(line, end=end, file=sys.stderr, flush=True)
 
@@ -325,8 +393,15 @@ def backoff_after_429(load: LoadSpec, retry_after_s: float | None) -> float:
     return min(5.0, retry_after_s) if retry_after_s is not None else 1.0
 
 
-def run_engine(scenario: Scenario, keys: list[Key], base_url: str, writer: RecordWriter,
-               clock: Clock, run_id: str, progress: bool = True) -> EngineResult:
+def run_engine(
+    scenario: Scenario,
+    keys: list[Key],
+    base_url: str,
+    writer: RecordWriter,
+    clock: Clock,
+    run_id: str,
+    progress: bool = True,
+) -> EngineResult:
     """Run the asyncio engine to completion in a fresh event loop."""
     engine = AsyncEngine(scenario, keys, base_url, writer, clock, run_id, progress=progress)
     # Records and traces are acyclic: fewer, later collections keep GC pauses out of the
@@ -339,4 +414,3 @@ def run_engine(scenario: Scenario, keys: list[Key], base_url: str, writer: Recor
     finally:
         gc.set_threshold(*old)
         gc.unfreeze()
-

@@ -22,16 +22,21 @@ from loadkit.scenario import scenario_from_dict
 pytestmark = pytest.mark.slow
 
 
-def make_scenario(tmp: Path, server: dict, loads: list[dict], tiers: dict | None = None,
-                  **run) -> tuple:
+def make_scenario(
+    tmp: Path, server: dict, loads: list[dict], tiers: dict | None = None, **run
+) -> tuple:
     cfg = tmp / "server.json"
     cfg.write_text(json.dumps(server))
     run.setdefault("duration_s", 2.0)
     run.setdefault("drain_s", 5.0)
     d = {
         "name": "t",
-        "target": {"base_url": "embedded", "model": "loadkit-small",
-                   "server_config": str(cfg), "read_timeout_s": run.pop("read_timeout_s", 30.0)},
+        "target": {
+            "base_url": "embedded",
+            "model": "loadkit-small",
+            "server_config": str(cfg),
+            "read_timeout_s": run.pop("read_timeout_s", 30.0),
+        },
         "run": run,
         "tiers": tiers or {"free": {"requests": 10_000, "window_s": 1.0, "concurrency": 10_000}},
         "load": loads,
@@ -46,14 +51,25 @@ def truth(path: Path) -> dict[str, dict]:
 
 def test_no_lost_records_under_every_fault(tmp_path):
     server = {
-        "tiers": {"free": {"requests": 10_000, "window_s": 1.0, "concurrency": 10_000,
-                           "keys": 2}},
-        "faults": {"seed": 3, "error_rate": 0.1, "disconnect_rate": 0.1,
-                   "midstream_error_rate": 0.1, "stall_rate": 0.1, "stall_s": 1.0},
+        "tiers": {"free": {"requests": 10_000, "window_s": 1.0, "concurrency": 10_000, "keys": 2}},
+        "faults": {
+            "seed": 3,
+            "error_rate": 0.1,
+            "disconnect_rate": 0.1,
+            "midstream_error_rate": 0.1,
+            "stall_rate": 0.1,
+            "stall_s": 1.0,
+        },
     }
-    loads = [{"tier": "free", "pattern": "poisson", "rate_per_s": 25,
-              "mix": {"chat_stream": 2, "completions_stream": 1, "chat": 1, "completions": 1},
-              "max_tokens": 8}]
+    loads = [
+        {
+            "tier": "free",
+            "pattern": "poisson",
+            "rate_per_s": 25,
+            "mix": {"chat_stream": 2, "completions_stream": 1, "chat": 1, "completions": 1},
+            "max_tokens": 8,
+        }
+    ]
     # A 0.5 s read timeout turns the 1 s stalls into client timeouts.
     sc, _ = make_scenario(tmp_path, server, loads, read_timeout_s=0.5)
     out = tmp_path / "run"
@@ -87,10 +103,23 @@ def test_no_lost_records_under_every_fault(tmp_path):
 
 
 def test_open_loop_schedule_is_kept(tmp_path):
-    sc, _ = make_scenario(tmp_path, {"tiers": {"free": {"requests": 10_000, "window_s": 1.0,
-                                                         "concurrency": 10_000, "keys": 1}}},
-                          [{"tier": "free", "pattern": "constant", "rate_per_s": 50,
-                            "mix": {"chat": 1}, "model": "loadkit-instant"}])
+    sc, _ = make_scenario(
+        tmp_path,
+        {
+            "tiers": {
+                "free": {"requests": 10_000, "window_s": 1.0, "concurrency": 10_000, "keys": 1}
+            }
+        },
+        [
+            {
+                "tier": "free",
+                "pattern": "constant",
+                "rate_per_s": 50,
+                "mix": {"chat": 1},
+                "model": "loadkit-instant",
+            }
+        ],
+    )
     out = tmp_path / "run"
     run_scenario(sc, out, engine="async", progress=False)
     recs = sorted(iter_records(out), key=lambda r: r.scheduled_s)
@@ -103,11 +132,26 @@ def test_open_loop_schedule_is_kept(tmp_path):
 
 def test_client_cap_delays_and_records_the_wait(tmp_path):
     sc, _ = make_scenario(
-        tmp_path, {"tiers": {"free": {"requests": 10_000, "window_s": 1.0,
-                                      "concurrency": 10_000, "keys": 1}}},
-        [{"tier": "free", "pattern": "burst", "burst_size": 5, "burst_period_s": 100,
-          "phase_s": 0.1, "max_in_flight": 1, "mix": {"chat": 1}, "max_tokens": 4}],
-        duration_s=0.5)
+        tmp_path,
+        {
+            "tiers": {
+                "free": {"requests": 10_000, "window_s": 1.0, "concurrency": 10_000, "keys": 1}
+            }
+        },
+        [
+            {
+                "tier": "free",
+                "pattern": "burst",
+                "burst_size": 5,
+                "burst_period_s": 100,
+                "phase_s": 0.1,
+                "max_in_flight": 1,
+                "mix": {"chat": 1},
+                "max_tokens": 4,
+            }
+        ],
+        duration_s=0.5,
+    )
     out = tmp_path / "run"
     run_scenario(sc, out, engine="async", progress=False)
     recs = sorted(iter_records(out), key=lambda r: r.send_s)
@@ -121,11 +165,24 @@ def test_client_cap_delays_and_records_the_wait(tmp_path):
 def test_retry_after_honoured_as_separate_records(tmp_path):
     server = {"tiers": {"free": {"requests": 2, "window_s": 1.0, "concurrency": 10, "keys": 1}}}
     sc, _ = make_scenario(
-        tmp_path, server,
-        [{"tier": "free", "pattern": "burst", "burst_size": 4, "burst_period_s": 100,
-          "phase_s": 0.05, "mix": {"chat": 1}, "model": "loadkit-instant"}],
+        tmp_path,
+        server,
+        [
+            {
+                "tier": "free",
+                "pattern": "burst",
+                "burst_size": 4,
+                "burst_period_s": 100,
+                "phase_s": 0.05,
+                "mix": {"chat": 1},
+                "model": "loadkit-instant",
+            }
+        ],
         tiers={"free": {"requests": 2, "window_s": 1.0, "concurrency": 10}},
-        duration_s=0.2, honour_retry_after=True, max_retries=3)
+        duration_s=0.2,
+        honour_retry_after=True,
+        max_retries=3,
+    )
     out = tmp_path / "run"
     run_scenario(sc, out, engine="async", progress=False)
     recs = iter_records(out)
@@ -138,11 +195,25 @@ def test_retry_after_honoured_as_separate_records(tmp_path):
 
 
 def test_request_count_bounds_the_run(tmp_path):
-    sc, _ = make_scenario(tmp_path, {"tiers": {"free": {"requests": 10_000, "window_s": 1.0,
-                                                         "concurrency": 10_000, "keys": 2}}},
-                          [{"tier": "free", "pattern": "closed", "concurrency": 3,
-                            "mix": {"chat": 1}, "model": "loadkit-instant"}],
-                          duration_s=30, max_requests=40)
+    sc, _ = make_scenario(
+        tmp_path,
+        {
+            "tiers": {
+                "free": {"requests": 10_000, "window_s": 1.0, "concurrency": 10_000, "keys": 2}
+            }
+        },
+        [
+            {
+                "tier": "free",
+                "pattern": "closed",
+                "concurrency": 3,
+                "mix": {"chat": 1},
+                "model": "loadkit-instant",
+            }
+        ],
+        duration_s=30,
+        max_requests=40,
+    )
     out = tmp_path / "run"
     meta = run_scenario(sc, out, engine="async", progress=False)
     assert len(iter_records(out)) == 40
@@ -151,17 +222,44 @@ def test_request_count_bounds_the_run(tmp_path):
 
 
 def test_ctrl_c_keeps_records_and_marks_interrupted(tmp_path):
-    _, d = make_scenario(tmp_path, {"tiers": {"free": {"requests": 10_000, "window_s": 1.0,
-                                                        "concurrency": 10_000, "keys": 1}}},
-                         [{"tier": "free", "pattern": "closed", "concurrency": 4,
-                           "mix": {"chat_stream": 1}, "max_tokens": 200}],
-                         duration_s=60)
+    _, d = make_scenario(
+        tmp_path,
+        {
+            "tiers": {
+                "free": {"requests": 10_000, "window_s": 1.0, "concurrency": 10_000, "keys": 1}
+            }
+        },
+        [
+            {
+                "tier": "free",
+                "pattern": "closed",
+                "concurrency": 4,
+                "mix": {"chat_stream": 1},
+                "max_tokens": 200,
+            }
+        ],
+        duration_s=60,
+    )
     path = tmp_path / "s.toml"
     path.write_text(_to_toml(d))
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "loadkit", "run", str(path), "--engine",
-                             "async", "--out", str(out), "--no-analyze", "--quiet"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadkit",
+            "run",
+            str(path),
+            "--engine",
+            "async",
+            "--out",
+            str(out),
+            "--no-analyze",
+            "--quiet",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         files = list(out.glob("records-*.jsonl"))

@@ -22,8 +22,10 @@ def test_no_knee_on_a_straight_or_flat_line():
 
 
 def test_closed_loop_saturation_when_throughput_stops_growing():
-    rows = [{"load": v, "achieved_rps": a, "offered_rps": None, "saturated": False}
-            for v, a in ((8, 10.0), (16, 20.0), (32, 20.5))]
+    rows = [
+        {"load": v, "achieved_rps": a, "offered_rps": None, "saturated": False}
+        for v, a in ((8, 10.0), (16, 20.0), (32, 20.5))
+    ]
     mark_saturation(rows)
     assert [r["saturated"] for r in rows] == [False, False, True]
 
@@ -42,13 +44,16 @@ def test_sweep_spec_and_step():
     assert step.load[0].rate_per_s == 4 and step.duration_s == 3
 
 
-@pytest.mark.parametrize("sweep,needle", [
-    ({}, "no [sweep] table"),
-    ({"values": [4, 2]}, "sweep.values"),
-    ({"values": [1], "load": 3}, "sweep.load"),
-    ({"values": [1], "stop_when": "tired"}, "sweep.stop_when"),
-    ({"values": [1], "step_duration_s": 0}, "sweep.step_duration_s"),
-])
+@pytest.mark.parametrize(
+    "sweep,needle",
+    [
+        ({}, "no [sweep] table"),
+        ({"values": [4, 2]}, "sweep.values"),
+        ({"values": [1], "load": 3}, "sweep.load"),
+        ({"values": [1], "stop_when": "tired"}, "sweep.stop_when"),
+        ({"values": [1], "step_duration_s": 0}, "sweep.step_duration_s"),
+    ],
+)
 def test_bad_sweep_tables_are_named(sweep, needle):
     with pytest.raises(ScenarioError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         sweep_spec(scenario_from_dict({**BASE, "sweep": sweep}))

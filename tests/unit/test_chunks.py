@@ -10,9 +10,12 @@ from loadkit.chunks import MalformedChunk, parse_body, parse_event_data
 
 
 def chat(delta, finish=None, index=0, usage=None, choices=None):
-    obj = {"object": "chat.completion.chunk",
-           "choices": choices if choices is not None else
-           [{"index": index, "delta": delta, "finish_reason": finish}]}
+    obj = {
+        "object": "chat.completion.chunk",
+        "choices": choices
+        if choices is not None
+        else [{"index": index, "delta": delta, "finish_reason": finish}],
+    }
     if usage:
         obj["usage"] = usage
     return json.dumps(obj)
@@ -38,22 +41,34 @@ def test_usage_only_chunk():
 
 
 def test_text_completion_chunk_and_finish():
-    c = parse_event_data(json.dumps({"object": "text_completion",
-                                     "choices": [{"index": 0, "text": " world",
-                                                  "finish_reason": "length"}]}))
+    c = parse_event_data(
+        json.dumps(
+            {
+                "object": "text_completion",
+                "choices": [{"index": 0, "text": " world", "finish_reason": "length"}],
+            }
+        )
+    )
     assert c.content and c.finish_reason == "length"
 
 
 def test_several_choices():
-    c = parse_event_data(chat({}, choices=[
-        {"index": 1, "delta": {"content": "a"}, "finish_reason": None},
-        {"index": 2, "delta": {"content": "b"}, "finish_reason": None}]))
+    c = parse_event_data(
+        chat(
+            {},
+            choices=[
+                {"index": 1, "delta": {"content": "a"}, "finish_reason": None},
+                {"index": 2, "delta": {"content": "b"}, "finish_reason": None},
+            ],
+        )
+    )
     assert c.content and c.content_choices == 2 and not c.content_choice0
 
 
 def test_error_event_mid_stream():
-    c = parse_event_data(json.dumps({"error": {"message": "boom", "type": "server_error",
-                                               "code": "internal_error"}}))
+    c = parse_event_data(
+        json.dumps({"error": {"message": "boom", "type": "server_error", "code": "internal_error"}})
+    )
     assert c.error_code == "internal_error" and c.error_message == "boom"
 
 
@@ -66,9 +81,17 @@ def test_done_and_malformed():
 
 
 def test_body_success_and_error():
-    b = parse_body(json.dumps({"choices": [{"index": 0, "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 3, "completion_tokens": 4}}).encode())
+    b = parse_body(
+        json.dumps(
+            {
+                "choices": [{"index": 0, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+            }
+        ).encode()
+    )
     assert (b.prompt_tokens, b.completion_tokens, b.finish_reason) == (3, 4, "stop")
-    e = parse_body(b'{"error": {"message": "slow down", "type": "x", "code": "rate_limit_exceeded"}}')
+    e = parse_body(
+        b'{"error": {"message": "slow down", "type": "x", "code": "rate_limit_exceeded"}}'
+    )
     assert e.error_code == "rate_limit_exceeded"
     assert parse_body(b"<html>").malformed

@@ -36,19 +36,22 @@ def test_valid_scenario_and_rate_factor():
     assert s.tiers["free"].promised() == {"requests": 60, "window_s": 60.0, "concurrency": 3}
 
 
-@pytest.mark.parametrize("path,value,needle", [
-    ("load.0.pattern", "zigzag", "load[0].pattern"),
-    ("load.0.rate_factor", -1, "load[0].rate_factor"),
-    ("load.0.tier", "gold", "'gold' is not a tier"),
-    ("tiers.free.requests", "sixty", "tiers.free.requests"),
-    ("tiers.free.concurrency", 0, "tiers.free.concurrency"),
-    ("run.duration_s", "long", "run.duration_s"),
-    ("run.engine", "k6", "run.engine"),
-    ("load.0.mix", {"chat_stream": 1, "images": 1}, "load[0].mix.images"),
-    ("load.0.max_tokens", {"dist": "uniform", "min": 9, "max": 3}, "load[0].max_tokens.max"),
-    ("load.0.keys", [0], "load[0].keys"),
-    ("run.surprise", 1, "run.surprise: unknown field"),
-])
+@pytest.mark.parametrize(
+    "path,value,needle",
+    [
+        ("load.0.pattern", "zigzag", "load[0].pattern"),
+        ("load.0.rate_factor", -1, "load[0].rate_factor"),
+        ("load.0.tier", "gold", "'gold' is not a tier"),
+        ("tiers.free.requests", "sixty", "tiers.free.requests"),
+        ("tiers.free.concurrency", 0, "tiers.free.concurrency"),
+        ("run.duration_s", "long", "run.duration_s"),
+        ("run.engine", "k6", "run.engine"),
+        ("load.0.mix", {"chat_stream": 1, "images": 1}, "load[0].mix.images"),
+        ("load.0.max_tokens", {"dist": "uniform", "min": 9, "max": 3}, "load[0].max_tokens.max"),
+        ("load.0.keys", [0], "load[0].keys"),
+        ("run.surprise", 1, "run.surprise: unknown field"),
+    ],
+)
 def test_bad_fields_are_named(path, value, needle):
     with pytest.raises(ScenarioError) as e:
         scenario_from_dict(with_(path, value))
@@ -86,9 +89,18 @@ def test_keys_from_env_and_file(tmp_path):
 
 
 def test_arrivals_are_bounded_and_bursts_repeat():
-    s = scenario_from_dict(with_("load.0", {"tier": "free", "pattern": "burst",
-                                            "burst_size": 4, "burst_period_s": 3,
-                                            "phase_s": 1}))
+    s = scenario_from_dict(
+        with_(
+            "load.0",
+            {
+                "tier": "free",
+                "pattern": "burst",
+                "burst_size": 4,
+                "burst_period_s": 3,
+                "phase_s": 1,
+            },
+        )
+    )
     ts = list(arrivals(s.load[0], 10.0, random.Random(1)))
     assert ts == [1.0] * 4 + [4.0] * 4 + [7.0] * 4
     p = scenario_from_dict(with_("load.0.rate_factor", 60.0))  # 60 req/s

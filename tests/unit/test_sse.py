@@ -58,13 +58,15 @@ def test_blank_lines_without_data_dispatch_nothing():
 
 def test_truncated_event_is_pending_not_emitted():
     d = SSEDecoder()
-    assert d.feed(b"data: {\"partial\"") == []
+    assert d.feed(b'data: {"partial"') == []
     assert d.pending
 
 
 @settings(max_examples=300)
-@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12),
-       st.sampled_from([b"\n", b"\r\n", b"\r"]))
+@given(
+    st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12),
+    st.sampled_from([b"\n", b"\r\n", b"\r"]),
+)
 def test_every_split_decodes_the_same(cuts: list[int], eol: bytes):
     stream = STREAM.replace(b"\n", eol)
     cuts = sorted(min(c, len(stream)) for c in cuts)

@@ -9,8 +9,9 @@ from loadkit.trace import RequestInfo, RequestTrace, parse_limit_headers
 
 
 def info(stream=True, endpoint="chat"):
-    return RequestInfo("run", "async", "w", "w-1", "free", "free-1", endpoint, stream, "m",
-                       scheduled_s=0.5)
+    return RequestInfo(
+        "run", "async", "w", "w-1", "free", "free-1", endpoint, stream, "m", scheduled_s=0.5
+    )
 
 
 def ev(obj) -> bytes:
@@ -22,8 +23,12 @@ TOK = ev({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": N
 LAST = ev({"choices": [{"index": 0, "delta": {"content": "y"}, "finish_reason": "length"}]})
 USAGE = ev({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
 DONE = b"data: [DONE]\n\n"
-HDRS = {"Content-Type": "text/event-stream", "X-RateLimit-Limit-Requests": "60",
-        "x-ratelimit-remaining-requests": "59", "x-ratelimit-reset-requests": "1s"}
+HDRS = {
+    "Content-Type": "text/event-stream",
+    "X-RateLimit-Limit-Requests": "60",
+    "x-ratelimit-remaining-requests": "59",
+    "x-ratelimit-reset-requests": "1s",
+}
 
 
 def test_stream_times_come_from_content_chunks_only():
@@ -76,8 +81,9 @@ def test_malformed_event():
 
 def test_429_body_and_retry_after():
     t = RequestTrace(info(), 0.0)
-    t.response(0.1, 429, {"content-type": "application/json", "retry-after": "2",
-                          "retry-after-ms": "1500"})
+    t.response(
+        0.1, 429, {"content-type": "application/json", "retry-after": "2", "retry-after-ms": "1500"}
+    )
     t.data(0.11, b'{"error": {"message": "x", "type": "requests", "code": "rate_limit_exceeded"}}')
     r = t.finish(0.12)
     assert (r.status, r.error_code, r.retry_after_s) == (429, "rate_limit_exceeded", 1.5)
@@ -87,8 +93,15 @@ def test_429_body_and_retry_after():
 def test_non_stream_success():
     t = RequestTrace(info(stream=False), 0.0)
     t.response(0.5, 200, {"content-type": "application/json"})
-    t.data(0.6, json.dumps({"choices": [{"index": 0, "finish_reason": "stop"}],
-                            "usage": {"prompt_tokens": 2, "completion_tokens": 5}}).encode())
+    t.data(
+        0.6,
+        json.dumps(
+            {
+                "choices": [{"index": 0, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 2, "completion_tokens": 5},
+            }
+        ).encode(),
+    )
     r = t.finish(0.6)
     assert (r.completion_tokens, r.finish_reason, r.first_token_s) == (5, "stop", None)
 
@@ -106,7 +119,11 @@ def test_streaming_and_non_streaming_records_have_the_same_shape():
 
 
 def test_limit_headers_tolerate_garbage():
-    h = parse_limit_headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT",
-                             "x-ratelimit-remaining-requests": "many",
-                             "x-ratelimit-reset-requests": "soon"})
+    h = parse_limit_headers(
+        {
+            "retry-after": "Wed, 21 Oct 2015 07:28:00 GMT",
+            "x-ratelimit-remaining-requests": "many",
+            "x-ratelimit-reset-requests": "soon",
+        }
+    )
     assert h.retry_after_s is None and h.remaining_requests is None and h.reset_requests_s is None
