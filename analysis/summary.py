@@ -90,7 +90,16 @@ def limit_verdicts(
     arrival: dict[str, Any] = {}
     keys: list[KeyAnalysis] = []
     notes: list[str] = []
-    for code, label in enumerate(cols.key.names):
+    tier_rank = {t: i for i, t in enumerate(meta.tiers)}
+
+    def order(item: tuple[int, str]) -> tuple[int, str, int, str]:
+        # Tiers as the scenario lists them, then labels in natural order (free-2 < free-10).
+        label = item[1]
+        stem, _, num = label.rpartition("-")
+        n = int(num) if num.isdigit() else -1
+        return (tier_rank.get(tiers.get(label, ""), len(tier_rank)), stem or label, n, label)
+
+    for code, label in sorted(enumerate(cols.key.names), key=order):
         tier = tiers.get(label)
         kv = key_view(cols, code)
         if kv.n == 0:
