@@ -165,8 +165,7 @@ base_url = "{base_url}"
 model = "m"
 [run]
 duration_s = {duration}
-drain_s = 10
-{extra}
+{extra or "drain_s = 10"}
 [tiers.bench]
 requests = 1000000
 window_s = 60

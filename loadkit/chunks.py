@@ -14,26 +14,33 @@ class MalformedChunk(ValueError):
     """An event whose data is neither ``[DONE]`` nor a JSON object."""
 
 
-@dataclass(slots=True)
 class Chunk:
-    """What one streamed event means for measurement."""
+    """What one streamed event means for measurement. Fields default at class level and
+    only those that differ are set: this runs for every event of every stream."""
 
-    done: bool = False  # the [DONE] sentinel
-    content: bool = False  # some choice carries non-empty generated text
-    content_choice0: bool = False  # choice index 0 carries non-empty text
-    content_choices: int = 0  # how many choices in this chunk carry text
-    role_only: bool = False  # a chat chunk with only delta.role
+    done = False  # the [DONE] sentinel
+    content = False  # some choice carries non-empty generated text
+    content_choice0 = False  # choice index 0 carries non-empty text
+    content_choices = 0  # how many choices in this chunk carry text
+    role_only = False  # a chat chunk with only delta.role
     finish_reason: str | None = None  # of choice 0, when present
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error_code: str | None = None  # an error event mid-stream
     error_message: str | None = None
 
+    def __repr__(self) -> str:
+        return f"Chunk({vars(self)})"
+
+
+_DONE_CHUNK = Chunk()
+_DONE_CHUNK.done = True
+
 
 def parse_event_data(data: str) -> Chunk:
     """Interpret the data of one SSE event. Raises MalformedChunk for garbage."""
     if data == DONE:
-        return Chunk(done=True)
+        return _DONE_CHUNK
     try:
         obj = json.loads(data)
     except ValueError:
@@ -76,14 +83,15 @@ def interpret_chunk(obj: dict[str, Any]) -> Chunk:
         index = choice.get("index", 0)
         if text:
             out.content = True
-            out.content_choices += 1
+            out.content_choices = out.content_choices + 1
             if index == 0:
                 out.content_choice0 = True
         if index == 0:
             fr = choice.get("finish_reason")
             if fr is not None:
                 out.finish_reason = fr
-    out.role_only = role_seen and not out.content
+    if role_seen and not out.content:
+        out.role_only = True
     return out
 
 

@@ -3,6 +3,7 @@ or not, model listing). Pure: prompts are deterministic pseudo-text from a seede
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass
@@ -57,9 +58,39 @@ class PreparedRequest:
     body: bytes | None  # JSON, or None for GET
 
 
+# A fixed pseudo-random text; each prompt is a window of it at a random offset, so prompts
+# differ (a server's prefix cache cannot flatter TTFT) at the cost of one slice per request.
+_TEXT = random.Random(20261125).choices(_WORDS, k=8192)
+
+
 def prompt_text(n_words: int, rng: random.Random) -> str:
     """About ``n_words`` words (one token each for the reference server's tokenizer)."""
-    return " ".join(rng.choice(_WORDS) for _ in range(max(1, n_words)))
+    n = max(1, n_words)
+    if n > len(_TEXT):
+        return " ".join(rng.choices(_WORDS, k=n))
+    start = rng.randrange(len(_TEXT) - n + 1)
+    return " ".join(_TEXT[start : start + n])
+
+
+_ROUTES = {
+    "chat": ("/ai/chat/completions", "chat", '"messages":[{"role":"user","content":%s}]'),
+    "completions": ("/ai/completions", "completions", '"prompt":%s'),
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(kind: str, model: str, max_tokens: int) -> tuple[str, str, bool, str]:
+    """Everything of a request but its prompt, JSON-encoded once: ``%s`` marks the prompt."""
+    stream = kind.endswith("_stream")
+    base = kind.removesuffix("_stream")
+    if base not in _ROUTES:
+        raise ValueError(f"unknown request kind {kind!r}")
+    path, endpoint, field = _ROUTES[base]
+    head = {"model": model, "max_tokens": max_tokens, "stream": stream}
+    if stream:
+        head["stream_options"] = {"include_usage": True}
+    encoded = json.dumps(head, separators=(",", ":")).replace("%", "%%")
+    return path, endpoint, stream, encoded[:-1] + "," + field + "}"
 
 
 def prepare(
@@ -67,28 +98,9 @@ def prepare(
 ) -> PreparedRequest:
     if kind == "models":
         return PreparedRequest(kind, "models", "GET", "/ai/models", False, None, None)
-    stream = kind.endswith("_stream")
-    text = prompt_text(prompt_tokens, rng)
-    body: dict[str, object] = {"model": model, "max_tokens": max_tokens, "stream": stream}
-    if stream:
-        body["stream_options"] = {"include_usage": True}
-    if kind.startswith("chat"):
-        body["messages"] = [{"role": "user", "content": text}]
-        path, endpoint = "/ai/chat/completions", "chat"
-    elif kind.startswith("completions"):
-        body["prompt"] = text
-        path, endpoint = "/ai/completions", "completions"
-    else:
-        raise ValueError(f"unknown request kind {kind!r}")
-    return PreparedRequest(
-        kind,
-        endpoint,
-        "POST",
-        path,
-        stream,
-        model,
-        json.dumps(body, separators=(",", ":")).encode(),
-    )
+    path, endpoint, stream, template = _template(kind, model, max_tokens)
+    body = template % json.dumps(prompt_text(prompt_tokens, rng))
+    return PreparedRequest(kind, endpoint, "POST", path, stream, model, body.encode())
 
 
 class MixPicker:

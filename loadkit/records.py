@@ -8,6 +8,7 @@ computes them from these raw timestamps. See ``docs/records.md``.
 from __future__ import annotations
 
 import json
+import operator
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -67,7 +68,7 @@ class RequestRecord:
 
     def to_json(self) -> str:
         # Not dataclasses.asdict: its deep copy was the engine's largest single cost.
-        d = {name: getattr(self, name) for name in RECORD_FIELDS}
+        d = dict(zip(RECORD_FIELDS, _GET_ALL(self), strict=True))
         return json.dumps(_rounded(d), separators=(",", ":"))
 
     @classmethod
@@ -82,6 +83,7 @@ class RequestRecord:
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
+_GET_ALL = operator.attrgetter(*RECORD_FIELDS)
 _TIME_FIELDS = (
     "scheduled_s",
     "send_s",

@@ -79,7 +79,8 @@ class AsyncEngine:
         self.result = EngineResult()
         self._seq = 0
         self._sent = 0
-        self._inflight: set[asyncio.Task[RequestRecord | None]] = set()
+        self._inflight: set[asyncio.Future[object]] = set()  # open-loop requests, users
+        self._open = 0  # HTTP requests under way
         self._stop = asyncio.Event()
         self._interrupt = False
         self._session: aiohttp.ClientSession | None = None
@@ -181,12 +182,12 @@ class AsyncEngine:
                 asyncio.ensure_future(self._user(key, load, rng, picker, sem, u))
                 for u in range(load.concurrency)
             ]
-            try:
-                await asyncio.wait(users)
-            finally:
-                for u in users:
-                    u.cancel()
-                await asyncio.gather(*users, return_exceptions=True)
+            # Users are tracked like open requests: at the end they finish the request they
+            # are in (within the drain), cancelling this driver does not cancel them.
+            for u in users:
+                self._inflight.add(u)
+                u.add_done_callback(self._inflight.discard)
+            await asyncio.wait(users)
             return
         loop = asyncio.get_running_loop()
         origin = loop.time() - self.clock.now()  # loop.time() of the run's t=0
@@ -209,8 +210,7 @@ class AsyncEngine:
         await asyncio.sleep(max(0.0, load.start_s + rng.random() * 0.05 * user - self.clock.now()))
         end = load.active_until(self.scenario.duration_s)
         while not self._stop.is_set() and self.clock.now() < end and self._take_slot():
-            task = self._spawn(key, load, rng, picker, sem, None)
-            rec = await asyncio.shield(task)
+            rec = await self._request(key, self._prepare(load, rng, picker), sem, None, 1)
             pause = load.think_s
             if rec is not None and rec.status == 429:
                 pause = max(pause, backoff_after_429(load, rec.retry_after_s))
@@ -234,18 +234,20 @@ class AsyncEngine:
         sem: asyncio.Semaphore | None,
         scheduled: float | None,
     ) -> asyncio.Task[RequestRecord | None]:
-        kind = picker.pick(rng)
-        req = prepare(
-            kind,
+        req = self._prepare(load, rng, picker)
+        task = asyncio.ensure_future(self._request(key, req, sem, scheduled, 1))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return task
+
+    def _prepare(self, load: LoadSpec, rng: random.Random, picker: MixPicker) -> PreparedRequest:
+        return prepare(
+            picker.pick(rng),
             load.model or self.scenario.target.model,
             load.prompt_tokens.sample(rng),
             load.max_tokens.sample(rng),
             rng,
         )
-        task = asyncio.ensure_future(self._request(key, req, sem, scheduled, 1))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        return task
 
     async def _drain(self, grace: float) -> None:
         if self._inflight and grace > 0:
@@ -319,6 +321,7 @@ class AsyncEngine:
         if req.body is not None:
             headers["Content-Type"] = "application/json"
         trace = RequestTrace(info, clock.now(), queued)
+        self._open += 1
         try:
             async with self._session.request(
                 req.method, self.base_url + req.path, data=req.body, headers=headers
@@ -344,6 +347,8 @@ class AsyncEngine:
             return trace.fail(clock.now(), R.RESET)
         except aiohttp.ClientError:
             return trace.fail(clock.now(), R.OTHER)
+        finally:
+            self._open -= 1
 
     # -- progress and signals ---------------------------------------------------------
 
@@ -367,7 +372,7 @@ class AsyncEngine:
         other = sum(st.values()) - ok - limited
         line = (
             f"[{self.clock.now():7.1f}s] sent {self._sent}  done {self.writer.count}  "
-            f"in flight {len(self._inflight)}  2xx {ok}  429 {limited}  other {other}"
+            f"in flight {self._open}  2xx {ok}  429 {limited}  other {other}"
         )
         end = "\n" if final or not sys.stderr.isatty() else "\r"
         print(line, end=end, file=sys.stderr, flush=True)
