@@ -206,8 +206,10 @@ class AsyncEngine:
         sem: asyncio.Semaphore | None,
         user: int,
     ) -> None:
-        # Users start spread over the first second so they do not all hit at t=0.
-        await asyncio.sleep(max(0.0, load.start_s + rng.random() * 0.05 * user - self.clock.now()))
+        # Users start spread evenly over min(1 s, 10 ms per user), not all at once.
+        ramp = min(1.0, 0.01 * load.concurrency)
+        start = load.start_s + ramp * user / load.concurrency
+        await asyncio.sleep(max(0.0, start - self.clock.now()))
         end = load.active_until(self.scenario.duration_s)
         while not self._stop.is_set() and self.clock.now() < end and self._take_slot():
             rec = await self._request(key, self._prepare(load, rng, picker), sem, None, 1)
