@@ -272,8 +272,12 @@ def _requests_honoured(
     in_window = justified_by_requests(kv, rate_pos, policy)
     bad = in_window < n_lim
     unc_pos, unc_cnt = _uncoded_unjustified(kv, policy)
-    # Load that the requests limiter had to decide on: not 401s, not concurrency refusals.
+    # Load that the requests limiter had to decide on: not 401s, not concurrency refusals
+    # (an uncoded 429 that the concurrency cap could explain counts as one).
     eligible = (kv.status != 401) & ~kv.conc429
+    other_pos = _pick(kv.other429)
+    if other_pos.size:
+        eligible[other_pos[in_flight_upper(kv, other_pos) >= policy.concurrency]] = False
     eligible_max, _ = span_max(kv.s[eligible], policy.window_s)
     floor = (1.0 - settings.under_admission_tolerance) * n_lim
     under = eligible_max > n_lim and possible_max < floor

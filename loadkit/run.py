@@ -124,7 +124,7 @@ def run_scenario(
         if engine == "async":
             _run_async(scenario, target, out_dir, clock, meta, progress)
         else:
-            from loadkit.locust_runner import run_locust
+            from loadkit.locust_engine import run_locust
 
             run_locust(scenario, target, out_dir, clock, meta, workers=workers, progress=progress)
         meta.ended_unix = time.time()

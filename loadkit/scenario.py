@@ -8,6 +8,7 @@ keys come from environment variables or a keys file. Pure: no sockets, no clocks
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -172,9 +173,10 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     except OSError as exc:
         raise ScenarioError(f"{p}: cannot read scenario ({exc.strerror})") from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{p}: not valid TOML ({exc})") from None
+        data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ScenarioError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'} "
+                            f"({exc})") from None
     return scenario_from_dict(data, source=str(p), base_dir=p.parent)
 
 
@@ -675,3 +677,61 @@ def _int(
     if minimum is not None and v < minimum:
         raise ScenarioError(f"{where}: {_name(ctx, key)}: must be >= {minimum}, got {v!r}")
     return v
+
+
+def scenario_to_dict(s: Scenario) -> dict[str, Any]:
+    """The scenario in its file shape (JSON-able; ``scenario_from_dict`` reads it back to an
+    equal scenario). Used to hand a resolved scenario, overrides included, to another
+    process. Key sources are left out: keys travel separately, never in a scenario."""
+    t = s.target
+    target: dict[str, Any] = {
+        "base_url": t.base_url, "model": t.model, "connect_timeout_s": t.connect_timeout_s,
+        "request_timeout_s": t.request_timeout_s, "read_timeout_s": t.read_timeout_s,
+    }
+    if t.server_config:
+        target["server_config"] = t.server_config
+    run: dict[str, Any] = {
+        "duration_s": 0 if math.isinf(s.duration_s) else s.duration_s,
+        "max_requests": s.max_requests, "warmup_s": s.warmup_s, "drain_s": s.drain_s,
+        "seed": s.seed, "honour_retry_after": s.honour_retry_after,
+        "max_retries": s.max_retries,
+    }
+    if s.engine:
+        run["engine"] = s.engine
+    tiers = {n: {"requests": x.requests, "window_s": x.window_s, "concurrency": x.concurrency,
+                 "keys": x.keys} for n, x in s.tiers.items()}
+    return {"name": s.name, "target": target, "run": run, "tiers": tiers,
+            "load": [_load_to_dict(ld) for ld in s.load], "slo": s.slo, "goodput": s.goodput,
+            "sweep": s.sweep}
+
+
+def _load_to_dict(ld: LoadSpec) -> dict[str, Any]:
+    d: dict[str, Any] = {"tier": ld.tier, "pattern": ld.pattern, "start_s": ld.start_s,
+                         "mix": dict(ld.mix), "prompt_tokens": _dist_to_dict(ld.prompt_tokens),
+                         "max_tokens": _dist_to_dict(ld.max_tokens),
+                         "max_in_flight": ld.max_in_flight, "keys": list(ld.keys),
+                         "think_s": ld.think_s,
+                         "backoff_429_s": "retry-after" if ld.backoff_429_s is None
+                         else ld.backoff_429_s}
+    if ld.pattern in ("constant", "poisson"):
+        d["rate_per_s"] = ld.rate_per_s
+    if ld.pattern == "closed":
+        d["concurrency"] = ld.concurrency
+    if ld.pattern == "burst":
+        d.update(burst_size=ld.burst_size, burst_period_s=ld.burst_period_s,
+                 phase_s="random" if ld.phase_s is None else ld.phase_s)
+    if ld.duration_s is not None:
+        d["duration_s"] = ld.duration_s
+    if ld.model:
+        d["model"] = ld.model
+    return d
+
+
+def _dist_to_dict(x: Dist) -> dict[str, Any]:
+    if x.kind == "fixed":
+        return {"dist": "fixed", "value": x.value}
+    if x.kind == "uniform":
+        return {"dist": "uniform", "min": x.min, "max": x.max}
+    if x.kind == "normal":
+        return {"dist": "normal", "mean": x.mean, "sd": x.sd, "min": x.min, "max": x.max}
+    return {"dist": "choice", "values": list(x.choices)}

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("engine", ["async"])
+@pytest.mark.parametrize("engine", ["locust", "async"])
 def test_default_run_end_to_end(tmp_path, engine):
     out = tmp_path / "run"
     proc = subprocess.run(

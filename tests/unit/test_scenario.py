@@ -112,3 +112,16 @@ def test_arrivals_are_bounded_and_bursts_repeat():
 def test_builtin_default_scenario_parses():
     s = builtin_scenario()
     assert {"free", "pro"} <= set(s.tiers)
+
+
+def test_scenario_round_trips_through_its_file_shape(tmp_path):
+    import json
+
+    from loadkit.scenario import scenario_to_dict
+
+    s = builtin_scenario().with_overrides(duration_s=12)
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(scenario_to_dict(s)))
+    back = load_scenario(p)
+    assert back.load == s.load and back.tiers == s.tiers and back.duration_s == 12
+    assert back.target == s.target and back.slo == s.slo
