@@ -122,8 +122,39 @@ def _run(scenario: Scenario, target: Any, out_dir: Path, clock: Clock, meta: Run
         raise RuntimeError(f"locust exited with {code} and wrote no records:\n{tail}")
 
 
+class _Tally:
+    """Counts finished records by status as the record files grow (reads only new bytes)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.offsets: dict[Path, int] = {}
+        self.done = self.ok = self.limited = 0
+
+    def update(self) -> None:
+        for path in record_files(self.out_dir):
+            start = self.offsets.get(path, 0)
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    data = fh.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1  # whole lines only
+            self.offsets[path] = start + end
+            chunk = data[:end]
+            self.done += chunk.count(b"\n")
+            self.ok += chunk.count(b'"status":200,')
+            self.limited += chunk.count(b'"status":429,')
+
+    def line(self, t: float) -> str:
+        other = self.done - self.ok - self.limited
+        return (f"[{t:7.1f}s] locust: done {self.done}  2xx {self.ok}  429 {self.limited}  "
+                f"other {other}")
+
+
 def _watch(proc: subprocess.Popen[bytes], out_dir: Path, clock: Clock, progress: bool) -> None:
     period = 1.0 if sys.stderr.isatty() else 5.0
+    tally = _Tally(out_dir)
     last = time.monotonic()
     while proc.poll() is None:
         try:
@@ -132,13 +163,12 @@ def _watch(proc: subprocess.Popen[bytes], out_dir: Path, clock: Clock, progress:
             pass
         if progress and time.monotonic() - last >= period:
             last = time.monotonic()
-            done = sum(_lines(p) for p in record_files(out_dir))
+            tally.update()
             end = "\r" if sys.stderr.isatty() else "\n"
-            print(f"[{clock.now():7.1f}s] locust: done {done}", end=end, file=sys.stderr,
-                  flush=True)
+            print(tally.line(clock.now()), end=end, file=sys.stderr, flush=True)
     if progress:
-        done = sum(_lines(p) for p in record_files(out_dir))
-        print(f"[{clock.now():7.1f}s] locust: done {done}", file=sys.stderr, flush=True)
+        tally.update()
+        print(tally.line(clock.now()), file=sys.stderr, flush=True)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -159,14 +189,6 @@ def _worker_status(out_dir: Path) -> list[dict[str, Any]]:
     from locustfiles._roles import worker_status  # no locust import there
 
     return worker_status(out_dir)
-
-
-def _lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as fh:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 16), b""))
-    except OSError:
-        return 0
 
 
 def _boot_id() -> str:

@@ -307,7 +307,10 @@ class _TierUser(FastHttpUser):
         assert p.scenario is not None
         s = p.scenario
         load = role.load
-        rng = random.Random(f"{s.seed}/{role.index}/{role.key.label}/{role.user}")
+        # The asyncio engine's seed for the same (key, phase): open-loop schedules are the
+        # same whichever engine runs them; closed-loop users each get their own stream.
+        seed = f"{s.seed}/{role.index}/{role.key.label}"
+        rng = random.Random(seed if role.kind == "open" else f"{seed}/{role.user}")
         picker = MixPicker(load.mix)
         sem = p.semaphore(role)
         if role.kind == "closed":

@@ -22,7 +22,7 @@ def test_default_run_end_to_end(tmp_path, engine):
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     # progress was visible while it ran, then the verdict table and the report's path
-    assert "sent" in proc.stderr and "in flight" in proc.stderr
+    assert "done" in proc.stderr and "429" in proc.stderr
     assert "VERDICT" in proc.stdout and "report" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdict"] in ("pass", "inconclusive")
