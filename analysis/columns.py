@@ -147,65 +147,16 @@ def columns_from_records(recs: list[RequestRecord]) -> Columns:
 
 
 def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
-    """Every record file of a run as one arrow table. Mirrors ``loadkit.records.read_records``
-    (a torn last line falls back to the careful reader) but stops before pandas."""
-    import pyarrow.json as pj
-
-    schema = _records.arrow_schema()
-    parquet = parquet_file(run_dir)
-    if parquet is not None:
-        return _read_parquet(parquet, schema)
-    tables = []
-    for path in _records.record_files(run_dir):
-        if path.stat().st_size == 0:
-            continue
-        try:
-            tables.append(
-                pj.read_json(
-                    path,
-                    parse_options=pj.ParseOptions(
-                        explicit_schema=schema, unexpected_field_behavior="ignore"
-                    ),
-                )
-            )
-        except pa.ArrowInvalid:
-            try:
-                recs = [asdict(r) for r in _records.iter_records_file(path)]
-            except (ValueError, TypeError) as exc:
-                raise UnusableInput(str(exc)) from None
-            tables.append(pa.Table.from_pylist(recs, schema=schema))
-        except OSError as exc:
-            raise UnusableInput(f"{path}: cannot read ({exc})") from None
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables)
+    """Every record of a run as one arrow table (``loadkit.records.read_table``), its
+    errors as UnusableInput."""
+    try:
+        return _records.read_table(run_dir)
+    except (ValueError, TypeError, OSError) as exc:
+        raise UnusableInput(str(exc)) from None
 
 
 def parquet_file(run_dir: str | os.PathLike[str]) -> Path | None:
-    """records.parquet when it exists and is at least as new as every JSONL file (then it
-    holds the same records and reads ~10x faster), else None."""
-    name = getattr(_records, "PARQUET_FILE", "records.parquet")
-    path = Path(run_dir) / name
-    if not path.is_file():
-        return None
-    newest = max((f.stat().st_mtime for f in _records.record_files(run_dir)), default=0.0)
-    return path if path.stat().st_mtime >= newest else None
-
-
-def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise UnusableInput(f"{path}: cannot read ({exc})") from None
-    missing = [f.name for f in schema if f.name not in table.column_names]
-    if missing:
-        raise UnusableInput(f"{path}: missing record fields {', '.join(missing)}")
-    try:
-        return table.select(schema.names).cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise UnusableInput(f"{path}: unexpected field types ({exc})") from None
+    return _records.parquet_file(run_dir)
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunMeta, Columns]:
