@@ -100,7 +100,12 @@ def _run(scenario: Scenario, target: Any, out_dir: Path, clock: Clock, meta: Run
         "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
     ]  # fmt: skip
     if workers > 0:
-        cmd += ["--processes", str(workers)]
+        # An ephemeral master port: with Locust's fixed default, workers left over from
+        # another run on this machine would join this one.
+        port = _free_port()
+        cmd += ["--processes", str(workers), "--master-bind-host", "127.0.0.1",
+                "--master-bind-port", str(port), "--master-host", "127.0.0.1",
+                "--master-port", str(port)]
     log_path = out_dir / "locust.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -110,7 +115,7 @@ def _run(scenario: Scenario, target: Any, out_dir: Path, clock: Clock, meta: Run
         except KeyboardInterrupt:
             meta.interrupted = True
             meta.stop_reason = "interrupted (Ctrl-C)"
-            _stop(proc)
+            _stop(proc, out_dir)
     code = proc.returncode
     meta.workers = [WorkerInfo(**w) for w in _worker_status(out_dir)]
     if not meta.interrupted:
@@ -171,24 +176,60 @@ def _watch(proc: subprocess.Popen[bytes], out_dir: Path, clock: Clock, progress:
         print(tally.line(clock.now()), file=sys.stderr, flush=True)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C: Locust stops its users (each open request is recorded as cancelled) and
-    quits; if it does not within 15 s, it is killed."""
+def _stop(proc: subprocess.Popen[bytes], out_dir: Path) -> None:
+    """Ctrl-C: first a graceful stop every Locust process sees (the ``.stop`` file): no new
+    requests, open ones finish and are recorded, the run ends as usual. If that has not
+    ended it in 10 s (or on a second Ctrl-C), Locust's main process gets SIGINT (its users
+    record open requests as cancelled); past 20 s more the process group is terminated."""
+    (out_dir / ".stop").touch()
     try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+        return
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGTERM)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    except ProcessLookupError:
+        pass
+    # Workers finish writing their records after the main process is gone; give them a
+    # moment, then nothing of the run may outlive it.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    _signal_group(proc, signal.SIGKILL)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _worker_status(out_dir: Path) -> list[dict[str, Any]]:
     from locustfiles._roles import worker_status  # no locust import there
 
     return worker_status(out_dir)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _boot_id() -> str:

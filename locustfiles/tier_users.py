@@ -42,6 +42,8 @@ from loadkit.trace import RequestInfo, RequestTrace
 from locustfiles import _roles
 
 REQUEST_ID_HEADER = "x-loadkit-request-id"
+STOP_FILE = ".stop"
+STOP_GRACE_S = 5.0
 DEFAULT_PROMISES = {"free": "60/60/3", "pro": "1000/60/10", "enterprise": "10000/60/100"}
 KINDS = ("chat_stream", "chat", "completions_stream", "completions", "models")
 
@@ -80,6 +82,11 @@ class _Process:
     def next_id(self) -> str:
         self.seq += 1
         return f"{self.worker}-{self.seq}"
+
+    def stopping(self) -> bool:
+        """``loadkit run`` asks for a graceful stop (Ctrl-C) by creating ``.stop`` in the run
+        directory: no new requests, open ones finish (within STOP_GRACE_S) and are recorded."""
+        return (self.out / STOP_FILE).exists()
 
     def semaphore(self, role: _roles.Role) -> BoundedSemaphore | None:
         """One client-side cap per (key, load phase) in this process, if the phase has one."""
@@ -299,7 +306,11 @@ class _TierUser(FastHttpUser):
         group = Group()
         for role in self.roles:
             group.spawn(self._run_role, role)
-        group.join()
+        try:
+            group.join()
+        finally:
+            # Stopped (run over, Ctrl-C): every open request still writes its record.
+            group.kill(block=True, timeout=10)
         raise StopUser()
 
     def _run_role(self, role: _roles.Role) -> None:
@@ -317,7 +328,7 @@ class _TierUser(FastHttpUser):
             _wait_until(p.clock, load.start_s + min(1.0, 0.01 * load.concurrency) * role.user
                         / max(1, load.concurrency))
             end = load.active_until(s.duration_s)
-            while p.clock.now() < end and not _roles.count_reached(p, s):
+            while p.clock.now() < end and not _roles.count_reached(p, s) and not p.stopping():
                 rec = send(self, role.key, _prepare(s, load, rng, picker), None, sem)
                 pause = load.think_s
                 if rec.status == 429:
@@ -326,13 +337,15 @@ class _TierUser(FastHttpUser):
                     gevent.sleep(pause)
             return
         group = Group()
-        for t in arrivals(load, s.duration_s, rng):
-            _wait_until(p.clock, t)
-            if _roles.count_reached(p, s):
-                break
-            group.spawn(send, self, role.key, _prepare(s, load, rng, picker), t, sem)
-        group.join(timeout=s.drain_s)
-        group.kill(block=True, timeout=5)
+        try:
+            for t in arrivals(load, s.duration_s, rng):
+                _wait_until(p.clock, t, p)
+                if _roles.count_reached(p, s) or p.stopping():
+                    break
+                group.spawn(send, self, role.key, _prepare(s, load, rng, picker), t, sem)
+            group.join(timeout=STOP_GRACE_S if p.stopping() else s.drain_s)
+        finally:
+            group.kill(block=True, timeout=10)
 
     # -- plain mode -----------------------------------------------------------------------
 
@@ -393,10 +406,13 @@ def _backoff(load: LoadSpec, retry_after_s: float | None) -> float:
     return min(5.0, retry_after_s) if retry_after_s is not None else 1.0
 
 
-def _wait_until(clock: Clock, t: float) -> None:
-    delay = t - clock.now()
-    if delay > 0:
-        gevent.sleep(delay)
+def _wait_until(clock: Clock, t: float, p: _Process | None = None) -> None:
+    """Sleep until run time ``t``; with ``p``, wake early if the run is being stopped."""
+    while True:
+        delay = t - clock.now()
+        if delay <= 0 or (p is not None and p.stopping()):
+            return
+        gevent.sleep(min(delay, 0.25) if p is not None else delay)
 
 
 # ---------------------------------------------------------------------------------------

@@ -195,3 +195,68 @@ def test_a_killed_worker_is_reported_not_silently_missing(tmp_path):
     assert statuses == ["died", "ok"], meta.workers
     assert "died" in meta.stop_reason
     assert iter_records(out)  # what the dead worker finished is kept
+
+
+def test_no_record_lost_under_server_faults(tmp_path):
+    server = {
+        "tiers": {"pro": {"requests": 10_000, "window_s": 60, "concurrency": 1000, "keys": 2}},
+        "faults": {"seed": 4, "error_rate": 0.1, "disconnect_rate": 0.15,
+                   "midstream_error_rate": 0.1, "stall_rate": 0.1, "stall_s": 0.8},
+    }
+    loads = [{"tier": "pro", "pattern": "poisson", "rate_per_s": 20, "max_tokens": 8,
+              "mix": {"chat_stream": 2, "completions_stream": 1, "chat": 1}}]
+    sc = scenario(tmp_path, duration=3.0, server=server, loads=loads)
+    d = scenario_to_dict(sc)
+    d["tiers"] = {"pro": {"requests": 10_000, "window_s": 60, "concurrency": 1000}}
+    d["target"]["read_timeout_s"] = 0.4  # stalls become client timeouts
+    out = tmp_path / "run"
+    run_scenario(scenario_from_dict(d), out, engine="locust", progress=False)
+    recs = iter_records(out)
+    seen = truth(out / "truth.jsonl")
+    assert {r.request_id for r in recs} == set(seen)
+    kinds = set()
+    for r in recs:
+        t = seen[r.request_id]
+        if r.transport_error == "timeout":
+            kinds.add("timeout")
+            continue
+        assert r.status == t["status"]
+        if t["status"] == 500:
+            kinds.add("500")
+        elif t.get("disconnect") == "server":
+            kinds.add("disconnect")
+            assert r.transport_error in ("incomplete_stream", "reset")
+        elif t["error_code"] == "internal_error":
+            kinds.add("midstream")
+            assert r.error_code == "internal_error"
+    assert kinds == {"timeout", "500", "disconnect", "midstream"}
+
+
+def test_ctrl_c_keeps_every_finished_request(tmp_path):
+    sc = scenario(tmp_path, duration=60.0)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(scenario_to_dict(sc)))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "loadkit", "run", str(path), "--engine",
+                             "locust", "--workers", "2", "--out", str(out), "--no-analyze"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        if sum(len(p.read_text().splitlines()) for p in out.glob("records-*.jsonl")) > 30:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    meta = read_run_meta(out)
+    assert meta.interrupted and "Ctrl-C" in meta.stop_reason
+    recs = iter_records(out)
+    seen = truth(out / "truth.jsonl")
+    ids = {r.request_id for r in recs}
+    # every request the server saw has a record; a request cut before it reached the
+    # server may have a "cancelled" record the server never saw
+    assert set(seen) <= ids
+    assert all(r.transport_error == "cancelled" for r in recs if r.request_id not in seen)
+    assert not any(p.poll() is None for p in [proc])
+    leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", "no Locust process outlives the run"
