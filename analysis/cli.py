@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
@@ -14,7 +15,7 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def console_table(summary: dict[str, Any]) -> str:
+def console_table(summary: dict[str, Any], run_dir: str | None = None) -> str:
     """Verdict per key and kind, key latency percentiles, SLO checks."""
     run = summary["run"]
     lines = [
@@ -65,6 +66,12 @@ def console_table(summary: dict[str, Any]) -> str:
         f"output tokens/s; errors {summary['errors']['error_rate']:.2%}, "
         f"429s {summary['errors']['throttle_rate']:.2%}"
     )
+    err = summary["errors"]
+    if err.get("transport"):
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(err["transport"].items()))
+        lines.append(f"transport errors: {kinds}")
+    for note in summary.get("limit_notes", []):
+        lines.append(f"NOTE: {note}")
     if summary["slo"]["checks"]:
         lines.append("")
         for c in summary["slo"]["checks"]:
@@ -78,7 +85,10 @@ def console_table(summary: dict[str, Any]) -> str:
     if summary["verdict"] != "pass":
         lines.extend(f"  - {r}" for r in summary["verdict_reasons"])
     if summary.get("report"):
-        lines.append(f"report: {summary['report']}")
+        report = Path(summary["report"])
+        if run_dir is not None and not report.is_absolute():
+            report = Path(run_dir) / report
+        lines.append(f"report: {report}")
     return "\n".join(lines)
 
 
@@ -106,7 +116,7 @@ def analyze_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"loadkit analyze: cannot read or write {args.run_dir}: {exc}", file=sys.stderr)
         return EXIT_INPUT
     if not getattr(args, "quiet", False):
-        print(console_table(summary), file=out)
+        print(console_table(summary, run_dir=args.run_dir), file=out)
     elif summary["verdict"] != "pass":
         print(
             f"loadkit analyze: verdict {summary['verdict']}: "

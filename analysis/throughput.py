@@ -27,9 +27,13 @@ def succeeded(cols: Columns) -> np.ndarray:
 
 
 def failed(cols: Columns) -> np.ndarray:
-    """Errors that are not limit refusals: no response, 4xx other than 429, 5xx, a cut stream."""
+    """Errors that are not limit refusals: no response, 4xx other than 429, 5xx, a cut
+    stream. Requests cancelled because the run was stopping (Ctrl-C, the drain's end) are
+    the client's doing, not the service's, and are counted apart."""
     st = cols.status
-    return (st == 0) | ((st >= 400) & (st != 429)) | (cols.transport_error.codes >= 0)
+    te = cols.transport_error.codes
+    bad = (st == 0) | ((st >= 400) & (st != 429)) | (te >= 0)
+    return bad & (te != cols.transport_error.code_of("cancelled"))
 
 
 def measured_span(cols: Columns, warmup_s: float) -> tuple[float, float]:
@@ -140,6 +144,7 @@ def errors_summary(cols: Columns, warmup_s: float) -> dict[str, Any]:
     return {
         "requests": total,
         "errors": n_err,
+        "cancelled": int((te == cols.transport_error.code_of("cancelled")).sum()),
         "error_rate": n_err / total if total else 0.0,
         "throttled": n_429,
         "throttle_rate": n_429 / total if total else 0.0,

@@ -120,7 +120,10 @@ def view_of_rows(cols: Columns, rows: np.ndarray) -> KeyView:
         e=e,
         status=st,
         admitted=(st != 0) & (st != 401) & ~is429,
-        possible=st == 0,
+        # No response: the server may have admitted it, unless the connection was refused
+        # (then the request never reached it).
+        possible=(st == 0)
+        & (cols.transport_error.codes[rows] != cols.transport_error.code_of("refused")),
         rate429=rate,
         conc429=conc,
         other429=is429 & ~rate & ~conc,

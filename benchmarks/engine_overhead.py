@@ -287,7 +287,8 @@ def accuracy(tmp: Path) -> list[str]:
         ],
     }
     lines = [
-        "| streams | client | streams measured | TTFT err p50 (ms) | p99 | ITL err p50 (ms) | p99 |",
+        "| streams | client | streams measured | TTFT err p50 (ms) | p99 "
+        "| ITL err p50 (ms) | p99 |",
         "|---|---|---|---|---|---|---|",
     ]
     with start_server_process(config_dict=cfg, cpu=int(SERVER_CPU)) as srv:

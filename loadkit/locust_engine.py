@@ -42,8 +42,15 @@ def users_count(scenario: Scenario, keys: list[Any]) -> int:
     return len({key.label for key, _ in plan(scenario, keys)})
 
 
-def run_locust(scenario: Scenario, target: Any, out_dir: Path, clock: Clock, meta: RunMeta,
-               workers: int | None = None, progress: bool = True) -> None:
+def run_locust(
+    scenario: Scenario,
+    target: Any,
+    out_dir: Path,
+    clock: Clock,
+    meta: RunMeta,
+    workers: int | None = None,
+    progress: bool = True,
+) -> None:
     users = users_count(scenario, target.keys)
     if users == 0:
         meta.stop_reason = "nothing to run: no load phase matches a key"
@@ -56,13 +63,23 @@ def run_locust(scenario: Scenario, target: Any, out_dir: Path, clock: Clock, met
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _run(scenario: Scenario, target: Any, out_dir: Path, clock: Clock, meta: RunMeta,
-         workers: int, progress: bool, users: int, private: Path) -> None:
+def _run(
+    scenario: Scenario,
+    target: Any,
+    out_dir: Path,
+    clock: Clock,
+    meta: RunMeta,
+    workers: int,
+    progress: bool,
+    users: int,
+    private: Path,
+) -> None:
     keys_file = private / "keys.json"
     fd = os.open(keys_file, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"keys": [{"label": k.label, "tier": k.tier, "key": k.secret}
-                            for k in target.keys]}, fh)
+        json.dump(
+            {"keys": [{"label": k.label, "tier": k.tier, "key": k.secret} for k in target.keys]}, fh
+        )
     scenario_file = out_dir / "scenario.json"
     scenario_file.write_text(json.dumps(scenario_to_dict(scenario), indent=2) + "\n")
 
@@ -103,13 +120,23 @@ def _run(scenario: Scenario, target: Any, out_dir: Path, clock: Clock, meta: Run
         # An ephemeral master port: with Locust's fixed default, workers left over from
         # another run on this machine would join this one.
         port = _free_port()
-        cmd += ["--processes", str(workers), "--master-bind-host", "127.0.0.1",
-                "--master-bind-port", str(port), "--master-host", "127.0.0.1",
-                "--master-port", str(port)]
+        cmd += [
+            "--processes",
+            str(workers),
+            "--master-bind-host",
+            "127.0.0.1",
+            "--master-bind-port",
+            str(port),
+            "--master-host",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+        ]
     log_path = out_dir / "locust.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             _watch(proc, out_dir, clock, progress)
         except KeyboardInterrupt:
@@ -120,8 +147,7 @@ def _run(scenario: Scenario, target: Any, out_dir: Path, clock: Clock, meta: Run
     meta.workers = [WorkerInfo(**w) for w in _worker_status(out_dir)]
     if not meta.interrupted:
         died = [w for w in meta.workers if w.status == "died"]
-        meta.stop_reason = (f"{len(died)} Locust worker(s) died" if died
-                            else "schedule complete")
+        meta.stop_reason = f"{len(died)} Locust worker(s) died" if died else "schedule complete"
     if code not in (0, None) and not meta.interrupted and not record_files(out_dir):
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"locust exited with {code} and wrote no records:\n{tail}")
@@ -153,8 +179,10 @@ class _Tally:
 
     def line(self, t: float) -> str:
         other = self.done - self.ok - self.limited
-        return (f"[{t:7.1f}s] locust: done {self.done}  2xx {self.ok}  429 {self.limited}  "
-                f"other {other}")
+        return (
+            f"[{t:7.1f}s] locust: done {self.done}  2xx {self.ok}  429 {self.limited}  "
+            f"other {other}"
+        )
 
 
 def _watch(proc: subprocess.Popen[bytes], out_dir: Path, clock: Clock, progress: bool) -> None:
@@ -184,12 +212,12 @@ def _stop(proc: subprocess.Popen[bytes], out_dir: Path) -> None:
     (out_dir / ".stop").touch()
     try:
         proc.wait(timeout=10)
-        return
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         pass
     try:
-        os.kill(proc.pid, signal.SIGINT)
-        proc.wait(timeout=20)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)
+            proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         _signal_group(proc, signal.SIGTERM)
         try:

@@ -105,6 +105,14 @@ def run_scenario(
 ) -> RunMeta:
     """Run a scenario and write records and run.json into ``out_dir``; returns the
     metadata (``interrupted`` set if Ctrl-C stopped it)."""
+    used = [p.name for p in (out_dir / "run.json", *out_dir.glob("records-*.jsonl")) if p.exists()]
+    if used:
+        # Records of two runs in one directory would be analysed as one run (two clocks,
+        # maybe two servers): never mix them.
+        raise ScenarioError(
+            f"--out {out_dir}: already holds a run ({', '.join(used[:3])}); "
+            "choose another directory or delete this one"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = out_dir.name if out_dir.name else new_run_id()
     # Pin the embedded server and the generator to different cores when there are two.
@@ -168,6 +176,16 @@ def run_main(args: Any) -> int:
         print(f"loadkit run: {exc}", file=sys.stderr)
         return 2
     engine = args.engine or scenario.engine or "locust"
+    if args.workers is not None and args.workers < 0:
+        print(f"loadkit run: --workers: must be >= 0, got {args.workers}", file=sys.stderr)
+        return 2
+    try:
+        from analysis.slo import SloSyntaxError, slos_from_run
+
+        slos_from_run(scenario.slo)  # a bad SLO is refused before any load is sent
+    except SloSyntaxError as exc:
+        print(f"loadkit run: {scenario.source}: slo: {exc}", file=sys.stderr)
+        return 2
     out_dir = Path(args.out) if args.out else Path("runs") / new_run_id()
     try:
         meta = run_scenario(

@@ -103,6 +103,24 @@ class LoadSpec:
     # user would spin thousands of 429s per second.
     backoff_429_s: float | None = None
 
+    def pause_after(
+        self, status: int, retry_after_s: float | None, transport_error: str | None
+    ) -> float:
+        """How long a closed-loop user pauses after a request before its next one: its think
+        time, or after a 429 the advertised retry-after (capped at 5 s; 1 s if absent; or
+        ``backoff_429_s``), or 1 s after a connection that failed outright — without these,
+        a refused user would spin thousands of requests per second."""
+        pause = self.think_s
+        if status == 429:
+            if self.backoff_429_s is not None:
+                wait = self.backoff_429_s
+            else:
+                wait = min(5.0, retry_after_s) if retry_after_s is not None else 1.0
+            pause = max(pause, wait)
+        elif status == 0 and transport_error not in (None, "cancelled"):
+            pause = max(pause, 1.0)
+        return pause
+
     def applies_to(self, key_index: int) -> bool:
         """Whether this phase loads the tier's ``key_index``-th key (1-based)."""
         return not self.keys or key_index in self.keys
@@ -175,8 +193,9 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     try:
         data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise ScenarioError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'} "
-                            f"({exc})") from None
+        raise ScenarioError(
+            f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'} ({exc})"
+        ) from None
     return scenario_from_dict(data, source=str(p), base_dir=p.parent)
 
 
@@ -207,6 +226,10 @@ def scenario_from_dict(
     server_config = _opt_str(target_d, "server_config", where, "target")
     if server_config and base_dir is not None and not Path(server_config).is_absolute():
         server_config = str(base_dir / server_config)
+    if server_config and not Path(server_config).is_file():
+        raise ScenarioError(
+            f"{where}: target.server_config: cannot read {server_config!r} (no such file)"
+        )
     target = TargetSpec(
         base_url=_str(target_d, "base_url", where, "target", EMBEDDED).rstrip("/"),
         model=_str(target_d, "model", where, "target", "loadkit-small"),
@@ -526,8 +549,14 @@ def plan(scenario: Scenario, keys: list[Key]) -> list[tuple[Key, LoadSpec]]:
     """Every (key, load phase) pair the scenario asks for, in a stable order. Both engines
     drive exactly these pairs."""
     out = []
-    for load in scenario.load:
+    for n, load in enumerate(scenario.load):
         tier_keys = [k for k in keys if k.tier == load.tier]
+        missing = [i for i in load.keys if i > len(tier_keys)]
+        if missing:
+            raise ScenarioError(
+                f"load[{n}].keys: asks for key {missing[0]} of tier "
+                f"{load.tier!r}, which has {len(tier_keys)} key(s)"
+            )
         out += [(k, load) for i, k in enumerate(tier_keys, 1) if load.applies_to(i)]
     return out
 
@@ -685,41 +714,69 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
     process. Key sources are left out: keys travel separately, never in a scenario."""
     t = s.target
     target: dict[str, Any] = {
-        "base_url": t.base_url, "model": t.model, "connect_timeout_s": t.connect_timeout_s,
-        "request_timeout_s": t.request_timeout_s, "read_timeout_s": t.read_timeout_s,
+        "base_url": t.base_url,
+        "model": t.model,
+        "connect_timeout_s": t.connect_timeout_s,
+        "request_timeout_s": t.request_timeout_s,
+        "read_timeout_s": t.read_timeout_s,
     }
     if t.server_config:
         target["server_config"] = t.server_config
     run: dict[str, Any] = {
         "duration_s": 0 if math.isinf(s.duration_s) else s.duration_s,
-        "max_requests": s.max_requests, "warmup_s": s.warmup_s, "drain_s": s.drain_s,
-        "seed": s.seed, "honour_retry_after": s.honour_retry_after,
+        "max_requests": s.max_requests,
+        "warmup_s": s.warmup_s,
+        "drain_s": s.drain_s,
+        "seed": s.seed,
+        "honour_retry_after": s.honour_retry_after,
         "max_retries": s.max_retries,
     }
     if s.engine:
         run["engine"] = s.engine
-    tiers = {n: {"requests": x.requests, "window_s": x.window_s, "concurrency": x.concurrency,
-                 "keys": x.keys} for n, x in s.tiers.items()}
-    return {"name": s.name, "target": target, "run": run, "tiers": tiers,
-            "load": [_load_to_dict(ld) for ld in s.load], "slo": s.slo, "goodput": s.goodput,
-            "sweep": s.sweep}
+    tiers = {
+        n: {
+            "requests": x.requests,
+            "window_s": x.window_s,
+            "concurrency": x.concurrency,
+            "keys": x.keys,
+        }
+        for n, x in s.tiers.items()
+    }
+    return {
+        "name": s.name,
+        "target": target,
+        "run": run,
+        "tiers": tiers,
+        "load": [_load_to_dict(ld) for ld in s.load],
+        "slo": s.slo,
+        "goodput": s.goodput,
+        "sweep": s.sweep,
+    }
 
 
 def _load_to_dict(ld: LoadSpec) -> dict[str, Any]:
-    d: dict[str, Any] = {"tier": ld.tier, "pattern": ld.pattern, "start_s": ld.start_s,
-                         "mix": dict(ld.mix), "prompt_tokens": _dist_to_dict(ld.prompt_tokens),
-                         "max_tokens": _dist_to_dict(ld.max_tokens),
-                         "max_in_flight": ld.max_in_flight, "keys": list(ld.keys),
-                         "think_s": ld.think_s,
-                         "backoff_429_s": "retry-after" if ld.backoff_429_s is None
-                         else ld.backoff_429_s}
+    d: dict[str, Any] = {
+        "tier": ld.tier,
+        "pattern": ld.pattern,
+        "start_s": ld.start_s,
+        "mix": dict(ld.mix),
+        "prompt_tokens": _dist_to_dict(ld.prompt_tokens),
+        "max_tokens": _dist_to_dict(ld.max_tokens),
+        "max_in_flight": ld.max_in_flight,
+        "keys": list(ld.keys),
+        "think_s": ld.think_s,
+        "backoff_429_s": "retry-after" if ld.backoff_429_s is None else ld.backoff_429_s,
+    }
     if ld.pattern in ("constant", "poisson"):
         d["rate_per_s"] = ld.rate_per_s
     if ld.pattern == "closed":
         d["concurrency"] = ld.concurrency
     if ld.pattern == "burst":
-        d.update(burst_size=ld.burst_size, burst_period_s=ld.burst_period_s,
-                 phase_s="random" if ld.phase_s is None else ld.phase_s)
+        d.update(
+            burst_size=ld.burst_size,
+            burst_period_s=ld.burst_period_s,
+            phase_s="random" if ld.phase_s is None else ld.phase_s,
+        )
     if ld.duration_s is not None:
         d["duration_s"] = ld.duration_s
     if ld.model:

@@ -1,1 +1,1 @@
-"""Plain locustfiles for loadkit tiers (installed so `loadkit run --engine locust` can find them)."""
+"""Plain locustfiles for loadkit tiers (installed so `loadkit run --engine locust` finds them)."""

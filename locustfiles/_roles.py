@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from loadkit.scenario import Key, LoadSpec, Scenario
 
@@ -111,9 +112,15 @@ def worker_status(out: Path) -> list[dict[str, Any]]:
         if done.exists():
             rows.append({"worker": worker, "records": n, "status": "ok", "detail": ""})
         else:
-            rows.append({"worker": worker, "records": n, "status": "died",
-                         "detail": "no done marker: the process ended without Locust's quit "
-                                   "(killed or crashed); its finished records are kept"})
+            rows.append(
+                {
+                    "worker": worker,
+                    "records": n,
+                    "status": "died",
+                    "detail": "no done marker: the process ended without Locust's quit "
+                    "(killed or crashed); its finished records are kept",
+                }
+            )
     return rows
 
 
@@ -133,12 +140,18 @@ def ttft_rows(stats: Any) -> list[dict[str, Any]]:
     for e in sorted(stats.entries.values(), key=lambda e: e.name):
         if not e.num_requests:
             continue
-        rows.append({
-            "name": e.name, "count": e.num_requests,
-            "median": e.median_response_time, "p95": e.get_response_time_percentile(0.95),
-            "p99": e.get_response_time_percentile(0.99), "avg": round(e.avg_response_time, 1),
-            "min": e.min_response_time, "max": e.max_response_time,
-        })
+        rows.append(
+            {
+                "name": e.name,
+                "count": e.num_requests,
+                "median": e.median_response_time,
+                "p95": e.get_response_time_percentile(0.95),
+                "p99": e.get_response_time_percentile(0.99),
+                "avg": round(e.avg_response_time, 1),
+                "min": e.min_response_time,
+                "max": e.max_response_time,
+            }
+        )
     return rows
 
 
@@ -161,13 +174,24 @@ def extend_web_ui(environment: Any, stats: Any) -> None:
         return
     from flask import make_response, request
 
-    structure = [{"key": k, "title": t} for k, t in (
-        ("name", "Request kind"), ("count", "Streams"), ("median", "TTFT median (ms)"),
-        ("p95", "p95"), ("p99", "p99"), ("avg", "Average"), ("min", "Min"), ("max", "Max"))]
+    structure = [
+        {"key": k, "title": t}
+        for k, t in (
+            ("name", "Request kind"),
+            ("count", "Streams"),
+            ("median", "TTFT median (ms)"),
+            ("p95", "p95"),
+            ("p99", "p99"),
+            ("avg", "Average"),
+            ("min", "Min"),
+            ("max", "Max"),
+        )
+    ]
     web_ui.template_args["extended_tabs"] = [{"title": "TTFT", "key": "ttft"}]
     web_ui.template_args["extended_tables"] = [{"key": "ttft", "structure": structure}]
     web_ui.template_args["extended_csv_files"] = [
-        {"href": "/loadkit/ttft.csv", "title": "Download time-to-first-token statistics CSV"}]
+        {"href": "/loadkit/ttft.csv", "title": "Download time-to-first-token statistics CSV"}
+    ]
 
     @web_ui.app.after_request
     def _add_ttft(response: Any) -> Any:

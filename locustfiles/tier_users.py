@@ -38,7 +38,6 @@ from loadkit.records import RecordWriter, RequestRecord
 from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id
 from loadkit.scenario import Key, LoadSpec, Scenario, load_scenario, plan
 from loadkit.trace import RequestInfo, RequestTrace
-
 from locustfiles import _roles
 
 REQUEST_ID_HEADER = "x-loadkit-request-id"
@@ -68,7 +67,9 @@ class _Process:
         self.writer: RecordWriter | None = None
         self.seq = 0
         self.ttft = RequestStats()
-        self.roles = _roles.Roles(plan(self.scenario, self.keys), self.out) if self.scenario else None
+        self.roles = (
+            _roles.Roles(plan(self.scenario, self.keys), self.out) if self.scenario else None
+        )
         self.rr: dict[str, int] = {}
         self.sems: dict[int, BoundedSemaphore] = {}
 
@@ -168,8 +169,13 @@ def proc() -> _Process:
 # One request: the same RequestTrace as the asyncio engine, Locust's stats on the side.
 
 
-def send(user: FastHttpUser, key: Key, req: PreparedRequest, scheduled: float | None,
-         sem: BoundedSemaphore | None = None) -> RequestRecord:
+def send(
+    user: FastHttpUser,
+    key: Key,
+    req: PreparedRequest,
+    scheduled: float | None,
+    sem: BoundedSemaphore | None = None,
+) -> RequestRecord:
     """Send one request and record it; ``sem`` is the phase's client-side cap per key (the
     wait for it is recorded as ``queued_s``, the arrival never dropped)."""
     if sem is None:
@@ -179,23 +185,45 @@ def send(user: FastHttpUser, key: Key, req: PreparedRequest, scheduled: float | 
         return _send(user, key, req, scheduled, proc().clock.now() - q0)
 
 
-def _send(user: FastHttpUser, key: Key, req: PreparedRequest, scheduled: float | None,
-          queued: float) -> RequestRecord:
+def _send(
+    user: FastHttpUser, key: Key, req: PreparedRequest, scheduled: float | None, queued: float
+) -> RequestRecord:
     p = proc()
     writer = p.open()
     clock = p.clock
 
-    info = RequestInfo(p.run_id, "locust", p.worker, p.next_id(), key.tier, key.label,
-                       req.endpoint, req.stream, req.model, 1, scheduled)
-    headers = {"Authorization": f"Bearer {key.secret}", "Accept-Encoding": "identity",
-               REQUEST_ID_HEADER: info.request_id}
+    info = RequestInfo(
+        p.run_id,
+        "locust",
+        p.worker,
+        p.next_id(),
+        key.tier,
+        key.label,
+        req.endpoint,
+        req.stream,
+        req.model,
+        1,
+        scheduled,
+    )
+    headers = {
+        "Authorization": f"Bearer {key.secret}",
+        "Accept-Encoding": "identity",
+        REQUEST_ID_HEADER: info.request_id,
+    }
     if req.body is not None:
         headers["Content-Type"] = "application/json"
     trace = RequestTrace(info, clock.now(), queued)
     rec: RequestRecord | None = None
     nbytes = 0
-    with user.client.request(req.method, req.path, data=req.body, headers=headers, stream=True,
-                             catch_response=True, name=req.kind) as resp:
+    with user.client.request(
+        req.method,
+        req.path,
+        data=req.body,
+        headers=headers,
+        stream=True,
+        catch_response=True,
+        name=req.kind,
+    ) as resp:
         try:
             status = resp.status_code
             if not status:
@@ -289,7 +317,8 @@ class _TierUser(FastHttpUser):
         if p.roles is not None:
             # Scenario mode: this user is one customer key and drives all its roles.
             self.roles = p.roles.claim(
-                p.worker, lambda k: _tier_matches(k.tier, self.tier, p.paid_tier))
+                p.worker, lambda k: _tier_matches(k.tier, self.tier, p.paid_tier)
+            )
             if not self.roles:
                 raise StopUser()
             return
@@ -325,14 +354,15 @@ class _TierUser(FastHttpUser):
         picker = MixPicker(load.mix)
         sem = p.semaphore(role)
         if role.kind == "closed":
-            _wait_until(p.clock, load.start_s + min(1.0, 0.01 * load.concurrency) * role.user
-                        / max(1, load.concurrency))
+            _wait_until(
+                p.clock,
+                load.start_s
+                + min(1.0, 0.01 * load.concurrency) * role.user / max(1, load.concurrency),
+            )
             end = load.active_until(s.duration_s)
             while p.clock.now() < end and not _roles.count_reached(p, s) and not p.stopping():
                 rec = send(self, role.key, _prepare(s, load, rng, picker), None, sem)
-                pause = load.think_s
-                if rec.status == 429:
-                    pause = max(pause, _backoff(load, rec.retry_after_s))
+                pause = load.pause_after(rec.status, rec.retry_after_s, rec.transport_error)
                 if pause:
                     gevent.sleep(pause)
             return
@@ -354,9 +384,13 @@ class _TierUser(FastHttpUser):
             self._run_key()
             return
         env = os.environ
-        req = prepare(kind, env.get("LOADKIT_MODEL", "loadkit-small"),
-                      int(env.get("LOADKIT_PROMPT_TOKENS", "32")),
-                      int(env.get("LOADKIT_MAX_TOKENS", "32")), self.rng)
+        req = prepare(
+            kind,
+            env.get("LOADKIT_MODEL", "loadkit-small"),
+            int(env.get("LOADKIT_PROMPT_TOKENS", "32")),
+            int(env.get("LOADKIT_MAX_TOKENS", "32")),
+            self.rng,
+        )
         send(self, self.key, req, None)
 
     @task(_roles.weight("chat_stream", 2))
@@ -396,14 +430,13 @@ class PaidTierUser(_TierUser):
 
 
 def _prepare(s: Scenario, load: LoadSpec, rng: random.Random, picker: MixPicker) -> PreparedRequest:
-    return prepare(picker.pick(rng), load.model or s.target.model, load.prompt_tokens.sample(rng),
-                   load.max_tokens.sample(rng), rng)
-
-
-def _backoff(load: LoadSpec, retry_after_s: float | None) -> float:
-    if load.backoff_429_s is not None:
-        return load.backoff_429_s
-    return min(5.0, retry_after_s) if retry_after_s is not None else 1.0
+    return prepare(
+        picker.pick(rng),
+        load.model or s.target.model,
+        load.prompt_tokens.sample(rng),
+        load.max_tokens.sample(rng),
+        rng,
+    )
 
 
 def _wait_until(clock: Clock, t: float, p: _Process | None = None) -> None:
@@ -440,8 +473,9 @@ def _on_init(environment: Any, **_: Any) -> None:
                 entry = StatsEntry.unserialize(row, p.ttft)
                 key = (entry.name, entry.method)
                 if key not in p.ttft.entries:
-                    p.ttft.entries[key] = StatsEntry(p.ttft, entry.name, entry.method,
-                                                     use_response_times_cache=True)
+                    p.ttft.entries[key] = StatsEntry(
+                        p.ttft, entry.name, entry.method, use_response_times_cache=True
+                    )
                 p.ttft.entries[key].extend(entry)
 
     if not isinstance(runner, WorkerRunner):
@@ -454,7 +488,8 @@ def _on_test_start(environment: Any, **_: Any) -> None:
 
     p = proc()
     if not isinstance(environment.runner, WorkerRunner) and not os.environ.get(
-            "LOADKIT_RUNNER_OWNS_META"):
+        "LOADKIT_RUNNER_OWNS_META"
+    ):
         _write_meta(p, environment.host or "")
     if p.scenario is not None and not isinstance(environment.runner, WorkerRunner):
         gevent.spawn(_quit_when_idle, environment)
@@ -476,10 +511,10 @@ def _on_quitting(environment: Any, **_: Any) -> None:
     from locust.runners import WorkerRunner
 
     p = proc()
-    count = p.writer.count if p.writer else 0
     if p.writer is not None:
-        p.writer.close()
-        _roles.mark(p.out, p.worker, "done", {"records": count})
+        # Not closed: a request cancelled while Locust shuts its users down still writes
+        # its record (each line is flushed as written; the file closes with the process).
+        _roles.mark(p.out, p.worker, "done", {"records": p.writer.count})
     if not isinstance(environment.runner, WorkerRunner):
         prefix = getattr(environment.parsed_options, "csv_prefix", None)
         if prefix:
@@ -499,11 +534,16 @@ def _write_meta(p: _Process, host: str) -> None:
                 r, w, c = spec.split("/")
                 tiers[tier] = {"requests": int(r), "window_s": float(w), "concurrency": int(c)}
     meta = RunMeta(
-        run_id=p.run_id, engine="locust", target=host,
+        run_id=p.run_id,
+        engine="locust",
+        target=host,
         scenario_name=p.scenario.name if p.scenario else "locust-plain",
-        started_unix=p.clock.wall_anchor, mono_anchor_ns=p.clock.mono_anchor_ns, tiers=tiers,
-        keys=[{"label": k.label, "tier": k.tier, "fingerprint": fingerprint(k.secret)}
-              for k in p.keys],
+        started_unix=p.clock.wall_anchor,
+        mono_anchor_ns=p.clock.mono_anchor_ns,
+        tiers=tiers,
+        keys=[
+            {"label": k.label, "tier": k.tier, "fingerprint": fingerprint(k.secret)} for k in p.keys
+        ],
     )
     meta.write(p.out)
 

@@ -214,8 +214,8 @@ class AsyncEngine:
         while not self._stop.is_set() and self.clock.now() < end and self._take_slot():
             rec = await self._request(key, self._prepare(load, rng, picker), sem, None, 1)
             pause = load.think_s
-            if rec is not None and rec.status == 429:
-                pause = max(pause, backoff_after_429(load, rec.retry_after_s))
+            if rec is not None:
+                pause = load.pause_after(rec.status, rec.retry_after_s, rec.transport_error)
             if pause:
                 await asyncio.sleep(pause)
 
@@ -391,13 +391,6 @@ async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
         await asyncio.sleep(delay - _EARLY_S)
     while loop.time() < when:
         await asyncio.sleep(0)
-
-
-def backoff_after_429(load: LoadSpec, retry_after_s: float | None) -> float:
-    """How long a closed-loop user pauses after a 429 (see LoadSpec.backoff_429_s)."""
-    if load.backoff_429_s is not None:
-        return load.backoff_429_s
-    return min(5.0, retry_after_s) if retry_after_s is not None else 1.0
 
 
 def run_engine(

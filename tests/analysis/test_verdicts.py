@@ -256,3 +256,23 @@ def test_verdict_counts_match_brute_force(records, w, n_lim):
         blo, bup = ref.remaining_bounds(sa, ha, sp, hp, list(range(rows.size)), w)
         assert lo.tolist() == blo.tolist()
         assert up.tolist() == bup.tolist()
+
+
+def test_refused_connections_never_reached_the_server():
+    policy = Policy(2, 10.0, 100)
+    recs = [rec(0.0, 0.1), rec(1.0, 1.1)]
+    recs += [rec(2.0 + i / 10, None, 2.0 + i / 10, status=0, transport_error="refused")
+             for i in range(5)]
+    _, _, req, _ = judge(recs, policy)
+    assert req["observed_max_possible"] == 2  # a refused connection cannot be admitted
+    assert req["enforced"] == "held"
+
+
+def test_cancelled_requests_are_not_service_errors():
+    from analysis.throughput import errors_summary
+
+    recs = [rec(0.0), rec(0.1), rec(0.2, None, 0.3, status=0, transport_error="cancelled"),
+            rec(0.3, 0.31, 0.4, status=500, code="internal_error")]
+    err = errors_summary(columns_from_records(recs), 0.0)
+    assert err["errors"] == 1 and err["cancelled"] == 1
+    assert err["error_rate"] == 0.25

@@ -26,29 +26,61 @@ pytestmark = pytest.mark.slow
 N, W, C = 10, 2.0, 2
 
 
-def scenario(tmp_path: Path, duration: float = 4.0, server: dict | None = None,
-             loads: list | None = None):
+def scenario(
+    tmp_path: Path, duration: float = 4.0, server: dict | None = None, loads: list | None = None
+):
     cfg = tmp_path / "server.json"
-    cfg.write_text(json.dumps(server or {
-        "tiers": {"free": {"requests": N, "window_s": W, "concurrency": C, "keys": 2},
-                  "pro": {"requests": 200, "window_s": W, "concurrency": 5, "keys": 1}},
-    }))
-    return scenario_from_dict({
-        "name": "locust-test",
-        "target": {"base_url": "embedded", "server_config": str(cfg)},
-        "run": {"duration_s": duration, "drain_s": 5.0, "seed": 3},
-        "tiers": {"free": {"requests": N, "window_s": W, "concurrency": C},
-                  "pro": {"requests": 200, "window_s": W, "concurrency": 5}},
-        "load": loads or [
-            {"tier": "free", "keys": [1], "pattern": "burst", "burst_size": 14,
-             "burst_period_s": 1.3, "phase_s": 0.1, "mix": {"chat": 1, "completions": 1},
-             "model": "loadkit-instant"},
-            {"tier": "free", "keys": [2], "pattern": "closed", "concurrency": C + 1,
-             "mix": {"chat_stream": 1}, "max_tokens": 8, "backoff_429_s": 0.1},
-            {"tier": "pro", "pattern": "poisson", "rate_per_s": 15,
-             "mix": {"chat_stream": 1, "completions_stream": 1, "chat": 1}, "max_tokens": 6},
-        ],
-    })
+    cfg.write_text(
+        json.dumps(
+            server
+            or {
+                "tiers": {
+                    "free": {"requests": N, "window_s": W, "concurrency": C, "keys": 2},
+                    "pro": {"requests": 200, "window_s": W, "concurrency": 5, "keys": 1},
+                },
+            }
+        )
+    )
+    return scenario_from_dict(
+        {
+            "name": "locust-test",
+            "target": {"base_url": "embedded", "server_config": str(cfg)},
+            "run": {"duration_s": duration, "drain_s": 5.0, "seed": 3},
+            "tiers": {
+                "free": {"requests": N, "window_s": W, "concurrency": C},
+                "pro": {"requests": 200, "window_s": W, "concurrency": 5},
+            },
+            "load": loads
+            or [
+                {
+                    "tier": "free",
+                    "keys": [1],
+                    "pattern": "burst",
+                    "burst_size": 14,
+                    "burst_period_s": 1.3,
+                    "phase_s": 0.1,
+                    "mix": {"chat": 1, "completions": 1},
+                    "model": "loadkit-instant",
+                },
+                {
+                    "tier": "free",
+                    "keys": [2],
+                    "pattern": "closed",
+                    "concurrency": C + 1,
+                    "mix": {"chat_stream": 1},
+                    "max_tokens": 8,
+                    "backoff_429_s": 0.1,
+                },
+                {
+                    "tier": "pro",
+                    "pattern": "poisson",
+                    "rate_per_s": 15,
+                    "mix": {"chat_stream": 1, "completions_stream": 1, "chat": 1},
+                    "max_tokens": 6,
+                },
+            ],
+        }
+    )
 
 
 def truth(path: Path) -> dict[str, dict]:
@@ -104,31 +136,82 @@ def test_master_and_two_workers_on_loopback(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "scenario.json").write_text(json.dumps(scenario_to_dict(sc)))
-    with start_server_process(config_path=sc.target.server_config,
-                              truth_path=out / "truth.jsonl") as srv:
+    with start_server_process(
+        config_path=sc.target.server_config, truth_path=out / "truth.jsonl"
+    ) as srv:
         keys = embedded_keys(sc, srv.keys)
         keys_file = tmp_path / "keys.json"
-        keys_file.write_text(json.dumps({"keys": [
-            {"label": k.label, "tier": k.tier, "key": k.secret} for k in keys]}))
+        keys_file.write_text(
+            json.dumps(
+                {"keys": [{"label": k.label, "tier": k.tier, "key": k.secret} for k in keys]}
+            )
+        )
         os.chmod(keys_file, 0o600)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = {**os.environ, "LOADKIT_SCENARIO": str(out / "scenario.json"),
-               "LOADKIT_KEYS_FILE": str(keys_file), "LOADKIT_OUT": str(out),
-               "LOADKIT_WALL_ANCHOR": repr(time.time() + 3), "LOADKIT_WORKERS": "2"}
+        env = {
+            **os.environ,
+            "LOADKIT_SCENARIO": str(out / "scenario.json"),
+            "LOADKIT_KEYS_FILE": str(keys_file),
+            "LOADKIT_OUT": str(out),
+            "LOADKIT_WALL_ANCHOR": repr(time.time() + 3),
+            "LOADKIT_WORKERS": "2",
+        }
         f = str(locustfile())
         users = 3  # one per key
         master = subprocess.Popen(
-            [sys.executable, "-m", "locust", "-f", f, "--master", "--headless",
-             "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-             "--expect-workers", "2", "-u", str(users), "-r", str(users), "--host",
-             srv.base_url, "--run-time", "40s", "--only-summary", "--exit-code-on-error", "0"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        workers = [subprocess.Popen(
-            [sys.executable, "-m", "locust", "-f", f, "--worker", "--master-host",
-             "127.0.0.1", "--master-port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                f,
+                "--master",
+                "--headless",
+                "--master-bind-host",
+                "127.0.0.1",
+                "--master-bind-port",
+                str(port),
+                "--expect-workers",
+                "2",
+                "-u",
+                str(users),
+                "-r",
+                str(users),
+                "--host",
+                srv.base_url,
+                "--run-time",
+                "40s",
+                "--only-summary",
+                "--exit-code-on-error",
+                "0",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "locust",
+                    "-f",
+                    f,
+                    "--worker",
+                    "--master-host",
+                    "127.0.0.1",
+                    "--master-port",
+                    str(port),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(2)
+        ]
         try:
             log, _ = master.communicate(timeout=90)
             for w in workers:
@@ -146,22 +229,45 @@ def test_master_and_two_workers_on_loopback(tmp_path):
 
 
 def test_streaming_ttft_matches_the_fixed_profile(tmp_path):
-    server = {"tiers": {"pro": {"requests": 10_000, "window_s": 60, "concurrency": 100,
-                                "keys": 1}},
-              "models": [{"id": "fixed", "ttft_ms": 60, "itl_ms": 25, "ttft_jitter_ms": 0,
-                          "itl_jitter_ms": 0, "prefill_ms_per_token": 0,
-                          "decode_capacity_tps": 0}]}
-    loads = [{"tier": "pro", "pattern": "closed", "concurrency": 4, "model": "fixed",
-              "max_tokens": 10, "mix": {"chat_stream": 1, "completions_stream": 1}}]
+    server = {
+        "tiers": {"pro": {"requests": 10_000, "window_s": 60, "concurrency": 100, "keys": 1}},
+        "models": [
+            {
+                "id": "fixed",
+                "ttft_ms": 60,
+                "itl_ms": 25,
+                "ttft_jitter_ms": 0,
+                "itl_jitter_ms": 0,
+                "prefill_ms_per_token": 0,
+                "decode_capacity_tps": 0,
+            }
+        ],
+    }
+    loads = [
+        {
+            "tier": "pro",
+            "pattern": "closed",
+            "concurrency": 4,
+            "model": "fixed",
+            "max_tokens": 10,
+            "mix": {"chat_stream": 1, "completions_stream": 1},
+        }
+    ]
     sc = scenario(tmp_path, duration=3.0, server=server, loads=loads)
-    sc = scenario_from_dict({**scenario_to_dict(sc), "tiers": {"pro": {
-        "requests": 10_000, "window_s": 60, "concurrency": 100}}})
+    sc = scenario_from_dict(
+        {
+            **scenario_to_dict(sc),
+            "tiers": {"pro": {"requests": 10_000, "window_s": 60, "concurrency": 100}},
+        }
+    )
     out = tmp_path / "run"
     run_scenario(sc, out, engine="locust", progress=False)
     recs = [r for r in iter_records(out) if r.status == 200]
     assert len(recs) >= 20
     ttft = sorted((r.first_token_s - r.send_s) * 1e3 for r in recs)
-    itl = sorted((b - a) * 1e3 for r in recs for a, b in zip(r.chunk_s, r.chunk_s[1:]))
+    itl = sorted(
+        (b - a) * 1e3 for r in recs for a, b in zip(r.chunk_s, r.chunk_s[1:], strict=False)
+    )
     median = ttft[len(ttft) // 2]
     assert 59 <= median <= 75, ttft  # the profile's 60 ms, not the headers, not the stream end
     assert 23 <= itl[len(itl) // 2] <= 30, "chunks arrive one by one, not in 1 KB blocks"
@@ -200,11 +306,24 @@ def test_a_killed_worker_is_reported_not_silently_missing(tmp_path):
 def test_no_record_lost_under_server_faults(tmp_path):
     server = {
         "tiers": {"pro": {"requests": 10_000, "window_s": 60, "concurrency": 1000, "keys": 2}},
-        "faults": {"seed": 4, "error_rate": 0.1, "disconnect_rate": 0.15,
-                   "midstream_error_rate": 0.1, "stall_rate": 0.1, "stall_s": 0.8},
+        "faults": {
+            "seed": 4,
+            "error_rate": 0.1,
+            "disconnect_rate": 0.15,
+            "midstream_error_rate": 0.1,
+            "stall_rate": 0.1,
+            "stall_s": 0.8,
+        },
     }
-    loads = [{"tier": "pro", "pattern": "poisson", "rate_per_s": 20, "max_tokens": 8,
-              "mix": {"chat_stream": 2, "completions_stream": 1, "chat": 1}}]
+    loads = [
+        {
+            "tier": "pro",
+            "pattern": "poisson",
+            "rate_per_s": 20,
+            "max_tokens": 8,
+            "mix": {"chat_stream": 2, "completions_stream": 1, "chat": 1},
+        }
+    ]
     sc = scenario(tmp_path, duration=3.0, server=server, loads=loads)
     d = scenario_to_dict(sc)
     d["tiers"] = {"pro": {"requests": 10_000, "window_s": 60, "concurrency": 1000}}
@@ -237,9 +356,25 @@ def test_ctrl_c_keeps_every_finished_request(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps(scenario_to_dict(sc)))
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "loadkit", "run", str(path), "--engine",
-                             "locust", "--workers", "2", "--out", str(out), "--no-analyze"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadkit",
+            "run",
+            str(path),
+            "--engine",
+            "locust",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+            "--no-analyze",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
         if sum(len(p.read_text().splitlines()) for p in out.glob("records-*.jsonl")) > 30:

@@ -29,27 +29,62 @@ def free_port() -> int:
 
 def test_web_ui_shows_ttft_without_touching_locust_totals(tmp_path):
     out = tmp_path / "run"
-    with start_server_process(config_dict={"tiers": {
-            "free": {"requests": 1000, "window_s": 60, "concurrency": 10, "keys": 2},
-            "pro": {"requests": 1000, "window_s": 60, "concurrency": 10, "keys": 1}}},
-            truth_path=tmp_path / "truth.jsonl") as srv:
+    with start_server_process(
+        config_dict={
+            "tiers": {
+                "free": {"requests": 1000, "window_s": 60, "concurrency": 10, "keys": 2},
+                "pro": {"requests": 1000, "window_s": 60, "concurrency": 10, "keys": 1},
+            }
+        },
+        truth_path=tmp_path / "truth.jsonl",
+    ) as srv:
         port = free_port()
-        env = {**os.environ, "LOADKIT_KEYS_FILE": str(srv.workdir / "keys.json"),
-               "LOADKIT_OUT": str(out), "LOADKIT_MIX": "chat_stream=3,chat=1",
-               "LOADKIT_MAX_TOKENS": "6", "LOADKIT_WAIT_S": "0.05"}
+        env = {
+            **os.environ,
+            "LOADKIT_KEYS_FILE": str(srv.workdir / "keys.json"),
+            "LOADKIT_OUT": str(out),
+            "LOADKIT_MIX": "chat_stream=3,chat=1",
+            "LOADKIT_MAX_TOKENS": "6",
+            "LOADKIT_WAIT_S": "0.05",
+        }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "locust", "-f", str(locustfile()), "--host", srv.base_url,
-             "--web-host", "127.0.0.1", "--web-port", str(port), "--autostart",
-             "--autoquit", "1", "-u", "3", "-r", "3", "--run-time", "4s",
-             "--csv", str(tmp_path / "lc")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(locustfile()),
+                "--host",
+                srv.base_url,
+                "--web-host",
+                "127.0.0.1",
+                "--web-port",
+                str(port),
+                "--autostart",
+                "--autoquit",
+                "1",
+                "-u",
+                "3",
+                "-r",
+                "3",
+                "--run-time",
+                "4s",
+                "--csv",
+                str(tmp_path / "lc"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             stats = None
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/requests",
-                                                timeout=2) as r:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/stats/requests", timeout=2
+                    ) as r:
                         data = json.loads(r.read())
                     ext = {e["key"]: e["data"] for e in data.get("extended_stats", [])}
                     if ext.get("ttft"):
@@ -59,7 +94,9 @@ def test_web_ui_shows_ttft_without_touching_locust_totals(tmp_path):
                     pass
                 time.sleep(0.3)
             html = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
-            secrets = [k["key"] for k in json.loads((srv.workdir / "keys.json").read_text())["keys"]]
+            secrets = [
+                k["key"] for k in json.loads((srv.workdir / "keys.json").read_text())["keys"]
+            ]
             log, _ = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:

@@ -125,3 +125,40 @@ def test_scenario_round_trips_through_its_file_shape(tmp_path):
     back = load_scenario(p)
     assert back.load == s.load and back.tiers == s.tiers and back.duration_s == 12
     assert back.target == s.target and back.slo == s.slo
+
+
+def test_load_keys_beyond_the_tier_are_refused():
+    from loadkit.scenario import Key, plan
+
+    s = scenario_from_dict(with_("load.0.keys", [2]))
+    with pytest.raises(ScenarioError, match=r"load\[0\].keys: asks for key 2"):
+        plan(s, [Key("free-1", "free", "k")])
+
+
+def test_missing_server_config_is_named(tmp_path):
+    with pytest.raises(ScenarioError, match="target.server_config"):
+        scenario_from_dict(with_("target", {"server_config": str(tmp_path / "nope.toml")}))
+
+
+def test_closed_loop_pauses_after_refusals():
+    load = scenario_from_dict(BASE).load[0]
+    assert load.pause_after(200, None, None) == 0
+    assert load.pause_after(429, 2.5, None) == 2.5
+    assert load.pause_after(429, 60.0, None) == 5.0  # capped
+    assert load.pause_after(429, None, None) == 1.0
+    assert load.pause_after(0, None, "refused") == 1.0  # no spinning on a dead target
+    assert load.pause_after(0, None, "cancelled") == 0
+
+
+def test_reused_output_directory_is_refused(tmp_path):
+    import argparse
+
+    from loadkit.run import run_main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    args = argparse.Namespace(scenario=None, duration=1.0, target=None, engine="async",
+                              workers=None, out=str(out), quiet=True, no_analyze=True,
+                              parquet=False)
+    assert run_main(args) == 2
