@@ -120,7 +120,8 @@ def chart_latency_time(
         ax.plot(x, q[0.5], label=f"{metric} p50")
         ax.plot(x, q[0.99], label=f"{metric} p99", linestyle="--")
     ax.set_xlabel("run time (s), by send time")
-    ax.set_ylabel("ms")
+    ax.set_ylabel("ms (log scale)")
+    ax.set_yscale("log")  # TTFT (tens of ms) and e2e (seconds) on one readable axis
     ax.set_title(f"Latency over time ({width:g} s bins)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
@@ -215,7 +216,10 @@ def chart_inflight(result: Any, out: Path, written: list[str], width: float, nbi
             drawstyle="steps-post",
             label="certainly in flight",
         )
-        ax.axhline(k.policy.concurrency, color="red", linestyle="--", label="promised cap")
+        # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
+        ax.axhline(k.policy.concurrency, color="red", linestyle="--", label="promised cap",
+                   zorder=0)
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.concurrency * 1.25))
         ax.set_ylabel(k.label)
         ax.legend(loc="upper right", fontsize="small")
     axes[-1].set_xlabel("run time (s)")
@@ -241,7 +245,9 @@ def chart_window(result: Any, out: Path, written: list[str], width: float, nbins
         entry = np.searchsorted(mid, t0, side="right") - np.searchsorted(mid, t0 - w, side="right")
         per_bin = np.maximum(in_bin, entry)
         ax.plot(x, per_bin, drawstyle="steps-post", label=f"admitted in trailing {w:g} s")
-        ax.axhline(k.policy.requests, color="red", linestyle="--", label="promised limit")
+        ax.axhline(k.policy.requests, color="red", linestyle="--", label="promised limit",
+                   zorder=0)
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.requests * 1.15))
         ax.set_ylabel(k.label)
         ax.legend(loc="upper right", fontsize="small")
     axes[-1].set_xlabel("run time (s)")
