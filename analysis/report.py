@@ -26,6 +26,7 @@ border:1px solid #d4a72c}
 .verdict{font-size:1.3em;margin:12px 0}ul.reasons{margin-top:4px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0}
 details{margin:4px 0}code{font-size:.85em;word-break:break-all}.muted{color:#57606a}
+td:last-child{min-width:18em}td p{margin:2px 0 6px}
 """
 
 METRIC_NAMES = {
