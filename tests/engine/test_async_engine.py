@@ -240,8 +240,8 @@ def test_ctrl_c_keeps_records_and_marks_interrupted(tmp_path):
         ],
         duration_s=60,
     )
-    path = tmp_path / "s.toml"
-    path.write_text(_to_toml(d))
+    path = tmp_path / "s.json"  # a scenario file may be JSON as well as TOML
+    path.write_text(json.dumps(d))
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [
@@ -275,31 +275,3 @@ def test_ctrl_c_keeps_records_and_marks_interrupted(tmp_path):
     recs = iter_records(out)
     assert any(r.transport_error == "cancelled" for r in recs)  # open streams are recorded
     assert set(truth(out / "truth.jsonl")) == {r.request_id for r in recs}
-
-
-def _to_toml(d: dict, prefix: str = "") -> str:
-    lines, tables = [], []
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "mix":
-            tables.append((k, v))
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            for item in v:
-                lines.append(f"[[{prefix}{k}]]")
-                for ik, iv in item.items():
-                    lines.append(f"{ik} = {_val(iv)}")
-        else:
-            lines.append(f"{k} = {_val(v)}")
-    out = "\n".join(lines) + "\n"
-    for k, v in tables:
-        out += f"[{prefix}{k}]\n" + _to_toml(v, f"{prefix}{k}.")
-    return out
-
-
-def _val(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_val(x)}" for k, x in v.items()) + " }"
-    return repr(v)
