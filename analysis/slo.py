@@ -60,9 +60,13 @@ def make_slo(metric: str, stat: str | None, value: Any, source: str) -> Slo:
         raise SloSyntaxError(f"{where}: threshold {value!r} is not a number") from None
     if threshold != threshold:
         raise SloSyntaxError(f"{where}: threshold is NaN")
+    if threshold < 0:
+        raise SloSyntaxError(f"{where}: threshold must be >= 0, got {value!r}")
     if metric in SCALARS:
         if stat is not None:
             raise SloSyntaxError(f"{where}: {metric} takes no statistic (write {metric}=VALUE)")
+        if metric in ("error_rate", "throttle_rate", "goodput_ratio") and threshold > 1:
+            raise SloSyntaxError(f"{where}: {metric} is a fraction in [0, 1], got {value!r}")
         return Slo(metric, None, threshold, source)
     if metric in DISTRIBUTIONS:
         if stat is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -47,10 +48,12 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
     from loadkit.server.app import STATE, ServerState, build_app
 
     admin, keys = resolve_keys(cfg)
+    own_dir: Path | None = None  # a temp folder of our own: removed when we stop
     if args.keys_file:
         keys_file = Path(args.keys_file).resolve()
     else:
-        keys_file = Path(tempfile.mkdtemp(prefix="loadkit-serve-")) / "keys.json"
+        own_dir = Path(tempfile.mkdtemp(prefix="loadkit-serve-"))
+        keys_file = own_dir / "keys.json"
     write_private_json(keys_file, keys_document(admin, keys))
     state = ServerState(cfg, args.truth, admin, keys)
     app = build_app(cfg, state=state)
@@ -93,6 +96,8 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
             print("loadkit serve: stopping", flush=True)
     finally:
         await runner.cleanup()
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)  # this run's keys die with it
     return 0
 
 
