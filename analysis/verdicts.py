@@ -205,14 +205,7 @@ def requests_verdict(
             ev_enf["possible_request_ids"] = ids(kv.rows[maybe][touch][: n_lim + 1])
 
     offered = offered_load(kv, policy, settings)
-    if certain > n_lim:
-        enforced = VIOLATED
-    elif possible > n_lim:
-        enforced = POSSIBLE
-    elif offered["max_in_window"] <= n_lim:
-        enforced = INCONCLUSIVE
-    else:
-        enforced = HELD
+    enforced = _enforced(certain, possible, offered["max_in_window"], n_lim)
 
     honoured, ev_hon = _requests_honoured(kv, policy, settings, possible, ids)
     return {
@@ -255,6 +248,18 @@ def _examples(
         {"request_id": rid, "send_s": _num(kv.s[p]), "headers_s": _num(kv.hi[p]), label: int(c)}
         for rid, p, c in zip(names, pos.tolist(), counts.tolist(), strict=True)
     ]
+
+
+def _enforced(certain: int, possible: int, offered_max: int, limit: int) -> str:
+    """violated when proven, possible when only timing uncertainty allows it, inconclusive
+    when the load never exceeded the limit, held otherwise (both kinds of limit)."""
+    if certain > limit:
+        return VIOLATED
+    if possible > limit:
+        return POSSIBLE
+    if offered_max <= limit:
+        return INCONCLUSIVE
+    return HELD
 
 
 def _uncoded_unjustified(kv: KeyView, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
@@ -328,14 +333,7 @@ def concurrency_verdict(
             held = _pick(holding_mask(kv.s[maybe], kv.e[maybe], t_p, closed=True))
             ev_enf["possible_request_ids"] = ids(kv.rows[maybe][held][: c_lim + 1])
     offered = offered_load(kv, policy, settings)
-    if certain > c_lim:
-        enforced = VIOLATED
-    elif possible > c_lim:
-        enforced = POSSIBLE
-    elif offered["max_concurrent"] <= c_lim:
-        enforced = INCONCLUSIVE
-    else:
-        enforced = HELD
+    enforced = _enforced(certain, possible, offered["max_concurrent"], c_lim)
 
     conc_pos = _pick(kv.conc429)
     in_flight = in_flight_upper(kv, conc_pos)
