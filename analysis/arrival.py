@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.intervals import contained_counts, min_span_for_counts, touching_max
-from analysis.verdicts import KeyView, Policy
+from loadkit.analysis.intervals import contained_counts, min_span_for_counts, touching_max
+from loadkit.analysis.verdicts import KeyView, Policy
 
 BOUND_FRACTIONS = (1 / 8, 1 / 2, 1.0, 2.0, 3.0)
 

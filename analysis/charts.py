@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.intervals import min_span_for_counts
-from analysis.throughput import bin_width, failed
+from loadkit.analysis.intervals import min_span_for_counts
+from loadkit.analysis.throughput import bin_width, failed
 
 MAX_KEYS_CHARTED = 12
 DPI = 90
@@ -217,8 +217,9 @@ def chart_inflight(result: Any, out: Path, written: list[str], width: float, nbi
             label="certainly in flight",
         )
         # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
-        ax.axhline(k.policy.concurrency, color="red", linestyle="--", label="promised cap",
-                   zorder=0)
+        ax.axhline(
+            k.policy.concurrency, color="red", linestyle="--", label="promised cap", zorder=0
+        )
         ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.concurrency * 1.25))
         ax.set_ylabel(k.label)
         ax.legend(loc="upper right", fontsize="small")
@@ -245,8 +246,7 @@ def chart_window(result: Any, out: Path, written: list[str], width: float, nbins
         entry = np.searchsorted(mid, t0, side="right") - np.searchsorted(mid, t0 - w, side="right")
         per_bin = np.maximum(in_bin, entry)
         ax.plot(x, per_bin, drawstyle="steps-post", label=f"admitted in trailing {w:g} s")
-        ax.axhline(k.policy.requests, color="red", linestyle="--", label="promised limit",
-                   zorder=0)
+        ax.axhline(k.policy.requests, color="red", linestyle="--", label="promised limit", zorder=0)
         ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.requests * 1.15))
         ax.set_ylabel(k.label)
         ax.legend(loc="upper right", fontsize="small")

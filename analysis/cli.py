@@ -98,9 +98,9 @@ def exit_status(summary: dict[str, Any]) -> int:
 
 def analyze_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Entry point of ``loadkit analyze DIR``."""
-    from analysis.columns import UnusableInput
-    from analysis.slo import SloSyntaxError
-    from analysis.summary import analyze_run
+    from loadkit.analysis.columns import UnusableInput
+    from loadkit.analysis.slo import SloSyntaxError
+    from loadkit.analysis.summary import analyze_run
 
     out = out or sys.stdout
     try:

@@ -13,11 +13,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from analysis.columns import Columns, UnusableInput, load_run
-from analysis.junit import Case, write_junit
-from analysis.metrics import INFERENCE_ENDPOINTS, LATENCY_METRICS, metric_values
-from analysis.stats import bootstrap_changes
-from analysis.throughput import bin_width, measured_span, output_tokens, succeeded
+from loadkit.analysis.columns import Columns, UnusableInput, load_run
+from loadkit.analysis.junit import Case, write_junit
+from loadkit.analysis.metrics import INFERENCE_ENDPOINTS, LATENCY_METRICS, metric_values
+from loadkit.analysis.stats import bootstrap_changes
+from loadkit.analysis.throughput import bin_width, measured_span, output_tokens, succeeded
 
 COMPARED_STATS = ("p50", "p95", "p99")
 THROUGHPUT_METRICS = ("requests_per_s", "output_tokens_per_s")
@@ -90,7 +90,7 @@ def load_sample(run_dir: str) -> RunSample:
         except json.JSONDecodeError as exc:
             raise UnusableInput(f"{summary_path}: not JSON ({exc.msg})") from None
     else:
-        from analysis.summary import analyse
+        from loadkit.analysis.summary import analyse
 
         summary = analyse(meta, cols).summary
     warmup = float(meta.warmup_s or 0.0)

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.columns import INFERENCE_ENDPOINTS, Columns
-from analysis.stats import describe
+from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
+from loadkit.analysis.stats import describe
 
 LATENCY_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "headers_ms")
 CLIENT_METRICS = ("send_lateness_ms", "queued_ms")

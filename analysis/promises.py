@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.intervals import count_covering
-from analysis.verdicts import HELD, INCONCLUSIVE, VIOLATED, IdLookup, KeyView, Policy, _num
+from loadkit.analysis.intervals import count_covering
+from loadkit.analysis.verdicts import HELD, INCONCLUSIVE, VIOLATED, IdLookup, KeyView, Policy, _num
 
 AGREES, DISAGREES = "agrees", "disagrees"
 

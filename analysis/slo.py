@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.metrics import CLIENT_METRICS, LATENCY_METRICS
-from analysis.stats import STATS
+from loadkit.analysis.metrics import CLIENT_METRICS, LATENCY_METRICS
+from loadkit.analysis.stats import STATS
 
 # scalar SLOs: name -> (where in the summary, direction)
 SCALARS: dict[str, tuple[tuple[str, ...], str]] = {

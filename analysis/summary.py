@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from analysis.arrival import arrival_curve
-from analysis.columns import Columns, UnusableInput, load_run
-from analysis.explain import explain
-from analysis.metrics import MetricValues, latency_summary, metric_values
-from analysis.promises import remaining_header_check, retry_after_check
-from analysis.slo import Slo, evaluate_slos, merge_slos, parse_slo_arg, slos_from_run
-from analysis.throughput import errors_summary, throughput_summary
-from analysis.verdicts import (
+from loadkit.analysis.arrival import arrival_curve
+from loadkit.analysis.columns import Columns, UnusableInput, load_run
+from loadkit.analysis.explain import explain
+from loadkit.analysis.metrics import MetricValues, latency_summary, metric_values
+from loadkit.analysis.promises import remaining_header_check, retry_after_check
+from loadkit.analysis.slo import Slo, evaluate_slos, merge_slos, parse_slo_arg, slos_from_run
+from loadkit.analysis.throughput import errors_summary, throughput_summary
+from loadkit.analysis.verdicts import (
     HELD,
     INCONCLUSIVE,
     POSSIBLE,
@@ -160,11 +160,16 @@ def overall_verdict(limits: list[dict[str, Any]], slo: dict[str, Any]) -> tuple[
     if fails:
         return "fail", fails + doubts
     if not held:
-        return "inconclusive", ["no limit verdict held: the offered load never provoked a "
-                                "promise", *doubts]
+        return "inconclusive", [
+            "no limit verdict held: the offered load never provoked a promise",
+            *doubts,
+        ]
     if doubts:
-        return "pass", [f"no violation and every SLO met; {held} verdicts held, "
-                        f"{len(doubts)} could not be shown either way:", *doubts]
+        return "pass", [
+            f"no violation and every SLO met; {held} verdicts held, "
+            f"{len(doubts)} could not be shown either way:",
+            *doubts,
+        ]
     return "pass", ["every limit verdict held and every SLO was met"]
 
 
@@ -271,8 +276,8 @@ def analyze_run(
     out = Path(run_dir)
     summary = result.summary
     if charts:
-        from analysis.charts import write_charts
-        from analysis.report import write_report
+        from loadkit.analysis.charts import write_charts
+        from loadkit.analysis.report import write_report
 
         summary["charts"] = write_charts(result, out)
         summary["report"] = REPORT_FILE

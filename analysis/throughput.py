@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.columns import Columns
-from analysis.metrics import MetricValues, output_tokens
+from loadkit.analysis.columns import Columns
+from loadkit.analysis.metrics import MetricValues, output_tokens
 
 _NICE_BINS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
 GOODPUT_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "headers_ms")

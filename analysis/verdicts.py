@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.columns import INFERENCE_ENDPOINTS, Columns
-from analysis.intervals import (
+from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
+from loadkit.analysis.intervals import (
     contained_counts,
     holding_mask,
     overlap_max,

@@ -39,7 +39,7 @@ TIERS = {
 def _generate_key(job: tuple[str, str, int, float, str, int]) -> str:
     import numpy as np
 
-    from analysis.synthetic import Limiter, Timing, key_run_rows, poisson_sends, simulate_key
+    from tests.analysis.synthetic import Limiter, Timing, key_run_rows, poisson_sends, simulate_key
 
     label, tier, n, duration, out_dir, seed = job
     rng = np.random.default_rng(seed)
@@ -68,7 +68,7 @@ def _generate_key(job: tuple[str, str, int, float, str, int]) -> str:
 
 
 def generate(run_dir: Path, records: int, duration: float) -> float:
-    from analysis.synthetic import Limiter, run_meta
+    from tests.analysis.synthetic import Limiter, run_meta
 
     run_dir.mkdir(parents=True, exist_ok=True)
     for old in run_dir.glob("records-*.jsonl"):
@@ -97,7 +97,7 @@ def generate(run_dir: Path, records: int, duration: float) -> float:
 def analyse_child(run_dir: str) -> None:
     """Runs in a fresh interpreter so that RSS and imports are the analysis' own."""
     t0 = time.perf_counter()
-    from analysis.summary import analyze_run
+    from loadkit.analysis.summary import analyze_run
 
     t_import = time.perf_counter() - t0
     timings: dict[str, float] = {}
@@ -144,7 +144,7 @@ def main() -> int:
     if args.parquet:
         import pyarrow.parquet as pq
 
-        from analysis.columns import read_table
+        from loadkit.analysis.columns import read_table
 
         t0 = time.perf_counter()
         pq.write_table(read_table(run_dir), parquet)

@@ -97,6 +97,11 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", metavar="DIR")
     w.add_argument("--engine", choices=("async",), default="async")
     w.add_argument("--quiet", action="store_true")
+
+    sub.add_parser(
+        "locustfile",
+        help="print the path of the installed locustfile (for `locust -f $(loadkit locustfile)`)",
+    )
     return p
 
 
@@ -116,13 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_main(args)
         if args.command == "analyze":
-            from analysis.cli import analyze_main
+            from loadkit.analysis.cli import analyze_main
 
             return analyze_main(args)
         if args.command == "compare":
-            from analysis.compare import compare_main
+            from loadkit.analysis.compare import compare_main
 
             return compare_main(args)
+        if args.command == "locustfile":
+            from loadkit.locust_engine import locustfile
+
+            print(locustfile())
+            return 0
         if args.command == "sweep":
             from loadkit.sweep import sweep_main
 

@@ -30,7 +30,7 @@ STARTUP_S = 4.0  # Locust's import and spawn; the schedule's t=0 is this far in 
 
 
 def locustfile() -> Path:
-    spec = importlib.util.find_spec("locustfiles")
+    spec = importlib.util.find_spec("loadkit.locustfiles")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the locustfiles package is not installed with loadkit")
     return Path(next(iter(spec.submodule_search_locations))) / "tier_users.py"
@@ -247,7 +247,7 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def _worker_status(out_dir: Path) -> list[dict[str, Any]]:
-    from locustfiles._roles import worker_status  # no locust import there
+    from loadkit.locustfiles._roles import worker_status  # no locust import there
 
     return worker_status(out_dir)
 

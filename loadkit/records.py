@@ -175,8 +175,10 @@ def read_table(run_dir: str | os.PathLike[str]):  # -> pyarrow.Table
     schemas = set(table.column("schema").unique().to_pylist()) - {None}
     if schemas - {RECORD_SCHEMA}:
         bad = sorted(str(x) for x in schemas - {RECORD_SCHEMA})
-        raise ValueError(f"{run_dir}: unsupported record schema {', '.join(bad)} "
-                         f"(this loadkit reads {RECORD_SCHEMA})")
+        raise ValueError(
+            f"{run_dir}: unsupported record schema {', '.join(bad)} "
+            f"(this loadkit reads {RECORD_SCHEMA})"
+        )
     return table
 
 

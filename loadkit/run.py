@@ -180,7 +180,7 @@ def run_main(args: Any) -> int:
         print(f"loadkit run: --workers: must be >= 0, got {args.workers}", file=sys.stderr)
         return 2
     try:
-        from analysis.slo import SloSyntaxError, slos_from_run
+        from loadkit.analysis.slo import SloSyntaxError, slos_from_run
 
         slos_from_run(scenario.slo)  # a bad SLO is refused before any load is sent
     except SloSyntaxError as exc:
@@ -205,7 +205,7 @@ def run_main(args: Any) -> int:
         return 130 if meta.interrupted else 0
     import argparse
 
-    from analysis.cli import analyze_main
+    from loadkit.analysis.cli import analyze_main
 
     return analyze_main(
         argparse.Namespace(run_dir=str(out_dir), slo=[], no_charts=False, quiet=args.quiet)

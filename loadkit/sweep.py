@@ -100,8 +100,8 @@ def step_scenario(s: Scenario, spec: SweepSpec, value: float) -> Scenario:
 
 
 def run_sweep(s: Scenario, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    from analysis.capacity import capacity_report, step_row
-    from analysis.summary import analyze_run
+    from loadkit.analysis.capacity import capacity_report, step_row
+    from loadkit.analysis.summary import analyze_run
     from loadkit.run import run_scenario
 
     spec = sweep_spec(s)

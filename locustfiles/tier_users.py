@@ -38,7 +38,7 @@ from loadkit.records import RecordWriter, RequestRecord
 from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id
 from loadkit.scenario import Key, LoadSpec, Scenario, load_scenario, plan
 from loadkit.trace import RequestInfo, RequestTrace
-from locustfiles import _roles
+from loadkit.locustfiles import _roles
 
 REQUEST_ID_HEADER = "x-loadkit-request-id"
 STOP_FILE = ".stop"

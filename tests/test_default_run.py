@@ -16,9 +16,21 @@ pytestmark = pytest.mark.slow
 def test_default_run_end_to_end(tmp_path, engine):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadkit", "run", "--duration", "12", "--engine", engine,
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "loadkit",
+            "run",
+            "--duration",
+            "12",
+            "--engine",
+            engine,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     # progress was visible while it ran, then the verdict table and the report's path

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from analysis.summary import analyze_run
+from loadkit.analysis.summary import analyze_run
 from loadkit.run import run_scenario
 from loadkit.scenario import scenario_from_dict
 

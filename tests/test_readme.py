@@ -75,7 +75,15 @@ def test_linked_files_exist():
 
 
 def test_locust_commands_name_real_files():
+    from loadkit.locust_engine import locustfile
+
+    seen = 0
     for words in commands():
         if words[0] == "locust":
             f = words[words.index("-f") + 1]
+            if f == "$(loadkit":  # `locust -f $(loadkit locustfile)`: the installed file
+                assert words[words.index("-f") + 2] == "locustfile)"
+                f = str(locustfile())
             assert (ROOT / f).exists(), f
+            seen += 1
+    assert seen, "the README shows how to run Locust directly"

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.cli import analyze_main
-from analysis.summary import analyze_run
-from analysis.synthetic import Limiter, Timing, even_sends, run_meta, simulate_key, write_run
+from loadkit.analysis.cli import analyze_main
+from loadkit.analysis.summary import analyze_run
+from tests.analysis.synthetic import Limiter, Timing, even_sends, run_meta, simulate_key, write_run
 
 
 def args(run_dir, *slo, charts=False, quiet=True):
@@ -158,7 +158,7 @@ def test_charts_and_self_contained_report(tmp_path):
 def test_parquet_records_are_read_like_jsonl(tmp_path):
     import pyarrow.parquet as pq
 
-    from analysis.columns import read_table
+    from loadkit.analysis.columns import read_table
 
     run = make_run(tmp_path)
     from_jsonl = analyze_run(run, charts=False)
@@ -175,10 +175,26 @@ def test_analysis_never_imports_an_engine():
     import sys
 
     code = (
-        "import sys, analysis.cli, analysis.summary, analysis.compare, analysis.charts, "
-        "analysis.report, analysis.synthetic; "
+        "import sys, loadkit.analysis.cli, loadkit.analysis.summary, loadkit.analysis.compare, "
+        "loadkit.analysis.charts, loadkit.analysis.report; "
         "bad = [m for m in ('aiohttp', 'locust', 'gevent', 'loadkit.engine', 'loadkit.server') "
         "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_installing_loadkit_claims_no_other_import_name(tmp_path):
+    import subprocess
+    import sys
+
+    # Outside a checkout (cwd elsewhere): only `loadkit` is importable.
+    code = (
+        "import importlib.util as u, loadkit.analysis.summary, loadkit.locustfiles._roles; "
+        "print([n for n in ('analysis', 'locustfiles') if u.find_spec(n)])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

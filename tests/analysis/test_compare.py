@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from analysis.compare import compare_main, parse_thresholds
-from analysis.summary import analyze_run
-from analysis.synthetic import Limiter, Timing, even_sends, run_meta, simulate_key, write_run
+from loadkit.analysis.compare import compare_main, parse_thresholds
+from loadkit.analysis.summary import analyze_run
+from tests.analysis.synthetic import Limiter, Timing, even_sends, run_meta, simulate_key, write_run
 
 
 def make(tmp, name, *, seed, slow=1.0, kind="sliding_log"):

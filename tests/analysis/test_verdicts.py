@@ -7,10 +7,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.columns import columns_from_records
-from analysis.promises import remaining_bounds, remaining_header_check, retry_after_check
-from analysis.synthetic import Limiter, Timing, even_sends, key_run_records, simulate_key
-from analysis.verdicts import (
+from loadkit.analysis.columns import columns_from_records
+from loadkit.analysis.promises import remaining_bounds, remaining_header_check, retry_after_check
+from tests.analysis.synthetic import Limiter, Timing, even_sends, key_run_records, simulate_key
+from loadkit.analysis.verdicts import (
     Policy,
     VerdictSettings,
     concurrency_verdict,
@@ -261,18 +261,23 @@ def test_verdict_counts_match_brute_force(records, w, n_lim):
 def test_refused_connections_never_reached_the_server():
     policy = Policy(2, 10.0, 100)
     recs = [rec(0.0, 0.1), rec(1.0, 1.1)]
-    recs += [rec(2.0 + i / 10, None, 2.0 + i / 10, status=0, transport_error="refused")
-             for i in range(5)]
+    recs += [
+        rec(2.0 + i / 10, None, 2.0 + i / 10, status=0, transport_error="refused") for i in range(5)
+    ]
     _, _, req, _ = judge(recs, policy)
     assert req["observed_max_possible"] == 2  # a refused connection cannot be admitted
     assert req["enforced"] == "held"
 
 
 def test_cancelled_requests_are_not_service_errors():
-    from analysis.throughput import errors_summary
+    from loadkit.analysis.throughput import errors_summary
 
-    recs = [rec(0.0), rec(0.1), rec(0.2, None, 0.3, status=0, transport_error="cancelled"),
-            rec(0.3, 0.31, 0.4, status=500, code="internal_error")]
+    recs = [
+        rec(0.0),
+        rec(0.1),
+        rec(0.2, None, 0.3, status=0, transport_error="cancelled"),
+        rec(0.3, 0.31, 0.4, status=500, code="internal_error"),
+    ]
     err = errors_summary(columns_from_records(recs), 0.0)
     assert err["errors"] == 1 and err["cancelled"] == 1
     assert err["error_rate"] == 0.25

@@ -158,7 +158,15 @@ def test_reused_output_directory_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text("{}")
-    args = argparse.Namespace(scenario=None, duration=1.0, target=None, engine="async",
-                              workers=None, out=str(out), quiet=True, no_analyze=True,
-                              parquet=False)
+    args = argparse.Namespace(
+        scenario=None,
+        duration=1.0,
+        target=None,
+        engine="async",
+        workers=None,
+        out=str(out),
+        quiet=True,
+        no_analyze=True,
+        parquet=False,
+    )
     assert run_main(args) == 2
