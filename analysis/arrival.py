@@ -8,7 +8,6 @@ import math
 from typing import Any
 
 import numpy as np
-
 from loadkit.analysis.intervals import contained_counts, min_span_for_counts, touching_max
 from loadkit.analysis.verdicts import KeyView, Policy
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from loadkit.analysis.intervals import min_span_for_counts
 from loadkit.analysis.throughput import bin_width, failed
 

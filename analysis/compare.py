@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-
 from loadkit.analysis.columns import Columns, UnusableInput, load_run
 from loadkit.analysis.junit import Case, write_junit
 from loadkit.analysis.metrics import INFERENCE_ENDPOINTS, LATENCY_METRICS, metric_values

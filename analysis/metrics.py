@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
 from loadkit.analysis.stats import describe
 

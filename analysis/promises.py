@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from loadkit.analysis.intervals import count_covering
 from loadkit.analysis.verdicts import HELD, INCONCLUSIVE, VIOLATED, IdLookup, KeyView, Policy, _num
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from loadkit.analysis.arrival import arrival_curve
 from loadkit.analysis.columns import Columns, UnusableInput, load_run
 from loadkit.analysis.explain import explain
@@ -33,6 +32,7 @@ from loadkit.analysis.verdicts import (
     key_view,
     requests_verdict,
 )
+
 from loadkit.runmeta import RunMeta
 
 SUMMARY_SCHEMA = "loadkit.summary/1"

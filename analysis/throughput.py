@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from loadkit.analysis.columns import Columns
 from loadkit.analysis.metrics import MetricValues, output_tokens
 

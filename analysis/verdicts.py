@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
 from loadkit.analysis.intervals import (
     contained_counts,

@@ -27,6 +27,7 @@ from typing import Any
 import gevent
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
+from loadkit.locustfiles import _roles
 from locust import FastHttpUser, constant, events, task
 from locust.exception import StopUser
 from locust.stats import RequestStats, StatsEntry
@@ -38,7 +39,6 @@ from loadkit.records import RecordWriter, RequestRecord
 from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id
 from loadkit.scenario import Key, LoadSpec, Scenario, load_scenario, plan
 from loadkit.trace import RequestInfo, RequestTrace
-from loadkit.locustfiles import _roles
 
 REQUEST_ID_HEADER = "x-loadkit-request-id"
 STOP_FILE = ".stop"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from loadkit.analysis.cli import analyze_main
 from loadkit.analysis.summary import analyze_run
+
 from tests.analysis.synthetic import Limiter, Timing, even_sends, run_meta, simulate_key, write_run
 
 
@@ -157,7 +157,6 @@ def test_charts_and_self_contained_report(tmp_path):
 
 def test_parquet_records_are_read_like_jsonl(tmp_path):
     import pyarrow.parquet as pq
-
     from loadkit.analysis.columns import read_table
 
     run = make_run(tmp_path)

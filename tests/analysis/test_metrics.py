@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from loadkit.analysis.columns import columns_from_records
 from loadkit.analysis.metrics import latency_summary, metric_values
 from loadkit.analysis.stats import bootstrap_change, describe, mann_whitney_p
 from loadkit.analysis.throughput import bin_width, errors_summary, throughput_summary
+
 from tests.analysis.builders import rec
 
 

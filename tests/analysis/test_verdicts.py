@@ -6,10 +6,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from loadkit.analysis.columns import columns_from_records
 from loadkit.analysis.promises import remaining_bounds, remaining_header_check, retry_after_check
-from tests.analysis.synthetic import Limiter, Timing, even_sends, key_run_records, simulate_key
 from loadkit.analysis.verdicts import (
     Policy,
     VerdictSettings,
@@ -18,8 +16,10 @@ from loadkit.analysis.verdicts import (
     key_view,
     requests_verdict,
 )
+
 from tests.analysis import reference as ref
 from tests.analysis.builders import rec
+from tests.analysis.synthetic import Limiter, Timing, even_sends, key_run_records, simulate_key
 
 SET = VerdictSettings()
 
