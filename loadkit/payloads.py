@@ -8,6 +8,8 @@ import json
 import random
 from dataclasses import dataclass
 
+from loadkit.api import SEED, ApiLayout
+
 _WORDS = [
     "the",
     "load",
@@ -52,7 +54,7 @@ class PreparedRequest:
     kind: str  # a scenario mix kind
     endpoint: str  # records.ENDPOINTS
     method: str
-    path: str  # relative to the base URL, e.g. "/ai/chat/completions"
+    path: str  # relative to the base URL, e.g. "/ai/chat/completions" (from an ApiLayout)
     stream: bool
     model: str | None
     body: bytes | None  # JSON, or None for GET
@@ -72,20 +74,22 @@ def prompt_text(n_words: int, rng: random.Random) -> str:
     return " ".join(_TEXT[start : start + n])
 
 
-_ROUTES = {
-    "chat": ("/ai/chat/completions", "chat", '"messages":[{"role":"user","content":%s}]'),
-    "completions": ("/ai/completions", "completions", '"prompt":%s'),
+_PROMPT_FIELDS = {
+    "chat": '"messages":[{"role":"user","content":%s}]',
+    "completions": '"prompt":%s',
 }
 
 
 @functools.lru_cache(maxsize=4096)
-def _template(kind: str, model: str, max_tokens: int) -> tuple[str, str, bool, str]:
+def _template(
+    kind: str, model: str, max_tokens: int, layout: ApiLayout
+) -> tuple[str, str, bool, str]:
     """Everything of a request but its prompt, JSON-encoded once: ``%s`` marks the prompt."""
     stream = kind.endswith("_stream")
-    base = kind.removesuffix("_stream")
-    if base not in _ROUTES:
+    endpoint = kind.removesuffix("_stream")
+    if endpoint not in _PROMPT_FIELDS:
         raise ValueError(f"unknown request kind {kind!r}")
-    path, endpoint, field = _ROUTES[base]
+    path, field = layout.path(endpoint), _PROMPT_FIELDS[endpoint]
     head = {"model": model, "max_tokens": max_tokens, "stream": stream}
     if stream:
         head["stream_options"] = {"include_usage": True}
@@ -94,11 +98,17 @@ def _template(kind: str, model: str, max_tokens: int) -> tuple[str, str, bool, s
 
 
 def prepare(
-    kind: str, model: str, prompt_tokens: int, max_tokens: int, rng: random.Random
+    kind: str,
+    model: str,
+    prompt_tokens: int,
+    max_tokens: int,
+    rng: random.Random,
+    layout: ApiLayout = SEED,
 ) -> PreparedRequest:
+    """One request of ``kind`` (a scenario mix kind) with its path in ``layout``."""
     if kind == "models":
-        return PreparedRequest(kind, "models", "GET", "/ai/models", False, None, None)
-    path, endpoint, stream, template = _template(kind, model, max_tokens)
+        return PreparedRequest(kind, "models", "GET", layout.models, False, None, None)
+    path, endpoint, stream, template = _template(kind, model, max_tokens, layout)
     body = template % json.dumps(prompt_text(prompt_tokens, rng))
     return PreparedRequest(kind, endpoint, "POST", path, stream, model, body.encode())
 
