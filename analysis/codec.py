@@ -185,15 +185,17 @@ def _tuple(value: Any, args: tuple[Any, ...], path: str) -> tuple[Any, ...]:
 
 def _scalar(value: Any, hint: Any, path: str) -> Any:
     # bool is an int to Python but never a number in summary.json
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-    }.get(hint)
-    if ok is None:
+    is_bool = isinstance(value, bool)
+    if hint is bool:
+        ok, expected = is_bool, "true or false"
+    elif hint is int:
+        ok, expected = isinstance(value, int) and not is_bool, "an integer"
+    elif hint is float:
+        ok, expected = isinstance(value, int | float) and not is_bool, "a number"
+    elif hint is str:
+        ok, expected = isinstance(value, str), "a string"
+    else:
         raise TypeError(f"{path}: no JSON reading for {hint!r}")
-    if not ok(value):
-        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-        raise FormatError(f"{path}: expected {expected[hint]}, got {_show(value)}")
+    if not ok:
+        raise FormatError(f"{path}: expected {expected}, got {_show(value)}")
     return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -23,7 +24,12 @@ from loadkit.analysis.summary import SUMMARY_FILE, Summary, analyse, read_summar
 from loadkit.analysis.throughput import Throughput, bin_width, measured_span, succeeded
 
 COMPARED_STATS = ("p50", "p95", "p99")
-THROUGHPUT_METRICS = ("requests_per_s", "output_tokens_per_s")
+# throughput metric -> its exact figure in the summary (the per-bin rates give its CI)
+THROUGHPUT_FIGURES: dict[str, Callable[[Throughput], float]] = {
+    "requests_per_s": lambda t: t.requests_per_s,
+    "output_tokens_per_s": lambda t: t.output_tokens_per_s,
+}
+THROUGHPUT_METRICS = tuple(THROUGHPUT_FIGURES)
 DEFAULT_THRESHOLD_PCT = 10.0
 EXIT_OK, EXIT_REGRESSION, EXIT_INPUT = 0, 1, 2
 
@@ -135,14 +141,6 @@ def load_sample(run_dir: str | Path) -> RunSample:
     return RunSample(path, summary, latency, _rates(cols, warmup))
 
 
-def _summary_figure(throughput: Throughput, metric: str) -> float:
-    if metric == "requests_per_s":
-        return throughput.requests_per_s
-    if metric == "output_tokens_per_s":
-        return throughput.output_tokens_per_s
-    raise ValueError(f"unknown throughput metric {metric!r}")
-
-
 def throughput_change(exact_base: float, exact_new: float, per_bin: Change) -> Change:
     """The summaries' exact figures and their relative change, with the confidence interval
     of the per-bin rates (no interval when the base run had no rate to compare with)."""
@@ -175,10 +173,9 @@ def compare_metrics(
         per_bin = bootstrap_changes(
             base.throughput[m], new.throughput[m], ("mean",), seed=seed + 100 + j
         )["mean"]
+        figure = THROUGHPUT_FIGURES[m]
         r = throughput_change(
-            _summary_figure(base.summary.throughput, m),
-            _summary_figure(new.summary.throughput, m),
-            per_bin,
+            figure(base.summary.throughput), figure(new.summary.throughput), per_bin
         )
         rows.append(_judge(m, r, thresholds.get(m, default), higher_is_worse=False))
     return rows

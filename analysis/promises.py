@@ -13,7 +13,7 @@ from loadkit.analysis.limits import (
     RetryAfterExample,
 )
 from loadkit.analysis.outcome import HeaderAgreement, Verdict
-from loadkit.analysis.verdicts import IdLookup, KeyView, Policy, _num
+from loadkit.analysis.verdicts import IdLookup, KeyView, Policy, rounded_s
 
 
 def retry_after_check(kv: KeyView, max_examples: int, ids: IdLookup) -> RetryAfterCheck:
@@ -45,10 +45,10 @@ def retry_after_check(kv: KeyView, max_examples: int, ids: IdLookup) -> RetryAft
     examples = tuple(
         RetryAfterExample(
             refused_id=a,
-            retry_after_s=_num(kv.retry_after[r]),
-            refused_headers_s=_num(kv.hi[r]),
+            retry_after_s=rounded_s(kv.retry_after[r]),
+            refused_headers_s=rounded_s(kv.hi[r]),
             followup_id=b,
-            followup_send_s=_num(kv.s[k]),
+            followup_send_s=rounded_s(kv.s[k]),
         )
         for a, b, r, k in zip(
             names_r, names_k, r_pos[broken].tolist(), k_pos[broken].tolist(), strict=False
@@ -131,7 +131,7 @@ def remaining_header_check(
         examples=tuple(
             RemainingExample(
                 request_id=rid,
-                send_s=_num(kv.s[p]),
+                send_s=rounded_s(kv.s[p]),
                 reported_used=int(r),
                 lower=int(lo),
                 upper=int(hi),

@@ -161,15 +161,17 @@ def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> Offe
         refused_other_429=int(kv.other429.sum()),
         unauthorized=int((kv.status == 401).sum()),
         max_in_window=in_window,
-        max_in_window_start_s=_num(w_start),
+        max_in_window_start_s=rounded_s(w_start),
         max_in_burst=burst,
         burst_window_s=settings.burst_window_s,
         max_concurrent=conc,
-        max_concurrent_at_s=_num(c_at),
+        max_concurrent_at_s=rounded_s(c_at),
     )
 
 
-def _num(x: float) -> float | None:
+def rounded_s(x: float) -> float | None:
+    """An instant for the evidence: seconds to the microsecond (the records' precision);
+    None for NaN."""
     return None if x != x else round(float(x), 6)
 
 
@@ -199,14 +201,14 @@ def requests_verdict(
             members = members[: n_lim + 1]
         if members.size:
             ev_enf = RequestsEnforcedEvidence(
-                certain_span_s=(_num(sa[i]), _num(float(ha[members].max()))),
+                certain_span_s=(rounded_s(sa[i]), rounded_s(float(ha[members].max()))),
                 certain_count=certain,
                 request_ids=tuple(ids(rows_a[members])),
             )
     # Possible: the most admitted-or-unknown intervals touching one [t, t + W).
     possible, t = touching_max(sp, hp, w)
     if sp.size:
-        ev_enf = replace(ev_enf, possible_span_s=(_num(t), _num(t + w)))
+        ev_enf = replace(ev_enf, possible_span_s=(rounded_s(t), rounded_s(t + w)))
         if possible > n_lim and certain <= n_lim:
             touch = _pick(touching_mask(sp, hp, t, w))
             ev_enf = replace(
@@ -253,7 +255,7 @@ def _window_examples(
     pos, counts = pos[:limit], counts[:limit]
     names = ids(kv.rows[pos])
     return tuple(
-        WindowRefusal(rid, _num(kv.s[p]), _num(kv.hi[p]), int(c))
+        WindowRefusal(rid, rounded_s(kv.s[p]), rounded_s(kv.hi[p]), int(c))
         for rid, p, c in zip(names, pos.tolist(), counts.tolist(), strict=True)
     )
 
@@ -264,7 +266,7 @@ def _flight_examples(
     pos, counts = pos[:limit], counts[:limit]
     names = ids(kv.rows[pos])
     return tuple(
-        FlightRefusal(rid, _num(kv.s[p]), _num(kv.hi[p]), int(c))
+        FlightRefusal(rid, rounded_s(kv.s[p]), rounded_s(kv.hi[p]), int(c))
         for rid, p, c in zip(names, pos.tolist(), counts.tolist(), strict=True)
     )
 
@@ -346,11 +348,11 @@ def concurrency_verdict(
         held = _pick(holding_mask(c_start, c_end, t_c, closed=False))
         ev_enf = replace(
             ev_enf,
-            certain_instant_s=_num(t_c),
+            certain_instant_s=rounded_s(t_c),
             request_ids=tuple(ids(kv.rows[adm][held][: max(c_lim + 1, 1)])),
         )
     if possible:
-        ev_enf = replace(ev_enf, possible_instant_s=_num(t_p))
+        ev_enf = replace(ev_enf, possible_instant_s=rounded_s(t_p))
         if possible > c_lim and certain <= c_lim:
             held = _pick(holding_mask(kv.s[maybe], kv.e[maybe], t_p, closed=True))
             ev_enf = replace(
