@@ -66,10 +66,11 @@ class JsonRecord:
     to the key and value that tell its shape apart."""
 
     json_tag: ClassVar[tuple[str, str] | None] = None
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is one
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.metadata.get(_FLATTEN):
                 out.update(value.to_dict())
@@ -85,7 +86,7 @@ class JsonRecord:
             raise FormatError(f"{path or 'the top level'}: expected an object, got {_show(data)}")
         hints = _hints(cls)
         kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):
             if not f.init:
                 continue
             where = f"{path}.{f.name}" if path else f.name
