@@ -38,11 +38,21 @@ def flatten() -> Any:
     return dataclasses.field(metadata={_FLATTEN: True})
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
 def to_plain(x: Any) -> Any:
     """A JSON-ready value: records as dicts, tuples as lists, enums as their value, numpy
     scalars as Python numbers, NaN and infinities as None."""
+    kind = type(x)
+    if kind in _PLAIN:  # most values (request ids, counts); exact types, so enums go on
+        return x
+    if kind is float:
+        return x if math.isfinite(x) else None
     if isinstance(x, JsonRecord):
         return x.to_dict()
+    if isinstance(x, list | tuple):
+        return [to_plain(v) for v in x]
     if isinstance(x, enum.Enum):
         return x.value
     if isinstance(x, bool | np.bool_):
@@ -54,8 +64,6 @@ def to_plain(x: Any) -> Any:
         return f if math.isfinite(f) else None
     if isinstance(x, Mapping):
         return {str(k): to_plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [to_plain(v) for v in x]
     return x
 
 
@@ -70,14 +78,14 @@ class JsonRecord:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.metadata.get(_FLATTEN):
+        for name, how in _layout(type(self)):
+            value = getattr(self, name)
+            if how == _FLATTEN:
                 out.update(value.to_dict())
-            elif value is None and f.metadata.get(_OMIT_NONE):
+            elif value is None and how == _OMIT_NONE:
                 continue
             else:
-                out[f.name] = to_plain(value)
+                out[name] = to_plain(value)
         return out
 
     @classmethod
@@ -101,7 +109,24 @@ class JsonRecord:
         return cls(**kwargs)
 
 
+_LAYOUT: dict[type, list[tuple[str, str | None]]] = {}
 _HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _layout(cls: type[JsonRecord]) -> list[tuple[str, str | None]]:
+    """Each field's name and how it is written (flattened, omitted while None, or plainly)."""
+    layout = _LAYOUT.get(cls)
+    if layout is None:
+        layout = _LAYOUT[cls] = [(f.name, _how(f)) for f in dataclasses.fields(cls)]
+    return layout
+
+
+def _how(f: dataclasses.Field[Any]) -> str | None:
+    if f.metadata.get(_FLATTEN):
+        return _FLATTEN
+    if f.metadata.get(_OMIT_NONE):
+        return _OMIT_NONE
+    return None
 
 
 def _hints(cls: type) -> dict[str, Any]:
