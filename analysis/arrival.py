@@ -5,18 +5,44 @@ of length t, next to the promised envelope N * ceil(t / W). A fixed window's bou
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
+
+from loadkit.analysis.codec import JsonRecord
 from loadkit.analysis.intervals import contained_counts, min_span_for_counts, touching_max
 from loadkit.analysis.verdicts import KeyView, Policy
 
 BOUND_FRACTIONS = (1 / 8, 1 / 2, 1.0, 2.0, 3.0)
 
 
-def envelope(t: np.ndarray | float, policy: Policy) -> np.ndarray:
-    """Most admissions the promise allows in a half-open span of length t > 0."""
-    return policy.requests * np.ceil(np.asarray(t, dtype=np.float64) / policy.window_s)
+@dataclass(frozen=True)
+class CurvePoint(JsonRecord):
+    """k admissions (point estimate) fit in a span as short as ``span_s``."""
+
+    k: int
+    span_s: float
+
+
+@dataclass(frozen=True)
+class CurveBound(JsonRecord):
+    """Most admissions certainly / possibly in one span of length ``t_s``, and the promise."""
+
+    t_s: float
+    certain: int
+    possible: int
+    promised: int
+
+
+@dataclass(frozen=True)
+class ArrivalCurve(JsonRecord):
+    """summary.json's ``arrival.<key>``."""
+
+    points: tuple[CurvePoint, ...]
+    bounds: tuple[CurveBound, ...]
+    point_max_in_window: int
+    promised: int
+    window_s: float
 
 
 def count_points(n: int, policy: Policy, max_points: int) -> np.ndarray:
@@ -29,7 +55,7 @@ def count_points(n: int, policy: Policy, max_points: int) -> np.ndarray:
     return ks.astype(np.int64)
 
 
-def arrival_curve(kv: KeyView, policy: Policy, max_points: int = 200) -> dict[str, Any]:
+def arrival_curve(kv: KeyView, policy: Policy, max_points: int = 200) -> ArrivalCurve:
     """Point estimate (admission = midpoint of [send, headers]) as (k, shortest span with k
     admissions) pairs, plus certain / possible counts at a few span lengths."""
     adm = kv.admitted
@@ -51,17 +77,17 @@ def arrival_curve(kv: KeyView, policy: Policy, max_points: int = 200) -> dict[st
         certain = int(contained_counts(sa, ha, t).max()) if sa.size else 0
         possible = touching_max(sp, hp, t)[0]
         bounds.append(
-            {
-                "t_s": t,
-                "certain": certain,
-                "possible": possible,
-                "promised": int(policy.requests * math.ceil(frac)),
-            }
+            CurveBound(
+                t_s=t,
+                certain=certain,
+                possible=possible,
+                promised=int(policy.requests * math.ceil(frac)),
+            )
         )
-    return {
-        "points": [{"k": int(k), "span_s": float(s)} for k, s in zip(ks, spans, strict=True)],
-        "bounds": bounds,
-        "point_max_in_window": point_max,
-        "promised": policy.requests,
-        "window_s": policy.window_s,
-    }
+    return ArrivalCurve(
+        points=tuple(CurvePoint(k=int(k), span_s=float(s)) for k, s in zip(ks, spans, strict=True)),
+        bounds=tuple(bounds),
+        point_max_in_window=point_max,
+        promised=policy.requests,
+        window_s=policy.window_s,
+    )

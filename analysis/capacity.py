@@ -4,11 +4,13 @@ percentiles, SLO misses), the knee of the latency curve, a chart and a table."""
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from loadkit.analysis.summary import Summary
 
 LAT_COLS = (
     ("ttft_ms", "p50"),
@@ -19,36 +21,32 @@ LAT_COLS = (
 )
 
 
-def _lat(summary: dict[str, Any], metric: str, stat: str) -> float | None:
-    v = summary.get("latency", {}).get(metric, {}).get("overall", {}).get(stat)
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
 def step_row(
-    step: int, value: float, unit: str, summary: dict[str, Any], pattern: str, saturation: float
+    step: int,
+    value: float,
+    unit: str,
+    summary: Summary | Mapping[str, Any],
+    pattern: str,
+    saturation: float,
 ) -> dict[str, Any]:
-    """Reduce one step's summary to the figures a capacity planner compares."""
-    thr = summary.get("throughput", {})
-    achieved = float(thr.get("requests_per_s") or 0.0)
-    keys = max(1, len({lim.get("key") for lim in summary.get("limits", [])}) or 1)
+    """Reduce one step's summary (typed, or summary.json's dict as ``analyze_run`` returns
+    it) to the figures a capacity planner compares: one row of sweep.json."""
+    s = summary if isinstance(summary, Summary) else Summary.from_dict(summary)
+    achieved = float(s.throughput.requests_per_s)
+    keys = max(1, len({lim.key for lim in s.limits}))
     offered = value * keys if pattern != "closed" else None
-    slo_missed = [
-        c.get("name", "?")
-        for c in summary.get("slo", {}).get("checks", [])
-        if c.get("met") is False
-    ]
     row: dict[str, Any] = {
         "step": step,
         "load": value,
         "unit": unit,
         "offered_rps": offered,
         "achieved_rps": achieved,
-        "output_tokens_per_s": float(thr.get("output_tokens_per_s") or 0.0),
-        "error_rate": summary.get("errors", {}).get("error_rate"),
-        "slo_missed": slo_missed,
+        "output_tokens_per_s": float(s.throughput.output_tokens_per_s),
+        "error_rate": s.errors.error_rate,
+        "slo_missed": [c.name for c in s.slo.checks if c.met is False],
     }
     for metric, stat in LAT_COLS:
-        row[f"{metric}_{stat}"] = _lat(summary, metric, stat)
+        row[f"{metric}_{stat}"] = s.latency.table(metric).overall.value(stat)
     row["saturated"] = bool(offered and achieved < saturation * offered)
     return row
 

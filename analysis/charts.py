@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loadkit.analysis.intervals import min_span_for_counts
+
+from loadkit.analysis.summary import Analysis
 from loadkit.analysis.throughput import bin_width, failed
 
 MAX_KEYS_CHARTED = 12
@@ -15,7 +16,7 @@ DPI = 90
 CDF_LEVELS = np.concatenate([np.linspace(0, 0.99, 397), 1 - np.geomspace(0.01, 1e-5, 60), [1.0]])
 
 
-def _plt():
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -76,7 +77,7 @@ def step_max_per_bin(starts: np.ndarray, ends: np.ndarray, width: float, nbins: 
     t, level = t[order], np.cumsum(d[order])
     in_bin, first = _bin_max(t, level, width, nbins)
     entry = np.where(first > 0, level[np.maximum(first - 1, 0)], 0.0)
-    return np.maximum(in_bin, entry)
+    return np.asarray(np.maximum(in_bin, entry))
 
 
 def _cdf(ax: Any, values: np.ndarray, label: str) -> None:
@@ -85,7 +86,7 @@ def _cdf(ax: Any, values: np.ndarray, label: str) -> None:
     ax.plot(np.quantile(values, CDF_LEVELS), CDF_LEVELS, label=f"{label} (n={values.size})")
 
 
-def chart_cdfs(result: Any, out: Path, written: list[str]) -> None:
+def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
     plt = _plt()
     cols = result.cols
     for metric, title in (("ttft_ms", "Time to first token"), ("itl_ms", "Inter-token latency")):
@@ -107,7 +108,7 @@ def chart_cdfs(result: Any, out: Path, written: list[str]) -> None:
 
 
 def chart_latency_time(
-    result: Any, out: Path, written: list[str], width: float, nbins: int
+    result: Analysis, out: Path, written: list[str], width: float, nbins: int
 ) -> None:
     plt = _plt()
     cols = result.cols
@@ -128,20 +129,20 @@ def chart_latency_time(
     _save(fig, out, "latency_over_time.png", written)
 
 
-def chart_throughput_time(result: Any, out: Path, written: list[str]) -> None:
+def chart_throughput_time(result: Analysis, out: Path, written: list[str]) -> None:
     plt = _plt()
-    tl = result.summary["throughput"]["timeline"]
-    w = tl["bin_s"]
-    x = np.array(tl["start_s"])
+    tl = result.summary.throughput.timeline
+    w = tl.bin_s
+    x = np.array(tl.start_s)
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot(x, np.array(tl["completed"]) / w, label="completed req/s")
-    ax.plot(x, np.array(tl["sent"]) / w, label="sent req/s", alpha=0.7)
-    ax.plot(x, np.array(tl["throttled"]) / w, label="429/s", alpha=0.7)
+    ax.plot(x, np.array(tl.completed) / w, label="completed req/s")
+    ax.plot(x, np.array(tl.sent) / w, label="sent req/s", alpha=0.7)
+    ax.plot(x, np.array(tl.throttled) / w, label="429/s", alpha=0.7)
     ax.set_xlabel("run time (s)")
     ax.set_ylabel("requests/s")
     ax2 = ax.twinx()
     ax2.plot(
-        x, np.array(tl["output_tokens"]) / w, color="tab:purple", alpha=0.5, label="output tokens/s"
+        x, np.array(tl.output_tokens) / w, color="tab:purple", alpha=0.5, label="output tokens/s"
     )
     ax2.set_ylabel("output tokens/s")
     ax.set_title(f"Throughput over time ({w:g} s bins)")
@@ -153,7 +154,9 @@ def chart_throughput_time(result: Any, out: Path, written: list[str]) -> None:
     _save(fig, out, "throughput_over_time.png", written)
 
 
-def chart_status_time(result: Any, out: Path, written: list[str], width: float, nbins: int) -> None:
+def chart_status_time(
+    result: Analysis, out: Path, written: list[str], width: float, nbins: int
+) -> None:
     plt = _plt()
     cols = result.cols
     st = cols.status
@@ -192,11 +195,13 @@ def _key_axes(n: int, title: str) -> tuple[Any, list[Any]]:
     return fig, [a[0] for a in axes]
 
 
-def chart_inflight(result: Any, out: Path, written: list[str], width: float, nbins: int) -> None:
+def chart_inflight(
+    result: Analysis, out: Path, written: list[str], width: float, nbins: int
+) -> None:
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
         return
-    margin = result.summary["settings"]["concurrency_margin_s"]
+    margin = result.summary.settings.concurrency_margin_s
     fig, axes = _key_axes(len(keys), f"In-flight requests per key (max per {width:g} s bin)")
     x = np.arange(nbins) * width
     for ax, k in zip(axes, keys, strict=True):
@@ -227,7 +232,7 @@ def chart_inflight(result: Any, out: Path, written: list[str], width: float, nbi
     _save(fig, out, "inflight_per_key.png", written)
 
 
-def chart_window(result: Any, out: Path, written: list[str], width: float, nbins: int) -> None:
+def chart_window(result: Analysis, out: Path, written: list[str], width: float, nbins: int) -> None:
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
         return
@@ -254,21 +259,20 @@ def chart_window(result: Any, out: Path, written: list[str], width: float, nbins
     _save(fig, out, "window_per_key.png", written)
 
 
-def chart_arrival(result: Any, out: Path, written: list[str]) -> None:
+def chart_arrival(result: Analysis, out: Path, written: list[str]) -> None:
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
         return
-    arrival = result.summary["arrival"]
+    arrival = result.summary.arrival
     fig, axes = _key_axes(len(keys), "Arrival curve: most admissions in any span of length t")
     for ax, k in zip(axes, keys, strict=True):
         curve = arrival.get(k.label)
         if not curve:
             continue
         w, n_lim = k.policy.window_s, k.policy.requests
-        pts = curve["points"]
         horizon = 3 * w
-        spans = np.array([p["span_s"] for p in pts])
-        ks = np.array([p["k"] for p in pts])
+        spans = np.array([p.span_s for p in curve.points])
+        ks = np.array([p.k for p in curve.points])
         sel = spans <= horizon
         xs, ys = spans[sel], ks[sel]
         if ys.size and ks.size and ys[-1] == ks[-1]:  # every admission seen: flat from here on
@@ -278,18 +282,18 @@ def chart_arrival(result: Any, out: Path, written: list[str]) -> None:
         ax.plot(
             t, n_lim * np.ceil(t / w), color="red", linestyle="--", label="promised N*ceil(t/W)"
         )
-        b = curve["bounds"]
+        b = curve.bounds
         ax.scatter(
-            [x["t_s"] for x in b],
-            [x["certain"] for x in b],
+            [x.t_s for x in b],
+            [x.certain for x in b],
             marker="^",
             color="black",
             label="certain",
             zorder=3,
         )
         ax.scatter(
-            [x["t_s"] for x in b],
-            [x["possible"] for x in b],
+            [x.t_s for x in b],
+            [x.possible for x in b],
             marker="v",
             color="gray",
             label="possible",
@@ -303,7 +307,7 @@ def chart_arrival(result: Any, out: Path, written: list[str]) -> None:
     _save(fig, out, "arrival_per_key.png", written)
 
 
-def write_charts(result: Any, out_dir: Path) -> list[str]:
+def write_charts(result: Analysis, out_dir: Path) -> list[str]:
     """Write every chart into ``out_dir``; returns the file names."""
     written: list[str] = []
     t_end = float(np.max(result.cols.end)) if result.cols.n else 1.0
@@ -317,6 +321,3 @@ def write_charts(result: Any, out_dir: Path) -> list[str]:
     chart_arrival(result, out_dir, written)
     chart_status_time(result, out_dir, written, width, nbins)
     return written
-
-
-__all__ = ["write_charts", "binned_quantiles", "step_max_per_bin", "min_span_for_counts"]

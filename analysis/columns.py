@@ -5,6 +5,7 @@ million Python objects."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from loadkit.records import RequestRecord
 from loadkit.runmeta import RunMeta, read_run_meta
 
 INFERENCE_ENDPOINTS = ("chat", "completions")  # the authenticated, rate-limited endpoints
+# loadkit.records does not annotate it; the alias gives the call a type.
+_arrow_schema: Callable[[], pa.Schema] = _records.arrow_schema
 
 
 class UnusableInput(Exception):
@@ -32,9 +35,6 @@ class Codes:
 
     def code_of(self, name: str) -> int:
         return self.names.index(name) if name in self.names else -2
-
-    def equals(self, name: str) -> np.ndarray:
-        return self.codes == self.code_of(name)
 
     def isin(self, names: tuple[str, ...] | list[str]) -> np.ndarray:
         wanted = [self.code_of(n) for n in names]
@@ -139,7 +139,7 @@ def columns_from_table(table: pa.Table) -> Columns:
 
 def table_from_records(recs: list[RequestRecord]) -> pa.Table:
     """An arrow table of record objects (tests, small runs)."""
-    return pa.Table.from_pylist([asdict(r) for r in recs], schema=_records.arrow_schema())
+    return pa.Table.from_pylist([asdict(r) for r in recs], schema=_arrow_schema())
 
 
 def columns_from_records(recs: list[RequestRecord]) -> Columns:

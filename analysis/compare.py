@@ -5,21 +5,31 @@ regression (worse beyond its threshold AND statistically significant)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
-from loadkit.analysis.columns import Columns, UnusableInput, load_run
+
+from loadkit.analysis.codec import JsonRecord
+from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns, UnusableInput, load_run
 from loadkit.analysis.junit import Case, write_junit
-from loadkit.analysis.metrics import INFERENCE_ENDPOINTS, LATENCY_METRICS, metric_values
-from loadkit.analysis.stats import bootstrap_changes
-from loadkit.analysis.throughput import bin_width, measured_span, output_tokens, succeeded
+from loadkit.analysis.limits import Limit, RequestsLimit
+from loadkit.analysis.metrics import LATENCY_METRICS, metric_values, output_tokens
+from loadkit.analysis.outcome import Verdict
+from loadkit.analysis.stats import Change, bootstrap_changes
+from loadkit.analysis.summary import SUMMARY_FILE, Summary, analyse, read_summary
+from loadkit.analysis.throughput import Throughput, bin_width, measured_span, succeeded
 
 COMPARED_STATS = ("p50", "p95", "p99")
-THROUGHPUT_METRICS = ("requests_per_s", "output_tokens_per_s")
+# throughput metric -> its exact figure in the summary (the per-bin rates give its CI)
+THROUGHPUT_FIGURES: dict[str, Callable[[Throughput], float]] = {
+    "requests_per_s": lambda t: t.requests_per_s,
+    "output_tokens_per_s": lambda t: t.output_tokens_per_s,
+}
+THROUGHPUT_METRICS = tuple(THROUGHPUT_FIGURES)
 DEFAULT_THRESHOLD_PCT = 10.0
 EXIT_OK, EXIT_REGRESSION, EXIT_INPUT = 0, 1, 2
 
@@ -33,9 +43,48 @@ class RunSample:
     """What compare needs of one run: its summary and raw metric values."""
 
     path: Path
-    summary: dict[str, Any]
+    summary: Summary
     latency: dict[str, np.ndarray]
     throughput: dict[str, np.ndarray]  # per-bin rates
+
+
+@dataclass(frozen=True)
+class MetricChange(JsonRecord):
+    """One metric compared: the change, its confidence interval and the judgement."""
+
+    metric: str
+    threshold_pct: float
+    base: float | None
+    new: float | None
+    change: float | None
+    ci_low: float | None
+    ci_high: float | None
+    significant: bool
+    regression: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class VerdictChange(JsonRecord):
+    """One aspect of one limit of NEW, next to BASE's verdict for it (None: not in BASE)."""
+
+    key: str
+    tier: str
+    kind: str
+    aspect: str
+    base: Verdict | None
+    new: Verdict
+    regression: bool
+    violated: bool
+
+
+@dataclass(frozen=True)
+class Comparison(JsonRecord):
+    base: str
+    new: str
+    metrics: tuple[MetricChange, ...]
+    verdicts: tuple[VerdictChange, ...]
+    regressions: tuple[str, ...]
 
 
 def parse_thresholds(items: list[str]) -> dict[str, float]:
@@ -79,19 +128,12 @@ def _rates(cols: Columns, warmup_s: float) -> dict[str, np.ndarray]:
     }
 
 
-def load_sample(run_dir: str) -> RunSample:
+def load_sample(run_dir: str | Path) -> RunSample:
+    """A run's summary.json (analysed afresh when there is none) and its raw values."""
     path = Path(run_dir)
     meta, cols = load_run(path)
-    summary_path = path / "summary.json"
-    if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UnusableInput(f"{summary_path}: not JSON ({exc.msg})") from None
-    else:
-        from loadkit.analysis.summary import analyse
-
-        summary = analyse(meta, cols).summary
+    summary_path = path / SUMMARY_FILE
+    summary = read_summary(summary_path) if summary_path.exists() else analyse(meta, cols).summary
     warmup = float(meta.warmup_s or 0.0)
     values = metric_values(cols, warmup)
     inference = cols.endpoint.isin(INFERENCE_ENDPOINTS)
@@ -99,9 +141,24 @@ def load_sample(run_dir: str) -> RunSample:
     return RunSample(path, summary, latency, _rates(cols, warmup))
 
 
+def throughput_change(exact_base: float, exact_new: float, per_bin: Change) -> Change:
+    """The summaries' exact figures and their relative change, with the confidence interval
+    of the per-bin rates (no interval when the base run had no rate to compare with)."""
+    if per_bin.base is None:
+        return per_bin
+    change = exact_new / exact_base - 1.0 if exact_base else None
+    return Change(
+        base=exact_base,
+        new=exact_new,
+        change=change,
+        ci_low=per_bin.ci_low,
+        ci_high=per_bin.ci_high,
+    )
+
+
 def compare_metrics(
     base: RunSample, new: RunSample, thresholds: dict[str, float], seed: int = 0
-) -> list[dict[str, Any]]:
+) -> list[MetricChange]:
     default = thresholds.get("default", DEFAULT_THRESHOLD_PCT)
     rows = []
     for i, m in enumerate(LATENCY_METRICS):
@@ -113,77 +170,79 @@ def compare_metrics(
                 )
             )
     for j, m in enumerate(THROUGHPUT_METRICS):
-        r = bootstrap_changes(
+        per_bin = bootstrap_changes(
             base.throughput[m], new.throughput[m], ("mean",), seed=seed + 100 + j
         )["mean"]
-        if r["base"] is not None:  # the summary's exact figures, CI from the per-bin rates
-            r["base"] = base.summary["throughput"][m]
-            r["new"] = new.summary["throughput"][m]
-            if r["base"]:
-                r["change"] = r["new"] / r["base"] - 1.0
+        figure = THROUGHPUT_FIGURES[m]
+        r = throughput_change(
+            figure(base.summary.throughput), figure(new.summary.throughput), per_bin
+        )
         rows.append(_judge(m, r, thresholds.get(m, default), higher_is_worse=False))
     return rows
 
 
-def _judge(name: str, r: dict[str, Any], pct: float, higher_is_worse: bool) -> dict[str, Any]:
-    row = {
-        "metric": name,
-        "threshold_pct": pct,
-        **r,
-        "significant": False,
-        "regression": False,
-        "status": "no data",
-    }
-    if r["change"] is None or r["ci_low"] is None:
-        return row
-    worse = r["change"] if higher_is_worse else -r["change"]
-    significant = r["ci_low"] > 0 if higher_is_worse else r["ci_high"] < 0
-    better_sig = r["ci_high"] < 0 if higher_is_worse else r["ci_low"] > 0
-    row["significant"] = bool(significant or better_sig)
-    row["regression"] = bool(significant and worse * 100 > pct)
-    row["status"] = (
+def _judge(name: str, r: Change, pct: float, higher_is_worse: bool) -> MetricChange:
+    def row(significant: bool, regression: bool, status: str) -> MetricChange:
+        return MetricChange(
+            metric=name,
+            threshold_pct=pct,
+            base=r.base,
+            new=r.new,
+            change=r.change,
+            ci_low=r.ci_low,
+            ci_high=r.ci_high,
+            significant=significant,
+            regression=regression,
+            status=status,
+        )
+
+    if r.change is None or r.ci_low is None or r.ci_high is None:
+        return row(False, False, "no data")
+    worse = r.change if higher_is_worse else -r.change
+    significant = r.ci_low > 0 if higher_is_worse else r.ci_high < 0
+    better_sig = r.ci_high < 0 if higher_is_worse else r.ci_low > 0
+    regression = bool(significant and worse * 100 > pct)
+    status = (
         "regression"
-        if row["regression"]
+        if regression
         else "improved"
         if better_sig
         else "worse (within threshold)"
         if significant
         else "no significant change"
     )
-    return row
+    return row(bool(significant or better_sig), regression, status)
 
 
-def compare_verdicts(base: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+def _aspects(e: Limit, b: Limit | None) -> list[tuple[str, Verdict, Verdict | None]]:
+    out: list[tuple[str, Verdict, Verdict | None]] = [
+        ("enforced", e.verdict.enforced, b.verdict.enforced if b else None),
+        ("honoured", e.verdict.honoured, b.verdict.honoured if b else None),
+    ]
+    if isinstance(e, RequestsLimit):
+        before = b.retry_after.verdict if isinstance(b, RequestsLimit) else None
+        out.append(("retry_after", e.retry_after.verdict, before))
+    return out
+
+
+def compare_verdicts(base: Summary, new: Summary) -> list[VerdictChange]:
     """Every limit verdict of NEW, with BASE's for the same key and kind; held -> violated is a
     regression."""
-    old = {(e["key"], e["kind"]): e for e in base.get("limits", [])}
+    old = {(e.key, e.kind): e for e in base.limits}
     out = []
-    for e in new.get("limits", []):
-        b = old.get((e["key"], e["kind"]), {})
-        aspects = [
-            ("enforced", e["enforced"], b.get("enforced")),
-            ("honoured", e["honoured"], b.get("honoured")),
-        ]
-        if e["kind"] == "requests" and "retry_after" in e:
-            aspects.append(
-                (
-                    "retry_after",
-                    e["retry_after"]["verdict"],
-                    (b.get("retry_after") or {}).get("verdict"),
-                )
-            )
-        for aspect, now, before in aspects:
+    for e in new.limits:
+        for aspect, now, before in _aspects(e, old.get((e.key, e.kind))):
             out.append(
-                {
-                    "key": e["key"],
-                    "tier": e["tier"],
-                    "kind": e["kind"],
-                    "aspect": aspect,
-                    "base": before,
-                    "new": now,
-                    "regression": before == "held" and now == "violated",
-                    "violated": now == "violated",
-                }
+                VerdictChange(
+                    key=e.key,
+                    tier=e.tier,
+                    kind=e.kind,
+                    aspect=aspect,
+                    base=before,
+                    new=now,
+                    regression=before == Verdict.HELD and now == Verdict.VIOLATED,
+                    violated=now == Verdict.VIOLATED,
+                )
             )
     return out
 
@@ -192,73 +251,74 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:+.1f}%"
 
 
-def render(metrics: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> str:
+def render(metrics: tuple[MetricChange, ...], verdicts: tuple[VerdictChange, ...]) -> str:
     lines = [f"{'metric':<26} {'base':>10} {'new':>10} {'change':>8} {'95% CI':>20}  status"]
     for r in metrics:
-        base = "-" if r["base"] is None else f"{r['base']:.4g}"
-        new = "-" if r["new"] is None else f"{r['new']:.4g}"
-        ci = f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"
+        base = "-" if r.base is None else f"{r.base:.4g}"
+        new = "-" if r.new is None else f"{r.new:.4g}"
+        ci = f"[{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
         lines.append(
-            f"{r['metric']:<26} {base:>10} {new:>10} {_pct(r['change']):>8} {ci:>20}  "
-            f"{r['status'].upper() if r['regression'] else r['status']}"
+            f"{r.metric:<26} {base:>10} {new:>10} {_pct(r.change):>8} {ci:>20}  "
+            f"{r.status.upper() if r.regression else r.status}"
         )
     if verdicts:
         lines.append("")
         for v in verdicts:
-            mark = "REGRESSION" if v["regression"] else ("violated" if v["violated"] else "")
+            mark = "REGRESSION" if v.regression else ("violated" if v.violated else "")
             lines.append(
-                f"{v['key']:<16} {v['kind']:<12} {v['aspect']:<12} {v['base'] or '-':>12}"
-                f" -> {v['new']:<12} {mark}"
+                f"{v.key:<16} {v.kind:<12} {v.aspect:<12} {v.base or '-':>12} -> {v.new:<12} {mark}"
             )
     return "\n".join(lines)
 
 
-def junit_cases(metrics: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> list[Case]:
+def junit_cases(
+    metrics: tuple[MetricChange, ...], verdicts: tuple[VerdictChange, ...]
+) -> list[Case]:
     cases = []
     for v in verdicts:
         fail = None
-        if v["violated"]:
-            fail = f"{v['kind']} limit {v['aspect']}: violated" + (
-                " (held in BASE)" if v["regression"] else ""
+        if v.violated:
+            fail = f"{v.kind} limit {v.aspect}: violated" + (
+                " (held in BASE)" if v.regression else ""
             )
         cases.append(
             Case(
                 "limits",
-                f"limits.{v['key']}",
-                f"{v['kind']} {v['aspect']}",
+                f"limits.{v.key}",
+                f"{v.kind} {v.aspect}",
                 fail,
                 kind="violation",
-                detail=f"base={v['base']} new={v['new']}",
+                detail=f"base={v.base} new={v.new}",
             )
         )
     for r in metrics:
         detail = (
-            f"base={r['base']} new={r['new']} change={_pct(r['change'])} "
-            f"ci=[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] threshold={r['threshold_pct']}%"
+            f"base={r.base} new={r.new} change={_pct(r.change)} "
+            f"ci=[{_pct(r.ci_low)}, {_pct(r.ci_high)}] threshold={r.threshold_pct}%"
         )
-        fail = f"{r['metric']} regressed {_pct(r['change'])}" if r["regression"] else None
-        cases.append(Case("metrics", "metrics", r["metric"], fail, detail=detail))
+        fail = f"{r.metric} regressed {_pct(r.change)}" if r.regression else None
+        cases.append(Case("metrics", "metrics", r.metric, fail, detail=detail))
     return cases
 
 
 def compare_runs(
-    base_dir: str, new_dir: str, thresholds: list[str] | None = None, seed: int = 0
-) -> dict[str, Any]:
-    """The comparison as a dict (library entry point); raises UnusableInput /
-    ThresholdSyntaxError on bad input."""
+    base_dir: str | Path, new_dir: str | Path, thresholds: list[str] | None = None, seed: int = 0
+) -> Comparison:
+    """The comparison (library entry point); raises UnusableInput / ThresholdSyntaxError on
+    bad input."""
     parsed = parse_thresholds(thresholds or [])
     base, new = load_sample(base_dir), load_sample(new_dir)
-    metrics = compare_metrics(base, new, parsed, seed)
-    verdicts = compare_verdicts(base.summary, new.summary)
-    regressions = [r["metric"] for r in metrics if r["regression"]]
-    regressions += [f"{v['key']} {v['kind']} {v['aspect']}" for v in verdicts if v["regression"]]
-    return {
-        "base": str(base_dir),
-        "new": str(new_dir),
-        "metrics": metrics,
-        "verdicts": verdicts,
-        "regressions": regressions,
-    }
+    metrics = tuple(compare_metrics(base, new, parsed, seed))
+    verdicts = tuple(compare_verdicts(base.summary, new.summary))
+    regressions = [r.metric for r in metrics if r.regression]
+    regressions += [f"{v.key} {v.kind} {v.aspect}" for v in verdicts if v.regression]
+    return Comparison(
+        base=str(base_dir),
+        new=str(new_dir),
+        metrics=metrics,
+        verdicts=verdicts,
+        regressions=tuple(regressions),
+    )
 
 
 def compare_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -269,16 +329,16 @@ def compare_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except (UnusableInput, ThresholdSyntaxError) as exc:
         print(f"loadkit compare: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    print(render(result["metrics"], result["verdicts"]), file=out)
+    print(render(result.metrics, result.verdicts), file=out)
     junit = getattr(args, "junit", None)
     if junit:
         try:
-            write_junit(junit, junit_cases(result["metrics"], result["verdicts"]))
+            write_junit(junit, junit_cases(result.metrics, result.verdicts))
         except OSError as exc:
             print(f"loadkit compare: cannot write {junit}: {exc}", file=sys.stderr)
             return EXIT_INPUT
-    if result["regressions"]:
-        print("REGRESSION: " + ", ".join(result["regressions"]), file=out)
+    if result.regressions:
+        print("REGRESSION: " + ", ".join(result.regressions), file=out)
         return EXIT_REGRESSION
     print("no regression", file=out)
     return EXIT_OK

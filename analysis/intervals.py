@@ -104,7 +104,7 @@ def contained_counts(s: np.ndarray, h: np.ndarray, width: float) -> np.ndarray:
     ends_at_or_after = n - np.searchsorted(h_sorted, b, side="left")
     # intervals with s < a and h >= b were subtracted twice: they reach over the whole span
     over = count_covering(s, h, _before(a), _before(b))
-    return starts_after - ends_at_or_after + over
+    return np.asarray(starts_after - ends_at_or_after + over)
 
 
 def touching_max(s: np.ndarray, h: np.ndarray, width: float) -> tuple[int, float]:

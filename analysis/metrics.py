@@ -5,14 +5,16 @@ to headers, send lateness, client queueing), exact percentiles overall, per tier
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from loadkit.analysis.codec import JsonRecord, flatten, omit_none
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
-from loadkit.analysis.stats import describe
+from loadkit.analysis.stats import Stats, describe
 
 LATENCY_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "headers_ms")
 CLIENT_METRICS = ("send_lateness_ms", "queued_ms")
+METRICS = LATENCY_METRICS + CLIENT_METRICS  # the order of summary.json's latency tables
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,9 @@ class MetricValues:
 
 def latency_eligible(cols: Columns, warmup_s: float) -> np.ndarray:
     """Records whose latency counts: status 200, no transport error, sent after warm-up."""
-    return (cols.status == 200) & (cols.transport_error.codes < 0) & (cols.send >= warmup_s)
+    return np.asarray(
+        (cols.status == 200) & (cols.transport_error.codes < 0) & (cols.send >= warmup_s)
+    )
 
 
 def output_tokens(cols: Columns) -> np.ndarray:
@@ -91,7 +95,64 @@ def _grouped(values: np.ndarray, gid: np.ndarray, n_groups: int) -> list[np.ndar
     return [sorted_vals[bounds[g] : bounds[g + 1]] for g in range(n_groups)]
 
 
-def group_ids(cols: Columns) -> tuple[np.ndarray, list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class MetricLatency(JsonRecord):
+    """One metric's table: over the inference endpoints, and by tier."""
+
+    unit: str
+    overall: Stats
+    by_tier: dict[str, Stats]
+
+
+@dataclass(frozen=True)
+class GroupLabels(JsonRecord):
+    tier: str | None
+    key: str | None
+    endpoint: str | None
+    stream: bool
+
+
+@dataclass(frozen=True)
+class GroupLatency(JsonRecord):
+    """The metrics of one (tier, key, endpoint, stream) group that had values."""
+
+    labels: GroupLabels = flatten()
+    ttft_ms: Stats | None = omit_none()
+    itl_ms: Stats | None = omit_none()
+    tpot_ms: Stats | None = omit_none()
+    e2e_ms: Stats | None = omit_none()
+    headers_ms: Stats | None = omit_none()
+    send_lateness_ms: Stats | None = omit_none()
+    queued_ms: Stats | None = omit_none()
+
+    def stats(self, metric: str) -> Stats | None:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
+        s: Stats | None = getattr(self, metric)
+        return s
+
+
+@dataclass(frozen=True)
+class Latency(JsonRecord):
+    """summary.json's ``latency``: a table per metric, and ``groups``."""
+
+    ttft_ms: MetricLatency
+    itl_ms: MetricLatency
+    tpot_ms: MetricLatency
+    e2e_ms: MetricLatency
+    headers_ms: MetricLatency
+    send_lateness_ms: MetricLatency
+    queued_ms: MetricLatency
+    groups: tuple[GroupLatency, ...]
+
+    def table(self, metric: str) -> MetricLatency:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
+        m: MetricLatency = getattr(self, metric)
+        return m
+
+
+def group_ids(cols: Columns) -> tuple[np.ndarray, list[GroupLabels]]:
     """A group id per row for (tier, key, endpoint, stream), and each group's labels."""
     nk, ne = len(cols.key.names) + 1, len(cols.endpoint.names) + 1
     combined = (
@@ -106,25 +167,26 @@ def group_ids(cols: Columns) -> tuple[np.ndarray, list[dict[str, Any]]]:
         c, e = divmod(c, ne)
         t, k = divmod(c, nk)
         labels.append(
-            {
-                "tier": cols.tier.label(t - 1),
-                "key": cols.key.label(k - 1),
-                "endpoint": cols.endpoint.label(e - 1),
-                "stream": bool(s),
-            }
+            GroupLabels(
+                tier=cols.tier.label(t - 1),
+                key=cols.key.label(k - 1),
+                endpoint=cols.endpoint.label(e - 1),
+                stream=bool(s),
+            )
         )
     return inverse.reshape(-1).astype(np.int64), labels
 
 
-def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> dict[str, Any]:
+def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
     """summary.json's ``latency``: per metric overall (inference endpoints) and by tier,
     plus ``groups`` by (tier, key, endpoint, stream) over every endpoint."""
     inference = cols.endpoint.isin(INFERENCE_ENDPOINTS)
     gid, labels = group_ids(cols)
     tiers = cols.tier.names
-    out: dict[str, Any] = {}
-    per_group: list[dict[str, Any]] = [dict(lab) for lab in labels]
-    for name, mv in values.items():
+    tables: dict[str, MetricLatency] = {}
+    per_group: list[dict[str, Stats]] = [{} for _ in labels]
+    for name in METRICS:
+        mv = values[name]
         inf = inference[mv.rows]
         v = mv.values[inf]
         tier_codes = cols.tier.codes[mv.rows][inf]
@@ -132,9 +194,13 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> dict[str,
         for code, chunk in enumerate(_grouped(v, np.maximum(tier_codes, 0), len(tiers))):
             if chunk.size:
                 by_tier[tiers[code]] = describe(chunk)
-        out[name] = {"unit": "ms", "overall": describe(v), "by_tier": by_tier}
+        tables[name] = MetricLatency(unit="ms", overall=describe(v), by_tier=by_tier)
         for g, chunk in enumerate(_grouped(mv.values, gid[mv.rows], len(labels))):
             if chunk.size:
                 per_group[g][name] = describe(chunk)
-    out["groups"] = [g for g in per_group if len(g) > 4]
-    return out
+    groups = tuple(
+        GroupLatency(labels=lab, **stats)
+        for lab, stats in zip(labels, per_group, strict=True)
+        if stats
+    )
+    return Latency(**tables, groups=groups)

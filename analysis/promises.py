@@ -3,16 +3,20 @@ the Retry-After promise on ``rate_limit_exceeded`` and the ``x-ratelimit-*`` hea
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+
 from loadkit.analysis.intervals import count_covering
-from loadkit.analysis.verdicts import HELD, INCONCLUSIVE, VIOLATED, IdLookup, KeyView, Policy, _num
+from loadkit.analysis.limits import (
+    RemainingExample,
+    RemainingHeaderCheck,
+    RetryAfterCheck,
+    RetryAfterExample,
+)
+from loadkit.analysis.outcome import HeaderAgreement, Verdict
+from loadkit.analysis.verdicts import IdLookup, KeyView, Policy, rounded_s
 
-AGREES, DISAGREES = "agrees", "disagrees"
 
-
-def retry_after_check(kv: KeyView, max_examples: int, ids: IdLookup) -> dict[str, Any]:
+def retry_after_check(kv: KeyView, max_examples: int, ids: IdLookup) -> RetryAfterCheck:
     """A ``rate_limit_exceeded`` with Retry-After D promises that a request sent D after
     the refusal is not refused for the same limit. Broken when the first request of the
     key sent at or after h_r + D is refused with ``rate_limit_exceeded`` and no other
@@ -38,34 +42,34 @@ def retry_after_check(kv: KeyView, max_examples: int, ids: IdLookup) -> dict[str
     broken = k_refused & (others <= 0)
     names_r = ids(kv.rows[r_pos[broken][:max_examples]])
     names_k = ids(kv.rows[k_pos[broken][:max_examples]])
-    examples = [
-        {
-            "refused_id": a,
-            "retry_after_s": _num(kv.retry_after[r]),
-            "refused_headers_s": _num(kv.hi[r]),
-            "followup_id": b,
-            "followup_send_s": _num(kv.s[k]),
-        }
+    examples = tuple(
+        RetryAfterExample(
+            refused_id=a,
+            retry_after_s=rounded_s(kv.retry_after[r]),
+            refused_headers_s=rounded_s(kv.hi[r]),
+            followup_id=b,
+            followup_send_s=rounded_s(kv.s[k]),
+        )
         for a, b, r, k in zip(
             names_r, names_k, r_pos[broken].tolist(), k_pos[broken].tolist(), strict=False
         )
-    ]
-    out: dict[str, Any] = {
-        "rate_limit_429s": int(rate.size),
-        "missing_retry_after": int(rate.size - has_d.size),
-        "checked": int(r_pos.size),
-        "followups_admitted": int((kv.admitted[k_pos] | kv.possible[k_pos]).sum()),
-        "followups_refused_slot_taken": int((k_refused & (others > 0)).sum()),
-        "broken": int(broken.sum()),
-        "examples": examples,
-    }
+    )
     if broken.any():
-        out["verdict"] = VIOLATED
+        verdict = Verdict.VIOLATED
     elif r_pos.size == 0:
-        out["verdict"] = INCONCLUSIVE
+        verdict = Verdict.INCONCLUSIVE
     else:
-        out["verdict"] = HELD
-    return out
+        verdict = Verdict.HELD
+    return RetryAfterCheck(
+        rate_limit_429s=int(rate.size),
+        missing_retry_after=int(rate.size - has_d.size),
+        checked=int(r_pos.size),
+        followups_admitted=int((kv.admitted[k_pos] | kv.possible[k_pos]).sum()),
+        followups_refused_slot_taken=int((k_refused & (others > 0)).sum()),
+        broken=int(broken.sum()),
+        examples=examples,
+        verdict=verdict,
+    )
 
 
 def remaining_bounds(
@@ -95,21 +99,20 @@ def remaining_bounds(
 
 def remaining_header_check(
     kv: KeyView, policy: Policy, max_examples: int, ids: IdLookup
-) -> dict[str, Any]:
+) -> RemainingHeaderCheck:
     """Does limit - remaining equal the admitted count in the request's window (within the
     timing bounds), and is the advertised limit the promised one?"""
     have = kv.admitted & ~np.isnan(kv.rl_limit) & ~np.isnan(kv.rl_remaining)
     pos = np.flatnonzero(have)
-    out: dict[str, Any] = {"checked": int(pos.size)}
     if pos.size == 0:
-        out.update(
-            verdict=INCONCLUSIVE,
+        return RemainingHeaderCheck(
+            checked=0,
+            verdict=HeaderAgreement.INCONCLUSIVE,
             disagreements=0,
-            examples=[],
+            examples=(),
             advertised_limits={},
             limit_mismatches=0,
         )
-        return out
     lower, upper = remaining_bounds(kv, policy, pos)
     reported = kv.rl_limit[pos] - kv.rl_remaining[pos]
     bad = (reported < lower) | (reported > upper)
@@ -121,22 +124,22 @@ def remaining_header_check(
         upper[bad][:max_examples],
     )
     limits, counts = np.unique(kv.rl_limit[pos], return_counts=True)
-    out.update(
-        verdict=DISAGREES if bad.any() else AGREES,
+    return RemainingHeaderCheck(
+        checked=int(pos.size),
+        verdict=HeaderAgreement.DISAGREES if bad.any() else HeaderAgreement.AGREES,
         disagreements=int(bad.sum()),
-        examples=[
-            {
-                "request_id": rid,
-                "send_s": _num(kv.s[p]),
-                "reported_used": int(r),
-                "lower": int(lo),
-                "upper": int(hi),
-            }
+        examples=tuple(
+            RemainingExample(
+                request_id=rid,
+                send_s=rounded_s(kv.s[p]),
+                reported_used=int(r),
+                lower=int(lo),
+                upper=int(hi),
+            )
             for rid, p, r, lo, hi in zip(
                 names, bad_pos.tolist(), b_rep.tolist(), b_lo.tolist(), b_hi.tolist(), strict=True
             )
-        ],
+        ),
         advertised_limits={str(int(v)): int(c) for v, c in zip(limits, counts, strict=True)},
         limit_mismatches=int((kv.rl_limit[pos] != policy.requests).sum()),
     )
-    return out

@@ -5,11 +5,13 @@ plain-language evidence, SLOs, latency tables, throughput, errors and the charts
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Any
 
-from loadkit.analysis.summary import REPORT_FILE
+from loadkit.analysis.limits import Limit, RequestsLimit
+from loadkit.analysis.stats import STATS, Stats
+from loadkit.analysis.summary import REPORT_FILE, Summary
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
@@ -61,7 +63,7 @@ def _badge(word: str | None) -> str:
     return f'<span class="badge {escape(cls)}">{escape(w)}</span>'
 
 
-def _num(x: Any, digits: int = 1) -> str:
+def _num(x: float | None, digits: int = 1) -> str:
     if x is None:
         return "–"
     if isinstance(x, float):
@@ -69,101 +71,98 @@ def _num(x: Any, digits: int = 1) -> str:
     return escape(str(x))
 
 
-def _ids(ids: list[str], limit: int = 40) -> str:
+def _ids(ids: Sequence[str], limit: int = 40) -> str:
     shown = ", ".join(escape(i) for i in ids[:limit])
     more = f" … and {len(ids) - limit} more" if len(ids) > limit else ""
     return f"<code>{shown}{more}</code>"
 
 
-def _evidence(e: dict[str, Any]) -> str:
-    ev_e, ev_h = e["evidence"]["enforced"], e["evidence"]["honoured"]
+def _evidence(e: Limit) -> str:
     parts = []
-    if e["kind"] == "requests":
-        if "certain_span_s" in ev_e:
-            a, b = ev_e["certain_span_s"]
+    v = e.verdict
+    if isinstance(e, RequestsLimit):
+        ev_e = e.verdict.evidence.enforced
+        if ev_e.certain_span_s is not None:
+            a, b = ev_e.certain_span_s
             parts.append(
                 f"<li>Most requests certainly admitted inside one span: "
-                f"{ev_e['certain_count']} between {_num(a, 3)} s and {_num(b, 3)} s: "
-                f"{_ids(ev_e['request_ids'])}</li>"
+                f"{ev_e.certain_count} between {_num(a, 3)} s and {_num(b, 3)} s: "
+                f"{_ids(ev_e.request_ids or ())}</li>"
             )
-        if "possible_span_s" in ev_e:
-            a, b = ev_e["possible_span_s"]
+        if ev_e.possible_span_s is not None:
+            a, b = ev_e.possible_span_s
             parts.append(
                 f"<li>Most requests that could have been admitted in one window: "
-                f"{e['observed_max_possible']} in [{_num(a, 3)} s, {_num(b, 3)} s)"
+                f"{v.observed_max_possible} in [{_num(a, 3)} s, {_num(b, 3)} s)"
                 + (
-                    f": {_ids(ev_e['possible_request_ids'])}"
-                    if "possible_request_ids" in ev_e
+                    f": {_ids(ev_e.possible_request_ids)}"
+                    if ev_e.possible_request_ids is not None
                     else ""
                 )
                 + "</li>"
             )
     else:
-        if "certain_instant_s" in ev_e:
+        ev_c = e.verdict.evidence.enforced
+        if ev_c.certain_instant_s is not None:
             parts.append(
-                f"<li>Certainly in flight together at {_num(ev_e['certain_instant_s'], 3)}"
-                f" s: {_ids(ev_e['request_ids'])}</li>"
+                f"<li>Certainly in flight together at {_num(ev_c.certain_instant_s, 3)}"
+                f" s: {_ids(ev_c.request_ids or ())}</li>"
             )
-        if "possible_request_ids" in ev_e:
+        if ev_c.possible_request_ids is not None:
             parts.append(
                 f"<li>Possibly in flight together at "
-                f"{_num(ev_e['possible_instant_s'], 3)} s: "
-                f"{_ids(ev_e['possible_request_ids'])}</li>"
+                f"{_num(ev_c.possible_instant_s, 3)} s: "
+                f"{_ids(ev_c.possible_request_ids)}</li>"
             )
-    for ex_key in ("unjustified_examples", "unjustified_uncoded_examples"):
-        for x in ev_h.get(ex_key, [])[:10]:
-            bound = x.get("max_admitted_in_window", x.get("max_in_flight"))
+    ev_h = v.evidence.honoured
+    for examples in (ev_h.unjustified_examples, ev_h.unjustified_uncoded_examples):
+        for x in examples[:10]:
             parts.append(
-                f"<li>Unjustified 429 <code>{escape(x['request_id'])}</code> sent at "
-                f"{_num(x['send_s'], 3)} s: at most {bound} could have counted against "
+                f"<li>Unjustified 429 <code>{escape(x.request_id)}</code> sent at "
+                f"{_num(x.send_s, 3)} s: at most {x.bound} could have counted against "
                 "the limit</li>"
             )
-    ra = e.get("retry_after")
-    if ra:
-        for x in ra["examples"][:10]:
+    if isinstance(e, RequestsLimit):
+        for r in e.retry_after.examples[:10]:
             parts.append(
-                f"<li>Retry-After broken: <code>{escape(x['refused_id'])}</code> advised "
-                f"{_num(x['retry_after_s'], 3)} s; <code>{escape(x['followup_id'])}"
-                f"</code> sent at {_num(x['followup_send_s'], 3)} s was refused again</li>"
+                f"<li>Retry-After broken: <code>{escape(r.refused_id)}</code> advised "
+                f"{_num(r.retry_after_s, 3)} s; <code>{escape(r.followup_id)}"
+                f"</code> sent at {_num(r.followup_send_s, 3)} s was refused again</li>"
             )
-    rh = e.get("remaining_header")
-    if rh:
-        for x in rh["examples"][:10]:
+        for m in e.remaining_header.examples[:10]:
             parts.append(
-                f"<li>x-ratelimit-remaining on <code>{escape(x['request_id'])}</code> "
-                f"implies {x['reported_used']} used; the count was between {x['lower']} "
-                f"and {x['upper']}</li>"
+                f"<li>x-ratelimit-remaining on <code>{escape(m.request_id)}</code> "
+                f"implies {m.reported_used} used; the count was between {m.lower} "
+                f"and {m.upper}</li>"
             )
     if not parts:
         return ""
     return f"<details><summary>evidence</summary><ul>{''.join(parts)}</ul></details>"
 
 
-def _limits_table(summary: dict[str, Any]) -> str:
-    if not summary["limits"]:
+def _limits_table(summary: Summary) -> str:
+    if not summary.limits:
         return (
             "<p>No limit could be judged: no requests to the limited endpoints with a promise.</p>"
         )
     rows = []
-    for e in summary["limits"]:
-        promise = (
-            f"{e['promised']} per {e['window_s']:g} s"
-            if e["kind"] == "requests"
-            else f"{e['promised']} at once"
-        )
-        offered = e["offered"]["max_in_window" if e["kind"] == "requests" else "max_concurrent"]
+    for e in summary.limits:
+        v = e.verdict
         extra = ""
-        if e["kind"] == "requests":
+        if isinstance(e, RequestsLimit):
+            promise = f"{v.promised} per {e.verdict.window_s:g} s"
             extra = (
-                f"<br>Retry-After {_badge(e['retry_after']['verdict'])} "
-                f"remaining header {_badge(e['remaining_header']['verdict'])}"
+                f"<br>Retry-After {_badge(e.retry_after.verdict)} "
+                f"remaining header {_badge(e.remaining_header.verdict)}"
             )
-        text = "".join(f"<p>{escape(s)}</p>" for s in e["explanation"])
+        else:
+            promise = f"{v.promised} at once"
+        text = "".join(f"<p>{escape(s)}</p>" for s in e.explanation)
         rows.append(
-            f"<tr><td>{escape(e['key'])}</td><td>{escape(e['tier'])}</td><td>{e['kind']}</td>"
-            f"<td>{promise}</td><td class=num>{e['observed_max']}</td>"
-            f"<td class=num>{e['observed_max_possible']}</td><td class=num>{offered}</td>"
-            f"<td>{_badge(e['enforced'])}</td><td>{_badge(e['honoured'])}{extra}</td>"
+            f"<tr><td>{escape(e.key)}</td><td>{escape(e.tier)}</td><td>{e.kind}</td>"
+            f"<td>{promise}</td><td class=num>{v.observed_max}</td>"
+            f"<td class=num>{v.observed_max_possible}</td><td class=num>{v.offered_max}</td>"
+            f"<td>{_badge(v.enforced)}</td><td>{_badge(v.honoured)}{extra}</td>"
             f"<td>{text}{_evidence(e)}</td></tr>"
         )
     return (
@@ -173,14 +172,14 @@ def _limits_table(summary: dict[str, Any]) -> str:
     )
 
 
-def _slo_table(summary: dict[str, Any]) -> str:
-    checks = summary["slo"]["checks"]
+def _slo_table(summary: Summary) -> str:
+    checks = summary.slo.checks
     if not checks:
         return "<p class=muted>No SLOs were set (run.json <code>slo</code> or --slo).</p>"
     rows = "".join(
-        f"<tr><td>{escape(c['name'])}</td><td>{escape(c['direction'])} {c['threshold']:g}</td>"
-        f"<td class=num>{_num(c['observed'], 3)}</td><td>{_badge(c['status'])}</td>"
-        f"<td>{escape(c['source'])}</td></tr>"
+        f"<tr><td>{escape(c.name)}</td><td>{escape(c.direction)} {c.threshold:g}</td>"
+        f"<td class=num>{_num(c.observed, 3)}</td><td>{_badge(c.status)}</td>"
+        f"<td>{escape(c.source)}</td></tr>"
         for c in checks
     )
     return (
@@ -189,41 +188,40 @@ def _slo_table(summary: dict[str, Any]) -> str:
     )
 
 
-STAT_COLS = ("p50", "p90", "p95", "p99", "p99_9", "mean", "max", "count")
-
-
-def _stats_row(label: str, d: dict[str, Any]) -> str:
+def _stats_row(label: str, d: Stats) -> str:
     cells = "".join(
-        f"<td class=num>{_num(d.get(s), 1) if s != 'count' else d.get(s)}</td>" for s in STAT_COLS
+        f"<td class=num>{_num(d.value(s), 1) if s != 'count' else d.count}</td>" for s in STATS
     )
     return f"<tr><td>{label}</td>{cells}</tr>"
 
 
-def _latency_tables(summary: dict[str, Any]) -> str:
-    lat = summary["latency"]
+def _latency_tables(summary: Summary) -> str:
+    lat = summary.latency
     head = (
         "<tr><th>metric (ms)</th>"
-        + "".join(f"<th>{s.replace('_', '.')}</th>" for s in STAT_COLS)
+        + "".join(f"<th>{s.replace('_', '.')}</th>" for s in STATS)
         + "</tr>"
     )
     rows = []
     for m, desc in METRIC_NAMES.items():
-        if m in lat:
-            rows.append(
-                _stats_row(f"<b>{m}</b> <span class=muted>{escape(desc)}</span>", lat[m]["overall"])
-            )
-            for tier, d in lat[m]["by_tier"].items():
-                rows.append(_stats_row(f"&nbsp;&nbsp;tier {escape(tier)}", d))
+        table = lat.table(m)
+        rows.append(
+            _stats_row(f"<b>{m}</b> <span class=muted>{escape(desc)}</span>", table.overall)
+        )
+        for tier, d in table.by_tier.items():
+            rows.append(_stats_row(f"&nbsp;&nbsp;tier {escape(tier)}", d))
     out = f"<table>{head}{''.join(rows)}</table>"
     g_rows = []
-    for g in lat.get("groups", []):
+    for g in lat.groups:
+        lab = g.labels
         label = (
-            f"{escape(str(g['tier']))} / {escape(str(g['key']))} / {escape(str(g['endpoint']))}"
-            f" / {'stream' if g['stream'] else 'no stream'}"
+            f"{escape(str(lab.tier))} / {escape(str(lab.key))} / {escape(str(lab.endpoint))}"
+            f" / {'stream' if lab.stream else 'no stream'}"
         )
         for m in ("ttft_ms", "tpot_ms", "e2e_ms"):
-            if m in g:
-                g_rows.append(_stats_row(f"{label}: {m}", g[m]))
+            stats = g.stats(m)
+            if stats is not None:
+                g_rows.append(_stats_row(f"{label}: {m}", stats))
     if g_rows:
         out += (
             "<details><summary>by tier / key / endpoint / stream</summary><table>"
@@ -232,32 +230,32 @@ def _latency_tables(summary: dict[str, Any]) -> str:
     return out
 
 
-def _throughput(summary: dict[str, Any]) -> str:
-    tp, err = summary["throughput"], summary["errors"]
-    gp = tp["goodput"]
+def _throughput(summary: Summary) -> str:
+    tp, err = summary.throughput, summary.errors
+    gp = tp.goodput
     gp_text = (
         "no goodput thresholds in run.json"
-        if not gp["thresholds"]
-        else f"{gp['requests_per_s']:.2f} req/s met {escape(str(gp['thresholds']))}"
-        + (f" ({gp['ratio']:.1%} of successes)" if gp["ratio"] is not None else "")
+        if not gp.thresholds
+        else f"{gp.requests_per_s:.2f} req/s met {escape(str(gp.thresholds))}"
+        + (f" ({gp.ratio:.1%} of successes)" if gp.ratio is not None else "")
     )
-    by_status = ", ".join(f"{escape(k)}: {v}" for k, v in err["by_status"].items())
-    by_code = ", ".join(f"{escape(k)}: {v}" for k, v in err["by_code"].items()) or "none"
-    transport = ", ".join(f"{escape(k)}: {v}" for k, v in err["transport"].items()) or "none"
+    by_status = ", ".join(f"{escape(k)}: {v}" for k, v in err.by_status.items())
+    by_code = ", ".join(f"{escape(k)}: {v}" for k, v in err.by_code.items()) or "none"
+    transport = ", ".join(f"{escape(k)}: {v}" for k, v in err.transport.items()) or "none"
     return (
-        f"<ul><li>{tp['requests_per_s']:.2f} successful requests/s, "
-        f"{tp['output_tokens_per_s']:.1f} output tokens/s over {tp['duration_s']:.1f} s "
+        f"<ul><li>{tp.requests_per_s:.2f} successful requests/s, "
+        f"{tp.output_tokens_per_s:.1f} output tokens/s over {tp.duration_s:.1f} s "
         f"(from warm-up end to the last response)</li><li>goodput: {gp_text}</li>"
-        f"<li>errors (not counting 429): {err['errors']} of {err['requests']} "
-        f"({err['error_rate']:.2%}); 429 refusals: {err['throttled']} "
-        f"({err['throttle_rate']:.2%})</li><li>by status: {by_status}</li>"
+        f"<li>errors (not counting 429): {err.errors} of {err.requests} "
+        f"({err.error_rate:.2%}); 429 refusals: {err.throttled} "
+        f"({err.throttle_rate:.2%})</li><li>by status: {by_status}</li>"
         f"<li>by API error code: {by_code}</li><li>transport errors: {transport}</li></ul>"
     )
 
 
-def _charts(summary: dict[str, Any], out_dir: Path) -> str:
+def _charts(summary: Summary, out_dir: Path) -> str:
     parts = []
-    for name in summary.get("charts", []):
+    for name in summary.charts or ():
         path = out_dir / name
         if not path.exists():
             continue
@@ -269,26 +267,26 @@ def _charts(summary: dict[str, Any], out_dir: Path) -> str:
     return "".join(parts) or "<p class=muted>No charts.</p>"
 
 
-def render_report(summary: dict[str, Any], out_dir: Path) -> str:
-    run = summary["run"]
+def render_report(summary: Summary, out_dir: Path) -> str:
+    run = summary.run
     banner = ""
-    if run.get("interrupted"):
+    if run.interrupted:
         banner = (
             "<div class=banner><b>This run was interrupted</b> "
-            f"({escape(run.get('stop_reason') or 'stopped early')}): the figures cover the "
+            f"({escape(run.stop_reason or 'stopped early')}): the figures cover the "
             "records written before it stopped.</div>"
         )
-    reasons = "".join(f"<li>{escape(r)}</li>" for r in summary["verdict_reasons"])
-    s = summary["settings"]
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in summary.verdict_reasons)
+    s = summary.settings
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>loadkit report {escape(run["run_id"])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>loadkit report {escape(run.run_id)}</title>
 <style>{CSS}</style></head><body>
 <h1>loadkit report</h1>
-<div class=muted>run <b>{escape(run["run_id"])}</b> · engine {escape(str(run["engine"]))} ·
-target {escape(str(run.get("target")))} · started {escape(str(run.get("started_at")))} ·
-{run["records"]} requests · warm-up {run["warmup_s"]:g} s</div>
+<div class=muted>run <b>{escape(run.run_id)}</b> · engine {escape(str(run.engine))} ·
+target {escape(str(run.target))} · started {escape(str(run.started_at))} ·
+{run.records} requests · warm-up {run.warmup_s:g} s</div>
 {banner}
-<div class=verdict>Verdict: {_badge(summary["verdict"])}</div>
+<div class=verdict>Verdict: {_badge(summary.verdict)}</div>
 <ul class=reasons>{reasons}</ul>
 <h2>Rate limits: promised vs observed</h2>
 <p>Each key is judged against its tier's promise. <b>Enforced</b>: the server never admitted
@@ -297,8 +295,8 @@ The client only knows a request was admitted somewhere between sending it and re
 response headers, so a verdict is <i>violated</i> only when the timing proves it,
 <i>possible</i> when only the timing uncertainty allows it (not a failure), and
 <i>inconclusive</i> when the load never reached the limit. Concurrency counts a request as
-certainly in flight from its headers to its end minus {s["concurrency_margin_s"] * 1000:g} ms.
-Under-admission tolerance: {s["under_admission_tolerance"]:.0%}.</p>
+certainly in flight from its headers to its end minus {s.concurrency_margin_s * 1000:g} ms.
+Under-admission tolerance: {s.under_admission_tolerance:.0%}.</p>
 {_limits_table(summary)}
 <h2>Service-level objectives</h2>
 {_slo_table(summary)}
@@ -316,7 +314,7 @@ summary.json in this directory holds every figure on this page.</p>
 """
 
 
-def write_report(result: Any, out_dir: Path) -> Path:
+def write_report(summary: Summary, out_dir: Path) -> Path:
     path = Path(out_dir) / REPORT_FILE
-    path.write_text(render_report(result.summary, Path(out_dir)), encoding="utf-8")
+    path.write_text(render_report(summary, Path(out_dir)), encoding="utf-8")
     return path

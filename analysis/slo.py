@@ -1,24 +1,44 @@
 """Service-level objectives: parsed from run.json's ``slo`` and ``--slo METRIC.STAT=VALUE``
-overrides, each checked against the summary as met, missed or without data."""
+overrides, each checked against the typed summary figures as met, missed or without data."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from loadkit.analysis.metrics import CLIENT_METRICS, LATENCY_METRICS
+from loadkit.analysis.codec import JsonRecord
+from loadkit.analysis.metrics import METRICS, Latency
 from loadkit.analysis.stats import STATS
+from loadkit.analysis.throughput import Errors, Throughput
 
-# scalar SLOs: name -> (where in the summary, direction)
-SCALARS: dict[str, tuple[tuple[str, ...], str]] = {
-    "error_rate": (("errors", "error_rate"), "<="),
-    "throttle_rate": (("errors", "throttle_rate"), "<="),
-    "requests_per_s": (("throughput", "requests_per_s"), ">="),
-    "output_tokens_per_s": (("throughput", "output_tokens_per_s"), ">="),
-    "goodput_per_s": (("throughput", "goodput", "requests_per_s"), ">="),
-    "goodput_ratio": (("throughput", "goodput", "ratio"), ">="),
+
+@dataclass(frozen=True)
+class Observed:
+    """The summary figures an SLO can be set on."""
+
+    latency: Latency
+    throughput: Throughput
+    errors: Errors
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A single-figure SLO: where its figure is, and which side of the threshold is good."""
+
+    read: Callable[[Observed], float | None]
+    direction: str
+
+
+SCALARS: dict[str, Scalar] = {
+    "error_rate": Scalar(lambda o: o.errors.error_rate, "<="),
+    "throttle_rate": Scalar(lambda o: o.errors.throttle_rate, "<="),
+    "requests_per_s": Scalar(lambda o: o.throughput.requests_per_s, ">="),
+    "output_tokens_per_s": Scalar(lambda o: o.throughput.output_tokens_per_s, ">="),
+    "goodput_per_s": Scalar(lambda o: o.throughput.goodput.requests_per_s, ">="),
+    "goodput_ratio": Scalar(lambda o: o.throughput.goodput.ratio, ">="),
 }
-DISTRIBUTIONS = LATENCY_METRICS + CLIENT_METRICS
+DISTRIBUTIONS = METRICS
 STAT_NAMES = tuple(s for s in STATS if s != "count")
 
 
@@ -39,7 +59,65 @@ class Slo:
 
     @property
     def direction(self) -> str:
-        return SCALARS[self.metric][1] if self.stat is None else "<="
+        return SCALARS[self.metric].direction if self.stat is None else "<="
+
+    def observe(self, observed: Observed) -> float | None:
+        """The figure this SLO is about, None when the run gave it no data."""
+        if self.stat is None:
+            value = SCALARS[self.metric].read(observed)
+        else:
+            value = observed.latency.table(self.metric).overall.value(self.stat)
+        return None if value is None else float(value)
+
+    def check(self, observed: Observed) -> SloCheck:
+        obs = self.observe(observed)
+        if obs is None:
+            met = None
+        elif self.direction == "<=":
+            met = obs <= self.threshold
+        else:
+            met = obs >= self.threshold
+        return SloCheck(
+            name=self.name,
+            metric=self.metric,
+            stat=self.stat,
+            threshold=self.threshold,
+            direction=self.direction,
+            observed=obs,
+            met=met,
+            source=self.source,
+        )
+
+
+@dataclass(frozen=True)
+class SloCheck(JsonRecord):
+    """One SLO checked: ``met`` is None when the run gave it no data."""
+
+    name: str
+    metric: str
+    stat: str | None
+    threshold: float
+    direction: str
+    observed: float | None
+    met: bool | None
+    source: str
+
+    @property
+    def status(self) -> str:
+        return "no data" if self.met is None else ("met" if self.met else "missed")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        source = d.pop("source")
+        return d | {"status": self.status, "source": source}
+
+
+@dataclass(frozen=True)
+class SloResult(JsonRecord):
+    """summary.json's ``slo``: False when any SLO was missed, None when one had no data."""
+
+    met: bool | None
+    checks: tuple[SloCheck, ...]
 
 
 def _stat(text: str, where: str) -> str:
@@ -86,9 +164,9 @@ def parse_slo_arg(text: str) -> Slo:
     return make_slo(metric, stat if dot else None, value.strip(), "--slo")
 
 
-def slos_from_run(spec: dict[str, Any]) -> list[Slo]:
+def slos_from_run(spec: Mapping[str, Any] | None) -> list[Slo]:
     """run.json's ``slo``: {"ttft_ms": {"p99": 800}, "error_rate": 0.05}."""
-    out = []
+    out: list[Slo] = []
     for metric, v in (spec or {}).items():
         if isinstance(v, dict):
             out.extend(make_slo(metric, str(stat), val, "run.json") for stat, val in v.items())
@@ -105,40 +183,9 @@ def merge_slos(from_run: list[Slo], overrides: list[Slo]) -> list[Slo]:
     return list(by_name.values())
 
 
-def _observed(slo: Slo, summary: dict[str, Any]) -> float | None:
-    if slo.stat is None:
-        node: Any = summary
-        for part in SCALARS[slo.metric][0]:
-            node = node.get(part) if isinstance(node, dict) else None
-        return None if node is None else float(node)
-    val = summary.get("latency", {}).get(slo.metric, {}).get("overall", {}).get(slo.stat)
-    return None if val is None else float(val)
-
-
-def evaluate_slos(slos: list[Slo], summary: dict[str, Any]) -> dict[str, Any]:
+def evaluate_slos(slos: list[Slo], observed: Observed) -> SloResult:
     """Each SLO as a check; ``met`` is False when any was missed, None when one had no data."""
-    checks = []
-    for s in slos:
-        obs = _observed(s, summary)
-        if obs is None:
-            met = None
-        elif s.direction == "<=":
-            met = obs <= s.threshold
-        else:
-            met = obs >= s.threshold
-        checks.append(
-            {
-                "name": s.name,
-                "metric": s.metric,
-                "stat": s.stat,
-                "threshold": s.threshold,
-                "direction": s.direction,
-                "observed": obs,
-                "met": met,
-                "status": "no data" if met is None else ("met" if met else "missed"),
-                "source": s.source,
-            }
-        )
-    missed = any(c["met"] is False for c in checks)
-    no_data = any(c["met"] is None for c in checks)
-    return {"met": False if missed else (None if no_data else True), "checks": checks}
+    checks = tuple(s.check(observed) for s in slos)
+    missed = any(c.met is False for c in checks)
+    no_data = any(c.met is None for c in checks)
+    return SloResult(met=False if missed else (None if no_data else True), checks=checks)

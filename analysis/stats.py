@@ -3,25 +3,56 @@ the seeded, bounded bootstrap that ``compare`` uses for confidence intervals."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from loadkit.analysis.codec import JsonRecord
 
 STATS = ("p50", "p90", "p95", "p99", "p99_9", "mean", "max", "count")
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p99_9": 99.9}
 
 
-def describe(values: np.ndarray) -> dict[str, float | int | None]:
+@dataclass(frozen=True)
+class Stats(JsonRecord):
+    """A distribution in summary.json's latency tables (None where there were no values)."""
+
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+    p99_9: float | None
+    mean: float | None
+    max: float | None
+    count: int
+
+    def value(self, stat: str) -> float | None:
+        """One statistic by its name in ``STATS`` (``p99_9`` for p99.9)."""
+        if stat not in STATS:
+            raise ValueError(f"unknown statistic {stat!r} (one of {', '.join(STATS)})")
+        v: float | int | None = getattr(self, stat)
+        return None if v is None else float(v)
+
+
+def describe(values: np.ndarray) -> Stats:
     """p50, p90, p95, p99, p99.9 (numpy 'linear' method), mean, max and count."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
-        return {k: None for k in STATS[:-1]} | {"count": 0}
-    qs = np.percentile(v, list(PERCENTILES.values()))
-    out: dict[str, float | int | None] = {
-        k: float(q) for k, q in zip(PERCENTILES, qs.tolist(), strict=True)
-    }
-    out["mean"] = float(v.mean())
-    out["max"] = float(v.max())
-    out["count"] = int(v.size)
-    return out
+        return Stats(None, None, None, None, None, None, None, count=0)
+    p50, p90, p95, p99, p99_9 = (float(q) for q in np.percentile(v, list(PERCENTILES.values())))
+    return Stats(p50, p90, p95, p99, p99_9, float(v.mean()), float(v.max()), count=int(v.size))
+
+
+@dataclass(frozen=True)
+class Change(JsonRecord):
+    """A statistic in two runs, its relative change (new / base - 1) and the bootstrap
+    confidence interval of that change; None where it cannot be computed."""
+
+    base: float | None = None
+    new: float | None = None
+    change: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 def statistic(values: np.ndarray, stat: str) -> float:
@@ -65,14 +96,13 @@ def bootstrap_changes(
     cap: int = 10_000,
     seed: int = 0,
     confidence: float = 0.95,
-) -> dict[str, dict[str, float | None]]:
+) -> dict[str, Change]:
     """Relative change of each statistic from base to new (new / base - 1) with a
     percentile-bootstrap confidence interval; deterministic for a given seed."""
     base = np.asarray(base, dtype=np.float64)
     new = np.asarray(new, dtype=np.float64)
-    empty = {"base": None, "new": None, "change": None, "ci_low": None, "ci_high": None}
     if base.size == 0 or new.size == 0:
-        return {s: dict(empty) for s in stats}
+        return {s: Change() for s in stats}
     rng = np.random.default_rng(seed)
     rb, pb = _replicates(base, stats, rounds, cap, rng)
     rn, pn = _replicates(new, stats, rounds, cap, rng)
@@ -80,52 +110,17 @@ def bootstrap_changes(
     out = {}
     for i, s in enumerate(stats):
         if pb[i] == 0:
-            out[s] = empty | {"base": float(pb[i]), "new": float(pn[i])}
+            out[s] = Change(base=float(pb[i]), new=float(pn[i]))
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = rn[:, i] / rb[:, i] - 1.0
         ratio = ratio[np.isfinite(ratio)]
         lo, hi = np.quantile(ratio, [alpha, 1.0 - alpha]) if ratio.size else (np.nan, np.nan)
-        out[s] = {
-            "base": float(pb[i]),
-            "new": float(pn[i]),
-            "change": float(pn[i] / pb[i] - 1.0),
-            "ci_low": float(lo),
-            "ci_high": float(hi),
-        }
+        out[s] = Change(
+            base=float(pb[i]),
+            new=float(pn[i]),
+            change=float(pn[i] / pb[i] - 1.0),
+            ci_low=float(lo),
+            ci_high=float(hi),
+        )
     return out
-
-
-def bootstrap_change(
-    base: np.ndarray, new: np.ndarray, stat: str, **kw: float
-) -> dict[str, float | None]:
-    """One statistic's change with its bootstrap confidence interval."""
-    return bootstrap_changes(base, new, (stat,), **kw)[stat]  # type: ignore[arg-type]
-
-
-def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided Mann-Whitney U p-value (normal approximation with tie correction)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    n1, n2 = a.size, b.size
-    if n1 == 0 or n2 == 0:
-        return float("nan")
-    both = np.concatenate([a, b])
-    order = np.argsort(both, kind="stable")
-    ranks = np.empty(both.size)
-    sorted_v = both[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
-    mu = n1 * n2 / 2.0
-    n = n1 + n2
-    tie = float((counts**3 - counts).sum())
-    sigma = np.sqrt(n1 * n2 / 12.0 * ((n + 1) - tie / (n * (n - 1)))) if n > 1 else 0.0
-    if sigma == 0:
-        return 1.0
-    z = (abs(u1 - mu) - 0.5) / sigma
-    from math import erfc, sqrt
-
-    return float(erfc(max(z, 0.0) / sqrt(2.0)))

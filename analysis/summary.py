@@ -1,30 +1,39 @@
-"""Analysis of one run directory: metrics, limit verdicts, SLO checks, the overall verdict,
-and the files written beside the records (summary.json, charts, report.html)."""
+"""Analysis of one run directory: metrics, limit verdicts, SLO checks, the overall verdict
+as one typed ``Summary``, and the files written beside the records (summary.json, charts,
+report.html)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loadkit.analysis.arrival import arrival_curve
+
+from loadkit.analysis.arrival import ArrivalCurve, arrival_curve
+from loadkit.analysis.codec import FormatError, JsonRecord, omit_none
 from loadkit.analysis.columns import Columns, UnusableInput, load_run
-from loadkit.analysis.explain import explain
-from loadkit.analysis.metrics import MetricValues, latency_summary, metric_values
+from loadkit.analysis.explain import explain_concurrency, explain_requests
+from loadkit.analysis.limits import ConcurrencyLimit, Limit, RequestsLimit
+from loadkit.analysis.metrics import Latency, MetricValues, latency_summary, metric_values
+from loadkit.analysis.outcome import Effect, RunVerdict
 from loadkit.analysis.promises import remaining_header_check, retry_after_check
-from loadkit.analysis.slo import Slo, evaluate_slos, merge_slos, parse_slo_arg, slos_from_run
-from loadkit.analysis.throughput import errors_summary, throughput_summary
+from loadkit.analysis.slo import (
+    Observed,
+    Slo,
+    SloResult,
+    evaluate_slos,
+    merge_slos,
+    parse_slo_arg,
+    slos_from_run,
+)
+from loadkit.analysis.throughput import Errors, Throughput, errors_summary, throughput_summary
 from loadkit.analysis.verdicts import (
-    HELD,
-    INCONCLUSIVE,
-    POSSIBLE,
-    VIOLATED,
     KeyView,
     Policy,
     VerdictSettings,
@@ -32,15 +41,118 @@ from loadkit.analysis.verdicts import (
     key_view,
     requests_verdict,
 )
-
 from loadkit.runmeta import RunMeta
 
 SUMMARY_SCHEMA = "loadkit.summary/1"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
+LATENCY_RECORDS = "status 200, no transport error, sent at or after warmup_s"
+PERCENTILE_METHOD = "numpy linear interpolation on raw values"
 
 
-@dataclass
+@dataclass(frozen=True)
+class WorkerSummary(JsonRecord):
+    worker: str
+    records: int
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RunInfo(JsonRecord):
+    """summary.json's ``run``: which run this is and how it ended."""
+
+    run_id: str
+    engine: str
+    target: str
+    scenario: str
+    started_at: str | None
+    duration_s: float | None
+    interrupted: bool
+    stop_reason: str
+    warmup_s: float
+    workers: tuple[WorkerSummary, ...]
+    records: int
+    last_record_end_s: float | None
+    loadkit_version: str
+
+
+@dataclass(frozen=True)
+class SummarySettings(JsonRecord):
+    """The verdicts' tolerances and how latency figures were computed."""
+
+    concurrency_margin_s: float
+    under_admission_tolerance: float
+    burst_window_s: float
+    latency_records: str = LATENCY_RECORDS
+    percentile_method: str = PERCENTILE_METHOD
+
+    @classmethod
+    def of(cls, settings: VerdictSettings) -> SummarySettings:
+        return cls(
+            concurrency_margin_s=settings.concurrency_margin_s,
+            under_admission_tolerance=settings.under_admission_tolerance,
+            burst_window_s=settings.burst_window_s,
+        )
+
+
+@dataclass(frozen=True)
+class Summary(JsonRecord):
+    """summary.json (``loadkit.summary/1``). ``charts`` and ``report`` are None until the
+    files beside it are written (``write_outputs``); then ``report`` may stay None."""
+
+    schema: str
+    run: RunInfo
+    verdict: RunVerdict
+    verdict_reasons: tuple[str, ...]
+    settings: SummarySettings
+    limits: tuple[Limit, ...]
+    limit_notes: tuple[str, ...]
+    arrival: dict[str, ArrivalCurve]
+    latency: Latency
+    throughput: Throughput
+    errors: Errors
+    slo: SloResult
+    charts: tuple[str, ...] | None = omit_none()
+    report: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if self.charts is None:
+            d.pop("report")
+        return d
+
+    def to_json(self) -> str:
+        """The bytes of summary.json."""
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "") -> Summary:
+        schema = data.get("schema") if isinstance(data, Mapping) else None
+        if schema != SUMMARY_SCHEMA:
+            raise FormatError(
+                f"unsupported summary schema {schema!r} (this loadkit reads {SUMMARY_SCHEMA})"
+            )
+        return super().from_dict(data, path)
+
+
+def read_summary(path: str | os.PathLike[str]) -> Summary:
+    """A summary.json written by this or an earlier loadkit of the same schema; UnusableInput
+    naming the file and the first field that does not fit otherwise."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UnusableInput(f"{p}: not JSON ({exc.msg})") from None
+    except OSError as exc:
+        raise UnusableInput(f"{p}: cannot read ({exc.strerror})") from None
+    try:
+        return Summary.from_dict(data)
+    except FormatError as exc:
+        raise UnusableInput(f"{p}: {exc}") from None
+
+
+@dataclass(frozen=True)
 class KeyAnalysis:
     label: str
     tier: str
@@ -48,15 +160,15 @@ class KeyAnalysis:
     view: KeyView
 
 
-@dataclass
+@dataclass(frozen=True)
 class Analysis:
-    """Everything the charts and the report draw from, besides the summary dict."""
+    """Everything the charts and the report draw from: the summary and the raw values."""
 
     meta: RunMeta
     cols: Columns
     values: dict[str, MetricValues]
-    keys: list[KeyAnalysis] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[KeyAnalysis, ...]
+    summary: Summary
 
 
 def _tier_of_keys(meta: RunMeta, cols: Columns) -> dict[str, str]:
@@ -74,11 +186,20 @@ def _tier_of_keys(meta: RunMeta, cols: Columns) -> dict[str, str]:
     return tiers
 
 
-def limit_verdicts(
-    meta: RunMeta, cols: Columns, settings: VerdictSettings
-) -> tuple[list[dict[str, Any]], dict[str, Any], list[KeyAnalysis], list[str]]:
-    """The ``limits`` entries (two per key: requests, concurrency), arrival curves by key,
-    the per-key views, and notes about keys that could not be judged."""
+@dataclass(frozen=True)
+class LimitFindings:
+    """What ``limit_verdicts`` found: the ``limits`` entries (two per key: requests,
+    concurrency), arrival curves by key, the per-key views, and notes about keys that could
+    not be judged."""
+
+    limits: tuple[Limit, ...]
+    arrival: dict[str, ArrivalCurve]
+    keys: tuple[KeyAnalysis, ...]
+    notes: tuple[str, ...]
+
+
+def limit_verdicts(meta: RunMeta, cols: Columns, settings: VerdictSettings) -> LimitFindings:
+    """Every judged key's limit entries, in the scenario's tier order and natural key order."""
     tiers = _tier_of_keys(meta, cols)
     policies: dict[str, Policy] = {}
     for t, d in meta.tiers.items():
@@ -86,8 +207,8 @@ def limit_verdicts(
             policies[t] = Policy.from_dict(t, d)
         except ValueError as exc:
             raise UnusableInput(str(exc)) from None
-    entries: list[dict[str, Any]] = []
-    arrival: dict[str, Any] = {}
+    entries: list[Limit] = []
+    arrival: dict[str, ArrivalCurve] = {}
     keys: list[KeyAnalysis] = []
     notes: list[str] = []
     tier_rank = {t: i for i, t in enumerate(meta.tiers)}
@@ -111,106 +232,104 @@ def limit_verdicts(
             continue
         policy = policies[tier]
         keys.append(KeyAnalysis(label, tier, policy, kv))
-        head = {"tier": tier, "key": label}
-        req = head | requests_verdict(kv, policy, settings, cols.ids)
-        req["retry_after"] = retry_after_check(kv, settings.max_examples, cols.ids)
-        req["remaining_header"] = remaining_header_check(
-            kv, policy, settings.max_examples, cols.ids
+        req = requests_verdict(kv, policy, settings, cols.ids)
+        ra = retry_after_check(kv, settings.max_examples, cols.ids)
+        rh = remaining_header_check(kv, policy, settings.max_examples, cols.ids)
+        entries.append(
+            RequestsLimit(
+                tier,
+                label,
+                req,
+                retry_after=ra,
+                remaining_header=rh,
+                explanation=tuple(explain_requests(req, ra, rh)),
+            )
         )
-        conc = head | concurrency_verdict(kv, policy, settings, cols.ids)
-        for e in (req, conc):
-            e["explanation"] = explain(e)
-            entries.append(e)
+        conc = concurrency_verdict(kv, policy, settings, cols.ids)
+        entries.append(
+            ConcurrencyLimit(tier, label, conc, explanation=tuple(explain_concurrency(conc)))
+        )
         arrival[label] = arrival_curve(kv, policy)
     for k in meta.keys:
         if k.get("label") not in cols.key.names:
             notes.append(f"key {k.get('label')}: in run.json but sent no requests")
-    return entries, arrival, keys, notes
+    return LimitFindings(tuple(entries), arrival, tuple(keys), tuple(notes))
 
 
-def overall_verdict(limits: list[dict[str, Any]], slo: dict[str, Any]) -> tuple[str, list[str]]:
+def _limit_reasons(e: Limit, fails: list[str], doubts: list[str]) -> int:
+    """Adds the entry's failures and doubts; returns how many of its verdicts held."""
+    who = f"{e.key} {e.kind}"
+    held = 0
+    for aspect, v in (("enforced", e.verdict.enforced), ("honoured", e.verdict.honoured)):
+        if v.effect is Effect.FAILS:
+            fails.append(f"{who}: not {aspect}")
+        elif v.effect is Effect.SHOWN:
+            held += 1
+        else:
+            doubts.append(f"{who} {aspect}: {v}")
+    if isinstance(e, RequestsLimit) and e.retry_after.verdict.effect is Effect.FAILS:
+        fails.append(f"{who}: Retry-After promise broken {e.retry_after.broken} times")
+    return held
+
+
+def overall_verdict(limits: Iterable[Limit], slo: SloResult) -> tuple[RunVerdict, list[str]]:
     """fail on any violated verdict or missed SLO; pass when nothing failed and at least one
     limit verdict held (what could not be shown either way is listed with it); inconclusive
     when no limit verdict held, i.e. the load never provoked any promise. Returns the
     verdict and the reasons."""
-    fails, doubts = [], []
+    fails: list[str] = []
+    doubts: list[str] = []
     held = 0
+    judged = False
     for e in limits:
-        who = f"{e['key']} {e['kind']}"
-        for aspect in ("enforced", "honoured"):
-            if e[aspect] == VIOLATED:
-                fails.append(f"{who}: not {aspect}")
-            elif e[aspect] == HELD:
-                held += 1
-            elif e[aspect] in (POSSIBLE, INCONCLUSIVE):
-                doubts.append(f"{who} {aspect}: {e[aspect]}")
-        ra = e.get("retry_after")
-        if ra and ra["verdict"] == VIOLATED:
-            fails.append(f"{who}: Retry-After promise broken {ra['broken']} times")
-    for c in slo["checks"]:
-        if c["met"] is False:
-            fails.append(
-                f"SLO {c['name']} missed: {c['observed']:.4g} vs {c['direction']} "
-                f"{c['threshold']:g}"
-            )
-        elif c["met"] is None:
-            doubts.append(f"SLO {c['name']}: no data")
-    if not limits:
+        judged = True
+        held += _limit_reasons(e, fails, doubts)
+    for c in slo.checks:
+        if c.met is False:
+            assert c.observed is not None
+            fails.append(f"SLO {c.name} missed: {c.observed:.4g} vs {c.direction} {c.threshold:g}")
+        elif c.met is None:
+            doubts.append(f"SLO {c.name}: no data")
+    if not judged:
         doubts.append("no limit could be judged (no requests to limited endpoints with a promise)")
     if fails:
-        return "fail", fails + doubts
+        return RunVerdict.FAIL, fails + doubts
     if not held:
-        return "inconclusive", [
+        return RunVerdict.INCONCLUSIVE, [
             "no limit verdict held: the offered load never provoked a promise",
             *doubts,
         ]
     if doubts:
-        return "pass", [
+        return RunVerdict.PASS, [
             f"no violation and every SLO met; {held} verdicts held, "
             f"{len(doubts)} could not be shown either way:",
             *doubts,
         ]
-    return "pass", ["every limit verdict held and every SLO was met"]
+    return RunVerdict.PASS, ["every limit verdict held and every SLO was met"]
 
 
-def run_info(meta: RunMeta, cols: Columns) -> dict[str, Any]:
-    return {
-        "run_id": meta.run_id,
-        "engine": meta.engine,
-        "target": meta.target,
-        "scenario": meta.scenario_name,
-        "started_at": meta.to_dict().get("started_at"),
-        "duration_s": meta.duration_s,
-        "interrupted": meta.interrupted,
-        "stop_reason": meta.stop_reason,
-        "warmup_s": meta.warmup_s,
-        "workers": [
-            {"worker": w.worker, "records": w.records, "status": w.status, "detail": w.detail}
+def run_info(meta: RunMeta, cols: Columns) -> RunInfo:
+    return RunInfo(
+        run_id=meta.run_id,
+        engine=meta.engine,
+        target=meta.target,
+        scenario=meta.scenario_name,
+        started_at=meta.to_dict().get("started_at"),
+        duration_s=meta.duration_s,
+        interrupted=meta.interrupted,
+        stop_reason=meta.stop_reason,
+        warmup_s=meta.warmup_s,
+        workers=tuple(
+            WorkerSummary(worker=w.worker, records=w.records, status=w.status, detail=w.detail)
             for w in meta.workers
-        ],
-        "records": cols.n,
-        "last_record_end_s": float(np.max(cols.end)) if cols.n else None,
-        "loadkit_version": meta.loadkit_version,
-    }
+        ),
+        records=cols.n,
+        last_record_end_s=float(np.max(cols.end)) if cols.n else None,
+        loadkit_version=meta.loadkit_version,
+    )
 
 
-def clean_json(x: Any) -> Any:
-    """Plain JSON values: numpy scalars to Python, NaN/inf to null."""
-    if isinstance(x, dict):
-        return {str(k): clean_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean_json(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        f = float(x)
-        return f if math.isfinite(f) else None
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
-def parse_overrides(slo_overrides: list[str] | None) -> list[Slo]:
+def parse_overrides(slo_overrides: Iterable[str] | None) -> list[Slo]:
     return [parse_slo_arg(s) for s in (slo_overrides or [])]
 
 
@@ -220,7 +339,7 @@ def analyse(
     overrides: list[Slo] | None = None,
     settings: VerdictSettings | None = None,
 ) -> Analysis:
-    """The pure part: summary dict and chart inputs from run metadata and records."""
+    """The pure part: the summary and chart inputs from run metadata and records."""
     settings = settings or VerdictSettings()
     try:
         run_slos = slos_from_run(meta.slo)
@@ -228,41 +347,51 @@ def analyse(
         raise UnusableInput(f"run.json slo: {exc}") from None
     warmup = float(meta.warmup_s or 0.0)
     values = metric_values(cols, warmup)
-    limits, arrival, keys, notes = limit_verdicts(meta, cols, settings)
-    summary: dict[str, Any] = {
-        "schema": SUMMARY_SCHEMA,
-        "run": run_info(meta, cols),
-        "verdict": None,
-        "verdict_reasons": [],
-        "settings": settings.to_dict()
-        | {
-            "latency_records": "status 200, no transport error, sent at or after warmup_s",
-            "percentile_method": "numpy linear interpolation on raw values",
-        },
-        "limits": limits,
-        "limit_notes": notes,
-        "arrival": arrival,
-        "latency": latency_summary(cols, values),
-        "throughput": throughput_summary(cols, values, dict(meta.goodput or {}), warmup),
-        "errors": errors_summary(cols, warmup),
-    }
-    summary["slo"] = evaluate_slos(merge_slos(run_slos, overrides or []), summary)
-    verdict, reasons = overall_verdict(limits, summary["slo"])
+    found = limit_verdicts(meta, cols, settings)
+    latency = latency_summary(cols, values)
+    throughput = throughput_summary(cols, values, dict(meta.goodput or {}), warmup)
+    errors = errors_summary(cols, warmup)
+    slo = evaluate_slos(
+        merge_slos(run_slos, overrides or []), Observed(latency, throughput, errors)
+    )
+    verdict, reasons = overall_verdict(found.limits, slo)
     if meta.interrupted:
         reasons.append(
             "the run was interrupted: figures cover the records written before it stopped"
         )
-    summary["verdict"], summary["verdict_reasons"] = verdict, reasons
-    return Analysis(meta=meta, cols=cols, values=values, keys=keys, summary=clean_json(summary))
+    summary = Summary(
+        schema=SUMMARY_SCHEMA,
+        run=run_info(meta, cols),
+        verdict=verdict,
+        verdict_reasons=tuple(reasons),
+        settings=SummarySettings.of(settings),
+        limits=found.limits,
+        limit_notes=found.notes,
+        arrival=found.arrival,
+        latency=latency,
+        throughput=throughput,
+        errors=errors,
+        slo=slo,
+    )
+    return Analysis(meta=meta, cols=cols, values=values, keys=found.keys, summary=summary)
 
 
-def analyze_run(
+def write_summary(summary: Summary, run_dir: str | os.PathLike[str]) -> Path:
+    """summary.json, replaced atomically."""
+    path = Path(run_dir) / SUMMARY_FILE
+    tmp = path.with_name(SUMMARY_FILE + ".tmp")
+    tmp.write_text(summary.to_json(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def summarize_run(
     run_dir: str | os.PathLike[str],
-    slo_overrides: list[str] | None = None,
+    slo_overrides: Iterable[str] | None = None,
     charts: bool = True,
     settings: VerdictSettings | None = None,
     timings: dict[str, float] | None = None,
-) -> dict[str, Any]:
+) -> Summary:
     """Analyse a run directory and write summary.json (and, with ``charts``, the PNG charts
     and report.html) into it. Raises UnusableInput or SloSyntaxError on bad input.
     ``timings``, when given, receives the seconds spent in each stage."""
@@ -274,20 +403,17 @@ def analyze_run(
     result = analyse(meta, cols, overrides, settings)
     t2 = clock()
     out = Path(run_dir)
-    summary = result.summary
     if charts:
         from loadkit.analysis.charts import write_charts
         from loadkit.analysis.report import write_report
 
-        summary["charts"] = write_charts(result, out)
-        summary["report"] = REPORT_FILE
-        write_report(result, out)
+        summary = replace(result.summary, charts=tuple(write_charts(result, out)))
+        summary = replace(summary, report=REPORT_FILE)
+        write_report(summary, out)
     else:
-        summary["charts"], summary["report"] = [], None
+        summary = replace(result.summary, charts=(), report=None)
     t3 = clock()
-    tmp = out / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / SUMMARY_FILE)
+    write_summary(summary, out)
     if timings is not None:
         timings.update(
             read_s=t1 - t0,
@@ -297,3 +423,15 @@ def analyze_run(
             total_s=clock() - t0,
         )
     return summary
+
+
+def analyze_run(
+    run_dir: str | os.PathLike[str],
+    slo_overrides: Iterable[str] | None = None,
+    charts: bool = True,
+    settings: VerdictSettings | None = None,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """``summarize_run`` with the summary as summary.json's plain dict (for callers that
+    read it as JSON)."""
+    return summarize_run(run_dir, slo_overrides, charts, settings, timings).to_dict()

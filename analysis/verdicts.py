@@ -6,11 +6,12 @@ uncertainty: a request's admission instant is only known to lie in [send, header
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
 from loadkit.analysis.intervals import (
     contained_counts,
@@ -20,8 +21,21 @@ from loadkit.analysis.intervals import (
     touching_mask,
     touching_max,
 )
+from loadkit.analysis.limits import (
+    ConcurrencyEnforcedEvidence,
+    ConcurrencyEvidence,
+    ConcurrencyHonouredEvidence,
+    ConcurrencyVerdict,
+    FlightRefusal,
+    Offered,
+    RequestsEnforcedEvidence,
+    RequestsEvidence,
+    RequestsHonouredEvidence,
+    RequestsVerdict,
+    WindowRefusal,
+)
+from loadkit.analysis.outcome import Verdict
 
-HELD, VIOLATED, POSSIBLE, INCONCLUSIVE = "held", "violated", "possible", "inconclusive"
 RATE_CODE = "rate_limit_exceeded"
 CONCURRENCY_CODE = "concurrency_limit_exceeded"
 
@@ -37,7 +51,7 @@ class Policy:
     concurrency: int
 
     @classmethod
-    def from_dict(cls, tier: str, d: dict[str, Any]) -> Policy:
+    def from_dict(cls, tier: str, d: Mapping[str, Any]) -> Policy:
         try:
             p = cls(int(d["requests"]), float(d["window_s"]), int(d["concurrency"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -57,13 +71,6 @@ class VerdictSettings:
     under_admission_tolerance: float = 0.05  # honoured needs >= (1 - tol) * N admitted
     burst_window_s: float = 1.0  # "largest burst" = most requests sent within this span
     max_examples: int = 20  # refusals / disagreements listed as examples
-
-    def to_dict(self) -> dict[str, float]:
-        return {
-            "concurrency_margin_s": self.concurrency_margin_s,
-            "under_admission_tolerance": self.under_admission_tolerance,
-            "burst_window_s": self.burst_window_s,
-        }
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class KeyView:
 
     @property
     def maybe(self) -> np.ndarray:
-        return self.admitted | self.possible
+        return np.asarray(self.admitted | self.possible)
 
 
 def key_view(cols: Columns, key_code: int) -> KeyView:
@@ -140,39 +147,41 @@ def _count_lt(sorted_vals: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.searchsorted(sorted_vals, x, side="left")
 
 
-def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> dict[str, Any]:
+def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> Offered:
     """What the client asked of the limiter: a limiter is only caught doing what this provoked."""
     in_window, w_start = span_max(kv.s, policy.window_s)
-    burst, b_start = span_max(kv.s, settings.burst_window_s)
+    burst, _ = span_max(kv.s, settings.burst_window_s)
     conc, c_at = overlap_max(kv.s, kv.e, closed=True)
-    return {
-        "requests": kv.n,
-        "admitted": int(kv.admitted.sum()),
-        "possibly_admitted": int(kv.possible.sum()),
-        "refused_rate_limit": int(kv.rate429.sum()),
-        "refused_concurrency": int(kv.conc429.sum()),
-        "refused_other_429": int(kv.other429.sum()),
-        "unauthorized": int((kv.status == 401).sum()),
-        "max_in_window": in_window,
-        "max_in_window_start_s": _num(w_start),
-        "max_in_burst": burst,
-        "burst_window_s": settings.burst_window_s,
-        "max_concurrent": conc,
-        "max_concurrent_at_s": _num(c_at),
-    }
+    return Offered(
+        requests=kv.n,
+        admitted=int(kv.admitted.sum()),
+        possibly_admitted=int(kv.possible.sum()),
+        refused_rate_limit=int(kv.rate429.sum()),
+        refused_concurrency=int(kv.conc429.sum()),
+        refused_other_429=int(kv.other429.sum()),
+        unauthorized=int((kv.status == 401).sum()),
+        max_in_window=in_window,
+        max_in_window_start_s=rounded_s(w_start),
+        max_in_burst=burst,
+        burst_window_s=settings.burst_window_s,
+        max_concurrent=conc,
+        max_concurrent_at_s=rounded_s(c_at),
+    )
 
 
-def _num(x: float) -> float | None:
+def rounded_s(x: float) -> float | None:
+    """An instant for the evidence: seconds to the microsecond (the records' precision);
+    None for NaN."""
     return None if x != x else round(float(x), 6)
 
 
 def _pick(mask: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(mask)
+    return np.asarray(np.flatnonzero(mask))
 
 
 def requests_verdict(
     kv: KeyView, policy: Policy, settings: VerdictSettings, ids: IdLookup
-) -> dict[str, Any]:
+) -> RequestsVerdict:
     """Requests-per-window: enforced, honoured, observed maxima and their evidence."""
     n_lim, w = policy.requests, policy.window_s
     adm, maybe = kv.admitted, kv.maybe
@@ -180,7 +189,8 @@ def requests_verdict(
     sp, hp = kv.s[maybe], kv.hi[maybe]
 
     # Certain: the most admitted intervals that fit wholly inside one [s_i, s_i + W).
-    certain, ev_enf = 0, {}
+    certain = 0
+    ev_enf = RequestsEnforcedEvidence()
     if sa.size:
         counts = contained_counts(sa, ha, w)
         i = int(np.argmax(counts))
@@ -190,34 +200,35 @@ def requests_verdict(
         if certain > n_lim:
             members = members[: n_lim + 1]
         if members.size:
-            ev_enf = {
-                "certain_span_s": [_num(sa[i]), _num(float(ha[members].max()))],
-                "certain_count": certain,
-                "request_ids": ids(rows_a[members]),
-            }
+            ev_enf = RequestsEnforcedEvidence(
+                certain_span_s=(rounded_s(sa[i]), rounded_s(float(ha[members].max()))),
+                certain_count=certain,
+                request_ids=tuple(ids(rows_a[members])),
+            )
     # Possible: the most admitted-or-unknown intervals touching one [t, t + W).
     possible, t = touching_max(sp, hp, w)
     if sp.size:
-        ev_enf["possible_span_s"] = [_num(t), _num(t + w)]
+        ev_enf = replace(ev_enf, possible_span_s=(rounded_s(t), rounded_s(t + w)))
         if possible > n_lim and certain <= n_lim:
             touch = _pick(touching_mask(sp, hp, t, w))
-            ev_enf["possible_request_ids"] = ids(kv.rows[maybe][touch][: n_lim + 1])
+            ev_enf = replace(
+                ev_enf, possible_request_ids=tuple(ids(kv.rows[maybe][touch][: n_lim + 1]))
+            )
 
     offered = offered_load(kv, policy, settings)
-    enforced = _enforced(certain, possible, offered["max_in_window"], n_lim)
+    enforced = _enforced(certain, possible, offered.max_in_window, n_lim)
 
     honoured, ev_hon = _requests_honoured(kv, policy, settings, possible, ids)
-    return {
-        "kind": "requests",
-        "promised": n_lim,
-        "window_s": w,
-        "observed_max": certain,
-        "observed_max_possible": possible,
-        "enforced": enforced,
-        "honoured": honoured,
-        "evidence": {"enforced": ev_enf, "honoured": ev_hon},
-        "offered": offered,
-    }
+    return RequestsVerdict(
+        promised=n_lim,
+        window_s=w,
+        observed_max=certain,
+        observed_max_possible=possible,
+        enforced=enforced,
+        honoured=honoured,
+        evidence=RequestsEvidence(enforced=ev_enf, honoured=ev_hon),
+        offered=offered,
+    )
 
 
 def justified_by_requests(kv: KeyView, refused: np.ndarray, policy: Policy) -> np.ndarray:
@@ -226,7 +237,7 @@ def justified_by_requests(kv: KeyView, refused: np.ndarray, policy: Policy) -> n
     maybe = kv.maybe
     sp, hp = np.sort(kv.s[maybe]), np.sort(kv.hi[maybe])
     s_r, h_r = kv.s[refused], kv.hi[refused]
-    return _count_le(sp, h_r) - _count_lt(hp, s_r - policy.window_s)
+    return np.asarray(_count_le(sp, h_r) - _count_lt(hp, s_r - policy.window_s))
 
 
 def in_flight_upper(kv: KeyView, refused: np.ndarray) -> np.ndarray:
@@ -235,30 +246,41 @@ def in_flight_upper(kv: KeyView, refused: np.ndarray) -> np.ndarray:
     maybe = kv.maybe
     sp, ep = np.sort(kv.s[maybe]), np.sort(kv.e[maybe])
     s_r, h_r = kv.s[refused], kv.hi[refused]
-    return _count_le(sp, h_r) - _count_lt(ep, s_r)
+    return np.asarray(_count_le(sp, h_r) - _count_lt(ep, s_r))
 
 
-def _examples(
-    kv: KeyView, pos: np.ndarray, counts: np.ndarray, ids: IdLookup, limit: int, label: str
-) -> list[dict[str, Any]]:
+def _window_examples(
+    kv: KeyView, pos: np.ndarray, counts: np.ndarray, ids: IdLookup, limit: int
+) -> tuple[WindowRefusal, ...]:
     pos, counts = pos[:limit], counts[:limit]
     names = ids(kv.rows[pos])
-    return [
-        {"request_id": rid, "send_s": _num(kv.s[p]), "headers_s": _num(kv.hi[p]), label: int(c)}
+    return tuple(
+        WindowRefusal(rid, rounded_s(kv.s[p]), rounded_s(kv.hi[p]), int(c))
         for rid, p, c in zip(names, pos.tolist(), counts.tolist(), strict=True)
-    ]
+    )
 
 
-def _enforced(certain: int, possible: int, offered_max: int, limit: int) -> str:
+def _flight_examples(
+    kv: KeyView, pos: np.ndarray, counts: np.ndarray, ids: IdLookup, limit: int
+) -> tuple[FlightRefusal, ...]:
+    pos, counts = pos[:limit], counts[:limit]
+    names = ids(kv.rows[pos])
+    return tuple(
+        FlightRefusal(rid, rounded_s(kv.s[p]), rounded_s(kv.hi[p]), int(c))
+        for rid, p, c in zip(names, pos.tolist(), counts.tolist(), strict=True)
+    )
+
+
+def _enforced(certain: int, possible: int, offered_max: int, limit: int) -> Verdict:
     """violated when proven, possible when only timing uncertainty allows it, inconclusive
     when the load never exceeded the limit, held otherwise (both kinds of limit)."""
     if certain > limit:
-        return VIOLATED
+        return Verdict.VIOLATED
     if possible > limit:
-        return POSSIBLE
+        return Verdict.POSSIBLE
     if offered_max <= limit:
-        return INCONCLUSIVE
-    return HELD
+        return Verdict.INCONCLUSIVE
+    return Verdict.HELD
 
 
 def _uncoded_unjustified(kv: KeyView, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
@@ -273,7 +295,7 @@ def _uncoded_unjustified(kv: KeyView, policy: Policy) -> tuple[np.ndarray, np.nd
 
 def _requests_honoured(
     kv: KeyView, policy: Policy, settings: VerdictSettings, possible_max: int, ids: IdLookup
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[Verdict, RequestsHonouredEvidence]:
     n_lim = policy.requests
     rate_pos = _pick(kv.rate429)
     in_window = justified_by_requests(kv, rate_pos, policy)
@@ -288,31 +310,31 @@ def _requests_honoured(
     eligible_max, _ = span_max(kv.s[eligible], policy.window_s)
     floor = (1.0 - settings.under_admission_tolerance) * n_lim
     under = eligible_max > n_lim and possible_max < floor
-    ev: dict[str, Any] = {
-        "rate_limit_429s": int(rate_pos.size),
-        "unjustified_429s": int(bad.sum()),
-        "unjustified_examples": _examples(
-            kv, rate_pos[bad], in_window[bad], ids, settings.max_examples, "max_admitted_in_window"
+    ev = RequestsHonouredEvidence(
+        rate_limit_429s=int(rate_pos.size),
+        unjustified_429s=int(bad.sum()),
+        unjustified_examples=_window_examples(
+            kv, rate_pos[bad], in_window[bad], ids, settings.max_examples
         ),
-        "unjustified_uncoded_429s": int(unc_pos.size),
-        "unjustified_uncoded_examples": _examples(
-            kv, unc_pos, unc_cnt, ids, settings.max_examples, "max_admitted_in_window"
+        unjustified_uncoded_429s=int(unc_pos.size),
+        unjustified_uncoded_examples=_window_examples(
+            kv, unc_pos, unc_cnt, ids, settings.max_examples
         ),
-        "offered_max_in_window": eligible_max,
-        "under_admission": under,
-        "admitted_floor": floor,
-        "tolerance": settings.under_admission_tolerance,
-    }
+        offered_max_in_window=eligible_max,
+        under_admission=under,
+        admitted_floor=floor,
+        tolerance=settings.under_admission_tolerance,
+    )
     if bad.any() or unc_pos.size or under:
-        return VIOLATED, ev
+        return Verdict.VIOLATED, ev
     if eligible_max <= n_lim:
-        return INCONCLUSIVE, ev
-    return HELD, ev
+        return Verdict.INCONCLUSIVE, ev
+    return Verdict.HELD, ev
 
 
 def concurrency_verdict(
     kv: KeyView, policy: Policy, settings: VerdictSettings, ids: IdLookup
-) -> dict[str, Any]:
+) -> ConcurrencyVerdict:
     """Concurrent requests in flight: enforced and honoured, with evidence."""
     c_lim = policy.concurrency
     adm, maybe = kv.admitted, kv.maybe
@@ -321,18 +343,23 @@ def concurrency_verdict(
     certain, t_c = overlap_max(c_start, c_end, closed=False)
     # Possibly in flight: send .. end (admitted or unknown).
     possible, t_p = overlap_max(kv.s[maybe], kv.e[maybe], closed=True)
-    ev_enf: dict[str, Any] = {}
+    ev_enf = ConcurrencyEnforcedEvidence()
     if certain:
         held = _pick(holding_mask(c_start, c_end, t_c, closed=False))
-        ev_enf["certain_instant_s"] = _num(t_c)
-        ev_enf["request_ids"] = ids(kv.rows[adm][held][: max(c_lim + 1, 1)])
+        ev_enf = replace(
+            ev_enf,
+            certain_instant_s=rounded_s(t_c),
+            request_ids=tuple(ids(kv.rows[adm][held][: max(c_lim + 1, 1)])),
+        )
     if possible:
-        ev_enf["possible_instant_s"] = _num(t_p)
+        ev_enf = replace(ev_enf, possible_instant_s=rounded_s(t_p))
         if possible > c_lim and certain <= c_lim:
             held = _pick(holding_mask(kv.s[maybe], kv.e[maybe], t_p, closed=True))
-            ev_enf["possible_request_ids"] = ids(kv.rows[maybe][held][: c_lim + 1])
+            ev_enf = replace(
+                ev_enf, possible_request_ids=tuple(ids(kv.rows[maybe][held][: c_lim + 1]))
+            )
     offered = offered_load(kv, policy, settings)
-    enforced = _enforced(certain, possible, offered["max_concurrent"], c_lim)
+    enforced = _enforced(certain, possible, offered.max_concurrent, c_lim)
 
     conc_pos = _pick(kv.conc429)
     in_flight = in_flight_upper(kv, conc_pos)
@@ -341,33 +368,31 @@ def concurrency_verdict(
     unc_flight = in_flight_upper(kv, unc_pos)
     eligible = (kv.status != 401) & ~kv.rate429
     eligible_max, _ = overlap_max(kv.s[eligible], kv.e[eligible], closed=True)
-    ev_hon = {
-        "concurrency_429s": int(conc_pos.size),
-        "unjustified_429s": int(bad.sum()),
-        "unjustified_examples": _examples(
-            kv, conc_pos[bad], in_flight[bad], ids, settings.max_examples, "max_in_flight"
+    ev_hon = ConcurrencyHonouredEvidence(
+        concurrency_429s=int(conc_pos.size),
+        unjustified_429s=int(bad.sum()),
+        unjustified_examples=_flight_examples(
+            kv, conc_pos[bad], in_flight[bad], ids, settings.max_examples
         ),
-        "unjustified_uncoded_429s": int(unc_pos.size),
-        "unjustified_uncoded_examples": _examples(
-            kv, unc_pos, unc_flight, ids, settings.max_examples, "max_in_flight"
+        unjustified_uncoded_429s=int(unc_pos.size),
+        unjustified_uncoded_examples=_flight_examples(
+            kv, unc_pos, unc_flight, ids, settings.max_examples
         ),
-        "offered_max_concurrent": eligible_max,
-    }
+        offered_max_concurrent=eligible_max,
+    )
     if bad.any() or unc_pos.size:
-        honoured = VIOLATED
+        honoured = Verdict.VIOLATED
     elif eligible_max <= c_lim:
-        honoured = INCONCLUSIVE
+        honoured = Verdict.INCONCLUSIVE
     else:
-        honoured = HELD
-    return {
-        "kind": "concurrency",
-        "promised": c_lim,
-        "window_s": None,
-        "observed_max": certain,
-        "observed_max_possible": possible,
-        "enforced": enforced,
-        "honoured": honoured,
-        "margin_s": settings.concurrency_margin_s,
-        "evidence": {"enforced": ev_enf, "honoured": ev_hon},
-        "offered": offered,
-    }
+        honoured = Verdict.HELD
+    return ConcurrencyVerdict(
+        promised=c_lim,
+        observed_max=certain,
+        observed_max_possible=possible,
+        enforced=enforced,
+        honoured=honoured,
+        margin_s=settings.concurrency_margin_s,
+        evidence=ConcurrencyEvidence(enforced=ev_enf, honoured=ev_hon),
+        offered=offered,
+    )

@@ -203,13 +203,9 @@ def run_main(args: Any) -> int:
         print("run interrupted: every finished request was kept", file=sys.stderr)
     if args.no_analyze:
         return 130 if meta.interrupted else 0
-    import argparse
+    from loadkit.analysis.cli import analyze_and_report
 
-    from loadkit.analysis.cli import analyze_main
-
-    return analyze_main(
-        argparse.Namespace(run_dir=str(out_dir), slo=[], no_charts=False, quiet=args.quiet)
-    )
+    return analyze_and_report(out_dir, quiet=args.quiet)
 
 
 def _duration_text(s: Scenario) -> str:

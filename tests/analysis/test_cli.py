@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from loadkit.analysis.cli import analyze_main
 from loadkit.analysis.summary import analyze_run
-
 from tests.analysis.synthetic import Limiter, Timing, even_sends, run_meta, simulate_key, write_run
 
 
@@ -46,7 +46,16 @@ def test_pass_or_inconclusive_exits_0_and_writes_schema(tmp_path):
     assert "VERDICT" in text and "key-a" in text
     s = json.loads((run / "summary.json").read_text())
     assert s["schema"] == "loadkit.summary/1"
-    assert s["verdict"] in ("pass", "inconclusive")
+    # Both keys offer ~3 req/s against 2 req/s promised: their requests limits held; the
+    # concurrency cap of 4 was never reached, which is listed but does not stop a pass.
+    assert s["verdict"] == "pass"
+    assert s["verdict_reasons"] == [
+        "no violation and every SLO met; 4 verdicts held, 4 could not be shown either way:",
+        "key-a concurrency enforced: inconclusive",
+        "key-a concurrency honoured: inconclusive",
+        "key-b concurrency enforced: inconclusive",
+        "key-b concurrency honoured: inconclusive",
+    ]
     for k in ("verdict", "limits", "latency", "throughput", "slo", "errors", "run"):
         assert k in s
     entry = s["limits"][0]
@@ -136,11 +145,16 @@ def test_interrupted_run_is_analysed_and_says_so(tmp_path):
     with open(next(run.glob("records-*.jsonl")), "a") as fh:
         fh.write('{"run_id": "sim", "send_s": 1')
     out = io.StringIO()
-    assert analyze_main(args(run, quiet=False), out=out) in (0, 1)
+    # An interruption does not change the verdict of what was recorded: the same load as
+    # the passing run above, so it passes (exit 0), and says it was interrupted.
+    assert analyze_main(args(run, quiet=False), out=out) == 0
     assert "INTERRUPTED" in out.getvalue()
     s = json.loads((run / "summary.json").read_text())
     assert s["run"]["interrupted"] is True
-    assert any("interrupted" in r for r in s["verdict_reasons"])
+    assert s["verdict"] == "pass"
+    assert s["verdict_reasons"][-1] == (
+        "the run was interrupted: figures cover the records written before it stopped"
+    )
 
 
 def test_charts_and_self_contained_report(tmp_path):
@@ -157,6 +171,7 @@ def test_charts_and_self_contained_report(tmp_path):
 
 def test_parquet_records_are_read_like_jsonl(tmp_path):
     import pyarrow.parquet as pq
+
     from loadkit.analysis.columns import read_table
 
     run = make_run(tmp_path)

@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+
 from loadkit.analysis.compare import compare_main, parse_thresholds
 from loadkit.analysis.summary import analyze_run
-
 from tests.analysis.synthetic import Limiter, Timing, even_sends, run_meta, simulate_key, write_run
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loadkit.analysis import intervals
 
+from loadkit.analysis import intervals
 from tests.analysis import reference as ref
 
 # coarse grids provoke ties, the edge cases of half-open spans

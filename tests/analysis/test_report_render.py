@@ -7,8 +7,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from loadkit.analysis.summary import analyze_run
 
+from loadkit.analysis.summary import analyze_run
 from tests.analysis.synthetic import Limiter, Timing, even_sends, run_meta, simulate_key, write_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,0 +1,236 @@
+"""The typed limit results in summary.json's ``limits``: what each verdict found about a
+key's requests-per-window and concurrency promises, with the offered load and the evidence
+(``verdicts.py`` and ``promises.py`` compute them; ``docs/verdicts.md`` defines them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from loadkit.analysis.codec import JsonRecord, flatten, omit_none
+from loadkit.analysis.outcome import HeaderAgreement, LimitKind, Verdict
+
+Span = tuple[float | None, float | None]
+
+
+@dataclass(frozen=True)
+class Offered(JsonRecord):
+    """What the client asked of one key's limiter (a limiter is only caught doing what this
+    provoked)."""
+
+    requests: int
+    admitted: int
+    possibly_admitted: int
+    refused_rate_limit: int
+    refused_concurrency: int
+    refused_other_429: int
+    unauthorized: int
+    max_in_window: int
+    max_in_window_start_s: float | None
+    max_in_burst: int
+    burst_window_s: float
+    max_concurrent: int
+    max_concurrent_at_s: float | None
+
+
+@dataclass(frozen=True)
+class WindowRefusal(JsonRecord):
+    """A rate-limit refusal (or an uncoded 429) that the window count cannot justify."""
+
+    request_id: str
+    send_s: float | None
+    headers_s: float | None
+    max_admitted_in_window: int
+
+    @property
+    def bound(self) -> int:
+        return self.max_admitted_in_window
+
+
+@dataclass(frozen=True)
+class FlightRefusal(JsonRecord):
+    """A concurrency refusal (or an uncoded 429) that the in-flight count cannot justify."""
+
+    request_id: str
+    send_s: float | None
+    headers_s: float | None
+    max_in_flight: int
+
+    @property
+    def bound(self) -> int:
+        return self.max_in_flight
+
+
+@dataclass(frozen=True)
+class RequestsEnforcedEvidence(JsonRecord):
+    certain_span_s: Span | None = omit_none()
+    certain_count: int | None = omit_none()
+    request_ids: tuple[str, ...] | None = omit_none()
+    possible_span_s: Span | None = omit_none()
+    possible_request_ids: tuple[str, ...] | None = omit_none()
+
+
+@dataclass(frozen=True)
+class RequestsHonouredEvidence(JsonRecord):
+    rate_limit_429s: int
+    unjustified_429s: int
+    unjustified_examples: tuple[WindowRefusal, ...]
+    unjustified_uncoded_429s: int
+    unjustified_uncoded_examples: tuple[WindowRefusal, ...]
+    offered_max_in_window: int
+    under_admission: bool
+    admitted_floor: float
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class RequestsEvidence(JsonRecord):
+    enforced: RequestsEnforcedEvidence
+    honoured: RequestsHonouredEvidence
+
+
+@dataclass(frozen=True)
+class ConcurrencyEnforcedEvidence(JsonRecord):
+    certain_instant_s: float | None = omit_none()
+    request_ids: tuple[str, ...] | None = omit_none()
+    possible_instant_s: float | None = omit_none()
+    possible_request_ids: tuple[str, ...] | None = omit_none()
+
+
+@dataclass(frozen=True)
+class ConcurrencyHonouredEvidence(JsonRecord):
+    concurrency_429s: int
+    unjustified_429s: int
+    unjustified_examples: tuple[FlightRefusal, ...]
+    unjustified_uncoded_429s: int
+    unjustified_uncoded_examples: tuple[FlightRefusal, ...]
+    offered_max_concurrent: int
+
+
+@dataclass(frozen=True)
+class ConcurrencyEvidence(JsonRecord):
+    enforced: ConcurrencyEnforcedEvidence
+    honoured: ConcurrencyHonouredEvidence
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestsVerdict(JsonRecord):
+    """Requests per window: was the promise enforced and honoured?"""
+
+    kind: LimitKind = field(default=LimitKind.REQUESTS, init=False)
+    promised: int
+    window_s: float
+    observed_max: int  # most admissions certainly inside one window
+    observed_max_possible: int  # most the timing uncertainty allows
+    enforced: Verdict
+    honoured: Verdict
+    evidence: RequestsEvidence
+    offered: Offered
+
+    @property
+    def offered_max(self) -> int:
+        """The offered load this limit is compared with: most requests sent in one window."""
+        return self.offered.max_in_window
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConcurrencyVerdict(JsonRecord):
+    """Requests in flight at once: was the promise enforced and honoured?"""
+
+    kind: LimitKind = field(default=LimitKind.CONCURRENCY, init=False)
+    promised: int
+    window_s: None = None
+    observed_max: int  # most admitted requests certainly in flight at one instant
+    observed_max_possible: int
+    enforced: Verdict
+    honoured: Verdict
+    margin_s: float
+    evidence: ConcurrencyEvidence
+    offered: Offered
+
+    @property
+    def offered_max(self) -> int:
+        """The offered load this limit is compared with: most requests open at once."""
+        return self.offered.max_concurrent
+
+
+@dataclass(frozen=True)
+class RetryAfterExample(JsonRecord):
+    refused_id: str
+    retry_after_s: float | None
+    refused_headers_s: float | None
+    followup_id: str
+    followup_send_s: float | None
+
+
+@dataclass(frozen=True)
+class RetryAfterCheck(JsonRecord):
+    """Was a request sent after the advised Retry-After delay refused again while no other
+    request could have taken the freed slot?"""
+
+    rate_limit_429s: int
+    missing_retry_after: int
+    checked: int
+    followups_admitted: int
+    followups_refused_slot_taken: int
+    broken: int
+    examples: tuple[RetryAfterExample, ...]
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class RemainingExample(JsonRecord):
+    request_id: str
+    send_s: float | None
+    reported_used: int
+    lower: int
+    upper: int
+
+
+@dataclass(frozen=True)
+class RemainingHeaderCheck(JsonRecord):
+    """Do x-ratelimit-limit/remaining agree with the observed admissions (informational)?"""
+
+    checked: int
+    verdict: HeaderAgreement
+    disagreements: int
+    examples: tuple[RemainingExample, ...]
+    advertised_limits: dict[str, int]
+    limit_mismatches: int
+
+
+@dataclass(frozen=True)
+class RequestsLimit(JsonRecord):
+    """One key's requests-per-window entry in ``limits``."""
+
+    json_tag: ClassVar[tuple[str, str]] = ("kind", LimitKind.REQUESTS.value)
+
+    tier: str
+    key: str
+    verdict: RequestsVerdict = flatten()
+    retry_after: RetryAfterCheck = field(kw_only=True)
+    remaining_header: RemainingHeaderCheck = field(kw_only=True)
+    explanation: tuple[str, ...] = field(kw_only=True)
+
+    @property
+    def kind(self) -> LimitKind:
+        return LimitKind.REQUESTS
+
+
+@dataclass(frozen=True)
+class ConcurrencyLimit(JsonRecord):
+    """One key's concurrency entry in ``limits``."""
+
+    json_tag: ClassVar[tuple[str, str]] = ("kind", LimitKind.CONCURRENCY.value)
+
+    tier: str
+    key: str
+    verdict: ConcurrencyVerdict = flatten()
+    explanation: tuple[str, ...] = field(kw_only=True)
+
+    @property
+    def kind(self) -> LimitKind:
+        return LimitKind.CONCURRENCY
+
+
+Limit = RequestsLimit | ConcurrencyLimit
