@@ -143,6 +143,7 @@ def main() -> int:
     parquet = run_dir / "records.parquet"
     if args.parquet:
         import pyarrow.parquet as pq
+
         from loadkit.analysis.columns import read_table
 
         t0 = time.perf_counter()

@@ -27,13 +27,13 @@ from typing import Any
 import gevent
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
-from loadkit.locustfiles import _roles
 from locust import FastHttpUser, constant, events, task
 from locust.exception import StopUser
 from locust.stats import RequestStats, StatsEntry
 
 from loadkit import records as R
 from loadkit.arrivals import arrivals
+from loadkit.locustfiles import _roles
 from loadkit.payloads import MixPicker, PreparedRequest, prepare
 from loadkit.records import RecordWriter, RequestRecord
 from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id

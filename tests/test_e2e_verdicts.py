@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from loadkit.analysis.summary import analyze_run
 
+from loadkit.analysis.summary import analyze_run
 from loadkit.run import run_scenario
 from loadkit.scenario import scenario_from_dict
 

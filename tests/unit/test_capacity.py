@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from loadkit.analysis.capacity import knee_index, mark_saturation
 
+from loadkit.analysis.capacity import knee_index, mark_saturation
 from loadkit.scenario import ScenarioError, scenario_from_dict
 from loadkit.sweep import step_scenario, sweep_spec
 
