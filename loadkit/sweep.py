@@ -17,7 +17,6 @@ from loadkit.scenario import Scenario, ScenarioError, load_scenario
 from loadkit.schema import Invalid, NonNegative, NonNegativeInt, Positive, Table, invalid, validate
 
 StopWhen = Literal["slo", "saturated", "slo_or_saturated", "never"]
-STOP_WHEN: tuple[StopWhen, ...] = ("slo", "saturated", "slo_or_saturated", "never")
 
 
 @dataclass(frozen=True)

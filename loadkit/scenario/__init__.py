@@ -12,8 +12,6 @@ from loadkit.scenario.keys import resolve_keys
 from loadkit.scenario.model import (
     DISTS,
     EMBEDDED,
-    MIX_KINDS,
-    PATTERNS,
     Dist,
     Key,
     LoadSpec,
@@ -29,8 +27,6 @@ from loadkit.scenario.serialise import scenario_to_dict
 __all__ = [
     "DISTS",
     "EMBEDDED",
-    "MIX_KINDS",
-    "PATTERNS",
     "Dist",
     "Key",
     "LoadSpec",

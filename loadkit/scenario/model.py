@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator
 
@@ -27,8 +27,8 @@ from loadkit.schema import (
 )
 
 EMBEDDED = "embedded"
-PATTERNS = ("constant", "poisson", "burst", "closed")
-MIX_KINDS = ("chat_stream", "chat", "completions_stream", "completions", "models")
+Pattern = Literal["constant", "poisson", "burst", "closed"]
+MixKind = Literal["chat_stream", "chat", "completions_stream", "completions", "models"]
 DISTS = ("fixed", "uniform", "normal", "choice")
 
 
@@ -90,7 +90,7 @@ class LoadSpec:
     """One load phase applied to every key of a tier (``[[load]]``, see ``tables``)."""
 
     tier: str
-    pattern: str  # constant | poisson | burst | closed
+    pattern: Pattern
     rate_per_s: float = 0.0  # open loop, per key
     concurrency: int = 0  # closed loop: users per key
     think_s: float = 0.0  # closed loop: pause between a user's requests

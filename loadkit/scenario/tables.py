@@ -20,6 +20,8 @@ from loadkit.scenario.model import (
     DISTS,
     Dist,
     LoadSpec,
+    MixKind,
+    Pattern,
     Scenario,
     TargetSpec,
     TierSpec,
@@ -118,8 +120,6 @@ TokenCount = Annotated[
 # ---------------------------------------------------------------------------------------
 # [[load]]
 
-Pattern = Literal["constant", "poisson", "burst", "closed"]
-MixKind = Literal["chat_stream", "chat", "completions_stream", "completions", "models"]
 _RATES = ("rate_per_s", "rate_per_min", "rate_factor")
 _ONLY_CHAT_STREAM: dict[MixKind, float] = {"chat_stream": 1.0}
 

@@ -43,7 +43,6 @@ from loadkit.schema import (
 LimiterMode = Literal[
     "exact", "fixed_window", "token_bucket", "concurrency_off_by_one", "under_admit", "off"
 ]
-LIMITER_MODES: tuple[str, ...] = get_args(LimiterMode)
 Capability = Literal["chat", "completion"]
 CAPABILITIES: tuple[str, ...] = get_args(Capability)
 
