@@ -87,7 +87,8 @@ class Table(BaseModel):
     """A table of a file whose shape differs from the model it becomes (the model's
     dataclass is validated directly where the shapes match)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # Schemas are built on first use, not at import (the Locust users import the model).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,8 +276,9 @@ def _is_union(tp: Any) -> bool:
 def _fields(tp: Any) -> dict[str, tuple[Any, str, bool]] | None:
     """name -> (type, docstring, secret) of a table or a validated dataclass."""
     if isinstance(tp, type) and issubclass(tp, BaseModel):
+        docs = _attribute_docs(tp)
         return {
-            name: (f.annotation, f.description or "", f.repr is False)
+            name: (f.annotation, docs.get(name, ""), f.repr is False)
             for name, f in tp.model_fields.items()
         }
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
@@ -292,8 +294,8 @@ def _fields(tp: Any) -> dict[str, tuple[Any, str, bool]] | None:
 
 @functools.cache
 def _attribute_docs(cls: type) -> dict[str, str]:
-    """The docstrings written under a class's annotated attributes (as pydantic reads them
-    for its own models)."""
+    """The docstrings written under a class's annotated attributes; read only to word an
+    error (reading them for every table at import would cost more than all the rest)."""
     try:
         body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
     except (OSError, TypeError, SyntaxError, IndexError):

@@ -172,8 +172,8 @@ class LoadTable(Table):
     """Weights of the request kinds."""
     model: Text | None = None
     """Overrides ``target.model``."""
-    prompt_tokens: TokenCount = FixedDist(value=16)
-    max_tokens: TokenCount = FixedDist(value=16)
+    prompt_tokens: TokenCount = Field(default_factory=FixedDist)
+    max_tokens: TokenCount = Field(default_factory=FixedDist)
     max_in_flight: NonNegativeInt = LoadSpec.max_in_flight
     """A client-side cap per key: arrivals beyond it wait (recorded), never dropped."""
     keys: list[Count] = Field(default_factory=list)
@@ -272,7 +272,7 @@ class ScenarioFile(Table):
     """A scenario file (TOML, or JSON by suffix)."""
 
     target: TargetSpec = TargetSpec()
-    run: RunTable = RunTable()
+    run: RunTable = Field(default_factory=RunTable)
     tiers: Annotated[dict[str, TierSpec], BeforeValidator(_named), Field(min_length=1)]
     """At least one ``[tiers.NAME]`` table: what the service promises."""
     load: Annotated[list[LoadTable], BeforeValidator(_one_or_many), Field(min_length=1)]

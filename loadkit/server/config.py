@@ -390,7 +390,7 @@ class ConfigFile(Table):
     limiter: LimiterConfig = LimiterConfig()
     faults: FaultsConfig = FaultsConfig()
     billing: BillingConfig = BillingConfig()
-    server: ServerTable = ServerTable()
+    server: ServerTable = Field(default_factory=ServerTable)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
