@@ -8,11 +8,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self
+
+from annotated_types import Le
+from pydantic import Field, ValidationInfo, model_validator
 
 from loadkit.scenario import Scenario, ScenarioError, load_scenario
+from loadkit.schema import Invalid, NonNegative, NonNegativeInt, Positive, Table, invalid, validate
 
-STOP_WHEN = ("slo", "saturated", "slo_or_saturated", "never")
+StopWhen = Literal["slo", "saturated", "slo_or_saturated", "never"]
 
 
 @dataclass(frozen=True)
@@ -21,65 +25,66 @@ class SweepSpec:
     values: tuple[float, ...]
     step_duration_s: float
     warmup_s: float
-    stop_when: str
+    stop_when: StopWhen
     saturation: float  # achieved / offered below this means saturated (open loop)
 
 
-def sweep_spec(s: Scenario) -> SweepSpec:
-    d = s.sweep
-    where = f"{s.source}: sweep"
-    if not d:
-        raise ScenarioError(f"{where}: the scenario has no [sweep] table (see docs/scenarios.md)")
-    allowed = {"load", "values", "step_duration_s", "warmup_s", "stop_when", "saturation"}
-    for k in d:
-        if k not in allowed:
-            raise ScenarioError(
-                f"{where}.{k}: unknown field (expected one of {', '.join(sorted(allowed))})"
+class SweepTable(Table):
+    """``[sweep]``: which load phase to step, through which loads, when to stop. Validated
+    with the patterns of the scenario's ``[[load]]`` phases as context."""
+
+    load: NonNegativeInt = 0
+    """The index of the ``[[load]]`` phase to step (constant, poisson or closed)."""
+    values: Annotated[list[Positive], Field(min_length=1)]
+    """Increasing loads: req/s per key (open loop) or users per key (closed loop)."""
+    step_duration_s: Positive = 20.0
+    warmup_s: NonNegative | None = None
+    """Excluded from each step's latency figures; default min(2, step_duration_s / 5)."""
+    stop_when: StopWhen = "slo_or_saturated"
+    saturation: Annotated[Positive, Le(1)] = 0.9
+    """Open loop: achieved / offered below this is saturated."""
+
+    @model_validator(mode="after")
+    def _steps(self) -> Self:
+        if sorted(self.values) != self.values:
+            raise invalid("expected an increasing list of positive loads", self.values, "values")
+        if self.warmup_s is not None and self.warmup_s >= self.step_duration_s:
+            raise invalid("must be below step_duration_s", self.warmup_s, "warmup_s")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_scenario(self, info: ValidationInfo) -> Self:
+        patterns: list[str] = (info.context or {}).get("patterns", [])
+        if self.load >= len(patterns):
+            n = len(patterns)
+            raise invalid(f"expected the index of a [[load]] table (0..{n - 1})", self.load, "load")
+        if patterns[self.load] == "burst":
+            raise invalid(
+                "expected a constant, poisson or closed phase; that one is a burst",
+                self.load,
+                "load",
             )
-    idx = d.get("load", 0)
-    if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(s.load):
+        if patterns[self.load] == "closed" and not all(v.is_integer() for v in self.values):
+            raise invalid(
+                "a closed phase steps users per key: whole numbers", self.values, "values"
+            )
+        return self
+
+
+def sweep_spec(s: Scenario) -> SweepSpec:
+    """The scenario's ``[sweep]`` table, validated against its load phases."""
+    if not s.sweep:
         raise ScenarioError(
-            f"{where}.load: expected the index of a [[load]] table "
-            f"(0..{len(s.load) - 1}), got {idx!r}"
+            f"{s.source}: sweep: the scenario has no [sweep] table (see docs/scenarios.md)"
         )
-    values = d.get("values")
-    if (
-        not isinstance(values, list)
-        or not values
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values)
-        or sorted(values) != values
-    ):
-        raise ScenarioError(
-            f"{where}.values: expected an increasing list of positive loads, got {values!r}"
+    try:
+        t = validate(
+            SweepTable, s.sweep, root="sweep", context={"patterns": [ld.pattern for ld in s.load]}
         )
-    pattern = s.load[idx].pattern
-    if pattern == "burst":
-        raise ScenarioError(
-            f"{where}.load: load[{idx}] is a burst; sweep a constant, poisson or closed phase"
-        )
-    if pattern == "closed" and not all(float(v).is_integer() for v in values):
-        raise ScenarioError(
-            f"{where}.values: a closed phase steps users per key: whole numbers, got {values!r}"
-        )
-    step = d.get("step_duration_s", 20)
-    if not isinstance(step, int | float) or isinstance(step, bool) or step <= 0:
-        raise ScenarioError(f"{where}.step_duration_s: must be a positive number, got {step!r}")
-    warm = d.get("warmup_s", min(2.0, step / 5))
-    if not isinstance(warm, int | float) or isinstance(warm, bool) or not 0 <= warm < step:
-        raise ScenarioError(
-            f"{where}.warmup_s: must be >= 0 and below step_duration_s, got {warm!r}"
-        )
-    stop = d.get("stop_when", "slo_or_saturated")
-    if stop not in STOP_WHEN:
-        raise ScenarioError(
-            f"{where}.stop_when: expected one of {', '.join(STOP_WHEN)}, got {stop!r}"
-        )
-    sat = d.get("saturation", 0.9)
-    if not isinstance(sat, int | float) or isinstance(sat, bool) or not 0 < sat <= 1:
-        raise ScenarioError(f"{where}.saturation: must be in (0, 1], got {sat!r}")
-    return SweepSpec(
-        idx, tuple(float(v) for v in values), float(step), float(warm), stop, float(sat)
-    )
+    except Invalid as exc:
+        raise ScenarioError(f"{s.source}: {exc}") from None
+    warmup = min(2.0, t.step_duration_s / 5) if t.warmup_s is None else t.warmup_s
+    return SweepSpec(t.load, tuple(t.values), t.step_duration_s, warmup, t.stop_when, t.saturation)
 
 
 def step_scenario(s: Scenario, spec: SweepSpec, value: float) -> Scenario:

@@ -1,26 +1,50 @@
 """Configuration of the reference server: frozen dataclasses, built from a TOML-shaped
 dict (``config_from_dict``), a TOML or JSON file (``load_config``) or the defaults
-(``default_config``). Validated once here; every error names the field and the value."""
+(``default_config``), validated once by ``loadkit.schema``. Every error names the field,
+what was expected and the value (never a key's value).
+
+Sections with the file's shape (``[tiers.NAME]``, ``[[keys]]``, ``[admin]``, ``[limiter]``,
+``[faults]``, ``[billing]``) are validated as their dataclasses: a field's type is its rule,
+its docstring its meaning, so a new field is one annotated line. ``[server]`` and
+``[[models]]`` have a file shape of their own (``ServerTable``, ``ModelTable``)."""
 
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self, get_args
 
-LIMITER_MODES = (
-    "exact",
-    "fixed_window",
-    "token_bucket",
-    "concurrency_off_by_one",
-    "under_admit",
-    "off",
+from annotated_types import Ge, Gt, Le, MinLen
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, model_validator
+
+from loadkit.schema import (
+    DERIVED,
+    Count,
+    Flag,
+    Int,
+    Invalid,
+    Label,
+    Name,
+    NonNegative,
+    NonNegativeInt,
+    Number,
+    Positive,
+    SecretKey,
+    Share,
+    Table,
+    invalid,
+    problem,
+    validate,
 )
-CAPABILITIES = ("chat", "completion")
+
+LimiterMode = Literal[
+    "exact", "fixed_window", "token_bucket", "concurrency_off_by_one", "under_admit", "off"
+]
+Capability = Literal["chat", "completion"]
+CAPABILITIES: tuple[str, ...] = get_args(Capability)
 
 # name -> (requests, window_s, concurrency, generated keys)
 DEFAULT_TIERS: dict[str, tuple[int, float, int, int]] = {
@@ -78,57 +102,73 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TierConfig:
-    name: str
-    requests: int
-    window_s: float
-    concurrency: int
-    keys: int = 1
-    balance: float | None = None  # None: unlimited
+    """``[tiers.NAME]``: a tier's limits and generated keys (free, pro and enterprise
+    default to ``DEFAULT_TIERS``; other tiers give requests and concurrency)."""
+
+    name: Label = field(metadata=DERIVED)
+    requests: Count
+    """Admitted requests in any span of window_s."""
+    window_s: Positive
+    concurrency: Count
+    """Admitted requests in flight at any instant."""
+    keys: NonNegativeInt = 1
+    """Generated keys, labelled NAME-1, NAME-2, ..."""
+    balance: NonNegative | None = None
+    """Per key; None: unlimited."""
 
 
 @dataclass(frozen=True)
 class KeyConfig:
     """An explicit key from ``[[keys]]``; ``key`` None means generate a random one."""
 
-    label: str
-    tier: str
-    key: str | None = None
-    balance: float | None = None  # None: the tier's balance
+    label: Label
+    """The key's label in records and the truth log."""
+    tier: Name
+    """One of the config's tiers."""
+    key: SecretKey | None = field(default=None, repr=False)
+    balance: NonNegative | None = None
+    """None: the tier's balance."""
 
 
 @dataclass(frozen=True)
 class AdminConfig:
-    label: str = "admin"
-    key: str | None = None
-    requests: int = 1_000_000
-    window_s: float = 60.0
-    concurrency: int = 10_000
+    label: Label = "admin"
+    key: SecretKey | None = field(default=None, repr=False)
+    requests: Count = 1_000_000
+    window_s: Positive = 60.0
+    concurrency: Count = 10_000
 
 
 @dataclass(frozen=True)
 class LimiterConfig:
-    mode: str = "exact"
-    burst_factor: float = 2.0  # token_bucket capacity = ceil(requests * burst_factor)
-    under_admit_fraction: float = 0.8  # under_admit refuses at this share of the limit
+    mode: LimiterMode = "exact"
+    burst_factor: Annotated[Number, Gt(1)] = 2.0
+    """token_bucket: capacity = ceil(requests * burst_factor)."""
+    under_admit_fraction: Annotated[Number, Gt(0), Le(1)] = 0.8
+    """under_admit: refuses at this share of the limit."""
 
 
 @dataclass(frozen=True)
 class FaultsConfig:
-    seed: int = 0
-    error_rate: float = 0.0  # 500 internal_error before the response starts
-    midstream_error_rate: float = 0.0  # an error event after some tokens, then the end
-    midstream_error_after_tokens: int = 3
-    disconnect_rate: float = 0.0  # streams: the server closes the connection mid-stream
-    disconnect_after_tokens: int = 3
-    stall_rate: float = 0.0  # the stream (or non-stream delay) pauses for stall_s
-    stall_s: float = 1.0
-    stall_after_tokens: int = 1
+    seed: Int = 0
+    error_rate: Share = 0.0
+    """500 internal_error before the response starts."""
+    midstream_error_rate: Share = 0.0
+    """An error event after some tokens, then the end."""
+    midstream_error_after_tokens: NonNegativeInt = 3
+    disconnect_rate: Share = 0.0
+    """Streams: the server closes the connection mid-stream."""
+    disconnect_after_tokens: NonNegativeInt = 3
+    stall_rate: Share = 0.0
+    """The stream (or non-stream delay) pauses for stall_s."""
+    stall_s: NonNegative = 1.0
+    stall_after_tokens: NonNegativeInt = 1
 
 
 @dataclass(frozen=True)
 class BillingConfig:
-    prompt_per_1k: float = 0.0
-    completion_per_1k: float = 0.0
+    prompt_per_1k: NonNegative = 0.0
+    completion_per_1k: NonNegative = 0.0
 
 
 @dataclass(frozen=True)
@@ -199,314 +239,203 @@ def load_config(path: str | Path) -> ServerConfig:
         raise ConfigError(f"config: {str(p)!r} is not valid TOML/JSON: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {str(p)!r} must hold a table at top level")
-    return config_from_dict(data)
-
-
-# --- validation helpers --------------------------------------------------------------
-
-
-def _check_keys(d: Mapping[str, Any], where: str, allowed: set[str]) -> None:
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{where}: expected a table, got {d!r}")
-    for k in d:
-        if k not in allowed:
-            raise ConfigError(
-                f"{_join(where, str(k))}: unknown field (allowed: {', '.join(sorted(allowed))})"
-            )
-
-
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
-def _int(d: Mapping[str, Any], name: str, where: str, default: int, lo: int | None = None) -> int:
-    v = d.get(name, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{_join(where, name)}: expected an integer, got {v!r}")
-    if lo is not None and v < lo:
-        raise ConfigError(f"{_join(where, name)}: must be >= {lo}, got {v!r}")
-    return v
-
-
-def _num(
-    d: Mapping[str, Any],
-    name: str,
-    where: str,
-    default: float,
-    lo: float | None = 0.0,
-    hi: float | None = None,
-    lo_open: bool = False,
-) -> float:
-    v = d.get(name, default)
-    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or math.isinf(v):
-        raise ConfigError(f"{_join(where, name)}: expected a finite number, got {v!r}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        op = ">" if lo_open else ">="
-        raise ConfigError(f"{_join(where, name)}: must be {op} {lo}, got {v!r}")
-    if hi is not None and v > hi:
-        raise ConfigError(f"{_join(where, name)}: must be <= {hi}, got {v!r}")
-    return float(v)
-
-
-def _str(d: Mapping[str, Any], name: str, where: str, default: str | None) -> str | None:
-    v = d.get(name, default)
-    if v is None:
-        return None
-    if not isinstance(v, str) or not v or v != v.strip():
-        raise ConfigError(
-            f"{_join(where, name)}: expected a non-empty string without surrounding "
-            f"spaces, got {v!r}"
-        )
-    return v
-
-
-def _bool(d: Mapping[str, Any], name: str, where: str, default: bool) -> bool:
-    v = d.get(name, default)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{_join(where, name)}: expected true or false, got {v!r}")
-    return v
-
-
-def _balance(d: Mapping[str, Any], where: str) -> float | None:
-    if d.get("balance") is None:
-        return None
-    return _num(d, "balance", where, 0.0)
-
-
-def _label_ok(label: str, where: str) -> str:
-    if any(c.isspace() for c in label) or len(label) > 64:
-        raise ConfigError(f"{where}: a label has no spaces and <= 64 characters, got {label!r}")
-    return label
-
-
-# --- sections -------------------------------------------------------------------------
-
-
-def latency_from_dict(d: Mapping[str, Any], where: str, base: LatencyProfile) -> LatencyProfile:
-    vals = {f.name: _num(d, f.name, where, getattr(base, f.name)) for f in fields(LatencyProfile)}
-    return LatencyProfile(**vals)
-
-
-_MODEL_FIELDS = {"id", "context_length", "capabilities", "owned_by", "created"} | {
-    f.name for f in fields(LatencyProfile)
-}
-
-
-def model_from_dict(
-    d: Mapping[str, Any], where: str, base: ModelConfig | None = None
-) -> ModelConfig:
-    """A model from its flat dict (also the body of the admin create/update paths);
-    with ``base`` the missing fields keep their current values."""
-    _check_keys(d, where, _MODEL_FIELDS | {"latency"})
-    if base is None:
-        mid = _str(d, "id", where, None)
-        if mid is None:
-            raise ConfigError(f"{_join(where, 'id')}: required")
-        base = ModelConfig(mid)
-    elif "id" in d and d["id"] != base.id:
-        raise ConfigError(f"{_join(where, 'id')}: cannot be changed, got {d['id']!r}")
-    ctx = _int(d, "context_length", where, base.context_length, lo=1)
-    chat, completion = base.chat, base.completion
-    if "capabilities" in d:
-        caps = d["capabilities"]
-        if (
-            not isinstance(caps, list)
-            or not caps
-            or any(not isinstance(c, str) or c not in CAPABILITIES for c in caps)
-        ):
-            raise ConfigError(
-                f"{_join(where, 'capabilities')}: expected a non-empty list of "
-                f"{list(CAPABILITIES)}, got {caps!r}"
-            )
-        chat, completion = "chat" in caps, "completion" in caps
-    lat_src: Mapping[str, Any] = {k: v for k, v in d.items() if k in _MODEL_FIELDS}
-    if "latency" in d:
-        _check_keys(d["latency"], _join(where, "latency"), {f.name for f in fields(LatencyProfile)})
-        lat_src = {**lat_src, **d["latency"]}
-    latency = latency_from_dict(lat_src, where, base.latency)
-    owned_by = _str(d, "owned_by", where, base.owned_by) or base.owned_by
-    created = _int(d, "created", where, base.created, lo=0)
-    return ModelConfig(base.id, ctx, chat, completion, latency, owned_by, created)
-
-
-def _tiers(raw: Any) -> tuple[TierConfig, ...]:
-    if raw is None:
-        return default_config().tiers
-    if not isinstance(raw, Mapping) or not raw:
-        raise ConfigError(f"tiers: expected a non-empty table of tiers, got {raw!r}")
-    out = []
-    for name, t in raw.items():
-        where = f"tiers.{name}"
-        _label_ok(str(name), where)
-        _check_keys(t, where, {"requests", "window_s", "concurrency", "keys", "balance"})
-        dr, dw, dc, dk = DEFAULT_TIERS.get(name, (None, 60.0, None, 1))
-        for req in ("requests", "concurrency"):
-            if req not in t and (dr if req == "requests" else dc) is None:
-                raise ConfigError(f"{where}.{req}: required (the tier is not free/pro/enterprise)")
-        out.append(
-            TierConfig(
-                name=str(name),
-                requests=_int(t, "requests", where, dr or 0, lo=1),
-                window_s=_num(t, "window_s", where, dw, lo=0.0, lo_open=True),
-                concurrency=_int(t, "concurrency", where, dc or 0, lo=1),
-                keys=_int(t, "keys", where, dk, lo=0),
-                balance=_balance(t, where),
-            )
-        )
-    return tuple(out)
-
-
-def _explicit_keys(raw: Any, tiers: tuple[TierConfig, ...]) -> tuple[KeyConfig, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError(f"keys: expected an array of tables ([[keys]]), got {raw!r}")
-    names = {t.name for t in tiers}
-    out = []
-    for i, k in enumerate(raw):
-        where = f"keys[{i}]"
-        _check_keys(k, where, {"label", "tier", "key", "balance"})
-        label = _str(k, "label", where, None)
-        tier = _str(k, "tier", where, None)
-        if label is None or tier is None:
-            raise ConfigError(f"{where}: 'label' and 'tier' are required, got {dict(k)!r}")
-        if tier not in names:
-            raise ConfigError(f"{where}.tier: unknown tier {tier!r} (tiers: {sorted(names)})")
-        key = _str(k, "key", where, None)
-        if key is not None and any(c.isspace() for c in key):
-            raise ConfigError(f"{where}.key: a key has no whitespace")
-        out.append(KeyConfig(_label_ok(label, f"{where}.label"), tier, key, _balance(k, where)))
-    return tuple(out)
-
-
-def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    v = data.get(name, {})
-    if not isinstance(v, Mapping):
-        raise ConfigError(f"{name}: expected a table, got {v!r}")
-    return v
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ServerConfig:
     """Build and validate a ``ServerConfig`` from the TOML-shaped dict; missing parts
     keep the defaults (tiers given replace the default tiers; models given are added to,
     or by id replace, the default models)."""
-    _check_keys(
-        data, "", {"server", "tiers", "keys", "admin", "models", "limiter", "faults", "billing"}
+    try:
+        return validate(ConfigFile, data).to_model()
+    except Invalid as e:
+        raise ConfigError(str(e)) from None
+
+
+def model_from_dict(
+    d: Mapping[str, Any], where: str, base: ModelConfig | None = None
+) -> ModelConfig:
+    """A model from its flat dict (also the body of the admin create/update paths);
+    with ``base`` the missing fields keep their current values. Errors start with the
+    field's path under ``where``."""
+    try:
+        return validate(ModelTable, d, root=where, context={"base": base}).to_model(base)
+    except Invalid as e:
+        raise ConfigError(str(e)) from None
+
+
+# --- the file's own shapes -------------------------------------------------------------
+
+
+class LatencyPatch(Table):
+    """A model's timing (``LatencyProfile``); a field left out keeps its value."""
+
+    ttft_ms: NonNegative | None = None
+    prefill_ms_per_token: NonNegative | None = None
+    ttft_jitter_ms: NonNegative | None = None
+    itl_ms: NonNegative | None = None
+    itl_jitter_ms: NonNegative | None = None
+    decode_capacity_tps: NonNegative | None = None
+
+
+def _capabilities(caps: list[Any]) -> list[Any]:
+    if not caps or any(c not in CAPABILITIES for c in caps):
+        raise invalid(f"expected a non-empty list of {list(CAPABILITIES)}", caps)
+    return caps
+
+
+class ModelTable(LatencyPatch):
+    """``[[models]]`` (or ``[models.ID]``), and the body of the admin create/update paths:
+    latency fields flat or in a ``latency`` table. Validated with ``{"base": ModelConfig}``
+    as context when it updates a model."""
+
+    id: Name | None = None
+    """The model's id (required to create one; cannot change)."""
+    context_length: Count | None = None
+    capabilities: Annotated[list[Any], AfterValidator(_capabilities)] | None = None
+    """Which of chat, completion the model serves (the whole list is the parameter)."""
+    owned_by: Name | None = None
+    created: NonNegativeInt | None = None
+    latency: LatencyPatch | None = None
+
+    @model_validator(mode="after")
+    def _id(self, info: ValidationInfo) -> Self:
+        base: ModelConfig | None = (info.context or {}).get("base")
+        if base is None and self.id is None:
+            raise problem("required (the model's id)", at="id")
+        if base is not None and self.id not in (None, base.id):
+            raise invalid(f"cannot be changed (it is {base.id!r})", self.id, "id")
+        return self
+
+    def to_model(self, base: ModelConfig | None) -> ModelConfig:
+        cur = base if base is not None else ModelConfig(str(self.id))
+        latency = {
+            **self.model_dump(include=set(LatencyPatch.model_fields), exclude_none=True),
+            **(self.latency.model_dump(exclude_none=True) if self.latency else {}),
+        }
+        caps = self.capabilities
+        return replace(
+            cur,
+            **self.model_dump(include={"context_length", "owned_by", "created"}, exclude_none=True),
+            chat=cur.chat if caps is None else "chat" in caps,
+            completion=cur.completion if caps is None else "completion" in caps,
+            latency=replace(cur.latency, **latency),
+        )
+
+
+class ServerTable(Table):
+    """``[server]``: request handling and bookkeeping (``ServerConfig``'s own fields, with
+    its defaults)."""
+
+    max_body_bytes: Annotated[Int, Ge(1024)] = ServerConfig.max_body_bytes
+    default_chat_max_tokens: Count = ServerConfig.default_chat_max_tokens
+    default_completion_max_tokens: Count = ServerConfig.default_completion_max_tokens
+    max_choices: Count = ServerConfig.max_choices
+    """Cap on n, best_of, prompts x best_of."""
+    seed: Int = ServerConfig.seed
+    """Generation seed and latency jitter."""
+    lateness_samples: Annotated[Int, Ge(1000)] = ServerConfig.lateness_samples
+    access_log: Flag = ServerConfig.access_log
+
+
+def _tier_defaults(tiers: Any) -> Any:
+    """Each tier table named by its key, missing fields from ``DEFAULT_TIERS``."""
+    if not isinstance(tiers, Mapping):
+        return tiers
+    out = {}
+    for name, t in tiers.items():
+        if isinstance(t, Mapping):
+            t = {**_defaults(str(name), t), **t, "name": name}
+        out[name] = t
+    return out
+
+
+def _defaults(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    if "name" in given:
+        raise problem("unknown field (a tier's name is its table's name)", at=f"{name}.name")
+    if name in DEFAULT_TIERS:
+        r, w, c, k = DEFAULT_TIERS[name]
+        return {"requests": r, "window_s": w, "concurrency": c, "keys": k}
+    for req in ("requests", "concurrency"):
+        if req not in given:
+            raise problem("required (the tier is not free/pro/enterprise)", at=f"{name}.{req}")
+    return {"window_s": 60.0}
+
+
+def _models_by_id(raw: Any) -> Any:
+    """``[models.ID]`` tables as ``[[models]]`` entries."""
+    if isinstance(raw, Mapping):
+        return [{"id": k, **v} if isinstance(v, Mapping) else v for k, v in raw.items()]
+    return raw
+
+
+class ConfigFile(Table):
+    """A reference-server config file (TOML, or JSON by suffix). Every section is
+    optional."""
+
+    tiers: Annotated[dict[Label, TierConfig], BeforeValidator(_tier_defaults), MinLen(1)] | None = (
+        None
     )
-    tiers = _tiers(data.get("tiers"))
-    keys = _explicit_keys(data.get("keys"), tiers)
-
-    a = _section(data, "admin")
-    _check_keys(a, "admin", {"label", "key", "requests", "window_s", "concurrency"})
-    da = AdminConfig()
-    admin = AdminConfig(
-        label=_label_ok(_str(a, "label", "admin", da.label) or da.label, "admin.label"),
-        key=_str(a, "key", "admin", None),
-        requests=_int(a, "requests", "admin", da.requests, lo=1),
-        window_s=_num(a, "window_s", "admin", da.window_s, lo=0.0, lo_open=True),
-        concurrency=_int(a, "concurrency", "admin", da.concurrency, lo=1),
+    """Given tiers replace the default ones (free, pro, enterprise)."""
+    keys: list[KeyConfig] = Field(default_factory=list)
+    """Explicit keys, in addition to the generated ones."""
+    admin: AdminConfig = AdminConfig()
+    models: Annotated[list[ModelTable], BeforeValidator(_models_by_id)] = Field(
+        default_factory=list
     )
+    """Added to the default models, or replacing one with the same id."""
+    limiter: LimiterConfig = LimiterConfig()
+    faults: FaultsConfig = FaultsConfig()
+    billing: BillingConfig = BillingConfig()
+    server: ServerTable = Field(default_factory=ServerTable)
 
-    models = {m.id: m for m in default_models()}
-    raw_models = data.get("models", [])
-    if isinstance(raw_models, Mapping):  # [models.<id>] tables
-        raw_models = [
-            {"id": k, **v} if isinstance(v, Mapping) else v for k, v in raw_models.items()
-        ]
-    if not isinstance(raw_models, list):
-        raise ConfigError(f"models: expected [[models]] entries, got {raw_models!r}")
-    for i, m in enumerate(raw_models):
-        mc = model_from_dict(m, f"models[{i}]")
-        models[mc.id] = mc
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        tiers = self.tier_configs()
+        names = sorted(t.name for t in tiers)
+        for i, k in enumerate(self.keys):
+            if k.tier not in names:
+                raise problem(f"unknown tier {k.tier!r} (tiers: {names})", at=f"keys[{i}].tier")
+        _check_unique(self.admin, tiers, self.keys)
+        return self
 
-    lim = _section(data, "limiter")
-    _check_keys(lim, "limiter", {f.name for f in fields(LimiterConfig)})
-    mode = lim.get("mode", "exact")
-    if mode not in LIMITER_MODES:
-        raise ConfigError(f"limiter.mode: expected one of {list(LIMITER_MODES)}, got {mode!r}")
-    limiter = LimiterConfig(
-        mode=mode,
-        burst_factor=_num(lim, "burst_factor", "limiter", 2.0, lo=1.0, lo_open=True),
-        under_admit_fraction=_num(
-            lim, "under_admit_fraction", "limiter", 0.8, lo=0.0, hi=1.0, lo_open=True
-        ),
-    )
+    def tier_configs(self) -> tuple[TierConfig, ...]:
+        if self.tiers is None:
+            return default_config().tiers
+        return tuple(self.tiers.values())
 
-    f = _section(data, "faults")
-    _check_keys(f, "faults", {x.name for x in fields(FaultsConfig)})
-    df = FaultsConfig()
-    faults = FaultsConfig(
-        seed=_int(f, "seed", "faults", df.seed),
-        error_rate=_num(f, "error_rate", "faults", 0.0, hi=1.0),
-        midstream_error_rate=_num(f, "midstream_error_rate", "faults", 0.0, hi=1.0),
-        midstream_error_after_tokens=_int(
-            f, "midstream_error_after_tokens", "faults", df.midstream_error_after_tokens, lo=0
-        ),
-        disconnect_rate=_num(f, "disconnect_rate", "faults", 0.0, hi=1.0),
-        disconnect_after_tokens=_int(
-            f, "disconnect_after_tokens", "faults", df.disconnect_after_tokens, lo=0
-        ),
-        stall_rate=_num(f, "stall_rate", "faults", 0.0, hi=1.0),
-        stall_s=_num(f, "stall_s", "faults", df.stall_s),
-        stall_after_tokens=_int(f, "stall_after_tokens", "faults", df.stall_after_tokens, lo=0),
-    )
-
-    b = _section(data, "billing")
-    _check_keys(b, "billing", {"prompt_per_1k", "completion_per_1k"})
-    billing = BillingConfig(
-        prompt_per_1k=_num(b, "prompt_per_1k", "billing", 0.0),
-        completion_per_1k=_num(b, "completion_per_1k", "billing", 0.0),
-    )
-
-    s = _section(data, "server")
-    server_fields = {
-        "max_body_bytes",
-        "default_chat_max_tokens",
-        "default_completion_max_tokens",
-        "max_choices",
-        "seed",
-        "lateness_samples",
-        "access_log",
-    }
-    _check_keys(s, "server", server_fields)
-    base = ServerConfig(tiers=tiers)
-    cfg = replace(
-        base,
-        keys=keys,
-        admin=admin,
-        models=tuple(models.values()),
-        limiter=limiter,
-        faults=faults,
-        billing=billing,
-        max_body_bytes=_int(s, "max_body_bytes", "server", base.max_body_bytes, lo=1024),
-        default_chat_max_tokens=_int(
-            s, "default_chat_max_tokens", "server", base.default_chat_max_tokens, lo=1
-        ),
-        default_completion_max_tokens=_int(
-            s, "default_completion_max_tokens", "server", base.default_completion_max_tokens, lo=1
-        ),
-        max_choices=_int(s, "max_choices", "server", base.max_choices, lo=1),
-        seed=_int(s, "seed", "server", base.seed),
-        lateness_samples=_int(s, "lateness_samples", "server", base.lateness_samples, lo=1000),
-        access_log=_bool(s, "access_log", "server", False),
-    )
-    _check_unique(cfg)
-    return cfg
+    def to_model(self) -> ServerConfig:
+        models = {m.id: m for m in default_models()}
+        for table in self.models:
+            m = table.to_model(None)
+            models[m.id] = m
+        return ServerConfig(
+            tiers=self.tier_configs(),
+            keys=tuple(self.keys),
+            admin=self.admin,
+            models=tuple(models.values()),
+            limiter=self.limiter,
+            faults=self.faults,
+            billing=self.billing,
+            **self.server.model_dump(),
+        )
 
 
-def _check_unique(cfg: ServerConfig) -> None:
-    labels: dict[str, str] = {cfg.admin.label: "admin.label"}
-    for t in cfg.tiers:
+def _check_unique(admin: AdminConfig, tiers: tuple[TierConfig, ...], keys: list[KeyConfig]) -> None:
+    """Every label names one key, and no key is given twice."""
+    labels: dict[str, str] = {admin.label: "admin.label"}
+    for t in tiers:
         for i in range(1, t.keys + 1):
             labels.setdefault(f"{t.name}-{i}", f"tiers.{t.name}.keys")
-    secrets_seen: set[str] = {cfg.admin.key} if cfg.admin.key else set()
-    for i, k in enumerate(cfg.keys):
+    secrets_seen: set[str] = {admin.key} if admin.key else set()
+    for i, k in enumerate(keys):
         if k.label in labels:
-            raise ConfigError(
-                f"keys[{i}].label: {k.label!r} is already used (by {labels[k.label]})"
-            )
+            raise problem(f"{k.label!r} is already used (by {labels[k.label]})", f"keys[{i}].label")
         labels[k.label] = f"keys[{i}]"
         if k.key is not None:
             if k.key in secrets_seen:
-                raise ConfigError(f"keys[{i}].key: the same key is given twice")
+                raise problem("the same key is given twice", f"keys[{i}].key")
             secrets_seen.add(k.key)

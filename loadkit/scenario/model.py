@@ -1,0 +1,227 @@
+"""The scenario model: what to load, how hard, for how long, and what was promised.
+
+Frozen dataclasses and pure functions: no files, environment, sockets or clocks (the Locust
+users import this module too). ``[target]`` and ``[tiers.NAME]`` have the file's shape, so
+their dataclasses are their own schema: a field's type says what the file may hold
+(``loadkit.schema``), its docstring what it means. The other tables are validated in
+``tables`` and arrive here converted.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, replace
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator
+
+from loadkit.schema import (
+    DERIVED,
+    Count,
+    Invalid,
+    NonNegativeInt,
+    Positive,
+    Text,
+    invalid,
+    validate_value,
+)
+
+EMBEDDED = "embedded"
+Pattern = Literal["constant", "poisson", "burst", "closed"]
+MixKind = Literal["chat_stream", "chat", "completions_stream", "completions", "models"]
+DISTS = ("fixed", "uniform", "normal", "choice")
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run; the message names the field and the value."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A distribution of positive integers (token counts)."""
+
+    kind: str = "fixed"
+    value: int = 16
+    min: int = 1
+    max: int = 16
+    mean: float = 16.0
+    sd: float = 0.0
+    choices: tuple[int, ...] = ()
+
+    def sample(self, rng: random.Random) -> int:
+        """Draw one value with ``rng``."""
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "uniform":
+            return rng.randint(self.min, self.max)
+        if self.kind == "normal":
+            return max(self.min, min(self.max, round(rng.gauss(self.mean, self.sd))))
+        return rng.choice(self.choices)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TierSpec:
+    """``[tiers.NAME]``: a tier's promised limits, and where its keys come from."""
+
+    name: str = field(metadata=DERIVED)
+    """The table's name."""
+    requests: Count
+    """Promised: admitted requests in any span of ``window_s``."""
+    window_s: Positive = 60.0
+    concurrency: Count
+    """Promised: admitted requests in flight at any instant."""
+    keys_env: Text | None = None
+    """An environment variable holding the tier's keys, comma-separated."""
+    keys_file: Text | None = None
+    """A file of keys, one a line (``KEY`` or ``LABEL KEY``); relative to the scenario."""
+    keys: NonNegativeInt = 0
+    """Use only the first N keys (0 = all); embedded server: how many of its keys."""
+
+    def promised(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "window_s": self.window_s,
+            "concurrency": self.concurrency,
+        }
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One load phase applied to every key of a tier (``[[load]]``, see ``tables``)."""
+
+    tier: str
+    pattern: Pattern
+    rate_per_s: float = 0.0  # open loop, per key
+    concurrency: int = 0  # closed loop: users per key
+    think_s: float = 0.0  # closed loop: pause between a user's requests
+    burst_size: int = 0
+    burst_period_s: float = 0.0
+    phase_s: float | None = None  # burst phase; None = random in [0, period)
+    start_s: float = 0.0
+    duration_s: float | None = None  # None = until the run ends
+    mix: tuple[tuple[str, float], ...] = (("chat_stream", 1.0),)
+    model: str | None = None
+    prompt_tokens: Dist = Dist("fixed", 16)
+    max_tokens: Dist = Dist("fixed", 16)
+    max_in_flight: int = 0  # client-side cap per key (0 = none); waits are recorded
+    keys: tuple[int, ...] = ()  # which keys of the tier (1-based); () = every key
+    # Closed loop: after a 429 a user pauses this long before its next request; None =
+    # the advertised retry-after (capped at 5 s; 1 s if absent). Without a pause, a refused
+    # user would spin thousands of 429s per second.
+    backoff_429_s: float | None = None
+
+    def pause_after(
+        self, status: int, retry_after_s: float | None, transport_error: str | None
+    ) -> float:
+        """How long a closed-loop user pauses after a request before its next one: its think
+        time, or after a 429 the advertised retry-after (capped at 5 s; 1 s if absent; or
+        ``backoff_429_s``), or 1 s after a connection that failed outright — without these,
+        a refused user would spin thousands of requests per second."""
+        pause = self.think_s
+        if status == 429:
+            if self.backoff_429_s is not None:
+                wait = self.backoff_429_s
+            else:
+                wait = min(5.0, retry_after_s) if retry_after_s is not None else 1.0
+            pause = max(pause, wait)
+        elif status == 0 and transport_error not in (None, "cancelled"):
+            pause = max(pause, 1.0)
+        return pause
+
+    def applies_to(self, key_index: int) -> bool:
+        """Whether this phase loads the tier's ``key_index``-th key (1-based)."""
+        return not self.keys or key_index in self.keys
+
+    def active_until(self, run_duration: float) -> float:
+        if self.duration_s is None:
+            return run_duration
+        return min(run_duration, self.start_s + self.duration_s)
+
+
+def _embedded_or_http(url: str) -> str:
+    url = url.rstrip("/")
+    if url != EMBEDDED and not url.startswith(("http://", "https://")):
+        raise invalid("expected 'embedded' or an http(s) URL", url)
+    return url
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """``[target]``: where the load goes, and how long to wait for it."""
+
+    base_url: Annotated[str, AfterValidator(_embedded_or_http)] = EMBEDDED
+    """The API's base URL including ``/api/v1``; "embedded" starts loadkit's reference
+    server on a free loopback port for the run."""
+    model: Text = "loadkit-small"
+    """The default model of every load phase."""
+    connect_timeout_s: Positive = 10.0
+    request_timeout_s: Positive = 600.0
+    """A whole request, long streams included."""
+    read_timeout_s: Positive = 120.0
+    """The longest silence between two reads."""
+    server_config: Text | None = None
+    """Embedded only: a reference-server TOML (faults, limiter modes); a relative path is
+    relative to the scenario file."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole scenario, validated; ``[run]``'s fields are its own (see ``tables``)."""
+
+    name: str
+    target: TargetSpec
+    tiers: dict[str, TierSpec]
+    load: tuple[LoadSpec, ...]
+    duration_s: float = 60.0  # inf: bounded by max_requests only
+    max_requests: int = 0  # 0 = no count limit
+    warmup_s: float = 0.0
+    drain_s: float = 30.0  # after the end, how long in-flight requests may finish
+    seed: int = 1
+    engine: str | None = None
+    honour_retry_after: bool = False
+    max_retries: int = 3
+    slo: dict[str, Any] = field(default_factory=dict)
+    goodput: dict[str, float] = field(default_factory=dict)
+    sweep: dict[str, Any] = field(default_factory=dict)
+    source: str = "<built-in>"
+
+    def with_overrides(
+        self, *, duration_s: float | None = None, base_url: str | None = None
+    ) -> Scenario:
+        s = self
+        if duration_s is not None:
+            try:
+                duration_s = validate_value(Positive, duration_s, root="--duration")
+            except Invalid as exc:
+                raise ScenarioError(str(exc)) from None
+            s = replace(s, duration_s=float(duration_s))
+        if base_url is not None:
+            s = replace(s, target=replace(s.target, base_url=base_url))
+        return s
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved scenario for run.json (no secrets: it never holds any)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Key:
+    label: str
+    tier: str
+    secret: str = field(repr=False)
+
+
+def plan(scenario: Scenario, keys: list[Key]) -> list[tuple[Key, LoadSpec]]:
+    """Every (key, load phase) pair the scenario asks for, in a stable order. Both engines
+    drive exactly these pairs."""
+    out = []
+    for n, load in enumerate(scenario.load):
+        tier_keys = [k for k in keys if k.tier == load.tier]
+        missing = [i for i in load.keys if i > len(tier_keys)]
+        if missing:
+            raise ScenarioError(
+                f"load[{n}].keys: asks for key {missing[0]} of tier "
+                f"{load.tier!r}, which has {len(tier_keys)} key(s)"
+            )
+        out += [(k, load) for i, k in enumerate(tier_keys, 1) if load.applies_to(i)]
+    return out
