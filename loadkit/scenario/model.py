@@ -10,11 +10,21 @@ their dataclasses are their own schema: a field's type says what the file may ho
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Strict
 
+from loadkit.api import (
+    LAYOUTS,
+    AuthStyle,
+    TargetApi,
+    check_header_name,
+    custom_layout,
+    default_layout_name,
+)
 from loadkit.schema import (
     DERIVED,
     Count,
@@ -23,6 +33,7 @@ from loadkit.schema import (
     Positive,
     Text,
     invalid,
+    problem,
     validate_value,
 )
 
@@ -138,6 +149,56 @@ class LoadSpec:
         return min(run_duration, self.start_s + self.duration_s)
 
 
+def _header_name(v: str) -> str:
+    try:
+        check_header_name(v, "")
+    except ValueError as exc:
+        if "set by loadkit" in str(exc):
+            raise invalid("expected a header loadkit does not set itself", v) from None
+        raise invalid("expected an HTTP header name (letters, digits, '-')", v) from None
+    return v
+
+
+def _header_value(v: str) -> str:
+    if any(c in v for c in "\r\n\0"):
+        raise problem("a header value may not hold a line break or NUL (value not shown)")
+    return v
+
+
+def _scheme(v: str) -> str:
+    if v != v.strip() or any(c.isspace() for c in v):
+        raise invalid('expected a single word such as "Bearer", or "" for the bare key', v)
+    return v
+
+
+def _api_path(v: str) -> str:
+    if not v.startswith("/") or any(c.isspace() for c in v):
+        raise invalid("expected a path starting with '/', without spaces", v)
+    return v
+
+
+EndpointName = Literal["chat", "completions", "models", "model"]
+HeaderName = Annotated[str, Strict(), AfterValidator(_header_name)]
+HeaderValue = Annotated[str, Strict(), AfterValidator(_header_value)]
+ApiPath = Annotated[str, Strict(), AfterValidator(_api_path)]
+
+
+def expand_env(value: str, environ: Mapping[str, str], where: str) -> str:
+    """``${NAME}`` replaced by the environment variable NAME (an error names the variable,
+    never a value)."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in environ:
+            raise ScenarioError(f"{where}: environment variable {name} is not set")
+        return environ[name]
+
+    return _ENV_REF.sub(sub, value)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 def _embedded_or_http(url: str) -> str:
     url = url.rstrip("/")
     if url != EMBEDDED and not url.startswith(("http://", "https://")):
@@ -162,6 +223,31 @@ class TargetSpec:
     server_config: Text | None = None
     """Embedded only: a reference-server TOML (faults, limiter modes); a relative path is
     relative to the scenario file."""
+    api: Literal["auto", "seed", "openai"] = "auto"
+    """Path layout: "seed" (``/ai/chat/completions``, ``/ai/models`` under ``…/api/v1``),
+    "openai" (``/chat/completions``, ``/completions``, ``/models`` under ``…/v1``); "auto":
+    "openai" when base_url ends in ``/v1`` (but not ``/api/v1``), else "seed"."""
+    paths: dict[EndpointName, ApiPath] = field(default_factory=dict)
+    """Explicit per-endpoint paths over the layout (``chat``, ``completions``, ``models``,
+    ``model`` with ``{model}``), e.g. an Azure deployment's chat path."""
+    auth_header: HeaderName = "Authorization"
+    """The header that carries the key (``api-key``, ``x-api-key``, …)."""
+    auth_scheme: Annotated[str, Strict(), AfterValidator(_scheme)] = "Bearer"
+    """Written before the key (``Bearer KEY``); "" sends the bare key."""
+    headers: dict[HeaderName, HeaderValue] = field(default_factory=dict)
+    """Extra static headers on every request. ``${NAME}`` in a value is read from the
+    environment at run time (put secrets there: the scenario and run.json keep the text)."""
+
+    def target_api(self, environ: Mapping[str, str] | None = None) -> TargetApi:
+        """The resolved layout and auth style (``environ`` expands ``${NAME}`` in header
+        values; without it the values stay as written)."""
+        name = self.api if self.api != "auto" else default_layout_name(self.base_url)
+        layout = custom_layout(LAYOUTS[name], self.paths)
+        extra = tuple(
+            (h, expand_env(v, environ, f"target.headers.{h}") if environ is not None else v)
+            for h, v in self.headers.items()
+        )
+        return TargetApi(layout, AuthStyle(self.auth_header, self.auth_scheme), extra)
 
 
 @dataclass(frozen=True)
