@@ -242,7 +242,7 @@ class TargetSpec:
         """The resolved layout and auth style (``environ`` expands ``${NAME}`` in header
         values; without it the values stay as written)."""
         name = self.api if self.api != "auto" else default_layout_name(self.base_url)
-        layout = custom_layout(LAYOUTS[name], self.paths)
+        layout = custom_layout(LAYOUTS[name], {str(k): v for k, v in self.paths.items()})
         extra = tuple(
             (h, expand_env(v, environ, f"target.headers.{h}") if environ is not None else v)
             for h, v in self.headers.items()
