@@ -4,10 +4,12 @@ identity encoding, small JSON chunks).
 
     python benchmarks/core_parse.py            # about 20 s
     python benchmarks/core_parse.py --quick    # fewer repeats
+    python benchmarks/core_parse.py --giant    # also one 8 and 24 MiB line per request
 
 Each figure is the best of many short repeats of this thread's CPU time (the least
-disturbed by other processes on a shared machine), in microseconds per unit. Not a test: compare before/after a change,
-e.g. against a copy of the old modules: ``PYTHONPATH=/tmp/old python benchmarks/core_parse.py``.
+disturbed by other processes on a shared machine), in microseconds per unit. Not a test:
+compare before/after a change, e.g. against a copy of the old modules:
+``PYTHONPATH=/tmp/old python benchmarks/core_parse.py``.
 """
 
 from __future__ import annotations
@@ -166,9 +168,31 @@ def bench_trace_429(n: int, repeats: int) -> float:
     return best(run, repeats) / n * 1e6
 
 
+def bench_giant_line(mib: int, read: int) -> float:
+    """Seconds of CPU one streamed request with a ``mib`` MiB data line costs, the line
+    arriving in ``read``-byte pieces (0: in one piece, as a readline-based client hands
+    it over)."""
+    line = b"data: " + b"x" * (mib << 20) + b"\n\n"
+    parts = [line[i : i + read] for i in range(0, len(line), read)] if read else [line]
+    reads = stream_16()
+
+    def run() -> None:
+        t = RequestTrace(INFO, 0.0)
+        t.response(0.1, 200, HEADERS)
+        t.data(0.2, reads[1])
+        for p in parts:
+            t.data(0.3, p)
+        for r in reads[2:]:
+            t.data(0.4, r)
+        t.finish(0.5)
+
+    return best(run, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--giant", action="store_true", help="also time 8 and 24 MiB lines")
     args = ap.parse_args()
     r = 8 if args.quick else 30
     rows = [
@@ -181,6 +205,11 @@ def main() -> None:
     ]
     for name, us, unit in rows:
         print(f"{name:<38} {us:7.2f} µs/{unit}")
+    if args.giant:
+        for mib in (8, 24):
+            for read, how in ((65536, "64 KiB reads"), (0, "one piece")):
+                secs = bench_giant_line(mib, read)
+                print(f"one {mib} MiB SSE line, {how:<13}       {secs:7.3f} s/request")
 
 
 if __name__ == "__main__":

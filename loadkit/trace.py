@@ -242,11 +242,11 @@ class RequestTrace:
             for piece in coding.feed(chunk):
                 self.data(t, piece)
                 if not self._sse and self._body is None:
-                    break  # over the bound, or nothing readable: stop inflating a bomb
+                    return  # nothing more is kept: stop inflating for good (a zip bomb ends)
         except DecodeError:
             self._coding_failed()
-        else:
-            self._coding = coding
+            return
+        self._coding = coding
 
     def _flush_coding(self, t: float) -> None:
         coding = self._coding

@@ -383,3 +383,13 @@ def test_hostile_values_fit_the_record_types():
     assert r.finish_reason is None and r.prompt_tokens is None and r.completion_tokens is None
     # A code that is not a scalar is no code: the type stands in, as for a missing code.
     assert r.error_code == r.error_type == "t" * 100
+
+
+def test_after_the_body_bound_nothing_more_is_inflated():
+    bomb = gzip.compress(b" " * (8 * 1024 * 1024))
+    t = RequestTrace(info(stream=False), 0.0, limits=TraceLimits(max_body=1024 * 1024))
+    t.response(0.1, 200, {"content-encoding": "gzip"})
+    t.data(0.2, bomb[:4096])
+    assert t.rec.transport_error == "body_too_large" and t._coding is None
+    t.data(0.3, bomb[4096:])  # the rest arrives: dropped without decompressing
+    assert t.finish(0.4).transport_error == "body_too_large"
