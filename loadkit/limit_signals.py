@@ -60,6 +60,11 @@ class Signal:
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in LIMIT_KINDS:
             raise ValueError(f"signal kind: expected one of {LIMIT_KINDS}, got {self.kind!r}")
+        if self.kind is None and self.where in ("code", "type", "header_present"):
+            raise ValueError(f"signal {self.pattern!r}: a {self.where} signal needs a kind")
+        if self.where in ("code", "type", "header", "header_present"):
+            # Compared with lower-cased values and header names.
+            object.__setattr__(self, "pattern", self.pattern.lower())
         rx = None
         if self.where in ("message", "header_zero"):
             rx = re.compile(self.pattern)
@@ -240,7 +245,7 @@ def _plan(signals: tuple[Signal, ...]) -> _Plan:
     headers, messages = [], []
     for i, s in enumerate(signals[:n_named]):
         if s.where in ("code", "type"):
-            exact.setdefault((s.where, s.pattern.lower()), i)
+            exact.setdefault((s.where, s.pattern), i)
         elif s.where == "message":
             messages.append((i, s))
         else:
@@ -263,7 +268,7 @@ def _plan(signals: tuple[Signal, ...]) -> _Plan:
 def _match(s: Signal, r: Refusal, message: str, headers: Mapping[str, str]) -> Attribution | None:
     if s.where == "code" or s.where == "type":
         value = r.code if s.where == "code" else r.type
-        if value is not None and value.lower() == s.pattern.lower():
+        if value is not None and value.lower() == s.pattern:
             return Attribution(s.kind, _short(f"{s.where}={value}"))
     elif s.where == "message":
         assert s.rx is not None

@@ -449,6 +449,12 @@ def test_every_signal_names_a_known_limit():
         assert s.kind in (None, REQUESTS, CONCURRENCY, TOKENS), s
     with pytest.raises(ValueError, match="kind"):
         Signal("code", "x", "bananas", "nobody")
+    with pytest.raises(ValueError, match="needs a kind"):
+        Signal("code", "x", None, "nobody")
+    # Codes and header names are matched whatever their case.
+    mine = (Signal("header", "X-Limit-Kind", None, "me"), Signal("code", "Slow_Down", TOKENS, "me"))
+    assert attribute(Refusal(None, None, None, {"x-limit-kind": "Tokens"}), mine).kind == TOKENS
+    assert attribute(Refusal("SLOW_DOWN", None, None, {}), mine).kind == TOKENS
 
 
 def test_hostile_header_values_do_not_stall_or_fail():
