@@ -195,6 +195,8 @@ def assert_valid(rec: RequestRecord) -> None:
 
 SMALL = TraceLimits(max_line=64, max_body=512)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Structured JSON examples cost ~30 ms each (json.dumps, compression): fewer of them.
+FUZZ_JSON = settings(FUZZ, max_examples=150)
 
 
 @FUZZ
@@ -211,7 +213,7 @@ def test_arbitrary_bytes(stream, status, headers, body, cuts, ending, limits):
     assert_valid(run(stream, status, headers, cut(body, cuts), ending, limits))
 
 
-@FUZZ
+@FUZZ_JSON
 @given(
     st.lists(JSON_VALUES | SHAPED, max_size=6),
     st.sampled_from([b"\n", b"\r\n", b"\r"]),
@@ -238,7 +240,7 @@ def test_hostile_json_in_sse_events(values, eol, coding, done, cuts, ending, sta
     assert_valid(run(True, status, headers, cut(events, cuts), ending, TraceLimits()))
 
 
-@FUZZ
+@FUZZ_JSON
 @given(JSON_VALUES | SHAPED, STATUS, st.booleans(), ENDING)
 def test_hostile_json_bodies(value, status, stream, ending):
     body = json.dumps(value).encode()
