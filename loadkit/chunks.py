@@ -1,5 +1,9 @@
 """Interpretation of OpenAI response payloads: streamed chunks (chat and text completion,
-role-only, usage-only, error events, several choices) and non-streaming bodies. Pure."""
+role-only, usage-only, error events, several choices) and non-streaming bodies. Pure.
+
+Hostile payloads are data, never exceptions out of here: JSON nested past the parser's
+recursion limit is malformed like any other bad JSON, and every value that reaches a
+record is the record's type (strings cut short, integers within int64)."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class Chunk:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error_code: str | None = None  # an error event mid-stream
+    error_type: str | None = None
     error_message: str | None = None
 
     def __repr__(self) -> str:
@@ -43,7 +48,7 @@ def parse_event_data(data: str) -> Chunk:
         return _DONE_CHUNK
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser
         raise MalformedChunk(f"event data is not JSON: {data[:80]!r}") from None
     if not isinstance(obj, dict):
         raise MalformedChunk(f"event data is not a JSON object: {data[:80]!r}")
@@ -59,7 +64,7 @@ def interpret_chunk(obj: dict[str, Any]) -> Chunk:
     out = Chunk()
     err = obj.get("error")
     if err is not None:
-        out.error_code, out.error_message = _error_fields(err)
+        out.error_code, out.error_type, out.error_message = _error_fields(err, obj)
         return out
     usage = obj.get("usage")
     if usage:
@@ -89,7 +94,7 @@ def interpret_chunk(obj: dict[str, Any]) -> Chunk:
         if index == 0:
             fr = choice.get("finish_reason")
             if fr is not None:
-                out.finish_reason = fr
+                out.finish_reason = fr[:_SHORT] if type(fr) is str else _text(fr)
     if role_seen and not out.content:
         out.role_only = True
     return out
@@ -100,6 +105,7 @@ class Body:
     """What a non-streaming response body means for measurement."""
 
     error_code: str | None = None
+    error_type: str | None = None
     error_message: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -109,18 +115,25 @@ class Body:
 
 
 def parse_body(raw: bytes) -> Body:
-    """Interpret a complete JSON response body (success or error)."""
+    """Interpret a complete JSON response body (success or error). Never raises."""
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser
         return Body(malformed=True)
     if not isinstance(obj, dict):
         return Body(malformed=True)
     out = Body()
     err = obj.get("error")
     if err is not None:
-        out.error_code, out.error_message = _error_fields(err)
+        out.error_code, out.error_type, out.error_message = _error_fields(err, obj)
         return out
+    # Gateways answer errors in their own shape: Kong {"message": …}, FastAPI {"detail": …}.
+    # Kept as the message only, for telling which limit refused a 429; no code is invented.
+    msg = obj.get("message")
+    if msg is None:
+        msg = obj.get("detail")
+    if isinstance(msg, str):
+        out.error_message = msg[:_MESSAGE]
     usage = obj.get("usage")
     if isinstance(usage, dict):
         out.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
@@ -130,20 +143,41 @@ def parse_body(raw: bytes) -> Body:
         out.choices = len(choices)
         for c in choices:
             if isinstance(c, dict) and c.get("index", 0) == 0:
-                out.finish_reason = c.get("finish_reason")
+                out.finish_reason = _text(c.get("finish_reason"))
     return out
 
 
-def _error_fields(err: Any) -> tuple[str | None, str | None]:
+_SHORT = 100  # codes, types, finish reasons: no real one is longer
+_MESSAGE = 2000  # messages: providers name the limit in the first sentence
+_INT64 = 2**63
+
+
+def _error_fields(err: Any, obj: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """(code, type, message) of an error object. The code is ``code``, else ``type``, else
+    ``unknown_error`` (what ``error_code`` has always meant); the type is kept apart. A
+    string error is a message: TGI sends ``{"error": "…", "error_type": "overloaded"}``."""
     if isinstance(err, dict):
-        code = err.get("code") or err.get("type")
+        code = _text(err.get("code")) or _text(err.get("type"))
         msg = err.get("message")
         return (
-            str(code) if code is not None else "unknown_error",
-            str(msg) if msg is not None else None,
+            code or "unknown_error",
+            _text(err.get("type")),
+            msg[:_MESSAGE] if isinstance(msg, str) else _text(msg),
         )
-    return "unknown_error", str(err)
+    msg = err[:_MESSAGE] if isinstance(err, str) else _text(err)
+    return "unknown_error", _text(obj.get("error_type")), msg
+
+
+def _text(v: Any) -> str | None:
+    """A JSON scalar as a short string; objects, arrays, null and "" as None."""
+    if isinstance(v, str):
+        return v[:_SHORT] or None
+    if isinstance(v, bool | float) or (isinstance(v, int) and -_INT64 <= v < _INT64):
+        return str(v)
+    return None
 
 
 def _int_or_none(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+    if isinstance(v, int) and not isinstance(v, bool) and -_INT64 <= v < _INT64:
+        return v
+    return None

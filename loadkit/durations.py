@@ -62,21 +62,26 @@ def parse_duration(text: str) -> float:
     s = text.strip()
     if not s:
         raise ValueError(f"duration: empty string {text!r}")
-    try:
-        bare = float(s)
-    except ValueError:
-        pass
-    else:
-        if math.isnan(bare) or math.isinf(bare) or bare < 0:
-            raise ValueError(f"duration: expected a finite number >= 0, got {text!r}")
-        return bare
+    if s[-1] in "0123456789.":  # a bare number ("2", "0.5"); "1s" skips a raising float()
+        try:
+            bare = float(s)
+        except ValueError:
+            pass
+        else:
+            if math.isnan(bare) or math.isinf(bare) or bare < 0:
+                raise ValueError(f"duration: expected a finite number >= 0, got {text[:40]!r}")
+            return bare
     total = 0.0
     pos = 0
-    for m in _PART.finditer(s):
-        if m.start() != pos:
-            break
+    # match() at each position, not finditer(): a search would rescan a long run of digits
+    # from every start and go quadratic on a hostile header.
+    while (m := _PART.match(s, pos)) is not None:
         total += float(m.group(1)) * _UNIT_S[m.group(2)]
         pos = m.end()
     if pos != len(s) or pos == 0:
-        raise ValueError(f"duration: cannot parse {text!r} (expected e.g. '1s', '6m0s', '350ms')")
+        raise ValueError(
+            f"duration: cannot parse {text[:40]!r} (expected e.g. '1s', '6m0s', '350ms')"
+        )
+    if not math.isfinite(total):  # "999...9s" overflows a float
+        raise ValueError(f"duration: out of range {text[:40]!r}")
     return total

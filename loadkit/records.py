@@ -12,9 +12,16 @@ import operator
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-RECORD_SCHEMA = "loadkit.record/1"
+if TYPE_CHECKING:  # imported where used: the engines write records without loading pyarrow
+    import pyarrow as pa
+
+RECORD_SCHEMA = "loadkit.record/2"
+# Every schema this loadkit reads. Version 2 only added fields; a version-1 record reads
+# with them all None, and keeps "loadkit.record/1" as its schema so analysis can tell
+# "not measured" from "measured, none".
+READABLE_SCHEMAS = ("loadkit.record/1", RECORD_SCHEMA)
 RECORDS_GLOB = "records-*.jsonl"
 PARQUET_FILE = "records.parquet"
 
@@ -25,8 +32,24 @@ RESET = "reset"
 INCOMPLETE_STREAM = "incomplete_stream"
 MALFORMED_EVENT = "malformed_event"
 CANCELLED = "cancelled"  # the run stopped (Ctrl-C, duration over) while the request was open
+LINE_TOO_LONG = "line_too_long"  # an SSE line over the decoder's bound (its event dropped)
+BODY_TOO_LARGE = "body_too_large"  # a non-streamed body over the trace's bound (not parsed)
+UNSUPPORTED_ENCODING = "unsupported_encoding"  # Content-Encoding not gzip/deflate/identity
+ENCODING_ERROR = "encoding_error"  # gzip/deflate data that does not decompress
 OTHER = "other"
-TRANSPORT_ERRORS = (TIMEOUT, REFUSED, RESET, INCOMPLETE_STREAM, MALFORMED_EVENT, CANCELLED, OTHER)
+TRANSPORT_ERRORS = (
+    TIMEOUT,
+    REFUSED,
+    RESET,
+    INCOMPLETE_STREAM,
+    MALFORMED_EVENT,
+    CANCELLED,
+    LINE_TOO_LONG,
+    BODY_TOO_LARGE,
+    UNSUPPORTED_ENCODING,
+    ENCODING_ERROR,
+    OTHER,
+)
 
 ENDPOINTS = ("chat", "completions", "models", "model")
 
@@ -54,15 +77,22 @@ class RequestRecord:
     chunk_s: list[float] = field(default_factory=list)  # each content chunk of choice 0
     status: int = 0  # HTTP status; 0 = no response (transport failure)
     error_code: str | None = None  # API error code from the body / error event
+    error_type: str | None = None  # v2: the error's "type", apart from its code
     transport_error: str | None = None  # one of TRANSPORT_ERRORS
     prompt_tokens: int | None = None  # from usage
     completion_tokens: int | None = None  # from usage
     content_chunks: int = 0  # content-bearing chunks, all choices
     finish_reason: str | None = None
+    content_type: str | None = None  # v2: media type of the response, parameters stripped
     rl_limit_requests: int | None = None
     rl_remaining_requests: int | None = None
     rl_reset_requests_s: float | None = None
+    rl_limit_tokens: int | None = None  # v2: x-ratelimit-limit-tokens
+    rl_remaining_tokens: int | None = None  # v2
+    rl_reset_tokens_s: float | None = None  # v2
     retry_after_s: float | None = None  # retry-after-ms if sent, else retry-after
+    limit_kind: str | None = None  # v2: which limit refused a 429 (limit_signals.LIMIT_KINDS)
+    limit_signal: str | None = None  # v2: what in the response decided limit_kind
     queued_s: float = 0.0  # time spent waiting for a client-side slot before send
     schema: str = RECORD_SCHEMA
 
@@ -73,16 +103,28 @@ class RequestRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
+        """A record of any readable schema; fields a version did not have are None."""
         schema = data.get("schema", RECORD_SCHEMA)
-        if schema != RECORD_SCHEMA:
+        if schema not in READABLE_SCHEMAS:
             raise ValueError(
-                f"unsupported record schema {schema!r} (this loadkit reads {RECORD_SCHEMA})"
+                f"unsupported record schema {schema!r} (this loadkit reads {_READABLE})"
             )
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
+# Fields version 2 added: absent from version-1 files, read as null.
+V2_FIELDS = (
+    "error_type",
+    "content_type",
+    "rl_limit_tokens",
+    "rl_remaining_tokens",
+    "rl_reset_tokens_s",
+    "limit_kind",
+    "limit_signal",
+)
+_FIELD_SET = frozenset(RECORD_FIELDS)
+_READABLE = ", ".join(READABLE_SCHEMAS)
 _GET_ALL = operator.attrgetter(*RECORD_FIELDS)
 _TIME_FIELDS = (
     "scheduled_s",
@@ -92,6 +134,7 @@ _TIME_FIELDS = (
     "last_token_s",
     "end_s",
     "rl_reset_requests_s",
+    "rl_reset_tokens_s",
     "retry_after_s",
     "queued_s",
 )
@@ -146,7 +189,7 @@ def iter_records(run_dir: str | os.PathLike[str]) -> list[RequestRecord]:
     return [r for path in record_files(run_dir) for r in iter_records_file(path)]
 
 
-def read_table(run_dir: str | os.PathLike[str]):  # -> pyarrow.Table
+def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
     """Every record of a run as one Arrow table with the record schema (``chunk_s`` a list
     column). ``records.parquet`` is read instead of the JSONL files when it is at least as
     new as all of them. A torn last line falls back to the careful line reader. Raises
@@ -173,16 +216,16 @@ def read_table(run_dir: str | os.PathLike[str]):  # -> pyarrow.Table
                 raise ValueError(f"{path}: cannot read ({exc})") from None
         table = pa.concat_tables(tables) if tables else schema.empty_table()
     schemas = set(table.column("schema").unique().to_pylist()) - {None}
-    if schemas - {RECORD_SCHEMA}:
-        bad = sorted(str(x) for x in schemas - {RECORD_SCHEMA})
+    if schemas - set(READABLE_SCHEMAS):
+        bad = sorted(str(x) for x in schemas - set(READABLE_SCHEMAS))
         raise ValueError(
             f"{run_dir}: unsupported record schema {', '.join(bad)} "
-            f"(this loadkit reads {RECORD_SCHEMA})"
+            f"(this loadkit reads {_READABLE})"
         )
     return table
 
 
-def read_records(run_dir: str | os.PathLike[str]):  # -> pandas.DataFrame
+def read_records(run_dir: str | os.PathLike[str]) -> Any:  # a pandas.DataFrame (no stubs)
     """Every record of a run as a pandas DataFrame, one row per request, columns as
     RECORD_FIELDS (``chunk_s`` holds lists). Uses pyarrow's JSON reader: fast on millions
     of records."""
@@ -199,7 +242,7 @@ def parquet_file(run_dir: str | os.PathLike[str]) -> Path | None:
     return path if path.stat().st_mtime >= newest else None
 
 
-def _read_parquet(path: Path, schema):  # -> pyarrow.Table
+def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -208,8 +251,12 @@ def _read_parquet(path: Path, schema):  # -> pyarrow.Table
     except (OSError, pa.ArrowInvalid) as exc:
         raise ValueError(f"{path}: cannot read ({exc})") from None
     missing = [f.name for f in schema if f.name not in table.column_names]
-    if missing:
+    if [m for m in missing if m not in V2_FIELDS]:
         raise ValueError(f"{path}: missing record fields {', '.join(missing)}")
+    for name in missing:  # a version-1 Parquet file: the fields version 2 added are null
+        table = table.append_column(
+            schema.field(name), pa.nulls(len(table), schema.field(name).type)
+        )
     try:
         return table.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -245,7 +292,7 @@ def iter_records_file(path: Path) -> list[RequestRecord]:
     return out
 
 
-def arrow_schema():
+def arrow_schema() -> pa.Schema:
     """The Arrow schema of a record table (JSONL reading, Parquet writing)."""
     import pyarrow as pa
 
@@ -259,6 +306,8 @@ def arrow_schema():
         "content_chunks": i64,
         "rl_limit_requests": i64,
         "rl_remaining_requests": i64,
+        "rl_limit_tokens": i64,
+        "rl_remaining_tokens": i64,
         "chunk_s": pa.list_(f64),
     }
     cols = []

@@ -46,13 +46,34 @@ def test_format(seconds: float, text: str) -> None:
         ("2", 2.0),
         (" 0.5 ", 0.5),
         (".5s", 0.5),
+        ("0.5s", 0.5),
+        ("20ms", 0.02),
+        ("2h", 7200.0),
+        ("1h0m0s", 3600.0),
     ],
 )
 def test_parse(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["", "s", "1x", "1m30", "m1s", "-1s", "1s2", "abc", "nan", "1 s"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "s",
+        "1x",
+        "1m30",
+        "m1s",
+        "-1s",
+        "1s2",
+        "abc",
+        "nan",
+        "inf",
+        "1 s",
+        "1e999",
+        "9" * 400 + "s",
+    ],
+)
 def test_parse_rejects(bad: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
@@ -74,3 +95,9 @@ def test_round_trip_ms(ms: int) -> None:
 @given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
 def test_format_never_understates(seconds: float) -> None:
     assert parse_duration(format_duration(seconds)) >= seconds - 1e-6
+
+
+def test_parse_of_a_long_hostile_value_is_an_error_not_a_stall() -> None:
+    # Digits without a unit once made the parser rescan them from every position.
+    with pytest.raises(ValueError, match="cannot parse"):
+        parse_duration("9" * 200_000 + "x")
