@@ -155,6 +155,17 @@ def test_plain_mode_shares_keys_round_robin_across_processes(tmp_path):
     assert c.peers["A"].keys == ["free-1", "free-3", "pro-1"]
 
 
+def test_a_key_a_worker_lacks_is_named_not_driven(tmp_path):
+    c = coordinator(tmp_path, scenario())
+    assert c.claim("A", "free").label == "free-1"
+    c.refused("A", "free-1", "this process has no key labelled 'free-1'")
+    assert c.peers["A"].keys == [] and c.owner == {"free-1": "A"}  # never handed out again
+    assert c.claim("B", "free").label == "free-2"
+    assert c.stop_reason(natural=True) == (
+        "key free-1 not driven: A: this process has no key labelled 'free-1'"
+    )
+
+
 # -- t=0 and the end --------------------------------------------------------------------
 
 
