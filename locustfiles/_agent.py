@@ -147,10 +147,10 @@ class Agent:
     def wait_start(self) -> bool:
         """Block until the master's t=0 (True) or a stop before it (False)."""
         gevent.wait([self.started, self.stopped], count=1)
-        return self.started.is_set() and not self.stopped.is_set()
+        return bool(self.started.is_set() and not self.stopped.is_set())
 
     def stopping(self) -> bool:
-        return self.stopped.is_set()
+        return bool(self.stopped.is_set())
 
     def count_reached(self) -> bool:
         return bool(self.quota) and self.seq >= self.quota

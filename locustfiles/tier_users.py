@@ -14,73 +14,46 @@ Two modes:
   dropped — from the t=0 the master sends once every key has its process;
 * plain mode: users take keys of their tier round-robin from the master, run the weighted
   request tasks, and wait ``LOADKIT_WAIT_S`` between requests.
+
+This module holds the users and Locust's event wiring; the master's side is ``_lead`` /
+``_coordinator``, a load-sending process's ``_agent``, one request ``_request``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import sys
-import time
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import gevent
-from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 from locust import FastHttpUser, constant, events, task
 from locust.exception import StopUser
 from locust.stats import RequestStats, StatsEntry
 
-from loadkit import records as R
 from loadkit.arrivals import arrivals
 from loadkit.locustfiles import _options as O
 from loadkit.locustfiles import _roles, _webui
 from loadkit.locustfiles._agent import Agent
-from loadkit.locustfiles._coordinator import Coordinator, check_out_dir, write_end, write_start
+from loadkit.locustfiles._lead import STOP_GRACE_S, Lead, fail
+from loadkit.locustfiles._request import send
 from loadkit.payloads import MixPicker, PreparedRequest, prepare
 from loadkit.records import RequestRecord
-from loadkit.runmeta import Clock, Origin, RunMeta, fingerprint, new_run_id
-from loadkit.scenario import (
-    Key,
-    LoadSpec,
-    Scenario,
-    ScenarioError,
-    load_scenario,
-    plan,
-    scenario_to_dict,
-)
-from loadkit.trace import RequestInfo, RequestTrace
+from loadkit.scenario import Key, LoadSpec, Scenario, ScenarioError
 
 log = logging.getLogger("loadkit")
 
-REQUEST_ID_HEADER = "x-loadkit-request-id"
-STOP_GRACE_S = 5.0  # a stop before the schedule's end: open requests get this long (≤ drain)
-DONE_TIMEOUT_S = 15.0  # beyond the grace, how long the master waits for final reports
-START_LEAD_S = 0.1  # t=0 this far after the decision, so the start message is there first
-DEFAULT_PROMISES = {"free": "60/60/3", "pro": "1000/60/10", "enterprise": "10000/60/100"}
-
-
-# ---------------------------------------------------------------------------------------
-# Process state, created at Locust's init (after ``--processes`` forked the workers).
-
 
 class _Process:
-    def __init__(self, environment: Any, keys: list[Key]) -> None:
-        self.environment = environment
-        self.runner = environment.runner
-        self.options = environment.parsed_options
-        self.keys = keys
+    """This Locust process's part of the run, created at Locust's init (after
+    ``--processes`` forked the workers, so never shared between processes)."""
+
+    def __init__(self) -> None:
         self.agent: Agent | None = None  # this process sends load (worker or local)
-        self.coord: Coordinator | None = None  # this process leads the run (master or local)
-        self.ttft = RequestStats()
+        self.lead: Lead | None = None  # this process leads the run (master or local)
+        self.ttft = RequestStats()  # TTFT beside Locust's stats, never in its totals
         self.sems: dict[int, BoundedSemaphore] = {}
-        self.watcher: gevent.Greenlet | None = None
-        self.finished = False
-        self.reports = Event()
 
     def semaphore(self, role: _roles.Role) -> BoundedSemaphore | None:
         """One client-side cap per (key, load phase) in this process, if the phase has one."""
@@ -101,135 +74,6 @@ def agent() -> Agent:
     a = proc().agent
     assert a is not None, "this Locust process sends no load"
     return a
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"loadkit: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
-# ---------------------------------------------------------------------------------------
-# One request: the same RequestTrace as the asyncio engine, Locust's stats on the side.
-
-
-def send(
-    user: FastHttpUser,
-    key: Key,
-    req: PreparedRequest,
-    scheduled: float | None,
-    sem: BoundedSemaphore | None = None,
-) -> RequestRecord | None:
-    """Send one request and record it; ``sem`` is the phase's client-side cap per key (the
-    wait for it is recorded as ``queued_s``). None when the run stopped before it was sent."""
-    a = agent()
-    if sem is None:
-        return _send(user, key, req, scheduled, 0.0)
-    q0 = a.now()
-    with sem:
-        if a.stopping():
-            return None
-        return _send(user, key, req, scheduled, a.now() - q0)
-
-
-def _send(
-    user: FastHttpUser, key: Key, req: PreparedRequest, scheduled: float | None, queued: float
-) -> RequestRecord:
-    a = agent()
-    info = RequestInfo(
-        a.run_id,
-        "locust",
-        a.worker,
-        a.next_id(),
-        key.tier,
-        key.label,
-        req.endpoint,
-        req.stream,
-        req.model,
-        1,
-        scheduled,
-    )
-    headers = {
-        "Authorization": f"Bearer {key.secret}",
-        "Accept-Encoding": "identity",
-        REQUEST_ID_HEADER: info.request_id,
-    }
-    if req.body is not None:
-        headers["Content-Type"] = "application/json"
-    nbytes = 0
-    with a.in_flight():
-        trace = RequestTrace(info, a.now(), queued)
-        with user.client.request(
-            req.method,
-            req.path,
-            data=req.body,  # type: ignore[arg-type]  # bytes: sent as they are
-            headers=headers,
-            stream=True,
-            catch_response=True,
-            name=req.kind,
-        ) as resp:
-            try:
-                status = resp.status_code
-                if not status:
-                    rec = trace.fail(a.now(), _error_kind(getattr(resp, "error", None)))
-                else:
-                    trace.response(a.now(), status, _headers(resp.headers))
-                    raw = resp._response
-                    if req.stream and status == 200:
-                        while True:
-                            line = raw.readline(b"\n")
-                            if not line:
-                                break
-                            nbytes += len(line)
-                            trace.data(a.now(), line)
-                    else:
-                        body = resp.content or b""
-                        nbytes = len(body)
-                        trace.data(a.now(), body)
-                    rec = trace.finish(a.now())
-            except gevent.GreenletExit:
-                rec = trace.fail(a.now(), R.CANCELLED)
-                _report(resp, rec, nbytes)
-                a.emit(rec)
-                raise
-            except Exception as exc:  # a reset or timeout mid-body: record it, tell Locust
-                rec = trace.fail(a.now(), _error_kind(exc))
-            _report(resp, rec, nbytes)
-        a.emit(rec)
-    if rec.first_token_s is not None and rec.transport_error is None:
-        ms = round((rec.first_token_s - rec.send_s) * 1000)
-        proc().ttft.log_request("TTFT", req.kind, ms, 0)
-    return rec
-
-
-def _report(resp: Any, rec: RequestRecord, nbytes: int) -> None:
-    """Locust's row: the whole exchange as the response time; failures by status and code."""
-    resp.request_meta["response_time"] = (rec.end_s - rec.send_s) * 1000.0
-    resp.request_meta["response_length"] = nbytes
-    if rec.status == 200 and rec.transport_error is None and rec.error_code is None:
-        resp.success()
-    else:
-        what = rec.error_code or rec.transport_error or "error"
-        resp.failure(f"{rec.status} {what}" if rec.status else what)
-
-
-def _headers(h: Any) -> dict[str, str]:
-    return {k.lower(): v for k, v in h.items()} if h is not None else {}
-
-
-def _error_kind(exc: BaseException | None) -> str:
-    if exc is None:
-        return R.OTHER
-    name = type(exc).__name__.lower()
-    text = str(exc).lower()
-    if isinstance(exc, ConnectionRefusedError) or "refused" in text:
-        return R.REFUSED
-    if "timeout" in name or "timed out" in text or isinstance(exc, TimeoutError):
-        return R.TIMEOUT
-    if isinstance(exc, ConnectionResetError | BrokenPipeError) or "reset" in text:
-        return R.RESET
-    if "closed" in text or "parse" in name or "incomplete" in text:
-        return R.INCOMPLETE_STREAM
-    return R.OTHER
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,6 +98,11 @@ class _TierUser(FastHttpUser):
             raise StopUser()
         self.key, roles = got
         self.roles: list[_roles.Role] = roles or []
+
+    def _send(
+        self, key: Key, req: PreparedRequest, at: float | None, sem: BoundedSemaphore | None = None
+    ) -> RequestRecord | None:
+        return send(self, agent(), proc().ttft, key, req, at, sem)
 
     # -- scenario mode --------------------------------------------------------------------
 
@@ -289,7 +138,7 @@ class _TierUser(FastHttpUser):
             if not _wait_until(a, load.start_s + stagger):
                 return
             while a.now() < end and not a.count_reached() and not a.stopping():
-                rec = send(self, role.key, _prepare(s, load, rng, picker), None, sem)
+                rec = self._send(role.key, _prepare(s, load, rng, picker), None, sem)
                 if rec is None:
                     return
                 pause = load.pause_after(rec.status, rec.retry_after_s, rec.transport_error)
@@ -301,7 +150,7 @@ class _TierUser(FastHttpUser):
             for t in arrivals(load, s.duration_s, rng):
                 if not _wait_until(a, t) or a.count_reached():
                     break
-                group.spawn(send, self, role.key, _prepare(s, load, rng, picker), t, sem)
+                group.spawn(self._send, role.key, _prepare(s, load, rng, picker), t, sem)
             # In flight at the end: they finish within the drain (on a stop, the agent's
             # grace ends them first).
             group.join(timeout=s.drain_s)
@@ -325,7 +174,7 @@ class _TierUser(FastHttpUser):
             int(env.get("LOADKIT_MAX_TOKENS", "32")),
             self.rng,
         )
-        send(self, self.key, req, None)
+        self._send(self.key, req, None)
 
     @task(_roles.weight("chat_stream", 2))
     def chat_stream(self) -> None:
@@ -380,7 +229,7 @@ def _wait_until(a: Agent, t: float) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Locust's events: options, the web UI, the master's coordination, the workers' side.
+# Locust's events: options, the web UI, the master's lead, the load-sending side.
 
 
 @events.init_command_line_parser.add_listener
@@ -389,14 +238,12 @@ def _on_parser(parser: Any, **_: Any) -> None:
 
 
 @events.init.add_listener
-def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any) -> None:
+def _on_init(environment: Any, web_ui: Any = None, **_: Any) -> None:
     from locust.runners import MasterRunner, WorkerRunner
 
     global _P
     runner = environment.runner
     opts = environment.parsed_options
-    leads = not isinstance(runner, WorkerRunner)
-    sends = not isinstance(runner, MasterRunner)
     if web_ui is not None:
         _guard_web_ui(opts, web_ui)
     if isinstance(runner, MasterRunner) and not O.is_loopback(opts.master_bind_host):
@@ -409,17 +256,19 @@ def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any)
     try:
         keys = O.load_keys(opts.loadkit_keys_file, os.environ)
     except O.KeysError as exc:
-        _fail(str(exc))
-    p = _P = _Process(environment, keys)
-    if leads:
-        _lead(p)
-    if sends:
+        fail(str(exc))
+    p = _P = _Process()
+    if not isinstance(runner, WorkerRunner):
+        p.lead = Lead(environment, keys, [FreeTierUser, PaidTierUser])
+        if p.lead.coord.scenario is not None:
+            _use_timeouts(p.lead.coord.scenario)
+    if not isinstance(runner, MasterRunner):
         a = p.agent = Agent(lambda kind, data: runner.send_message(kind, data), keys)
         runner.register_message("loadkit_grant", lambda msg, **_: a.on_grant(msg.data))
         runner.register_message("loadkit_start", lambda msg, **_: a.on_start(msg.data))
         runner.register_message("loadkit_stop", lambda msg, **_: a.on_stop(msg.data))
-        # After the runner's own listeners: with reverse=True this one runs first, before
-        # a worker tells the master it quits.
+        # Added after the runner's own listeners: quitting fires in reverse, so this runs
+        # before a worker tells the master it quits.
         environment.events.quitting.add_listener(_on_quitting_sender)
 
     if isinstance(runner, WorkerRunner):
@@ -452,117 +301,22 @@ def _guard_web_ui(opts: Any, web_ui: Any) -> None:
         opts.web_host, opts.web_port, bool(opts.web_login), login, bool(web_ui.auth_args)
     )
     if problem:
-        _fail(problem)
+        fail(problem)
     if opts.web_login and login is not None:
         _webui.require_login(web_ui, login, opts.web_base_path or "")
 
 
-def _lead(p: _Process) -> None:
-    """The master's (or the local runner's) part: the run directory, the scenario, and the
-    handlers of the workers' messages."""
-    opts = p.options
-    runner = p.runner
-    out = Path(opts.loadkit_out or f"runs/locust-{new_run_id()}")
-    run_id = out.name
-    problem = check_out_dir(out, run_id)
-    if problem:
-        _fail(problem)
-    scenario = None
-    if opts.loadkit_scenario:
-        try:
-            scenario = load_scenario(opts.loadkit_scenario)
-            plan(scenario, p.keys)
-        except ScenarioError as exc:
-            _fail(str(exc))
-        _setup_scenario(p, scenario)
-    paid = opts.loadkit_paid_tier or None
-    out.mkdir(parents=True, exist_ok=True)
-    coord = p.coord = Coordinator(out, run_id, p.keys, scenario, paid)
-    opts.loadkit_run_id = run_id
-
-    def on_claim(msg: Any, **_: Any) -> None:
-        grant = coord.claim(msg.node_id, msg.data["tier"])
-        data: dict[str, Any] = {"token": msg.data["token"], "grant": None}
-        if grant is not None:
-            data["grant"] = grant.to_dict()
-            if coord.origin is not None:
-                data["start"] = {"origin": coord.origin.to_dict(), "quota": coord.share}
-        runner.send_message("loadkit_grant", data, client_id=msg.node_id)
-
-    def on_records(msg: Any, **_: Any) -> None:
-        d = msg.data
-        coord.records(msg.node_id, str(d["worker"]), list(d["lines"]), int(d["in_flight"]))
-
-    def on_done(msg: Any, **_: Any) -> None:
-        coord.done(msg.node_id, int(msg.data["records"]), int(msg.data["cancelled"]))
-        p.reports.set()
-
-    handlers = {
-        "loadkit_hello": lambda msg, **_: coord.hello(
-            msg.node_id, str(msg.data["worker"]), int(msg.data["pid"]), str(msg.data["boot_id"])
-        ),
-        "loadkit_claim": on_claim,
-        "loadkit_records": on_records,
-        "loadkit_finished": lambda msg, **_: coord.key_finished(msg.node_id, msg.data["label"]),
-        "loadkit_refuse": lambda msg, **_: coord.refused(
-            msg.node_id, msg.data["label"], msg.data["reason"]
-        ),
-        "loadkit_done": on_done,
-    }
-    for kind, handler in handlers.items():
-        runner.register_message(kind, handler)
-    p.environment.events.heartbeat_sent.add_listener(
-        lambda client_id, **_: coord.peer(client_id) if client_id in coord.peers else None
-    )
-    p.environment.events.spawning_complete.add_listener(lambda **_: coord.spawned())
-
-    # Every way Locust ends a run (--run-time, Ctrl-C, SIGTERM, the last worker quitting)
-    # goes through runner.quit(): first the workers drain and report, then Locust quits
-    # (its own quit waits only half a second for the workers' last words).
-    locust_quit = runner.quit
-
-    def quit_after_reports() -> None:
-        _finish(p, natural=False)
-        locust_quit()
-
-    runner.quit = quit_after_reports
-
-
-def _setup_scenario(p: _Process, scenario: Scenario) -> None:
-    """One user per key with load (``fixed_count``), and the resolved scenario forwarded to
-    the workers in Locust's spawn messages (without the embedded server's config path,
-    which only means something on this machine)."""
-    opts = p.options
-    pairs = plan(scenario, p.keys)
-    paid = opts.loadkit_paid_tier or None
-    loaded = {k.label: k for k, _ in pairs}.values()
-    for cls in (FreeTierUser, PaidTierUser):
-        cls.fixed_count = sum(O.tier_matches(k.tier, cls.tier, paid) for k in loaded)
-    if opts.num_users is None:
-        opts.num_users = FreeTierUser.fixed_count + PaidTierUser.fixed_count
-    if opts.spawn_rate is None:
-        opts.spawn_rate = max(1, opts.num_users)
-    d = scenario_to_dict(scenario)
-    d["target"].pop("server_config", None)
-    opts.loadkit_scenario_json = json.dumps(d)
-    _TierUser.connection_timeout = scenario.target.connect_timeout_s
-    _TierUser.network_timeout = scenario.target.read_timeout_s
+def _use_timeouts(s: Scenario) -> None:
+    _TierUser.connection_timeout = s.target.connect_timeout_s
+    _TierUser.network_timeout = s.target.read_timeout_s
 
 
 @events.test_start.add_listener
 def _on_test_start(environment: Any, **_: Any) -> None:
     p = proc()
     opts = environment.parsed_options
-    coord = p.coord
-    if coord is not None:
-        if coord.scenario is None and coord.origin is None:
-            # Plain mode: t=0 now; the workers get it in Locust's spawn messages, which
-            # are sent after this event.
-            coord.origin = Origin.now()
-            opts.loadkit_start = json.dumps(coord.origin.to_dict())
-            write_start(coord.out, coord.origin, lambda: _new_meta(p))
-        if p.watcher is None:
-            p.watcher = gevent.spawn(_watch, p)
+    if p.lead is not None:
+        p.lead.test_started()
     a = p.agent
     if a is not None:
         try:
@@ -571,68 +325,8 @@ def _on_test_start(environment: Any, **_: Any) -> None:
             log.error("loadkit: the master's scenario does not load here: %s", exc)
             raise
         if a.scenario is not None:
-            _TierUser.connection_timeout = a.scenario.target.connect_timeout_s
-            _TierUser.network_timeout = a.scenario.target.read_timeout_s
+            _use_timeouts(a.scenario)
         a.hello()
-
-
-def _watch(p: _Process) -> None:
-    """The master's loop: name workers that died or went silent, start the schedule once
-    every key has its process, end the run when every key is finished."""
-    coord = p.coord
-    assert coord is not None
-    while not p.finished:
-        gevent.sleep(0.1)
-        coord.check()
-        if coord.ready_to_start():
-            origin = Origin.now(START_LEAD_S)
-            coord.start(origin)
-            write_start(coord.out, origin, lambda: _new_meta(p))
-            p.runner.send_message(
-                "loadkit_start", {"origin": origin.to_dict(), "quota": coord.share}
-            )
-        if coord.end_reached():
-            _finish(p, natural=True)
-            if p.options.headless:
-                p.runner.quit()
-            else:
-                p.runner.stop()
-
-
-def _finish(p: _Process, natural: bool) -> None:
-    """Tell every worker to stop (no new requests; open ones get the grace), wait for each
-    one's final report (its record count) or its end, then write run.json."""
-    coord = p.coord
-    if p.finished or coord is None:
-        return
-    p.finished = True
-    s = coord.scenario
-    if natural:
-        grace = 0.0
-    elif s is not None:
-        grace = min(s.drain_s, STOP_GRACE_S)
-    else:
-        grace = float(p.environment.stop_timeout or STOP_GRACE_S)
-    p.runner.send_message("loadkit_stop", {"grace_s": grace})
-    deadline = time.monotonic() + grace + DONE_TIMEOUT_S
-    # The master's message loop is one of the runner's greenlets: waiting inside it would
-    # keep the reports from arriving.
-    can_wait = gevent.getcurrent() not in p.runner.greenlet
-    while can_wait and time.monotonic() < deadline:
-        coord.check()
-        if not coord.waiting():
-            break
-        p.reports.clear()
-        p.reports.wait(timeout=0.5)
-    interrupted = not natural and s is not None
-    write_end(
-        coord.out,
-        coord.origin,
-        coord.worker_infos(interrupted),
-        coord.stop_reason(natural),
-        interrupted,
-        lambda: _new_meta(p),
-    )
 
 
 def _on_quitting_sender(environment: Any, **_: Any) -> None:
@@ -647,35 +341,5 @@ def _on_quitting_sender(environment: Any, **_: Any) -> None:
 def _on_quitting(environment: Any, **_: Any) -> None:
     p = proc()
     prefix = getattr(environment.parsed_options, "csv_prefix", None)
-    if p.coord is not None and prefix:
+    if p.lead is not None and prefix:
         _webui.write_ttft_csv(p.ttft, f"{prefix}_ttft.csv")
-
-
-def _new_meta(p: _Process) -> RunMeta:
-    """run.json for a run started by hand (``loadkit run`` writes its own first)."""
-    coord = p.coord
-    assert coord is not None
-    host = p.environment.host or ""
-    if coord.scenario is not None:
-        from loadkit.run import new_meta
-
-        return new_meta(coord.scenario, "locust", host, p.keys, coord.run_id, Clock())
-    tiers: dict[str, dict[str, Any]] = {}
-    for tier in sorted({k.tier for k in p.keys}):
-        spec = os.environ.get(f"LOADKIT_PROMISE_{tier.upper()}", DEFAULT_PROMISES.get(tier))
-        if spec:
-            r, w, c = spec.split("/")
-            tiers[tier] = {"requests": int(r), "window_s": float(w), "concurrency": int(c)}
-    origin = coord.origin or Origin.now()
-    return RunMeta(
-        run_id=coord.run_id,
-        engine="locust",
-        target=host,
-        scenario_name="locust-plain",
-        started_unix=origin.wall,
-        mono_anchor_ns=origin.mono_ns,
-        tiers=tiers,
-        keys=[
-            {"label": k.label, "tier": k.tier, "fingerprint": fingerprint(k.secret)} for k in p.keys
-        ],
-    )
