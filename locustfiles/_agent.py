@@ -64,6 +64,7 @@ class Agent:
         self._last_flush = time.monotonic()
         self._drained = Event()
         self._draining = False
+        self._reported = -1  # records counted in the last final report
 
     # -- settings from the master ----------------------------------------------------------
 
@@ -173,11 +174,16 @@ class Agent:
         self.report_done()
 
     def report_done(self) -> None:
+        """The final report: every record first, then the count (again only if it grew:
+        a process asked twice, by the master's stop and its own quit, answers once)."""
+        if self._reported == self.produced:
+            return
         self.flush()
         self.send(
             "loadkit_done",
             {"worker": self.worker, "records": self.produced, "cancelled": self.cancelled},
         )
+        self._reported = self.produced
 
     # -- requests and records --------------------------------------------------------------
 
@@ -218,8 +224,11 @@ class Agent:
             raise
 
     def key_finished(self, label: str) -> None:
-        self.flush()  # its records first: messages to the master arrive in order
-        self.send("loadkit_finished", {"label": label})
+        try:
+            self.flush()  # its records first: messages to the master arrive in order
+            self.send("loadkit_finished", {"label": label})
+        except Exception as exc:  # the master learns it from the final report instead
+            log.warning("loadkit: could not tell the master key %s is done (%s)", label, exc)
 
     def _flush_loop(self) -> None:
         while True:

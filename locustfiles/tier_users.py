@@ -333,8 +333,12 @@ def _on_quitting_sender(environment: Any, **_: Any) -> None:
     """A process that sends load shuts down (Ctrl-C on it, or the master's quit): open
     requests get the grace, and its last records and final report go to the master."""
     a = proc().agent
-    if a is not None:
+    if a is None:
+        return
+    try:
         a.drain(STOP_GRACE_S)
+    except Exception as exc:  # the master is gone already: nothing left to tell it
+        log.debug("loadkit: final report not sent (%s)", exc)
 
 
 @events.quitting.add_listener
