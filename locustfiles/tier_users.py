@@ -335,8 +335,9 @@ def _on_quitting_sender(environment: Any, **_: Any) -> None:
     a = proc().agent
     if a is None:
         return
+    grace = min(a.scenario.drain_s, STOP_GRACE_S) if a.scenario else STOP_GRACE_S
     try:
-        a.drain(STOP_GRACE_S)
+        a.drain(grace)
     except Exception as exc:  # the master is gone already: nothing left to tell it
         log.debug("loadkit: final report not sent (%s)", exc)
 
