@@ -6,6 +6,7 @@ the run, and run.json. Imports gevent, never Locust: the environment is passed i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -19,6 +20,8 @@ from loadkit.locustfiles._coordinator import Coordinator, check_out_dir, write_e
 from loadkit.locustfiles._options import tier_matches
 from loadkit.runmeta import Clock, Origin, RunMeta, fingerprint, new_run_id
 from loadkit.scenario import Key, Scenario, ScenarioError, load_scenario, plan, scenario_to_dict
+
+log = logging.getLogger("loadkit")
 
 STOP_GRACE_S = 5.0  # a stop before the schedule's end: open requests get this long (≤ drain)
 DONE_TIMEOUT_S = 15.0  # beyond the grace, how long the master waits for final reports
@@ -55,6 +58,12 @@ class Lead:
                 plan(scenario, keys)
             except ScenarioError as exc:
                 fail(str(exc))
+            missing = sorted({ld.tier for ld in scenario.load} - {k.tier for k in keys})
+            if missing:
+                fail(
+                    f"{scenario.source}: no keys of tier {', '.join(missing)} on the master "
+                    "(--loadkit-keys-file, or LOADKIT_<TIER>_KEYS in its environment)"
+                )
             self._setup_scenario(scenario, user_classes)
         out.mkdir(parents=True, exist_ok=True)
         self.coord = Coordinator(out, out.name, keys, scenario, opts.loadkit_paid_tier or None)
@@ -81,8 +90,13 @@ class Lead:
     def _register(self) -> None:
         coord, runner = self.coord, self.runner
 
+        unserved: set[str] = set()
+
         def on_claim(msg: Any, **_: Any) -> None:
             grant = coord.claim(msg.node_id, msg.data["tier"])
+            if grant is None and coord.scenario is None and msg.data["tier"] not in unserved:
+                unserved.add(msg.data["tier"])
+                log.warning("loadkit: the master has no keys for %s users", msg.data["tier"])
             data: dict[str, Any] = {"token": msg.data["token"], "grant": None}
             if grant is not None:
                 data["grant"] = grant.to_dict()
