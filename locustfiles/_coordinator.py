@@ -33,7 +33,9 @@ from loadkit.runmeta import (
 from loadkit.scenario import Key, Scenario, plan
 
 SILENT_S = 10.0  # no message or heartbeat from a worker for this long: it is named silent
-CLAIM_QUIET_S = 3.0  # scenario mode starts without the keys nobody claimed after this long
+# Scenario mode starts without the keys nobody claimed once every user Locust spawned has
+# asked for one, or (a user that never asked) after this long without a claim.
+CLAIM_QUIET_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class Coordinator:
         self.peers: dict[str, Peer] = {}
         self.origin: Origin | None = None
         self.spawned_at: float | None = None
+        self.spawned_users = 0
+        self.claims = 0
         self.last_claim: float | None = None
         self.share = 0  # each process's share of the scenario's max_requests (0 = none)
         self.problems: list[str] = []
@@ -122,6 +126,7 @@ class Coordinator:
         load that no process drives yet (None when none is left); in plain mode the tier's
         keys round-robin across every process."""
         p = self.peer(node)
+        self.claims += 1
         self.last_claim = self.now()
         match = [k for k in self.keys if tier_matches(k.tier, user_tier, self.paid_tier)]
         if self.scenario is None:
@@ -179,21 +184,25 @@ class Coordinator:
         p = self.peer(node)
         p.sent, p.cancelled, p.done, p.in_flight = sent, cancelled, True, 0
 
-    def spawned(self) -> None:
-        """Locust has sent out every user (``spawning_complete``)."""
+    def spawned(self, users: int) -> None:
+        """Locust has sent out every user (``spawning_complete``): ``users`` in all."""
         self.spawned_at = self.now()
+        self.spawned_users = users
 
     # -- decisions --------------------------------------------------------------------------
 
     def ready_to_start(self) -> bool:
-        """Scenario mode: every key with load has its process, or Locust has spawned every
-        user and no claim came for CLAIM_QUIET_S (then the keys nobody took are named)."""
+        """Scenario mode: every key with load has its process, or every user Locust spawned
+        has asked for a key (or none asked for CLAIM_QUIET_S); then the keys nobody took
+        are named."""
         if self.scenario is None or self.origin is not None:
             return False
         if set(self.roles) <= set(self.owner):
             return True
         if self.spawned_at is None:
             return False
+        if self.claims >= self.spawned_users:
+            return True
         quiet_since = max(self.spawned_at, self.last_claim or 0.0)
         return self.now() - quiet_since >= CLAIM_QUIET_S
 

@@ -132,7 +132,7 @@ class Lead:
         events.heartbeat_sent.add_listener(
             lambda client_id, **_: coord.peer(client_id) if client_id in coord.peers else None
         )
-        events.spawning_complete.add_listener(lambda **_: coord.spawned())
+        events.spawning_complete.add_listener(lambda user_count, **_: coord.spawned(user_count))
 
         # Every way Locust ends a run (--run-time, Ctrl-C, SIGTERM, the last worker
         # quitting) goes through runner.quit(): first the workers drain and report, then
