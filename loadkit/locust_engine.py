@@ -1,10 +1,13 @@
 """``loadkit run --engine locust``: the same scenario, headless through Locust.
 
 This module never imports Locust or gevent (``import locust`` monkey-patches the standard
-library): it launches ``python -m locust`` as a subprocess on ``locustfiles/tier_users.py``,
-hands it the resolved scenario (a JSON file, no secrets), the keys (a private 0600 file,
-never argv or logs) and the run's clock, shows progress from the record files, forwards
-Ctrl-C, and reports workers that died in the run metadata.
+library): it launches ``python -m locust`` on ``locustfiles/tier_users.py`` with loadkit's
+custom Locust options — the resolved scenario (a JSON file, no secrets), the run
+directory, the keys (a private 0600 file named on the command line, never the keys
+themselves) — and lets Locust's master coordinate its workers through Locust's own
+messages. The master writes every record and run.json into the run directory; this
+module shows progress from the record files, turns Ctrl-C into a graceful stop (SIGTERM to
+the master), and adopts what the master wrote (t=0, workers, how it ended).
 """
 
 from __future__ import annotations
@@ -20,13 +23,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from loadkit.records import record_files
-from loadkit.runmeta import Clock, RunMeta, WorkerInfo
-from loadkit.scenario import Scenario, plan, scenario_to_dict
+from loadkit.runmeta import RUN_FILE, Clock, RunMeta, read_run_meta
+from loadkit.scenario import Key, Scenario, plan, scenario_to_dict
 
-STARTUP_S = 4.0  # Locust's import and spawn; the schedule's t=0 is this far in the future
+STARTUP_MARGIN_S = 60  # Locust's --run-time safety net beyond the schedule and its drain
+STOP_WAIT_S = 45.0  # after Ctrl-C: the master's grace (≤ 5 s) and final reports, with room
+
+
+class Target(Protocol):
+    base_url: str
+    keys: list[Key]
 
 
 def locustfile() -> Path:
@@ -36,7 +45,7 @@ def locustfile() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "tier_users.py"
 
 
-def users_count(scenario: Scenario, keys: list[Any]) -> int:
+def users_count(scenario: Scenario, keys: list[Key]) -> int:
     """Locust users in scenario mode: one per key that has load (a user drives every load
     phase of its key with greenlets)."""
     return len({key.label for key, _ in plan(scenario, keys)})
@@ -44,13 +53,15 @@ def users_count(scenario: Scenario, keys: list[Any]) -> int:
 
 def run_locust(
     scenario: Scenario,
-    target: Any,
+    target: Target,
     out_dir: Path,
     clock: Clock,
     meta: RunMeta,
     workers: int | None = None,
     progress: bool = True,
 ) -> None:
+    """Run ``scenario`` through Locust (``workers`` > 0: that many local worker processes)
+    into ``out_dir``; updates ``clock`` and ``meta`` with the master's t=0 and outcome."""
     users = users_count(scenario, target.keys)
     if users == 0:
         meta.stop_reason = "nothing to run: no load phase matches a key"
@@ -63,9 +74,40 @@ def run_locust(
         shutil.rmtree(private, ignore_errors=True)
 
 
+def locust_command(
+    scenario_file: Path,
+    keys_file: Path,
+    out_dir: Path,
+    base_url: str,
+    users: int,
+    run_time_s: int,
+    workers: int,
+    port: int,
+) -> list[str]:
+    """The Locust command line: every setting as a Locust option, nothing secret."""
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(locustfile()), "--headless",
+        "--host", base_url, "-u", str(users), "-r", str(max(users, 1)),
+        "--run-time", f"{run_time_s}s", "--only-summary", "--loglevel", "WARNING",
+        "--exit-code-on-error", "0",
+        "--loadkit-scenario", str(scenario_file),
+        "--loadkit-out", str(out_dir),
+        "--loadkit-keys-file", str(keys_file),
+    ]  # fmt: skip
+    if workers > 0:
+        # An ephemeral master port on loopback: with Locust's fixed default, workers left
+        # over from another run on this machine would join this one.
+        cmd += [
+            "--processes", str(workers),
+            "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+            "--master-host", "127.0.0.1", "--master-port", str(port),
+        ]  # fmt: skip
+    return cmd
+
+
 def _run(
     scenario: Scenario,
-    target: Any,
+    target: Target,
     out_dir: Path,
     clock: Clock,
     meta: RunMeta,
@@ -80,58 +122,27 @@ def _run(
         json.dump(
             {"keys": [{"label": k.label, "tier": k.tier, "key": k.secret} for k in target.keys]}, fh
         )
+    spec = scenario_to_dict(scenario)
+    if scenario.target.server_config:  # read relative to the scenario file, not to out_dir
+        spec["target"]["server_config"] = os.path.abspath(scenario.target.server_config)
     scenario_file = out_dir / "scenario.json"
-    scenario_file.write_text(json.dumps(scenario_to_dict(scenario), indent=2) + "\n")
+    scenario_file.write_text(json.dumps(spec, indent=2) + "\n")
 
-    # t=0 of the schedule is when Locust's users are up, not when this process started it.
-    shift_ns = int(STARTUP_S * 1e9)
-    clock.mono_anchor_ns = time.perf_counter_ns() + shift_ns
-    clock.wall_anchor = time.time() + STARTUP_S
-    meta.mono_anchor_ns = clock.mono_anchor_ns
-    meta.started_unix = clock.wall_anchor
-    meta.write(out_dir)
-
-    t = scenario.target
-    env = {
-        **os.environ,
-        "LOADKIT_SCENARIO": str(scenario_file),
-        "LOADKIT_KEYS_FILE": str(keys_file),
-        "LOADKIT_OUT": str(out_dir),
-        "LOADKIT_RUN_ID": meta.run_id,
-        "LOADKIT_MONO_ANCHOR_NS": str(clock.mono_anchor_ns),
-        "LOADKIT_WALL_ANCHOR": repr(clock.wall_anchor),
-        "LOADKIT_BOOT_ID": _boot_id(),
-        "LOADKIT_WORKERS": str(max(1, workers)),
-        "LOADKIT_RUNNER_OWNS_META": "1",
-        "LOADKIT_CONNECT_TIMEOUT_S": str(t.connect_timeout_s),
-        "LOADKIT_READ_TIMEOUT_S": str(t.read_timeout_s),
-    }
-    for name in [n for n in env if n.startswith("LOADKIT_KEYS_") and n != "LOADKIT_KEYS_FILE"]:
-        del env[name]  # keys come from the file only
     span = scenario.duration_s if not math.isinf(scenario.duration_s) else 24 * 3600
-    run_time = int(STARTUP_S + span + scenario.drain_s + 30)
-    cmd = [
-        sys.executable, "-m", "locust", "-f", str(locustfile()), "--headless",
-        "--host", target.base_url, "-u", str(users), "-r", str(max(users, 1)),
-        "--run-time", f"{run_time}s", "--stop-timeout", str(int(scenario.drain_s) + 1),
-        "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
-    ]  # fmt: skip
-    if workers > 0:
-        # An ephemeral master port: with Locust's fixed default, workers left over from
-        # another run on this machine would join this one.
-        port = _free_port()
-        cmd += [
-            "--processes",
-            str(workers),
-            "--master-bind-host",
-            "127.0.0.1",
-            "--master-bind-port",
-            str(port),
-            "--master-host",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-        ]
+    run_time = int(span + scenario.drain_s + STARTUP_MARGIN_S)
+    cmd = locust_command(
+        scenario_file.resolve(),
+        keys_file,
+        out_dir.resolve(),
+        target.base_url,
+        users,
+        run_time,
+        workers,
+        _free_port() if workers > 0 else 0,
+    )
+    # Everything is on the command line; loadkit variables a user exported for plain
+    # Locust use (keys above all) must not add to it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADKIT_")}
     log_path = out_dir / "locust.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -142,15 +153,30 @@ def _run(
         except KeyboardInterrupt:
             meta.interrupted = True
             meta.stop_reason = "interrupted (Ctrl-C)"
-            _stop(proc, out_dir)
+            _stop(proc)
+        finally:
+            _reap(proc)
+    _adopt(out_dir, clock, meta)
     code = proc.returncode
-    meta.workers = [WorkerInfo(**w) for w in _worker_status(out_dir)]
-    if not meta.interrupted:
-        died = [w for w in meta.workers if w.status == "died"]
-        meta.stop_reason = f"{len(died)} Locust worker(s) died" if died else "schedule complete"
     if code not in (0, None) and not meta.interrupted and not record_files(out_dir):
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"locust exited with {code} and wrote no records:\n{tail}")
+
+
+def _adopt(out_dir: Path, clock: Clock, meta: RunMeta) -> None:
+    """Take the master's t=0 (same machine: its monotonic anchor is exact here), its
+    workers and, unless Ctrl-C stopped the run, its reason for ending."""
+    try:
+        master = read_run_meta(out_dir)
+    except (OSError, ValueError):
+        return
+    if master.run_id != meta.run_id:
+        return
+    clock.mono_anchor_ns = meta.mono_anchor_ns = master.mono_anchor_ns
+    clock.wall_anchor = meta.started_unix = master.started_unix
+    meta.workers = master.workers
+    if not meta.interrupted and master.stop_reason:
+        meta.stop_reason = master.stop_reason
 
 
 class _Tally:
@@ -189,6 +215,7 @@ def _watch(proc: subprocess.Popen[bytes], out_dir: Path, clock: Clock, progress:
     period = 1.0 if sys.stderr.isatty() else 5.0
     tally = _Tally(out_dir)
     last = time.monotonic()
+    seen = 0.0
     while proc.poll() is None:
         try:
             proc.wait(timeout=0.2)
@@ -196,39 +223,49 @@ def _watch(proc: subprocess.Popen[bytes], out_dir: Path, clock: Clock, progress:
             pass
         if progress and time.monotonic() - last >= period:
             last = time.monotonic()
+            seen = _follow_origin(out_dir, clock, seen)
             tally.update()
             end = "\r" if sys.stderr.isatty() else "\n"
             print(tally.line(clock.now()), end=end, file=sys.stderr, flush=True)
     if progress:
+        _follow_origin(out_dir, clock, seen)
         tally.update()
         print(tally.line(clock.now()), file=sys.stderr, flush=True)
 
 
-def _stop(proc: subprocess.Popen[bytes], out_dir: Path) -> None:
-    """Ctrl-C: first a graceful stop every Locust process sees (the ``.stop`` file): no new
-    requests, open ones finish and are recorded, the run ends as usual. If that has not
-    ended it in 10 s (or on a second Ctrl-C), Locust's main process gets SIGINT (its users
-    record open requests as cancelled); past 20 s more the process group is terminated."""
-    (out_dir / ".stop").touch()
+def _follow_origin(out_dir: Path, clock: Clock, seen: float) -> float:
+    """Progress times from the master's t=0 once run.json has it."""
     try:
-        proc.wait(timeout=10)
+        mtime = (out_dir / RUN_FILE).stat().st_mtime
+        if mtime != seen:
+            master = read_run_meta(out_dir)
+            clock.mono_anchor_ns, clock.wall_anchor = master.mono_anchor_ns, master.started_unix
+    except (OSError, ValueError):
+        return seen
+    return mtime
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C: SIGTERM to Locust's master, which tells every worker to stop (no new
+    requests; open ones finish within the grace and are recorded), waits for their final
+    reports, writes run.json and quits. A second Ctrl-C, or a master that has not ended in
+    STOP_WAIT_S, ends every process of the run at once (records written so far are kept)."""
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=STOP_WAIT_S)
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        pass
-    try:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGINT)
-            proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        _signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
     except ProcessLookupError:
         pass
-    # Workers finish writing their records after the main process is gone; give them a
-    # moment, then nothing of the run may outlive it.
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Nothing of the run outlives it: Locust's forked workers leave with the master's quit;
+    any that have not after 10 s are killed."""
+    if proc.poll() is None:  # an error on the way out: no Locust process may stay behind
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -246,22 +283,9 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-def _worker_status(out_dir: Path) -> list[dict[str, Any]]:
-    from loadkit.locustfiles._roles import worker_status  # no locust import there
-
-    return worker_status(out_dir)
-
-
 def _free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""

@@ -36,16 +36,61 @@ class Clock:
     def now(self) -> float:
         return (time.perf_counter_ns() - self.mono_anchor_ns) / 1e9
 
-    def at(self, perf_ns: int) -> float:
-        return (perf_ns - self.mono_anchor_ns) / 1e9
+
+@dataclass(frozen=True)
+class Origin:
+    """t=0 of a run as the process that decided it saw it: its wall clock, its monotonic
+    clock (``perf_counter_ns``) and its machine's boot id. Monotonic readings compare only
+    within one boot of one machine; elsewhere the wall-clock time is the common reference."""
+
+    wall: float
+    mono_ns: int
+    boot_id: str
+
+    def clock(self, boot_id: str, wall_now: float, mono_now_ns: int) -> Clock:
+        """The run's clock in a process whose machine has ``boot_id`` and whose clocks read
+        ``wall_now`` / ``mono_now_ns`` at this moment: the exact monotonic anchor on the
+        same machine, else the wall-clock origin mapped onto this machine's monotonic clock
+        (as good as the two machines' clock synchronisation)."""
+        if self.boot_id and boot_id == self.boot_id:
+            return Clock(self.mono_ns, self.wall)
+        return Clock(mono_now_ns - round((wall_now - self.wall) * 1e9), self.wall)
+
+    def local_clock(self) -> Clock:
+        return self.clock(boot_id(), time.time(), time.perf_counter_ns())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"wall": self.wall, "mono_ns": self.mono_ns, "boot_id": self.boot_id}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Origin:
+        return cls(float(d["wall"]), int(d["mono_ns"]), str(d.get("boot_id") or ""))
+
+    @classmethod
+    def now(cls, lead_s: float = 0.0) -> Origin:
+        """An origin ``lead_s`` seconds from now on this machine."""
+        lead_ns = round(lead_s * 1e9)
+        return cls(time.time() + lead_s, time.perf_counter_ns() + lead_ns, boot_id())
+
+
+def boot_id() -> str:
+    """This machine's boot id (Linux); "" where there is none, so origins never match."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 @dataclass
 class WorkerInfo:
+    """One load-generating process of a run, as the process that wrote the records saw it."""
+
     worker: str
-    records: int = 0
-    status: str = "ok"  # "ok" | "died" | "interrupted"
+    records: int = 0  # records received from it (and written into the run directory)
+    status: str = "ok"  # "ok" | "interrupted" | "died" | "silent"
     detail: str = ""
+    sent: int | None = None  # records the worker says it produced (its final report)
+    in_flight: int | None = None  # its requests open when last heard of, if known
 
 
 @dataclass
@@ -93,9 +138,14 @@ class RunMeta:
         if schema != RUN_SCHEMA:
             raise ValueError(f"unsupported run schema {schema!r} (this loadkit reads {RUN_SCHEMA})")
         d = {k: v for k, v in d.items() if k not in ("started_at", "ended_at")}
-        d["workers"] = [WorkerInfo(**w) for w in d.get("workers", [])]
+        d["workers"] = [worker_info(w) for w in d.get("workers", [])]
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def worker_info(d: dict[str, Any]) -> WorkerInfo:
+    known = WorkerInfo.__dataclass_fields__
+    return WorkerInfo(**{k: v for k, v in d.items() if k in known})
 
 
 def read_run_meta(run_dir: str | os.PathLike[str]) -> RunMeta:
