@@ -94,6 +94,7 @@ class RequestRecord:
     limit_kind: str | None = None  # v2: which limit refused a 429 (limit_signals.LIMIT_KINDS)
     limit_signal: str | None = None  # v2: what in the response decided limit_kind
     queued_s: float = 0.0  # time spent waiting for a client-side slot before send
+    pause_s: float | None = None  # v2: closed loop: the pause taken after it (think, backoff)
     schema: str = RECORD_SCHEMA
 
     def to_json(self) -> str:
@@ -122,6 +123,7 @@ V2_FIELDS = (
     "rl_reset_tokens_s",
     "limit_kind",
     "limit_signal",
+    "pause_s",
 )
 _FIELD_SET = frozenset(RECORD_FIELDS)
 _READABLE = ", ".join(READABLE_SCHEMAS)
@@ -137,6 +139,7 @@ _TIME_FIELDS = (
     "rl_reset_tokens_s",
     "retry_after_s",
     "queued_s",
+    "pause_s",
 )
 
 

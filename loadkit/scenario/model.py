@@ -25,6 +25,7 @@ from loadkit.api import (
     custom_layout,
     default_layout_name,
 )
+from loadkit.outcomes import Backoff
 from loadkit.schema import (
     DERIVED,
     Count,
@@ -122,22 +123,22 @@ class LoadSpec:
     backoff_429_s: float | None = None
 
     def pause_after(
-        self, status: int, retry_after_s: float | None, transport_error: str | None
+        self,
+        status: int,
+        retry_after_s: float | None,
+        transport_error: str | None,
+        failures: int | None = None,
     ) -> float:
         """How long a closed-loop user pauses after a request before its next one: its think
-        time, or after a 429 the advertised retry-after (capped at 5 s; 1 s if absent; or
-        ``backoff_429_s``), or 1 s after a connection that failed outright — without these,
-        a refused user would spin thousands of requests per second."""
-        pause = self.think_s
-        if status == 429:
-            if self.backoff_429_s is not None:
-                wait = self.backoff_429_s
-            else:
-                wait = min(5.0, retry_after_s) if retry_after_s is not None else 1.0
-            pause = max(pause, wait)
-        elif status == 0 and transport_error not in (None, "cancelled"):
-            pause = max(pause, 1.0)
-        return pause
+        time; after a 429 the advertised Retry-After (capped at 5 s; 1 s if absent; or
+        ``backoff_429_s``); after any other failure a backoff from 1 s doubling with each
+        of the user's ``failures`` in a row (this one included; default 1) up to 10 s
+        (``loadkit.outcomes.Backoff``)."""
+        if failures is None:
+            failures = 0 if 200 <= status < 300 else 1
+        return Backoff(limited_s=self.backoff_429_s).pause(
+            self.think_s, status, retry_after_s, transport_error, failures
+        )
 
     def applies_to(self, key_index: int) -> bool:
         """Whether this phase loads the tier's ``key_index``-th key (1-based)."""
