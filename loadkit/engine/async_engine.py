@@ -123,6 +123,7 @@ class AsyncEngine:
         self._open = 0  # HTTP requests under way
         self._stop = asyncio.Event()
         self._interrupt = False
+        self._interrupted = asyncio.Event()  # set with _interrupt: cuts a drain short
         self._auth = {k.label: f"Bearer {k.secret}" for k in keys}
 
     # -- public -----------------------------------------------------------------------
@@ -144,9 +145,13 @@ class AsyncEngine:
         return self.result
 
     def stop(self, reason: str = "stopped", interrupt: bool = False) -> None:
-        if not self._stop.is_set():
+        """End the run: in-flight requests get the drain, or none if ``interrupt``. The
+        first reason is kept, unless an interrupt cuts a drain short."""
+        if not self._stop.is_set() or (interrupt and not self._interrupt):
             self.result.stop_reason = reason
-        self._interrupt = self._interrupt or interrupt
+        if interrupt:
+            self._interrupt = True
+            self._interrupted.set()
         self._stop.set()
 
     # -- scheduling -------------------------------------------------------------------
@@ -280,7 +285,12 @@ class AsyncEngine:
 
     async def _drain(self, grace: float) -> None:
         if self._inflight and grace > 0:
-            await asyncio.wait(set(self._inflight), timeout=grace)
+            finished = asyncio.ensure_future(asyncio.wait(set(self._inflight), timeout=grace))
+            interrupted = asyncio.ensure_future(self._interrupted.wait())
+            await asyncio.wait({finished, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+            interrupted.cancel()
+            await asyncio.gather(finished, interrupted, return_exceptions=True)
         pending = set(self._inflight)
         for t in pending:
             t.cancel()
