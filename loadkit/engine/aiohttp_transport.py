@@ -87,16 +87,17 @@ class AiohttpTransport:
 
 
 class _Exchange:
-    """One request: entering waits for the headers, leaving releases the connection."""
+    """One request: entering waits for the headers, leaving releases the connection (what
+    aiohttp's own ``async with session.request(...)`` does, a layer fewer)."""
 
-    __slots__ = ("_request",)
+    __slots__ = ("_request", "_response")
 
     def __init__(self, request: aiohttp.client._RequestContextManager) -> None:
         self._request = request
 
     async def __aenter__(self) -> Response:
         try:
-            resp = await self._request.__aenter__()
+            resp = self._response = await self._request
         except _FAILURES as exc:
             raise translate(exc) from exc
         # The body's own read method, handed over as is: the seam costs nothing per chunk.
@@ -108,6 +109,11 @@ class _Exchange:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._request.__aexit__(exc_type, exc, tb)
+        resp = self._response
+        resp.release()
+        try:
+            await resp.wait_for_close()
+        except _FAILURES as failure:
+            exc = exc or failure
         if isinstance(exc, _FAILURES):
             raise translate(exc) from exc

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class TransportError(Exception):
@@ -36,14 +35,14 @@ class Incomplete(TransportError):
     """The body ended before its declared length, or its framing was broken."""
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
     """An answer whose status line and headers have arrived.
 
     ``read()`` returns the next bytes of the body as soon as any arrive, and ``b""`` once it
     has ended; it raises a :class:`TransportError` if the body cannot be completed. It is
     a plain awaitable rather than an async iterator so an adapter can hand over its
-    client's own read method, adding nothing per chunk.
+    client's own read method, adding nothing per chunk (and a named tuple, the cheapest
+    immutable value to make once per request).
     """
 
     status: int
