@@ -77,6 +77,8 @@ WAKE_EARLY_S = 0.0012
 
 @dataclass
 class EngineResult:
+    """How a run went, for run.json and the progress line."""
+
     records: int = 0
     interrupted: bool = False
     stop_reason: str = ""
@@ -122,8 +124,7 @@ class AsyncEngine:
         self._inflight: set[asyncio.Future[Any]] = set()  # open-loop requests, users
         self._open = 0  # HTTP requests under way
         self._stop = asyncio.Event()
-        self._interrupt = False
-        self._interrupted = asyncio.Event()  # set with _interrupt: cuts a drain short
+        self._interrupted = asyncio.Event()  # no drain, or the rest of it cut short
         self._auth = {k.label: f"Bearer {k.secret}" for k in keys}
 
     # -- public -----------------------------------------------------------------------
@@ -140,17 +141,16 @@ class AsyncEngine:
         finally:
             if installed:
                 loop.remove_signal_handler(signal.SIGINT)
-        self.result.interrupted = self._interrupt
+        self.result.interrupted = self._interrupted.is_set()
         self.result.records = self.writer.count
         return self.result
 
     def stop(self, reason: str = "stopped", interrupt: bool = False) -> None:
         """End the run: in-flight requests get the drain, or none if ``interrupt``. The
         first reason is kept, unless an interrupt cuts a drain short."""
-        if not self._stop.is_set() or (interrupt and not self._interrupt):
+        if not self._stop.is_set() or (interrupt and not self._interrupted.is_set()):
             self.result.stop_reason = reason
         if interrupt:
-            self._interrupt = True
             self._interrupted.set()
         self._stop.set()
 
@@ -170,7 +170,7 @@ class AsyncEngine:
             for d in drivers:
                 d.cancel()
             await asyncio.gather(*drivers, return_exceptions=True)
-            await self._drain(0.0 if self._interrupt else s.drain_s)
+            await self._drain(0.0 if self._interrupted.is_set() else s.drain_s)
             if progress:
                 progress.cancel()
                 await asyncio.gather(progress, return_exceptions=True)
@@ -327,6 +327,9 @@ class AsyncEngine:
         queued = 0.0
         if sem is not None:
             q0 = clock.now()
+            # Cancelled here (the run ended while it queued), a request leaves no record: it
+            # was never sent, and no record kind says so yet ("cancelled" reads as "the
+            # server may have admitted it" in the verdicts).
             await sem.acquire()
             queued = clock.now() - q0
         try:
@@ -342,11 +345,11 @@ class AsyncEngine:
             s.honour_retry_after
             and rec.status == 429
             and attempt <= s.max_retries
-            and not self._interrupt
+            and not self._interrupted.is_set()
         ):
             delay = rec.retry_after_s if rec.retry_after_s is not None else 1.0
             await asyncio.sleep(delay)
-            if not self._interrupt:
+            if not self._interrupted.is_set():
                 return await self._request(key, req, sem, clock.now(), attempt + 1)
         return rec
 
