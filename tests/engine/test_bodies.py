@@ -175,3 +175,32 @@ def test_what_is_sent_for_each_request_and_what_is_recorded_of_the_key():
         line = r.to_json()
         assert all(k.secret not in line for k in TEST_KEYS)
         assert r.key in ("free-1", "free-2")
+
+
+HOSTILE = {
+    "event not JSON": (
+        "chat_stream",
+        [Head(200, SSE), token_event("a"), b"data: {not json\n\n", final_events(1)],
+        (200, "malformed_event", None),
+    ),
+    "no [DONE]": ("chat_stream", sse_reply(done=False), (200, "incomplete_stream", None)),
+    "error event": (
+        "chat_stream",
+        [Head(200, SSE), token_event("a"), b'data: {"error": {"code": "e1"}}\n\n'],
+        (200, None, "e1"),
+    ),
+    "body not JSON": (
+        "chat",
+        [Head(200, {}), b"<html>oops</html>"],
+        (200, "malformed_event", None),
+    ),
+    "error body": ("chat", json_reply(429, {"error": {"code": "e2"}}), (429, None, "e2")),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_bodies_read_byte_by_byte_give_the_same_one_record(name):
+    kind, steps, outcome = HOSTILE[name]
+    whole = one(kind, steps)
+    assert (whole.status, whole.transport_error, whole.error_code) == outcome
+    assert without_id(one(kind, split_every_byte(steps))) == without_id(whole)
