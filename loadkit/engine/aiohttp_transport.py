@@ -4,7 +4,7 @@ seam's typed errors (``transport.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -92,7 +92,7 @@ class _Exchange:
 
     __slots__ = ("_request", "_response")
 
-    def __init__(self, request: aiohttp.client._RequestContextManager) -> None:
+    def __init__(self, request: Awaitable[aiohttp.ClientResponse]) -> None:
         self._request = request
 
     async def __aenter__(self) -> Response:
