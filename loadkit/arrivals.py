@@ -40,13 +40,3 @@ def arrivals(load: LoadSpec, run_duration: float, rng: random.Random) -> Iterato
     else:
         raise ValueError(f"pattern {load.pattern!r} has no arrival schedule (closed loop)")
 
-
-def offered_requests(load: LoadSpec, run_duration: float) -> float:
-    """Expected number of requests one key is offered by an open-loop phase (for sizing
-    and for progress estimates)."""
-    span = max(0.0, load.active_until(run_duration) - load.start_s)
-    if load.pattern in ("constant", "poisson"):
-        return span * load.rate_per_s
-    if load.pattern == "burst":
-        return (span / load.burst_period_s) * load.burst_size
-    return 0.0

@@ -3,7 +3,8 @@
 One scheduler per (key, load phase). A late send is recorded as late (``scheduled_s`` is
 kept), never re-timed; arrivals are never dropped (a client-side cap makes them wait, and the
 wait is recorded in ``queued_s``). Every request, whatever happens to it, yields one record
-through :class:`loadkit.trace.RequestTrace`, written as it finishes.
+through :class:`loadkit.trace.RequestTrace`, written as it finishes. Requests go out through
+a :class:`~loadkit.engine.transport.Transport` (aiohttp unless another is given).
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-
-import aiohttp
+from typing import Any, Protocol
 
 from loadkit import records as R
 from loadkit.arrivals import arrivals
+from loadkit.engine.aiohttp_transport import AiohttpTransport, ClientConfig
+from loadkit.engine.transport import (
+    Incomplete,
+    Refused,
+    Reset,
+    TimedOut,
+    Transport,
+    TransportError,
+)
 from loadkit.payloads import MixPicker, PreparedRequest, prepare
 from loadkit.records import RecordWriter, RequestRecord
 from loadkit.runmeta import Clock
@@ -28,9 +37,48 @@ from loadkit.trace import RequestInfo, RequestTrace
 
 REQUEST_ID_HEADER = "x-loadkit-request-id"
 
+# The record's name for each way a transport can fail (anything else is "other").
+_ERROR_KINDS: dict[type[TransportError], str] = {
+    TimedOut: R.TIMEOUT,
+    Refused: R.REFUSED,
+    Reset: R.RESET,
+    Incomplete: R.INCOMPLETE_STREAM,
+}
+
+
+def error_kind(exc: TransportError) -> str:
+    """The record's ``transport_error`` for a transport's failure."""
+    for cls in type(exc).__mro__:
+        kind = _ERROR_KINDS.get(cls)
+        if kind is not None:
+            return kind
+    return R.OTHER
+
+
+class RunClock(Protocol):
+    """The run's clock (``runmeta.Clock``; tests pass one on a virtual-time loop)."""
+
+    def now(self) -> float: ...
+
+
+class RecordSink(Protocol):
+    """Where finished records go (``records.RecordWriter``; tests keep them in memory)."""
+
+    @property
+    def count(self) -> int: ...
+
+    def write(self, rec: RequestRecord) -> None: ...
+
+
+# The selector sleeps in whole milliseconds (rounded up), so a plain sleep wakes up to 1 ms
+# late. Wake a little early, then yield to the loop (which keeps serving I/O) until due.
+WAKE_EARLY_S = 0.0012
+
 
 @dataclass
 class EngineResult:
+    """How a run went, for run.json and the progress line."""
+
     records: int = 0
     interrupted: bool = False
     stop_reason: str = ""
@@ -38,20 +86,10 @@ class EngineResult:
     cancelled: int = 0
 
 
-@dataclass(frozen=True)
-class ClientConfig:
-    """HTTP client settings, all explicit: a load tool that inherits a library's
-    connection cap or total timeout measures itself, not the target."""
-
-    connect_timeout_s: float = 10.0
-    request_timeout_s: float = 600.0
-    read_timeout_s: float = 120.0
-    read_bufsize: int = 1 << 20  # aiohttp's 64 KiB default throttles long bodies
-
-    @classmethod
-    def from_scenario(cls, s: Scenario) -> ClientConfig:
-        t = s.target
-        return cls(t.connect_timeout_s, t.request_timeout_s, t.read_timeout_s)
+def client_config(scenario: Scenario) -> ClientConfig:
+    """The aiohttp transport's settings for a scenario's target."""
+    t = scenario.target
+    return ClientConfig(t.connect_timeout_s, t.request_timeout_s, t.read_timeout_s)
 
 
 class AsyncEngine:
@@ -60,13 +98,16 @@ class AsyncEngine:
         scenario: Scenario,
         keys: list[Key],
         base_url: str,
-        writer: RecordWriter,
-        clock: Clock,
+        writer: RecordSink,
+        clock: RunClock,
         run_id: str,
         worker: str = "async-0",
-        client: ClientConfig | None = None,
         progress: bool = True,
+        transport: Transport | None = None,
+        wake_early_s: float = WAKE_EARLY_S,
     ) -> None:
+        """``wake_early_s``: how long before a scheduled send to stop sleeping and spin
+        (0 on a loop whose timers are exact, such as the tests' virtual-time loop)."""
         self.scenario = scenario
         self.keys = keys
         self.base_url = base_url.rstrip("/")
@@ -74,84 +115,75 @@ class AsyncEngine:
         self.clock = clock
         self.run_id = run_id
         self.worker = worker
-        self.client = client or ClientConfig.from_scenario(scenario)
+        self.transport = transport or AiohttpTransport(client_config(scenario))
+        self.wake_early_s = wake_early_s
         self.progress = progress
         self.result = EngineResult()
         self._seq = 0
         self._sent = 0
-        self._inflight: set[asyncio.Future[object]] = set()  # open-loop requests, users
+        self._inflight: set[asyncio.Future[Any]] = set()  # open-loop requests, users
         self._open = 0  # HTTP requests under way
         self._stop = asyncio.Event()
-        self._interrupt = False
-        self._session: aiohttp.ClientSession | None = None
-        self._auth = {
-            k.label: {"Authorization": f"Bearer {k.secret}", "Accept-Encoding": "identity"}
-            for k in keys
-        }
+        self._interrupted = asyncio.Event()  # no drain, or the rest of it cut short
+        self._auth = {k.label: f"Bearer {k.secret}" for k in keys}
 
     # -- public -----------------------------------------------------------------------
 
     async def run(self) -> EngineResult:
-        s = self.scenario
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=self.client.request_timeout_s,
-            connect=self.client.connect_timeout_s,
-            sock_read=self.client.read_timeout_s,
-        )
         loop = asyncio.get_running_loop()
         installed = self._install_sigint(loop)
-        async with aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            read_bufsize=self.client.read_bufsize,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        ) as session:
-            self._session = session
-            drivers = [
-                asyncio.ensure_future(self._drive(key, load, i))
-                for i, (key, load) in enumerate(self._plan())
-            ]
-            progress = asyncio.ensure_future(self._progress()) if self.progress else None
+        try:
+            await self.transport.open()
             try:
-                await self._wait_end(drivers)
+                await self._run_load()
             finally:
-                for d in drivers:
-                    d.cancel()
-                await asyncio.gather(*drivers, return_exceptions=True)
-                await self._drain(0.0 if self._interrupt else s.drain_s)
-                if progress:
-                    progress.cancel()
-                    await asyncio.gather(progress, return_exceptions=True)
-                    self._print_progress(final=True)
-        if installed:
-            loop.remove_signal_handler(signal.SIGINT)
-        self.result.interrupted = self._interrupt
+                await self.transport.close()
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)
+        self.result.interrupted = self._interrupted.is_set()
         self.result.records = self.writer.count
         return self.result
 
     def stop(self, reason: str = "stopped", interrupt: bool = False) -> None:
-        if not self._stop.is_set():
+        """End the run: in-flight requests get the drain, or none if ``interrupt``. The
+        first reason is kept, unless an interrupt cuts a drain short."""
+        if not self._stop.is_set() or (interrupt and not self._interrupted.is_set()):
             self.result.stop_reason = reason
-        self._interrupt = self._interrupt or interrupt
+        if interrupt:
+            self._interrupted.set()
         self._stop.set()
 
     # -- scheduling -------------------------------------------------------------------
 
-    def _plan(self) -> list[tuple[Key, LoadSpec]]:
-        return plan(self.scenario, self.keys)
+    async def _run_load(self) -> None:
+        """Every (key, phase) driven until the end, then the drain."""
+        s = self.scenario
+        drivers = [
+            asyncio.ensure_future(self._drive(key, load, i))
+            for i, (key, load) in enumerate(plan(s, self.keys))
+        ]
+        progress = asyncio.ensure_future(self._progress()) if self.progress else None
+        try:
+            await self._wait_end(drivers)
+        finally:
+            for d in drivers:
+                d.cancel()
+            await asyncio.gather(*drivers, return_exceptions=True)
+            await self._drain(0.0 if self._interrupted.is_set() else s.drain_s)
+            if progress:
+                progress.cancel()
+                await asyncio.gather(progress, return_exceptions=True)
+                self._print_progress(final=True)
 
-    async def _wait_end(self, drivers: list[asyncio.Future[None]]) -> None:
+    async def _wait_end(self, drivers: list[asyncio.Task[None]]) -> None:
         s = self.scenario
         loop = asyncio.get_running_loop()
         stop_wait = asyncio.ensure_future(self._stop.wait())
         deadline = (
             None if s.duration_s == float("inf") else loop.time() + s.duration_s - self.clock.now()
         )
-        pending: set[asyncio.Future[object]] = {stop_wait, *drivers}
+        pending: set[asyncio.Future[Any]] = {stop_wait, *drivers}
         try:
             while True:
                 timeout = None if deadline is None else max(0.0, deadline - loop.time())
@@ -192,7 +224,7 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         origin = loop.time() - self.clock.now()  # loop.time() of the run's t=0
         for t in arrivals(load, self.scenario.duration_s, rng):
-            await _sleep_until(loop, origin + t)
+            await _sleep_until(loop, origin + t, self.wake_early_s)
             if self._stop.is_set() or not self._take_slot():
                 return
             self._spawn(key, load, rng, picker, sem, t)
@@ -253,7 +285,12 @@ class AsyncEngine:
 
     async def _drain(self, grace: float) -> None:
         if self._inflight and grace > 0:
-            await asyncio.wait(set(self._inflight), timeout=grace)
+            finished = asyncio.ensure_future(asyncio.wait(set(self._inflight), timeout=grace))
+            interrupted = asyncio.ensure_future(self._interrupted.wait())
+            await asyncio.wait({finished, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+            interrupted.cancel()
+            await asyncio.gather(finished, interrupted, return_exceptions=True)
         pending = set(self._inflight)
         for t in pending:
             t.cancel()
@@ -290,6 +327,9 @@ class AsyncEngine:
         queued = 0.0
         if sem is not None:
             q0 = clock.now()
+            # Cancelled here (the run ended while it queued), a request leaves no record: it
+            # was never sent, and no record kind says so yet ("cancelled" reads as "the
+            # server may have admitted it" in the verdicts).
             await sem.acquire()
             queued = clock.now() - q0
         try:
@@ -305,50 +345,45 @@ class AsyncEngine:
             s.honour_retry_after
             and rec.status == 429
             and attempt <= s.max_retries
-            and not self._interrupt
+            and not self._interrupted.is_set()
         ):
             delay = rec.retry_after_s if rec.retry_after_s is not None else 1.0
             await asyncio.sleep(delay)
-            if not self._interrupt:
+            if not self._interrupted.is_set():
                 return await self._request(key, req, sem, clock.now(), attempt + 1)
         return rec
+
+    def _url(self, req: PreparedRequest) -> str:
+        return self.base_url + req.path
+
+    def _headers(self, key: Key, req: PreparedRequest, info: RequestInfo) -> dict[str, str]:
+        """Everything sent besides the body: the one place that knows how a key is
+        presented and how a request is labelled."""
+        headers = {"Authorization": self._auth[key.label], REQUEST_ID_HEADER: info.request_id}
+        if req.body is not None:
+            headers["Content-Type"] = "application/json"
+        return headers
 
     async def _exchange(
         self, key: Key, req: PreparedRequest, info: RequestInfo, queued: float
     ) -> RequestRecord:
         clock = self.clock
-        assert self._session is not None
-        headers = dict(self._auth[key.label])
-        headers[REQUEST_ID_HEADER] = info.request_id
-        if req.body is not None:
-            headers["Content-Type"] = "application/json"
+        url = self._url(req)
+        headers = self._headers(key, req, info)
         trace = RequestTrace(info, clock.now(), queued)
         self._open += 1
         try:
-            async with self._session.request(
-                req.method, self.base_url + req.path, data=req.body, headers=headers
-            ) as resp:
+            async with self.transport.send(req.method, url, headers, req.body) as resp:
                 trace.response(clock.now(), resp.status, resp.headers)
-                content = resp.content
-                while True:
-                    chunk = await content.readany()
-                    if not chunk:
-                        break
+                read = resp.read
+                while chunk := await read():
                     trace.data(clock.now(), chunk)
                 return trace.finish(clock.now())
         except asyncio.CancelledError:
             self.writer.write(trace.fail(clock.now(), R.CANCELLED))
             raise
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            return trace.fail(clock.now(), R.TIMEOUT)
-        except aiohttp.ClientConnectorError:
-            return trace.fail(clock.now(), R.REFUSED)
-        except aiohttp.ClientPayloadError:
-            return trace.fail(clock.now(), R.INCOMPLETE_STREAM)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError):
-            return trace.fail(clock.now(), R.RESET)
-        except aiohttp.ClientError:
-            return trace.fail(clock.now(), R.OTHER)
+        except TransportError as exc:
+            return trace.fail(clock.now(), error_kind(exc))
         finally:
             self._open -= 1
 
@@ -380,15 +415,10 @@ class AsyncEngine:
         print(line, end=end, file=sys.stderr, flush=True)
 
 
-# The selector sleeps in whole milliseconds (rounded up), so a plain sleep wakes up to 1 ms
-# late. Wake a little early, then yield to the loop (which keeps serving I/O) until due.
-_EARLY_S = 0.0012
-
-
-async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float, early: float) -> None:
     delay = when - loop.time()
-    if delay > _EARLY_S:
-        await asyncio.sleep(delay - _EARLY_S)
+    if delay > early:
+        await asyncio.sleep(delay - early)
     while loop.time() < when:
         await asyncio.sleep(0)
 
