@@ -23,7 +23,7 @@ class Outcome(enum.Enum):
     AUTH = "auth"  # 401 (or a 403 that is not the API's error): the key was not accepted
     NOT_API = "not_api"  # a wrong route, 405/501, a non-JSON error page: not the API
     NO_RESPONSE = "no_response"  # a transport failure before any status
-    CANCELLED = "cancelled"  # the run stopped while it was open: not the target's doing
+    CANCELLED = "cancelled"  # the run stopped while it was open or queued: not the target's doing
 
 
 #: Outcomes that say the limiter let the request through.
@@ -32,6 +32,10 @@ ADMITTED = frozenset({Outcome.OK, Outcome.API_ERROR})
 EVIDENCE = frozenset({Outcome.OK, Outcome.API_ERROR, Outcome.LIMITED})
 #: Outcomes that mean the target (or the way loadkit addresses it) is not usable.
 UNUSABLE = frozenset({Outcome.AUTH, Outcome.NOT_API, Outcome.NO_RESPONSE})
+
+
+# Queued behind a client-side cap when the run stopped: never sent (loadkit.records).
+_NOT_SENT = "not_sent"
 
 
 def is_json(content_type: str | None) -> bool:
@@ -47,7 +51,9 @@ def classify(
     """The outcome of one request. ``content_type`` None (a version-1 record) is trusted to
     be the API's: then only the error code tells an API error from a page."""
     if status == 0:
-        return Outcome.CANCELLED if transport_error == R.CANCELLED else Outcome.NO_RESPONSE
+        if transport_error in (R.CANCELLED, _NOT_SENT):
+            return Outcome.CANCELLED
+        return Outcome.NO_RESPONSE
     if 200 <= status < 300:
         return Outcome.OK
     if status == 429:

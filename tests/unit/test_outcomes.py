@@ -30,6 +30,7 @@ from loadkit.outcomes import ADMITTED, Backoff, FailureWatch, Outcome, classify
         (0, None, None, "refused", Outcome.NO_RESPONSE),
         (0, None, None, "timeout", Outcome.NO_RESPONSE),
         (0, None, None, "cancelled", Outcome.CANCELLED),
+        (0, None, None, "not_sent", Outcome.CANCELLED),
     ],
 )
 def test_classify(status, code, ctype, transport, outcome):
