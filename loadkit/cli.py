@@ -58,6 +58,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="locust engine: worker processes (0 = one local process)",
     )
     r.add_argument("--target", metavar="URL", help="override the scenario's target base URL")
+    r.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the pre-flight check of the target (models, every key, a stream)",
+    )
     r.add_argument("--no-analyze", action="store_true", help="only write records, no analysis")
     r.add_argument(
         "--parquet",
