@@ -13,10 +13,16 @@ Two modes:
   phases a scheduler that spawns a greenlet per arrival so sends are on time and never
   dropped — from the t=0 the master sends once every key has its process;
 * plain mode: users take keys of their tier round-robin from the master, run the weighted
-  request tasks, and wait ``LOADKIT_WAIT_S`` between requests.
+  request tasks, and wait ``LOADKIT_WAIT_S`` between requests (longer after a failure).
+
+Closed-loop users (scenario mode) and plain-mode users back off after every failure: the
+advertised Retry-After after a 429, an exponential pause after any other non-2xx or
+transport error, recorded in ``pause_s``. In scenario mode a run whose target fails
+everything ends early (``loadkit.outcomes.FailureWatch``).
 
 This module holds the users and Locust's event wiring; the master's side is ``_lead`` /
-``_coordinator``, a load-sending process's ``_agent``, one request ``_request``.
+``_coordinator``, a load-sending process's ``_agent``, one request ``_request``, how a
+process ends with the run ``_lifecycle``.
 """
 
 from __future__ import annotations
@@ -24,25 +30,42 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 from typing import Any
 
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
-from locust import FastHttpUser, constant, events, task
+from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 from locust.stats import RequestStats, StatsEntry
 
+from loadkit import records as R
+from loadkit.api import ApiLayout
 from loadkit.arrivals import arrivals
+from loadkit.locustfiles import _lifecycle as L
 from loadkit.locustfiles import _options as O
 from loadkit.locustfiles import _roles, _webui
-from loadkit.locustfiles._agent import Agent
+from loadkit.locustfiles._agent import Agent, Policy
 from loadkit.locustfiles._lead import STOP_GRACE_S, Lead, fail
-from loadkit.locustfiles._request import send
+from loadkit.locustfiles._request import PauseRule, send
+from loadkit.outcomes import Backoff
 from loadkit.payloads import MixPicker, PreparedRequest, prepare
 from loadkit.records import RequestRecord
 from loadkit.scenario import Key, LoadSpec, Scenario, ScenarioError
 
 log = logging.getLogger("loadkit")
+
+# Keys `loadkit run` hands over through an inherited pipe: read here, at import, before
+# --processes forks the workers (which keep them in memory).
+try:
+    _INHERITED_KEYS = O.read_inherited_keys(os.environ)
+except O.KeysError as _exc:
+    fail(str(_exc))
+
+# Plain mode (scenario mode takes the scenario's [target] timeouts).
+WAIT_S = float(os.environ.get("LOADKIT_WAIT_S", "0") or 0)
+REQUEST_TIMEOUT_S = float(os.environ.get("LOADKIT_REQUEST_TIMEOUT_S", "600") or 600)
+EVERY_STATUS = frozenset(range(100, 600))
 
 
 class _Process:
@@ -83,7 +106,6 @@ def agent() -> Agent:
 class _TierUser(FastHttpUser):
     abstract = True
     tier = "free"
-    wait_time = constant(float(os.environ.get("LOADKIT_WAIT_S", "0") or 0))
     # Explicit: one connection per concurrent request of this user (a scheduler user may
     # have many open at once); timeouts from the scenario (set when the master's scenario
     # arrives), else the environment, else generous for long streams.
@@ -91,18 +113,36 @@ class _TierUser(FastHttpUser):
     connection_timeout = float(os.environ.get("LOADKIT_CONNECT_TIMEOUT_S", "10"))
     network_timeout = float(os.environ.get("LOADKIT_READ_TIMEOUT_S", "120"))
 
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        # Every status is an answer to read here: for one it deems an error,
+        # geventhttpclient would first read the whole body itself (unbounded, decompressed,
+        # before the first byte could be timed).
+        self.client.client.valid_response_codes = EVERY_STATUS
+
     def on_start(self) -> None:
         self.rng = random.Random(f"{os.getpid()}/{id(self)}")
+        self.pause = WAIT_S  # plain mode: before the next task
+        self.backoff = _Backoff(Backoff(), WAIT_S)
         got = agent().claim(self.tier)
         if got is None:
             raise StopUser()
         self.key, roles = got
         self.roles: list[_roles.Role] = roles or []
 
+    def wait_time(self) -> float:
+        """Plain mode: ``LOADKIT_WAIT_S``, or the backoff after a failure."""
+        return self.pause
+
     def _send(
-        self, key: Key, req: PreparedRequest, at: float | None, sem: BoundedSemaphore | None = None
-    ) -> RequestRecord | None:
-        return send(self, agent(), proc().ttft, key, req, at, sem)
+        self,
+        key: Key,
+        req: PreparedRequest,
+        at: float | None,
+        sem: BoundedSemaphore | None = None,
+        pause: PauseRule | None = None,
+    ) -> RequestRecord:
+        return send(self, agent(), proc().ttft, key, req, at, sem, pause)
 
     # -- scenario mode --------------------------------------------------------------------
 
@@ -132,25 +172,26 @@ class _TierUser(FastHttpUser):
         rng = random.Random(seed if role.kind == "open" else f"{seed}/{role.user}")
         picker = MixPicker(load.mix)
         sem = proc().semaphore(role)
+        layout = a.policy.api.layout
         if role.kind == "closed":
             stagger = min(1.0, 0.01 * load.concurrency) * role.user / max(1, load.concurrency)
             end = load.active_until(s.duration_s)
             if not _wait_until(a, load.start_s + stagger):
                 return
+            backoff = _ClosedLoop(load)
             while a.now() < end and not a.count_reached() and not a.stopping():
-                rec = self._send(role.key, _prepare(s, load, rng, picker), None, sem)
-                if rec is None:
-                    return
-                pause = load.pause_after(rec.status, rec.retry_after_s, rec.transport_error)
-                if pause:
-                    a.stopped.wait(timeout=pause)
+                req = _prepare(s, load, rng, picker, layout)
+                rec = self._send(role.key, req, None, sem, backoff.pause)
+                if rec.pause_s:
+                    a.stopped.wait(timeout=rec.pause_s)
             return
         group = Group()
         try:
             for t in arrivals(load, s.duration_s, rng):
                 if not _wait_until(a, t) or a.count_reached():
                     break
-                group.spawn(self._send, role.key, _prepare(s, load, rng, picker), t, sem)
+                req = _prepare(s, load, rng, picker, layout)
+                group.spawn(self._send, role.key, req, t, sem)
             # In flight at the end: they finish within the drain (on a stop, the agent's
             # grace ends them first).
             group.join(timeout=s.drain_s)
@@ -173,8 +214,10 @@ class _TierUser(FastHttpUser):
             int(env.get("LOADKIT_PROMPT_TOKENS", "32")),
             int(env.get("LOADKIT_MAX_TOKENS", "32")),
             self.rng,
+            a.policy.api.layout,
         )
-        self._send(self.key, req, None)
+        rec = self._send(self.key, req, None, pause=self.backoff.pause)
+        self.pause = rec.pause_s if rec.pause_s is not None else WAIT_S
 
     @task(_roles.weight("chat_stream", 2))
     def chat_stream(self) -> None:
@@ -210,13 +253,50 @@ class PaidTierUser(_TierUser):
     tier = "paid"
 
 
-def _prepare(s: Scenario, load: LoadSpec, rng: random.Random, picker: MixPicker) -> PreparedRequest:
+class _Backoff:
+    """A user's pause after each request: ``backoff``'s rule, with the count of this
+    user's failures in a row (a non-2xx or no answer; a stop's cancellation is neither)."""
+
+    def __init__(self, backoff: Backoff, think_s: float) -> None:
+        self.backoff = backoff
+        self.think_s = think_s
+        self.failures = 0
+
+    def pause(self, rec: RequestRecord) -> float:
+        if 200 <= rec.status < 300:
+            self.failures = 0
+        elif rec.transport_error != R.CANCELLED:
+            self.failures += 1
+        return self.backoff.pause(
+            self.think_s, rec.status, rec.retry_after_s, rec.transport_error, self.failures
+        )
+
+
+class _ClosedLoop(_Backoff):
+    """A closed-loop user of a scenario's load phase: the phase's own rule
+    (``LoadSpec.pause_after``: think time, its 429 setting)."""
+
+    def __init__(self, load: LoadSpec) -> None:
+        super().__init__(Backoff(limited_s=load.backoff_429_s), load.think_s)
+        self.load = load
+
+    def pause(self, rec: RequestRecord) -> float:
+        super().pause(rec)  # the count of failures in a row
+        return self.load.pause_after(
+            rec.status, rec.retry_after_s, rec.transport_error, failures=self.failures
+        )
+
+
+def _prepare(
+    s: Scenario, load: LoadSpec, rng: random.Random, picker: MixPicker, layout: ApiLayout
+) -> PreparedRequest:
     return prepare(
         picker.pick(rng),
         load.model or s.target.model,
         load.prompt_tokens.sample(rng),
         load.max_tokens.sample(rng),
         rng,
+        layout,
     )
 
 
@@ -254,14 +334,16 @@ def _on_init(environment: Any, web_ui: Any = None, **_: Any) -> None:
             opts.master_bind_port,
         )
     try:
-        keys = O.load_keys(opts.loadkit_keys_file, os.environ)
+        keys = O.load_keys(opts.loadkit_keys_file, os.environ, _INHERITED_KEYS)
     except O.KeysError as exc:
         fail(str(exc))
     p = _P = _Process()
     if not isinstance(runner, WorkerRunner):
-        p.lead = Lead(environment, keys, [FreeTierUser, PaidTierUser])
-        if p.lead.coord.scenario is not None:
-            _use_timeouts(p.lead.coord.scenario)
+        lead = p.lead = Lead(environment, keys, [FreeTierUser, PaidTierUser])
+        _check_addressing(lead, environment, isinstance(runner, MasterRunner))
+        if lead.coord.scenario is not None:
+            _use_timeouts(lead.coord.scenario)
+    _end_with_the_run(p, opts, isinstance(runner, WorkerRunner))
     if not isinstance(runner, MasterRunner):
         a = p.agent = Agent(lambda kind, data: runner.send_message(kind, data), keys)
         runner.register_message("loadkit_grant", lambda msg, **_: a.on_grant(msg.data))
@@ -295,6 +377,79 @@ def _on_init(environment: Any, web_ui: Any = None, **_: Any) -> None:
         _webui.add_ttft_tab(web_ui, p.ttft)
 
 
+def _check_addressing(lead: Lead, environment: Any, distributed: bool) -> None:
+    """Refuse plain-mode options that cannot address the target, and a ``${VAR}`` in a
+    header that this machine's processes lack (a master of workers started by hand only
+    warns: they have their own environment)."""
+    opts = environment.parsed_options
+    spec = lead.coord.scenario.target if lead.coord.scenario else None
+    if spec is None:
+        try:
+            spec = O.plain_target(opts, environment.host or "")
+        except O.OptionsError as exc:
+            fail(str(exc))
+        lead.api = spec.target_api()
+    try:
+        O.resolve_api(spec, environment.host or "", os.environ)
+    except ScenarioError as exc:
+        if distributed and not getattr(opts, "processes", None):
+            log.warning("loadkit: %s on the master: each worker needs it set", exc)
+        else:
+            fail(str(exc))
+
+
+def _policy(a: Agent, opts: Any, host: str) -> Policy | str:
+    """How this process sends, or why it cannot (it then takes no key)."""
+    s = a.scenario
+    try:
+        spec = s.target if s is not None else O.plain_target(opts, host)
+        api = O.resolve_api(spec, host, os.environ)
+    except (ScenarioError, O.OptionsError) as exc:
+        return f"{exc} (in the environment of {a.worker})"
+    if s is None:
+        return Policy(api, REQUEST_TIMEOUT_S)
+    return Policy(api, s.target.request_timeout_s, s.honour_retry_after, s.max_retries)
+
+
+def _end_with_the_run(p: _Process, opts: Any, forked_worker: bool) -> None:
+    """Every process ends with the run: SIGHUP is a graceful stop as SIGTERM is; the
+    master stops at once on STOP_NOW (a second interrupt of ``loadkit run``); and when
+    ``loadkit run`` itself is gone, every process stops sending at once and exits."""
+    L.hangup_is_terminate()
+    run_pid = int(getattr(opts, "loadkit_parent_pid", 0) or 0)
+    lead = p.lead
+    if lead is not None:
+
+        def stop_now() -> None:
+            if run_pid and not L.run_alive(run_pid, run_pid):
+                reason = f"loadkit run (pid {run_pid}) ended"
+                L.exit_within(L.EXIT_BOUND_S)
+            else:
+                reason = "stopped at once (interrupted again)"
+            lead.stop_now(reason)
+
+        L.on_signal(L.STOP_NOW, stop_now)
+        if run_pid and os.getppid() == run_pid:
+            # Linux: the kernel says at once when loadkit run ends; the watch below is
+            # the portable way, and catches the moment before this was set.
+            L.parent_death_signal(L.STOP_NOW)
+    elif forked_worker and getattr(opts, "processes", None):
+        # A worker forked by --processes: nothing is left to take its records when its
+        # master is gone.
+        L.parent_death_signal(signal.SIGKILL)
+    if not run_pid:
+        return
+
+    def gone() -> None:
+        L.exit_within(L.EXIT_BOUND_S)
+        if lead is not None:
+            lead.stop_now(f"loadkit run (pid {run_pid}) ended")
+        elif p.agent is not None:
+            p.agent.drain(0.0)
+
+    L.watch_run(run_pid, gone)
+
+
 def _guard_web_ui(opts: Any, web_ui: Any) -> None:
     login = O.web_login_from(os.environ)
     problem = O.web_ui_problem(
@@ -326,6 +481,9 @@ def _on_test_start(environment: Any, **_: Any) -> None:
             raise
         if a.scenario is not None:
             _use_timeouts(a.scenario)
+        a.use(_policy(a, opts, environment.host or ""))
+        if a.policy_problem:
+            log.error("loadkit: %s: this process drives no key", a.policy_problem)
         a.hello()
 
 
