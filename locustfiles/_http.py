@@ -21,7 +21,10 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 from loadkit import records as R
 
 BLOCK = 64 * 1024  # at most this much per socket read
-YIELD_EVERY = 256 * 1024  # a body arriving faster than it is read lets others run this often
+YIELD_EVERY = BLOCK  # a body arriving faster than it is read lets others run this often
+# A pause above 0: sleep(0) runs other ready greenlets but may skip the loop's poll for I/O,
+# so the other streams' bytes would still wait.
+YIELD_S = 1e-6
 
 
 class RequestDeadline(BaseException):
@@ -53,7 +56,7 @@ class BodyReader:
                     # Bytes keep coming without a wait: give the other requests of this
                     # process their turn (a 24 MB line would otherwise hold them all).
                     self._since_yield = 0
-                    gevent.sleep(0)
+                    gevent.sleep(YIELD_S)
                 return data
             if raw.message_complete:
                 return b""

@@ -217,7 +217,9 @@ def load_keys(
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise KeysError(f"key labels are not unique: {', '.join(dup)}")
-    return sorted(keys, key=lambda k: (k.tier, _natural(k.label)))
+    # Grouped by tier, each tier's keys in the order given: a scenario's ``keys = [2]``
+    # means the tier's second key as `loadkit run` listed them.
+    return sorted(keys, key=lambda k: k.tier)
 
 
 def keys_from_json(text: str | bytes, source: str) -> list[Key]:
@@ -263,11 +265,6 @@ def _env_tier(name: str) -> str | None:
     else:
         return None
     return tier.lower() or None
-
-
-def _natural(label: str) -> tuple[str, int]:
-    stem, _, num = label.rpartition("-")
-    return (stem, int(num)) if num.isdigit() else (label, -1)
 
 
 def tier_matches(tier: str, user_tier: str, paid_tier: str | None) -> bool:
