@@ -18,6 +18,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ STOP_WAIT_S = 45.0  # after Ctrl-C: the master's grace (≤ 5 s) and final repor
 STOP_NOW_WAIT_S = 15.0  # after a second Ctrl-C: cancel, final reports, run.json
 STOP_NOW = signal.SIGUSR1  # the master's signal to stop at once (locustfiles/_lifecycle.py)
 KEYS_FD_ENV = "LOADKIT_KEYS_FD"  # the pipe's descriptor number in Locust's environment
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # ${NAME} in a header value
 
 
 class Target(Protocol):
@@ -130,8 +132,10 @@ def _run(
         _free_port() if workers > 0 else 0,
     )
     # Everything else is on the command line; loadkit variables a user exported for plain
-    # Locust use (keys above all) must not add to it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADKIT_")}
+    # Locust use (keys above all) must not add to it, but those the scenario's headers name
+    # are read where the requests are sent.
+    named = {n for v in scenario.target.headers.values() for n in _ENV_REF.findall(v)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADKIT_") or k in named}
     keys_out, keys_in = os.pipe()
     env[KEYS_FD_ENV] = str(keys_out)
     log_path = out_dir / "locust.log"
@@ -180,7 +184,8 @@ def _hand_keys(fd: int, target: Target) -> None:
 
 def _adopt(out_dir: Path, clock: Clock, meta: RunMeta) -> None:
     """Take the master's t=0 (same machine: its monotonic anchor is exact here), its
-    workers and, unless Ctrl-C stopped the run, its reason for ending."""
+    workers, whether it was interrupted (a signal sent to the master itself) and, unless
+    Ctrl-C here stopped the run, its reason for ending."""
     try:
         master = read_run_meta(out_dir)
     except (OSError, ValueError):
@@ -192,6 +197,7 @@ def _adopt(out_dir: Path, clock: Clock, meta: RunMeta) -> None:
     meta.workers = master.workers
     if not meta.interrupted and master.stop_reason:
         meta.stop_reason = master.stop_reason
+    meta.interrupted = meta.interrupted or master.interrupted
 
 
 class _Tally:

@@ -29,6 +29,10 @@ log = logging.getLogger("loadkit")
 WATCH_S = 0.25  # how often a process looks whether loadkit run is still there
 EXIT_BOUND_S = 5.0  # after loadkit run is gone, a process that has not exited is ended
 STOP_NOW = signal.SIGUSR1  # to the master: stop at once (open requests cancelled, recorded)
+# From the kernel to the master: loadkit run is ending. Its own signal, not STOP_NOW: it
+# comes when the thread that started the master ends, while the process may still look
+# alive for a moment.
+PARENT_GONE = signal.SIGUSR2
 
 _PR_SET_PDEATHSIG = 1
 

@@ -418,36 +418,31 @@ def _end_with_the_run(p: _Process, opts: Any, forked_worker: bool) -> None:
     L.hangup_is_terminate()
     run_pid = int(getattr(opts, "loadkit_parent_pid", 0) or 0)
     lead = p.lead
-    if lead is not None:
-
-        def stop_now() -> None:
-            if run_pid and not L.run_alive(run_pid, run_pid):
-                reason = f"loadkit run (pid {run_pid}) ended"
-                L.exit_within(L.EXIT_BOUND_S)
-            else:
-                reason = "stopped at once (interrupted again)"
-            lead.stop_now(reason)
-
-        L.on_signal(L.STOP_NOW, stop_now)
-        if run_pid and os.getppid() == run_pid:
-            # Linux: the kernel says at once when loadkit run ends; the watch below is
-            # the portable way, and catches the moment before this was set.
-            L.parent_death_signal(L.STOP_NOW)
-    elif forked_worker and getattr(opts, "processes", None):
-        # A worker forked by --processes: nothing is left to take its records when its
-        # master is gone.
-        L.parent_death_signal(signal.SIGKILL)
-    if not run_pid:
-        return
+    told: list[bool] = []
 
     def gone() -> None:
+        if told:  # the kernel's signal and the watch: either may tell first
+            return
+        told.append(True)
         L.exit_within(L.EXIT_BOUND_S)
         if lead is not None:
             lead.stop_now(f"loadkit run (pid {run_pid}) ended")
         elif p.agent is not None:
             p.agent.drain(0.0)
 
-    L.watch_run(run_pid, gone)
+    if lead is not None:
+        L.on_signal(L.STOP_NOW, lambda: lead.stop_now("stopped at once (interrupted again)"))
+        if run_pid and os.getppid() == run_pid:
+            # Linux: the kernel says at once when loadkit run ends; the watch below is
+            # the portable way, and catches the moment before this was set.
+            L.on_signal(L.PARENT_GONE, gone)
+            L.parent_death_signal(L.PARENT_GONE)
+    elif forked_worker and getattr(opts, "processes", None):
+        # A worker forked by --processes: nothing is left to take its records when its
+        # master is gone.
+        L.parent_death_signal(signal.SIGKILL)
+    if run_pid:
+        L.watch_run(run_pid, gone)
 
 
 def _guard_web_ui(opts: Any, web_ui: Any) -> None:

@@ -185,3 +185,83 @@ def test_a_giant_line_does_not_hold_up_another_key(tmp_path):
     assert max(r.first_token_s - r.send_s for r in other) < profile.ttft_s + margin
     gaps = [b - a for r in other for a, b in zip(r.chunk_s, r.chunk_s[1:], strict=False)]
     assert max(gaps) < profile.itl_s + margin
+
+
+@pytest.mark.parametrize(
+    ("base", "target", "paths", "auth"),
+    [
+        (
+            "/v1",
+            {
+                "paths": {"chat": "/deployments/d1/chat"},
+                "auth_header": "api-key",
+                "auth_scheme": "",
+                "headers": {"X-Org": "${LOADKIT_TEST_ORG_ID}", "X-Static": "s"},
+            },
+            {"/v1/deployments/d1/chat", "/v1/completions", "/v1/models"},
+            ("api-key", "{key}"),
+        ),
+        (
+            "/api/v1",
+            {"headers": {"X-Org": "${LOADKIT_TEST_ORG_ID}", "X-Static": "s"}},
+            {"/api/v1/ai/chat/completions", "/api/v1/ai/completions", "/api/v1/ai/models"},
+            ("authorization", "Bearer {key}"),
+        ),
+    ],
+    ids=["openai-layout-api-key", "seed-layout-bearer"],
+)
+def test_requests_follow_the_targets_layout_and_auth_style(
+    tmp_path, monkeypatch, base, target, paths, auth
+):
+    """ "auto" picks the layout from the URL (…/v1: OpenAI's, …/api/v1: the seed's);
+    explicit paths override it; the key goes in the header and scheme the target wants;
+    extra headers come along, ${VAR} read from the sending process's environment."""
+    # a LOADKIT_ variable too: the Locust processes get the ones the scenario names
+    monkeypatch.setenv("LOADKIT_TEST_ORG_ID", "org-42")
+    key = Key("free-1", "free", key_for("ok"))
+    out = tmp_path / "run"
+    with ScriptedServer() as srv:
+        sc = scenario(
+            srv.base + base,
+            ["free"],
+            [
+                {
+                    "tier": "free",
+                    "pattern": "constant",
+                    "rate_per_s": 10,
+                    "mix": {"chat_stream": 1, "completions": 1, "models": 1},
+                }
+            ],
+            run={"duration_s": 1.5},
+            target=target,
+        )
+        _, recs = run_direct(sc, [key], out)
+        seen = list(srv.seen)
+    assert len(recs) == len(seen) >= 10
+    assert all(r.status == 200 and r.transport_error is None for r in recs)
+    assert {s.path for s in seen} == paths
+    header, value = auth
+    for s in seen:
+        assert s.headers[header] == value.format(key=key.secret)
+        assert "authorization" not in s.headers or header == "authorization"
+        assert (s.headers["x-org"], s.headers["x-static"]) == ("org-42", "s")
+        assert s.headers["accept-encoding"] == "identity"
+    # the variable's value was read where the requests were sent, not written anywhere
+    written = "".join(p.read_text() for p in out.iterdir() if p.is_file())
+    assert "${LOADKIT_TEST_ORG_ID}" in (out / "scenario.json").read_text()
+    assert "org-42" not in written and key.secret not in written
+
+
+def test_a_header_variable_missing_where_load_is_sent_is_refused_before_load(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEST_UNSET_VAR", raising=False)
+    with ScriptedServer() as srv:
+        sc = scenario(
+            srv.base + "/v1",
+            ["free"],
+            [{"tier": "free", "pattern": "constant", "rate_per_s": 10}],
+            target={"headers": {"X-Org": "${TEST_UNSET_VAR}"}},
+        )
+        with pytest.raises(RuntimeError) as exc:
+            run_direct(sc, [Key("free-1", "free", key_for("ok"))], tmp_path / "run")
+        assert not srv.seen
+    assert "environment variable TEST_UNSET_VAR is not set" in str(exc.value)
