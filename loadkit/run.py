@@ -207,9 +207,15 @@ def run_main(args: Any) -> int:
 
     from loadkit.analysis.cli import analyze_main
 
-    return analyze_main(
+    code = analyze_main(
         argparse.Namespace(run_dir=str(out_dir), slo=[], no_charts=False, quiet=args.quiet)
     )
+    if getattr(args, "history", None) is not None:  # --history [URL]
+        from loadkit.history.cli import add_after_run
+
+        if add_after_run(out_dir, args.history) != 0 and code == 0:
+            return 2  # a night missing from the history must not pass silently
+    return code
 
 
 def _duration_text(s: Scenario) -> str:

@@ -1,0 +1,231 @@
+"""Trend charts of a history (matplotlib, Agg): key metrics night by night with the level
+between change points and the change points marked, and the verdict timeline of every
+limit. Legends sit below the axes, never over the data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loadkit.history.trends import Change, MetricSeries, VerdictLine
+
+DPI = 100
+WIDTH_IN = 11.0
+REGRESSION, IMPROVEMENT, SMALL = "#cf222e", "#1a7f37", "#8c959f"
+MARKERS_UP_TO = 150  # points per line; beyond that a plain line reads better
+
+# verdict word -> (colour, legend label); any other word is drawn as "other"
+VERDICT_COLOURS: dict[str, tuple[str, str]] = {
+    "held": ("#2da44e", "held"),
+    "agrees": ("#2da44e", "held"),
+    "pass": ("#2da44e", "held"),
+    "possible": ("#d4a72c", "possible"),
+    "violated": ("#cf222e", "violated"),
+    "disagrees": ("#cf222e", "violated"),
+    "fail": ("#cf222e", "violated"),
+    "inconclusive": ("#d0d7de", "inconclusive"),
+    "unusable": ("#8250df", "unusable"),
+    "error": ("#57606a", "error / incomplete"),
+    "incomplete": ("#57606a", "error / incomplete"),
+}
+OTHER_COLOUR = ("#0969da", "other")
+MISSING_COLOUR = "#ffffff"
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _dates(series: MetricSeries) -> list[datetime]:
+    return [datetime.fromtimestamp(r.started_unix, UTC) for r in series.runs]
+
+
+def _change_colour(c: Change) -> str:
+    if not c.big:
+        return SMALL
+    return REGRESSION if c.worse else IMPROVEMENT
+
+
+def _change_label(c: Change, scale: float) -> str:
+    if c.metric.rate:
+        return f"{100 * (c.after - c.before):+.1f} pp"
+    rel = c.relative
+    return f"{100 * rel:+.0f}%" if rel is not None else "from 0"
+
+
+def _format_time_axis(ax: Any, fig: Any) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(maxticks=10)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlabel("run start (UTC)")
+
+
+def _plot_metric(ax: Any, series: MetricSeries, colour: str, scale: float) -> list[Any]:
+    """One metric: its values, the level between change points, its change points."""
+    x = _dates(series)
+    y = [v * scale for v in series.values]
+    marker = "o" if len(y) <= MARKERS_UP_TO else None
+    (line,) = ax.plot(
+        x, y, color=colour, marker=marker, ms=3, lw=1.2, label=series.metric.label, zorder=3
+    )
+    ax.step(
+        x, [m * scale for m in series.means()], where="post", color=colour, lw=2.2,
+        alpha=0.35, zorder=2,
+    )  # fmt: skip
+    for c in series.changes:
+        xc, yc = x[c.position], y[c.position]
+        col = _change_colour(c)
+        ax.axvline(xc, color=col, lw=1, ls="--", alpha=0.8, zorder=1)
+        ax.plot([xc], [yc], marker="v" if c.after < c.before else "^", ms=10, color=col,
+                markeredgecolor="black", markeredgewidth=0.6, zorder=4)  # fmt: skip
+        ax.annotate(
+            _change_label(c, scale), (xc, yc), xytext=(4, 8), textcoords="offset points",
+            fontsize=8, color=col, fontweight="bold", zorder=5,
+        )  # fmt: skip
+    return [line]
+
+
+def _legend_below(ax: Any, handles: list[Any], extra: bool = True) -> None:
+    from matplotlib.lines import Line2D
+
+    if extra:
+        handles = [
+            *handles,
+            Line2D([], [], color="#57606a", lw=2.2, alpha=0.35, label="level between changes"),
+            Line2D([], [], color=REGRESSION, marker="^", ls="--", lw=1, label="change: worse"),
+            Line2D([], [], color=IMPROVEMENT, marker="v", ls="--", lw=1, label="change: better"),
+            Line2D([], [], color=SMALL, marker="^", ls="--", lw=1, label="change: below minimum"),
+        ]
+    ax.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4,
+        fontsize=8, frameon=False,
+    )  # fmt: skip
+
+
+def _epoch_lines(ax: Any, series: MetricSeries) -> None:
+    x = _dates(series)
+    for pos in series.epoch_starts:
+        ax.axvline(x[pos], color="#0969da", lw=1.5, ls=":", zorder=1)
+        ax.annotate("scenario changed", (x[pos], 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=8, color="#0969da")  # fmt: skip
+
+
+PALETTE = ("#0550ae", "#bc4c00", "#8250df", "#116329")
+
+
+def metric_chart(
+    path: Path, title: str, series: Sequence[MetricSeries], ylabel: str, scale: float = 1.0
+) -> Path | None:
+    """Several metrics with one unit on one axes (e.g. TTFT p50, p90, p99 in ms)."""
+    series = [s for s in series if s.values]
+    if not series:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0), constrained_layout=True)
+    handles = []
+    for i, s in enumerate(series):
+        handles += _plot_metric(ax, s, PALETTE[i % len(PALETTE)], scale)
+    _epoch_lines(ax, series[0])
+    ax.set_title(title, fontsize=11, loc="left")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.margins(y=0.15)
+    ax.grid(True, alpha=0.3)
+    _format_time_axis(ax, fig)
+    _legend_below(ax, handles)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def stacked_chart(
+    path: Path, title: str, panels: Sequence[tuple[MetricSeries, str]]
+) -> Path | None:
+    """Metrics with different units, one axes each, sharing the time axis."""
+    panels = [(s, u) for s, u in panels if s.values]
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(WIDTH_IN, 1.0 + 2.6 * len(panels)), sharex=True,
+        constrained_layout=True, squeeze=False,
+    )  # fmt: skip
+    handles = []
+    for i, ((s, unit), ax) in enumerate(zip(panels, axes[:, 0], strict=True)):
+        handles += _plot_metric(ax, s, PALETTE[i % len(PALETTE)], 1.0)
+        _epoch_lines(ax, s)
+        ax.set_ylabel(unit)
+        ax.set_ylim(bottom=0)
+        ax.margins(y=0.15)
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].set_title(title, fontsize=11, loc="left")
+    _format_time_axis(axes[-1, 0], fig)
+    _legend_below(axes[-1, 0], handles)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def verdict_chart(
+    path: Path, title: str, starts_unix: Sequence[float], run_verdicts: Sequence[str],
+    lines: Sequence[VerdictLine],
+) -> Path | None:  # fmt: skip
+    """One row per limit verdict (and the run's overall verdict on top), one column per
+    night, coloured by verdict word."""
+    if not starts_unix:
+        return None
+    import matplotlib.dates as mdates
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Patch
+
+    plt = _plt()
+    rows = [("run verdict", list(run_verdicts)), *[(ln.label, list(ln.words)) for ln in lines]]
+    seen: dict[str, str] = {}
+    grid = []
+    for _, words in rows:
+        cells = []
+        for w in words:
+            if w is None:
+                cells.append(to_rgb(MISSING_COLOUR))
+                continue
+            colour, label = VERDICT_COLOURS.get(w, OTHER_COLOUR)
+            seen.setdefault(label, colour)
+            cells.append(to_rgb(colour))
+        grid.append(cells)
+    x = [mdates.date2num(datetime.fromtimestamp(t, UTC)) for t in starts_unix]
+    # cell edges halfway between nights, so uneven spacing (a missed night) shows
+    edges = [x[0] - 0.5] if len(x) == 1 else [x[0] - (x[1] - x[0]) / 2]
+    edges += [(a + b) / 2 for a, b in zip(x, x[1:], strict=False)]
+    edges.append(x[-1] + (0.5 if len(x) == 1 else (x[-1] - x[-2]) / 2))
+    height = 1.6 + 0.22 * len(rows)
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, height), constrained_layout=True)
+    import numpy as np
+
+    ax.pcolormesh(
+        edges, np.arange(len(rows) + 1), np.array(grid), edgecolors="white",
+        linewidth=0.3 if len(x) <= 120 else 0,
+    )  # fmt: skip
+    ax.set_yticks(np.arange(len(rows)) + 0.5, [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.xaxis_date()
+    ax.set_title(title, fontsize=11, loc="left")
+    _format_time_axis(ax, fig)
+    order = ["held", "possible", "violated", "inconclusive", "unusable", "error / incomplete"]
+    labels = sorted(seen, key=lambda s: order.index(s) if s in order else len(order))
+    handles = [Patch(color=seen[s], label=s) for s in labels]
+    ax.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.6 / height * 4),
+        ncol=len(handles) or 1, fontsize=8, frameon=False,
+    )  # fmt: skip
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
