@@ -128,3 +128,24 @@ def test_bad_input_is_refused():
         change_points([1.0, 2.0, 3.0], max_pvalue=0)
     with pytest.raises(ValueError, match="window"):
         change_points([1.0, 2.0, 3.0], window=1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=20),
+    st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=20),
+)
+def test_t_test_is_scipys(left, right):
+    from scipy.stats import ttest_ind_from_stats
+
+    a, b = np.array(left), np.array(right)
+    ours = ttest(a, b)
+    if len(a) + len(b) <= 2:
+        assert ours.pvalue == 1.0
+        return
+    _, p = ttest_ind_from_stats(ours.mean_before, ours.std_before, len(a),
+                                ours.mean_after, ours.std_after, len(b))  # fmt: skip
+    if np.isnan(p):
+        assert ours.pvalue == 1.0
+    else:
+        assert ours.pvalue == pytest.approx(float(p), rel=1e-9, abs=1e-300)
