@@ -32,6 +32,7 @@ VERDICT_COLOURS: dict[str, tuple[str, str]] = {
 }
 OTHER_COLOUR = ("#0969da", "other")
 MISSING_COLOUR = "#ffffff"
+MISSING = "missing"
 
 
 def _plt() -> Any:
@@ -53,7 +54,7 @@ def _change_colour(c: Change) -> str:
     return REGRESSION if c.worse else IMPROVEMENT
 
 
-def _change_label(c: Change, scale: float) -> str:
+def _change_label(c: Change) -> str:
     if c.metric.rate:
         return f"{100 * (c.after - c.before):+.1f} pp"
     rel = c.relative
@@ -88,27 +89,37 @@ def _plot_metric(ax: Any, series: MetricSeries, colour: str, scale: float) -> li
         ax.plot([xc], [yc], marker="v" if c.after < c.before else "^", ms=10, color=col,
                 markeredgecolor="black", markeredgewidth=0.6, zorder=4)  # fmt: skip
         ax.annotate(
-            _change_label(c, scale), (xc, yc), xytext=(4, 8), textcoords="offset points",
+            _change_label(c), (xc, yc), xytext=(4, 8), textcoords="offset points",
             fontsize=8, color=col, fontweight="bold", zorder=5,
         )  # fmt: skip
     return [line]
 
 
-def _legend_below(ax: Any, handles: list[Any], extra: bool = True) -> None:
+def _legend_below(fig: Any, handles: list[Any], changes: Sequence[Change] = ()) -> None:
+    """The legend under the axes (never over the data), with only the change kinds the
+    chart shows."""
     from matplotlib.lines import Line2D
 
-    if extra:
-        handles = [
-            *handles,
-            Line2D([], [], color="#57606a", lw=2.2, alpha=0.35, label="level between changes"),
-            Line2D([], [], color=REGRESSION, marker="^", ls="--", lw=1, label="change: worse"),
-            Line2D([], [], color=IMPROVEMENT, marker="v", ls="--", lw=1, label="change: better"),
-            Line2D([], [], color=SMALL, marker="^", ls="--", lw=1, label="change: below minimum"),
-        ]
-    ax.legend(
-        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4,
-        fontsize=8, frameon=False,
-    )  # fmt: skip
+    extra = [Line2D([], [], color="#57606a", lw=2.2, alpha=0.35, label="level between changes")]
+    kinds = {(c.big, c.worse) for c in changes}
+    if (True, True) in kinds:
+        extra.append(Line2D([], [], color=REGRESSION, marker="^", ls="--", lw=1,
+                            label="change point: worse"))  # fmt: skip
+    if (True, False) in kinds:
+        extra.append(Line2D([], [], color=IMPROVEMENT, marker="v", ls="--", lw=1,
+                            label="change point: better"))  # fmt: skip
+    if any(not big for big, _ in kinds):
+        extra.append(Line2D([], [], color=SMALL, marker="^", ls="--", lw=1,
+                            label="change point below the minimum"))  # fmt: skip
+    handles = [*handles, *extra]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
+               fontsize=8, frameon=False)  # fmt: skip
+
+
+def _y_from_zero(ax: Any, values: Sequence[float]) -> None:
+    """0 at the bottom, room above the highest point for the change labels."""
+    top = max(values, default=0.0)
+    ax.set_ylim(0, top * 1.18 if top > 0 else 1.0)
 
 
 def _epoch_lines(ax: Any, series: MetricSeries) -> None:
@@ -137,11 +148,10 @@ def metric_chart(
     _epoch_lines(ax, series[0])
     ax.set_title(title, fontsize=11, loc="left")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
-    ax.margins(y=0.15)
+    _y_from_zero(ax, [v * scale for s in series for v in s.values])
     ax.grid(True, alpha=0.3)
     _format_time_axis(ax, fig)
-    _legend_below(ax, handles)
+    _legend_below(fig, handles, [c for s in series for c in s.changes])
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -164,12 +174,11 @@ def stacked_chart(
         handles += _plot_metric(ax, s, PALETTE[i % len(PALETTE)], 1.0)
         _epoch_lines(ax, s)
         ax.set_ylabel(unit)
-        ax.set_ylim(bottom=0)
-        ax.margins(y=0.15)
+        _y_from_zero(ax, s.values)
         ax.grid(True, alpha=0.3)
     axes[0, 0].set_title(title, fontsize=11, loc="left")
     _format_time_axis(axes[-1, 0], fig)
-    _legend_below(axes[-1, 0], handles)
+    _legend_below(fig, handles, [c for s, _ in panels for c in s.changes])
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -190,11 +199,13 @@ def verdict_chart(
     plt = _plt()
     rows = [("run verdict", list(run_verdicts)), *[(ln.label, list(ln.words)) for ln in lines]]
     seen: dict[str, str] = {}
+    seen_missing: set[str] = set()
     grid = []
     for _, words in rows:
         cells = []
         for w in words:
             if w is None:
+                seen_missing.add(MISSING)
                 cells.append(to_rgb(MISSING_COLOUR))
                 continue
             colour, label = VERDICT_COLOURS.get(w, OTHER_COLOUR)
@@ -206,7 +217,7 @@ def verdict_chart(
     edges = [x[0] - 0.5] if len(x) == 1 else [x[0] - (x[1] - x[0]) / 2]
     edges += [(a + b) / 2 for a, b in zip(x, x[1:], strict=False)]
     edges.append(x[-1] + (0.5 if len(x) == 1 else (x[-1] - x[-2]) / 2))
-    height = 1.6 + 0.22 * len(rows)
+    height = 1.4 + 0.22 * len(rows)
     fig, ax = plt.subplots(figsize=(WIDTH_IN, height), constrained_layout=True)
     import numpy as np
 
@@ -222,10 +233,10 @@ def verdict_chart(
     order = ["held", "possible", "violated", "inconclusive", "unusable", "error / incomplete"]
     labels = sorted(seen, key=lambda s: order.index(s) if s in order else len(order))
     handles = [Patch(color=seen[s], label=s) for s in labels]
-    ax.legend(
-        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.6 / height * 4),
-        ncol=len(handles) or 1, fontsize=8, frameon=False,
-    )  # fmt: skip
+    if MISSING in seen_missing:
+        handles.append(Patch(facecolor=MISSING_COLOUR, edgecolor="#8c959f", label="no verdict"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=max(len(handles), 1),
+               fontsize=8, frameon=False)  # fmt: skip
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path

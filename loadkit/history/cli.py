@@ -133,11 +133,12 @@ def _detection(args: argparse.Namespace) -> Detection:
     )
 
 
-def history_main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def history_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from loadkit.history.identity import TagSyntaxError
     from loadkit.history.ingest import IngestError
     from loadkit.history.store import StoreError
 
+    out = out or sys.stdout
     command = getattr(args, "history_command", None)
     if command is None:
         print("loadkit history: add, report, show or check (see loadkit history --help)", file=sys.stderr)

@@ -129,7 +129,13 @@ def judge_metric(
     if better:
         c = better[-1]
         return MetricFinding(spec, "improvement", c, len(vals), f"{c.describe()} from {_when(c)}")
-    return MetricFinding(spec, "ok", None, len(vals), "no significant change in recent runs")
+    if changes:
+        c = changes[-1]
+        return MetricFinding(
+            spec, "ok", None, len(vals),
+            f"no change in the last {settings.recent} runs (last: {c.describe()} from {_when(c)})",
+        )  # fmt: skip
+    return MetricFinding(spec, "ok", None, len(vals), f"no change in {len(vals)} runs")
 
 
 def _when(c: Change) -> str:

@@ -335,36 +335,12 @@ class Store:
     def add(self, item: IngestedRun) -> tuple[int, bool]:
         """Add one run with all its rows in one transaction: (run id, True), or the
         existing run's id and False when the same run is already there."""
-        row = asdict(item.run) | {"added_unix": time.time()}
+        return self.add_many([item])[0]
+
+    def add_many(self, items: Sequence[IngestedRun]) -> list[tuple[int, bool]]:
+        """Add runs in one transaction (a backfill: one commit, not one per run)."""
         with self._tx() as conn:
-            inserted = conn.execute(
-                _insert_ignore(conn, runs).values(**row).returning(runs.c.id)
-            ).scalar()
-            if inserted is None:
-                existing = conn.execute(
-                    sa.select(runs.c.id).where(runs.c.run_key == item.run.run_key)
-                ).scalar_one()
-                return int(existing), False
-            rid = int(inserted)
-            _insert_many(conn, metrics, rid, ({
-                "metric": m.metric, "tier": m.tier, "key_label": m.key,
-                "endpoint": m.endpoint, "stream": m.stream, "value": m.value,
-            } for m in item.metrics))  # fmt: skip
-            _insert_many(conn, limits, rid, ({
-                "tier": lr.tier, "key_label": lr.key, "kind": lr.kind,
-                "promised": lr.promised, "window_s": lr.window_s,
-                "observed_max": lr.observed_max,
-                "observed_max_possible": lr.observed_max_possible,
-                "offered_requests": lr.offered_requests,
-                "offered_max_in_window": lr.offered_max_in_window,
-            } for lr in item.limits))  # fmt: skip
-            _insert_many(conn, verdicts, rid, ({
-                "tier": v.tier, "key_label": v.key, "kind": v.kind,
-                "aspect": v.aspect, "verdict": v.verdict,
-            } for v in item.verdicts))  # fmt: skip
-            _insert_many(conn, slo, rid, (asdict(s) for s in item.slos))
-            _insert_many(conn, tags, rid, ({"name": k, "value": v} for k, v in item.tags))
-            return rid, True
+            return [_add(conn, item) for item in items]
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -449,6 +425,36 @@ def _only_runs(q: Any, column: Any, wanted: set[int]) -> Any:
     """Restrict a query to some runs; a huge id list is filtered by the caller instead
     (both SQLite and PostgreSQL cap the number of bound parameters)."""
     return q.where(column.in_(sorted(wanted))) if len(wanted) <= _MAX_IN_LIST else q
+
+
+def _add(conn: Connection, item: IngestedRun) -> tuple[int, bool]:
+    row = asdict(item.run) | {"added_unix": time.time()}
+    inserted = conn.execute(_insert_ignore(conn, runs).values(**row).returning(runs.c.id)).scalar()
+    if inserted is None:
+        existing = conn.execute(
+            sa.select(runs.c.id).where(runs.c.run_key == item.run.run_key)
+        ).scalar_one()
+        return int(existing), False
+    rid = int(inserted)
+    _insert_many(conn, metrics, rid, ({
+        "metric": m.metric, "tier": m.tier, "key_label": m.key,
+        "endpoint": m.endpoint, "stream": m.stream, "value": m.value,
+    } for m in item.metrics))  # fmt: skip
+    _insert_many(conn, limits, rid, ({
+        "tier": lr.tier, "key_label": lr.key, "kind": lr.kind,
+        "promised": lr.promised, "window_s": lr.window_s,
+        "observed_max": lr.observed_max,
+        "observed_max_possible": lr.observed_max_possible,
+        "offered_requests": lr.offered_requests,
+        "offered_max_in_window": lr.offered_max_in_window,
+    } for lr in item.limits))  # fmt: skip
+    _insert_many(conn, verdicts, rid, ({
+        "tier": v.tier, "key_label": v.key, "kind": v.kind,
+        "aspect": v.aspect, "verdict": v.verdict,
+    } for v in item.verdicts))  # fmt: skip
+    _insert_many(conn, slo, rid, (asdict(s) for s in item.slos))
+    _insert_many(conn, tags, rid, ({"name": k, "value": v} for k, v in item.tags))
+    return rid, True
 
 
 def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
