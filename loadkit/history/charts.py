@@ -14,7 +14,8 @@ from loadkit.history.trends import Change, MetricSeries, VerdictLine
 DPI = 100
 WIDTH_IN = 11.0
 REGRESSION, IMPROVEMENT, SMALL = "#cf222e", "#1a7f37", "#8c959f"
-MARKERS_UP_TO = 150  # points per line; beyond that a plain line reads better
+MARKERS_UP_TO = 150
+LEGEND_COLUMNS = 5  # points per line; beyond that a plain line reads better
 
 # verdict word -> (colour, legend label); any other word is drawn as "other"
 VERDICT_COLOURS: dict[str, tuple[str, str]] = {
@@ -112,8 +113,19 @@ def _legend_below(fig: Any, handles: list[Any], changes: Sequence[Change] = ()) 
         extra.append(Line2D([], [], color=SMALL, marker="^", ls="--", lw=1,
                             label="change point below the minimum"))  # fmt: skip
     handles = [*handles, *extra]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
-               fontsize=8, frameon=False)  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), LEGEND_COLUMNS),
+               fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))  # fmt: skip
+
+
+def _layout(fig: Any, legend_items: int, left_in: float = 0.8) -> None:
+    """Margins fixed in inches (constrained layout doubles the drawing time): room for
+    the title above, the time axis and the legend rows below."""
+    w, h = fig.get_size_inches()
+    rows = max(1, -(-legend_items // LEGEND_COLUMNS))
+    bottom_in = 0.62 + 0.2 * rows
+    fig.subplots_adjust(
+        left=left_in / w, right=1 - 0.25 / w, top=1 - 0.35 / h, bottom=bottom_in / h, hspace=0.12
+    )
 
 
 def _y_from_zero(ax: Any, values: Sequence[float]) -> None:
@@ -141,7 +153,7 @@ def metric_chart(
     if not series:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0))
     handles = []
     for i, s in enumerate(series):
         handles += _plot_metric(ax, s, PALETTE[i % len(PALETTE)], scale)
@@ -152,6 +164,7 @@ def metric_chart(
     ax.grid(True, alpha=0.3)
     _format_time_axis(ax, fig)
     _legend_below(fig, handles, [c for s in series for c in s.changes])
+    _layout(fig, len(fig.legends[0].legend_handles))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -166,8 +179,7 @@ def stacked_chart(
         return None
     plt = _plt()
     fig, axes = plt.subplots(
-        len(panels), 1, figsize=(WIDTH_IN, 1.0 + 2.6 * len(panels)), sharex=True,
-        constrained_layout=True, squeeze=False,
+        len(panels), 1, figsize=(WIDTH_IN, 1.2 + 2.6 * len(panels)), sharex=True, squeeze=False,
     )  # fmt: skip
     handles = []
     for i, ((s, unit), ax) in enumerate(zip(panels, axes[:, 0], strict=True)):
@@ -179,6 +191,7 @@ def stacked_chart(
     axes[0, 0].set_title(title, fontsize=11, loc="left")
     _format_time_axis(axes[-1, 0], fig)
     _legend_below(fig, handles, [c for s, _ in panels for c in s.changes])
+    _layout(fig, len(fig.legends[0].legend_handles))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -217,8 +230,8 @@ def verdict_chart(
     edges = [x[0] - 0.5] if len(x) == 1 else [x[0] - (x[1] - x[0]) / 2]
     edges += [(a + b) / 2 for a, b in zip(x, x[1:], strict=False)]
     edges.append(x[-1] + (0.5 if len(x) == 1 else (x[-1] - x[-2]) / 2))
-    height = 1.4 + 0.22 * len(rows)
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, height), constrained_layout=True)
+    height = 1.5 + 0.22 * len(rows)
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, height))
     import numpy as np
 
     ax.pcolormesh(
@@ -235,8 +248,10 @@ def verdict_chart(
     handles = [Patch(color=seen[s], label=s) for s in labels]
     if MISSING in seen_missing:
         handles.append(Patch(facecolor=MISSING_COLOUR, edgecolor="#8c959f", label="no verdict"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=max(len(handles), 1),
-               fontsize=8, frameon=False)  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=max(len(handles), 1), fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, 0.0))  # fmt: skip
+    longest = max(len(r[0]) for r in rows)
+    _layout(fig, 1, left_in=0.3 + 0.065 * longest)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
