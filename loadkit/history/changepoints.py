@@ -97,15 +97,61 @@ def qhat_candidate(z: NDArray[np.float64]) -> tuple[int, float]:
     return row + 1, float(q[row, col])
 
 
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        m2 = 2 * m
+        for aa in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float, y: float | None = None) -> float:
+    """The regularized incomplete beta function I_x(a, b); ``y`` = 1 - x when the caller
+    knows it more exactly than 1 - x can be computed (x close to 1)."""
+    y = 1.0 - x if y is None else y
+    if x <= 0.0:
+        return 0.0
+    if y <= 0.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, y) / b
+
+
+def student_t_two_sided(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom: I_{df/(df+t^2)}(df/2, 1/2).
+    (scipy's ``stdtr`` gives the same to 1e-12, ``test_changepoints.py`` checks; scipy
+    costs a second of import time on every ``history`` command, this costs nothing.)"""
+    if math.isinf(t):
+        return 0.0
+    t2 = t * t
+    return betainc(df / 2.0, 0.5, df / (df + t2), t2 / (df + t2))
+
+
 def ttest(left: NDArray[np.float64], right: NDArray[np.float64]) -> Segments:
     """Two-sided Student t-test with pooled variance (scipy's ``ttest_ind_from_stats``),
     fed with the population standard deviations as Otava does: its published results
     depend on it. A degenerate test (both sides constant and equal) has p = 1, not NaN."""
     if len(left) == 0 or len(right) == 0:
         raise ValueError("ttest needs two non-empty segments")
-    # scipy.special, not scipy.stats: the same Student t tail, a fraction of the import time
-    from scipy.special import stdtr
-
     n1, n2 = len(left), len(right)
     mean_l, mean_r = float(np.mean(left)), float(np.mean(right))
     std_l = float(np.std(left)) if n1 >= 2 else 0.0
@@ -117,7 +163,7 @@ def ttest(left: NDArray[np.float64], right: NDArray[np.float64]) -> Segments:
         denom = math.sqrt(pooled * (1.0 / n1 + 1.0 / n2))
         diff = mean_l - mean_r
         if denom > 0:
-            pvalue = float(2 * stdtr(df, -abs(diff / denom)))
+            pvalue = student_t_two_sided(diff / denom, df)
         elif diff != 0:
             pvalue = 0.0  # two constant, different segments
     return Segments(mean_l, mean_r, std_l, std_r, n1, n2, pvalue)
@@ -140,12 +186,15 @@ def e_divisive(z: NDArray[np.float64], max_pvalue: float) -> list[ChangePoint]:
     """Hierarchical e-divisive on one window: split the segment with the largest Q-hat
     while the split passes the t-test at ``max_pvalue``."""
     found: list[ChangePoint] = []
+    known: dict[tuple[int, int], tuple[int, float]] = {}  # segment -> its best split
     while True:
         best: tuple[float, int, int, int] | None = None  # (qhat, index, seg start, seg stop)
         for a, b in _bounds([c.index for c in found], len(z)):
             if b - a < 2:
                 continue
-            tau, q = qhat_candidate(z[a:b])
+            if (a, b) not in known:
+                known[(a, b)] = qhat_candidate(z[a:b])
+            tau, q = known[(a, b)]
             if best is None or q > best[0]:
                 best = (q, a + tau, a, b)
         if best is None:

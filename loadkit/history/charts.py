@@ -36,17 +36,29 @@ MISSING_COLOUR = "#ffffff"
 MISSING = "missing"
 
 
-def _plt() -> Any:
-    import matplotlib
+def _figure(width: float, height: float, rows: int = 1) -> tuple[Any, Any]:
+    """A figure and its axes without pyplot: no global state, and pyplot's import costs
+    more than every chart of a report takes to draw."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
+    return fig, axes
 
-    return plt
+
+def _days(unix: Sequence[float]) -> list[float]:
+    """Unix times as matplotlib date numbers, converted once here rather than on every
+    draw as datetime objects would be."""
+    import matplotlib.dates as mdates
+
+    epoch = float(mdates.date2num(datetime(1970, 1, 1, tzinfo=UTC)))  # type: ignore[no-untyped-call, unused-ignore]
+    return [epoch + t / 86400.0 for t in unix]
 
 
-def _dates(series: MetricSeries) -> list[datetime]:
-    return [datetime.fromtimestamp(r.started_unix, UTC) for r in series.runs]
+def _dates(series: MetricSeries) -> list[float]:
+    return _days([r.started_unix for r in series.runs])
 
 
 def _change_colour(c: Change) -> str:
@@ -65,9 +77,10 @@ def _change_label(c: Change) -> str:
 def _format_time_axis(ax: Any, fig: Any) -> None:
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(maxticks=10)
+    ax.xaxis_date(tz=UTC)
+    locator = mdates.AutoDateLocator(maxticks=10, tz=UTC)  # type: ignore[no-untyped-call, unused-ignore]
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call, unused-ignore]
     ax.set_xlabel("run start (UTC)")
 
 
@@ -80,19 +93,38 @@ def _plot_metric(ax: Any, series: MetricSeries, colour: str, scale: float) -> li
         x, y, color=colour, marker=marker, ms=3, lw=1.2, label=series.metric.label, zorder=3
     )
     ax.step(
-        x, [m * scale for m in series.means()], where="post", color=colour, lw=2.2,
-        alpha=0.35, zorder=2,
-    )  # fmt: skip
+        x,
+        [m * scale for m in series.means()],
+        where="post",
+        color=colour,
+        lw=2.2,
+        alpha=0.35,
+        zorder=2,
+    )
     for c in series.changes:
         xc, yc = x[c.position], y[c.position]
         col = _change_colour(c)
         ax.axvline(xc, color=col, lw=1, ls="--", alpha=0.8, zorder=1)
-        ax.plot([xc], [yc], marker="v" if c.after < c.before else "^", ms=10, color=col,
-                markeredgecolor="black", markeredgewidth=0.6, zorder=4)  # fmt: skip
+        ax.plot(
+            [xc],
+            [yc],
+            marker="v" if c.after < c.before else "^",
+            ms=10,
+            color=col,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            zorder=4,
+        )
         ax.annotate(
-            _change_label(c), (xc, yc), xytext=(4, 8), textcoords="offset points",
-            fontsize=8, color=col, fontweight="bold", zorder=5,
-        )  # fmt: skip
+            _change_label(c),
+            (xc, yc),
+            xytext=(4, 8),
+            textcoords="offset points",
+            fontsize=8,
+            color=col,
+            fontweight="bold",
+            zorder=5,
+        )
     return [line]
 
 
@@ -104,17 +136,36 @@ def _legend_below(fig: Any, handles: list[Any], changes: Sequence[Change] = ()) 
     extra = [Line2D([], [], color="#57606a", lw=2.2, alpha=0.35, label="level between changes")]
     kinds = {(c.big, c.worse) for c in changes}
     if (True, True) in kinds:
-        extra.append(Line2D([], [], color=REGRESSION, marker="^", ls="--", lw=1,
-                            label="change point: worse"))  # fmt: skip
+        extra.append(
+            Line2D([], [], color=REGRESSION, marker="^", ls="--", lw=1, label="change point: worse")
+        )
     if (True, False) in kinds:
-        extra.append(Line2D([], [], color=IMPROVEMENT, marker="v", ls="--", lw=1,
-                            label="change point: better"))  # fmt: skip
+        extra.append(
+            Line2D(
+                [], [], color=IMPROVEMENT, marker="v", ls="--", lw=1, label="change point: better"
+            )
+        )
     if any(not big for big, _ in kinds):
-        extra.append(Line2D([], [], color=SMALL, marker="^", ls="--", lw=1,
-                            label="change point below the minimum"))  # fmt: skip
+        extra.append(
+            Line2D(
+                [],
+                [],
+                color=SMALL,
+                marker="^",
+                ls="--",
+                lw=1,
+                label="change point below the minimum",
+            )
+        )
     handles = [*handles, *extra]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), LEGEND_COLUMNS),
-               fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))  # fmt: skip
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), LEGEND_COLUMNS),
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+    )
 
 
 def _layout(fig: Any, legend_items: int, left_in: float = 0.8) -> None:
@@ -138,8 +189,15 @@ def _epoch_lines(ax: Any, series: MetricSeries) -> None:
     x = _dates(series)
     for pos in series.epoch_starts:
         ax.axvline(x[pos], color="#0969da", lw=1.5, ls=":", zorder=1)
-        ax.annotate("scenario changed", (x[pos], 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(3, -12), textcoords="offset points", fontsize=8, color="#0969da")  # fmt: skip
+        ax.annotate(
+            "scenario changed",
+            (x[pos], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -12),
+            textcoords="offset points",
+            fontsize=8,
+            color="#0969da",
+        )
 
 
 PALETTE = ("#0550ae", "#bc4c00", "#8250df", "#116329")
@@ -152,8 +210,8 @@ def metric_chart(
     series = [s for s in series if s.values]
     if not series:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0))
+    fig, axes = _figure(WIDTH_IN, 4.0)
+    ax = axes[0, 0]
     handles = []
     for i, s in enumerate(series):
         handles += _plot_metric(ax, s, PALETTE[i % len(PALETTE)], scale)
@@ -166,7 +224,6 @@ def metric_chart(
     _legend_below(fig, handles, [c for s in series for c in s.changes])
     _layout(fig, len(fig.legends[0].legend_handles))
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path
 
 
@@ -177,10 +234,7 @@ def stacked_chart(
     panels = [(s, u) for s, u in panels if s.values]
     if not panels:
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(
-        len(panels), 1, figsize=(WIDTH_IN, 1.2 + 2.6 * len(panels)), sharex=True, squeeze=False,
-    )  # fmt: skip
+    fig, axes = _figure(WIDTH_IN, 1.2 + 2.6 * len(panels), rows=len(panels))
     handles = []
     for i, ((s, unit), ax) in enumerate(zip(panels, axes[:, 0], strict=True)):
         handles += _plot_metric(ax, s, PALETTE[i % len(PALETTE)], 1.0)
@@ -193,24 +247,25 @@ def stacked_chart(
     _legend_below(fig, handles, [c for s, _ in panels for c in s.changes])
     _layout(fig, len(fig.legends[0].legend_handles))
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path
 
 
 def verdict_chart(
-    path: Path, title: str, starts_unix: Sequence[float], run_verdicts: Sequence[str],
+    path: Path,
+    title: str,
+    starts_unix: Sequence[float],
+    run_verdicts: Sequence[str],
     lines: Sequence[VerdictLine],
-) -> Path | None:  # fmt: skip
+) -> Path | None:
     """One row per limit verdict (and the run's overall verdict on top), one column per
     night, coloured by verdict word."""
     if not starts_unix:
         return None
-    import matplotlib.dates as mdates
     from matplotlib.colors import to_rgb
     from matplotlib.patches import Patch
 
-    plt = _plt()
-    rows = [("run verdict", list(run_verdicts)), *[(ln.label, list(ln.words)) for ln in lines]]
+    rows: list[tuple[str, list[str | None]]] = [("run verdict", list(run_verdicts))]
+    rows += [(ln.label, list(ln.words)) for ln in lines]
     seen: dict[str, str] = {}
     seen_missing: set[str] = set()
     grid = []
@@ -225,22 +280,25 @@ def verdict_chart(
             seen.setdefault(label, colour)
             cells.append(to_rgb(colour))
         grid.append(cells)
-    x = [mdates.date2num(datetime.fromtimestamp(t, UTC)) for t in starts_unix]
+    x = _days(starts_unix)
     # cell edges halfway between nights, so uneven spacing (a missed night) shows
     edges = [x[0] - 0.5] if len(x) == 1 else [x[0] - (x[1] - x[0]) / 2]
     edges += [(a + b) / 2 for a, b in zip(x, x[1:], strict=False)]
     edges.append(x[-1] + (0.5 if len(x) == 1 else (x[-1] - x[-2]) / 2))
     height = 1.5 + 0.22 * len(rows)
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, height))
+    fig, axes = _figure(WIDTH_IN, height)
+    ax = axes[0, 0]
     import numpy as np
 
     ax.pcolormesh(
-        edges, np.arange(len(rows) + 1), np.array(grid), edgecolors="white",
+        edges,
+        np.arange(len(rows) + 1),
+        np.array(grid),
+        edgecolors="white",
         linewidth=0.3 if len(x) <= 120 else 0,
-    )  # fmt: skip
+    )
     ax.set_yticks(np.arange(len(rows)) + 0.5, [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.xaxis_date()
     ax.set_title(title, fontsize=11, loc="left")
     _format_time_axis(ax, fig)
     order = ["held", "possible", "violated", "inconclusive", "unusable", "error / incomplete"]
@@ -248,10 +306,15 @@ def verdict_chart(
     handles = [Patch(color=seen[s], label=s) for s in labels]
     if MISSING in seen_missing:
         handles.append(Patch(facecolor=MISSING_COLOUR, edgecolor="#8c959f", label="no verdict"))
-    fig.legend(handles=handles, loc="lower center", ncol=max(len(handles), 1), fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, 0.0))  # fmt: skip
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=max(len(handles), 1),
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+    )
     longest = max(len(r[0]) for r in rows)
     _layout(fig, 1, left_in=0.3 + 0.065 * longest)
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path

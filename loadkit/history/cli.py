@@ -18,33 +18,50 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INPUT = 0, 1, 2
 STALE_AFTER_H = 36.0  # check skips series whose latest run is this much older than the newest
-DB_HELP = "history database: a SQLite file or a postgresql:// URL (default: $LOADKIT_HISTORY_DB, else loadkit-history.db)"  # noqa: E501
+DB_HELP = (
+    "history database: a SQLite file or a postgresql:// URL "
+    "(default: $LOADKIT_HISTORY_DB, else loadkit-history.db)"
+)
 
 
 def _detection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--pvalue", type=float, default=0.001,
-        help="significance level of a change point (default 0.001; higher finds more, and more false ones)",
-    )  # fmt: skip
+        "--pvalue",
+        type=float,
+        default=0.001,
+        help="significance level of a change point (default 0.001; higher finds more, "
+        "and more false ones)",
+    )
     p.add_argument(
-        "--window", type=int, default=50, metavar="RUNS",
+        "--window",
+        type=int,
+        default=50,
+        metavar="RUNS",
         help="runs per detection window (default 50)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--min-magnitude", type=float, default=5.0, metavar="PCT",
+        "--min-magnitude",
+        type=float,
+        default=5.0,
+        metavar="PCT",
         help="smallest relative change that counts as a regression, in percent (default 5)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--min-rate-change", type=float, default=1.0, metavar="PP",
+        "--min-rate-change",
+        type=float,
+        default=1.0,
+        metavar="PP",
         help="same for error and 429 rates, in percentage points (default 1)",
-    )  # fmt: skip
+    )
 
 
 def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="URL", help=DB_HELP)
     p.add_argument("--scenario", metavar="NAME", help="only this scenario's runs")
     p.add_argument(
-        "--since", metavar="AGE", help="only runs started since: 30d, 12h, 2w or a date (2026-11-01)"
+        "--since",
+        metavar="AGE",
+        help="only runs started since: 30d, 12h, 2w or a date (2026-11-01)",
     )
 
 
@@ -57,9 +74,12 @@ def add_history_parser(sub: Any) -> None:
     a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     a.add_argument("--db", metavar="URL", help=DB_HELP)
     a.add_argument(
-        "--tag", action="append", default=[], metavar="NAME=VALUE",
+        "--tag",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="a tag for the run (repeatable; also $LOADKIT_TAGS=a=1,b=2)",
-    )  # fmt: skip
+    )
     a.add_argument("--commit", help="git commit under test (default: CI environment, else git)")
     a.add_argument("--branch", help="git branch under test (default: CI environment, else git)")
 
@@ -67,7 +87,10 @@ def add_history_parser(sub: Any) -> None:
     _selection_args(r)
     r.add_argument("--tier", default="", help="chart this tier's figures instead of overall")
     r.add_argument(
-        "--out", metavar="DIR", default="history-report", help="output folder (default history-report)"
+        "--out",
+        metavar="DIR",
+        default="history-report",
+        help="output folder (default history-report)",
     )
     _detection_args(r)
 
@@ -77,28 +100,45 @@ def add_history_parser(sub: Any) -> None:
     s.add_argument("--last", type=int, default=20, metavar="N", help="runs per series (default 20)")
     _detection_args(s)
 
-    c = hs.add_parser("check", help="exit 1 if the latest run starts a regression or breaks a limit")
+    c = hs.add_parser(
+        "check", help="exit 1 if the latest run starts a regression or breaks a limit"
+    )
     _selection_args(c)
     c.add_argument(
-        "--metric", action="append", default=[], metavar="NAME",
-        help="metric to gate on (repeatable; default: TTFT/ITL/e2e p50 and p99, throughput, error and 429 rates)",
-    )  # fmt: skip
+        "--metric",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="metric to gate on (repeatable; default: TTFT/ITL/e2e p50 and p99, throughput, "
+        "error and 429 rates)",
+    )
     c.add_argument(
-        "--recent", type=int, default=5, metavar="N",
+        "--recent",
+        type=int,
+        default=5,
+        metavar="N",
         help="a regression must start within the last N runs (default 5)",
-    )  # fmt: skip
+    )
     c.add_argument(
-        "--confirm", type=int, default=1, metavar="N",
-        help="runs at the new level before a regression counts (default 1: the latest run alone; 2 ignores one-night outliers)",
-    )  # fmt: skip
+        "--confirm",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs at the new level before a regression counts (default 1: the latest run "
+        "alone; 2 ignores one-night outliers)",
+    )
     c.add_argument(
-        "--held-nights", type=int, default=3, metavar="K",
+        "--held-nights",
+        type=int,
+        default=3,
+        metavar="K",
         help="fail when a limit verdict that held the K nights before is violated now (default 3)",
-    )  # fmt: skip
+    )
     c.add_argument(
-        "--repeat", action="store_true",
+        "--repeat",
+        action="store_true",
         help="fail every night while a regression is recent, not only the night it is found",
-    )  # fmt: skip
+    )
     c.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per check)")
     _detection_args(c)
 
@@ -141,7 +181,10 @@ def history_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     command = getattr(args, "history_command", None)
     if command is None:
-        print("loadkit history: add, report, show or check (see loadkit history --help)", file=sys.stderr)
+        print(
+            "loadkit history: add, report, show or check (see loadkit history --help)",
+            file=sys.stderr,
+        )
         return EXIT_INPUT
     try:
         if command == "add":
@@ -190,9 +233,13 @@ def add_after_run(run_dir: str | Path, db: str | None) -> int:
     """``loadkit run --history``: store the run just analysed. 0 on success, else 2 (with
     the reason on stderr)."""
     ns = argparse.Namespace(
-        history_command="add", run_dirs=[str(run_dir)], db=db or None, tag=[], commit=None,
+        history_command="add",
+        run_dirs=[str(run_dir)],
+        db=db or None,
+        tag=[],
+        commit=None,
         branch=None,
-    )  # fmt: skip
+    )
     return history_main(ns, out=sys.stderr)
 
 
@@ -244,7 +291,9 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     with open_store(args.db) as store:
         runs = store.runs(scenario=args.scenario, since_unix=parse_since(args.since))
         if not runs:
-            print("loadkit history check: no runs in the history for this selection", file=sys.stderr)
+            print(
+                "loadkit history check: no runs in the history for this selection", file=sys.stderr
+            )
             return EXIT_INPUT
         series = group_series(runs)
         newest = max(r.started_unix for r in runs)
@@ -252,8 +301,10 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         for key, series_runs in series.items():
             age_h = (newest - series_runs[-1].started_unix) / 3600
             if args.scenario is None and age_h > STALE_AFTER_H:
-                print(f"skipped {key.label}: its latest run is {age_h:.0f} h older than the newest",
-                      file=out)  # fmt: skip
+                print(
+                    f"skipped {key.label}: its latest run is {age_h:.0f} h older than the newest",
+                    file=out,
+                )
                 continue
             ids = [r.id for r in series_runs]
             values = store.metric_values(ids, [s.name for s in specs])
@@ -306,15 +357,25 @@ def _write_junit(path: str, judged: list[SeriesVerdict]) -> None:
         suite = f"loadkit history: {v.key.label}"
         for m in v.metrics:
             cases.append(
-                Case(suite, "history.metrics", m.metric.name,
-                     failure=m.message if m.failed else None, kind="regression",
-                     detail=f"{m.status}: {m.message}")  # fmt: skip
+                Case(
+                    suite,
+                    "history.metrics",
+                    m.metric.name,
+                    failure=m.message if m.failed else None,
+                    kind="regression",
+                    detail=f"{m.status}: {m.message}",
+                )
             )
         for lf in v.limits:
             cases.append(
-                Case(suite, "history.limits", lf.label,
-                     failure=lf.message if lf.failed else None, kind="limit broken",
-                     detail=lf.message)  # fmt: skip
+                Case(
+                    suite,
+                    "history.limits",
+                    lf.label,
+                    failure=lf.message if lf.failed else None,
+                    kind="limit broken",
+                    detail=lf.message,
+                )
             )
     try:
         with open(path, "w", encoding="utf-8") as fh:

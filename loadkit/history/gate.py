@@ -132,9 +132,12 @@ def judge_metric(
     if changes:
         c = changes[-1]
         return MetricFinding(
-            spec, "ok", None, len(vals),
+            spec,
+            "ok",
+            None,
+            len(vals),
             f"no change in the last {settings.recent} runs (last: {c.describe()} from {_when(c)})",
-        )  # fmt: skip
+        )
     return MetricFinding(spec, "ok", None, len(vals), f"no change in {len(vals)} runs")
 
 
@@ -194,7 +197,5 @@ def judge_series(
         )
         metrics = ()
     epoch_ids = {r.id for r in epoch}
-    limits = judge_limits(
-        epoch, [p for p in points if p.run in epoch_ids], settings.held_nights
-    )
+    limits = judge_limits(epoch, [p for p in points if p.run in epoch_ids], settings.held_nights)
     return SeriesVerdict(key, latest, len(epoch), is_measured, metrics, tuple(limits), tuple(notes))

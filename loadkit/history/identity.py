@@ -40,9 +40,13 @@ def parse_tags(items: Sequence[str], env_value: str | None = None) -> tuple[tupl
 def _git(args: Sequence[str], cwd: str | None) -> str | None:
     try:
         done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
             check=False,
-        )  # fmt: skip
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     out = done.stdout.strip()

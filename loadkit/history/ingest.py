@@ -134,6 +134,12 @@ def _num(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _section(parent: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """A sub-object, or an empty one when it is missing or not an object."""
+    value = parent.get(name)
+    return value if isinstance(value, Mapping) else {}
+
+
 def _text(x: Any, default: str = "") -> str:
     return x if isinstance(x, str) else default
 
@@ -217,8 +223,12 @@ def limit_rows(limits: Any) -> tuple[list[LimitRow], list[VerdictRow]]:
     for entry in limits if isinstance(limits, list) else []:
         if not isinstance(entry, Mapping):
             continue
-        tier, key, kind = _text(entry.get("tier")), _text(entry.get("key")), _text(entry.get("kind"))
-        offered = entry.get("offered") if isinstance(entry.get("offered"), Mapping) else {}
+        tier, key, kind = (
+            _text(entry.get("tier")),
+            _text(entry.get("key")),
+            _text(entry.get("kind")),
+        )
+        offered = _section(entry, "offered")
         rows.append(
             LimitRow(
                 tier,
@@ -353,11 +363,12 @@ def ingest(
     if version not in KNOWN_SUMMARY_VERSIONS:
         warnings.append(
             f"summary schema {summary.get('schema')} is newer than this loadkit knows "
-            f"({SUMMARY_PREFIX}{KNOWN_SUMMARY_VERSIONS[-1]}); fields it does not know are not stored"
+            f"({SUMMARY_PREFIX}{KNOWN_SUMMARY_VERSIONS[-1]}); fields it does not know "
+            "are not stored"
         )
     meta = meta or {}
     identity = identity or Identity()
-    info = summary.get("run") if isinstance(summary.get("run"), Mapping) else {}
+    info = _section(summary, "run")
     run_id = _text(info.get("run_id")) or _text(meta.get("run_id"))
     if not run_id:
         raise IngestError("the run has no run_id (run.run_id in summary.json)")

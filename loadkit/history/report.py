@@ -90,29 +90,39 @@ def write_charts(view: SeriesView, out: Path, prefix: str) -> list[tuple[str, Pa
     written: list[tuple[str, Path]] = []
     for suffix, title, names, unit in LATENCY_CHARTS:
         p = charts.metric_chart(
-            out / f"{prefix}-{suffix}.png", f"{title} — {name}",
-            [view.metrics[n] for n in names], f"latency ({unit})",
-        )  # fmt: skip
+            out / f"{prefix}-{suffix}.png",
+            f"{title} — {name}",
+            [view.metrics[n] for n in names],
+            f"latency ({unit})",
+        )
         if p:
             written.append((title, p))
     p = charts.stacked_chart(
-        out / f"{prefix}-throughput.png", f"Throughput — {name}",
-        [(view.metrics["requests_per_s"], "requests/s"),
-         (view.metrics["output_tokens_per_s"], "output tokens/s")],
-    )  # fmt: skip
+        out / f"{prefix}-throughput.png",
+        f"Throughput — {name}",
+        [
+            (view.metrics["requests_per_s"], "requests/s"),
+            (view.metrics["output_tokens_per_s"], "output tokens/s"),
+        ],
+    )
     if p:
         written.append(("Throughput", p))
     p = charts.metric_chart(
-        out / f"{prefix}-errors.png", f"Error and 429 rates — {name}",
+        out / f"{prefix}-errors.png",
+        f"Error and 429 rates — {name}",
         [view.metrics["error_rate"], view.metrics["throttle_rate"]],
-        "% of requests sent", scale=100.0,
-    )  # fmt: skip
+        "% of requests sent",
+        scale=100.0,
+    )
     if p:
         written.append(("Error and 429 rates", p))
     p = charts.verdict_chart(
-        out / f"{prefix}-verdicts.png", f"Verdicts night by night — {name}",
-        [r.started_unix for r in view.runs], [r.verdict for r in view.runs], view.verdicts,
-    )  # fmt: skip
+        out / f"{prefix}-verdicts.png",
+        f"Verdicts night by night — {name}",
+        [r.started_unix for r in view.runs],
+        [r.verdict for r in view.runs],
+        view.verdicts,
+    )
     if p:
         written.append(("Verdict timeline", p))
     return written
@@ -195,9 +205,11 @@ def _latest_table(view: SeriesView) -> str:
 
 
 def render_html(
-    views: Sequence[SeriesView], charts: dict[SeriesKey, list[tuple[str, Path]]], det: Detection,
+    views: Sequence[SeriesView],
+    charts: dict[SeriesKey, list[tuple[str, Path]]],
+    det: Detection,
     title: str = "loadkit history",
-) -> str:  # fmt: skip
+) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>",
@@ -272,10 +284,17 @@ VERDICT_LETTERS = {
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])  # fmt: skip
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
 def render_text(views: Sequence[SeriesView], last: int) -> str:
@@ -301,8 +320,14 @@ def render_text(views: Sequence[SeriesView], last: int) -> str:
                 cells.append("–" if v is None else f"{100 * v:.2f}" if rate else f"{v:,.1f}")
             cells.append(", ".join(starts.get(r.id, [])))
             rows.append(cells)
-        header = ["started (UTC)", "run", "commit", "verdict", *[h for _, h in SHOW_COLUMNS],
-                  "change points starting here (▲ worse ▼ better · small)"]  # fmt: skip
+        header = [
+            "started (UTC)",
+            "run",
+            "commit",
+            "verdict",
+            *[h for _, h in SHOW_COLUMNS],
+            "change points starting here (▲ worse ▼ better · small)",
+        ]
         out.append(_table(header, rows, right=set(range(4, 4 + len(SHOW_COLUMNS)))))
         if view.verdicts:
             out.append("")
@@ -312,10 +337,11 @@ def render_text(views: Sequence[SeriesView], last: int) -> str:
             )
             width = max(len(v.label) for v in view.verdicts)
             n = len(view.runs)
-            for v in view.verdicts:
+            for line in view.verdicts:
                 letters = "".join(
-                    " " if w is None else VERDICT_LETTERS.get(w, "?") for w in v.words[n - len(runs) :]
+                    " " if w is None else VERDICT_LETTERS.get(w, "?")
+                    for w in line.words[n - len(runs) :]
                 )
-                out.append(f"  {v.label.ljust(width)}  {letters}")
+                out.append(f"  {line.label.ljust(width)}  {letters}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"

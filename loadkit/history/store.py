@@ -205,9 +205,7 @@ def database_url(db: str | None) -> URL:
 def redact(url: str | URL) -> str:
     """A URL fit for a message: the password hidden."""
     try:
-        return (url if isinstance(url, URL) else make_url(url)).render_as_string(
-            hide_password=True
-        )
+        return (url if isinstance(url, URL) else make_url(url)).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable URL>"
 
@@ -436,22 +434,56 @@ def _add(conn: Connection, item: IngestedRun) -> tuple[int, bool]:
         ).scalar_one()
         return int(existing), False
     rid = int(inserted)
-    _insert_many(conn, metrics, rid, ({
-        "metric": m.metric, "tier": m.tier, "key_label": m.key,
-        "endpoint": m.endpoint, "stream": m.stream, "value": m.value,
-    } for m in item.metrics))  # fmt: skip
-    _insert_many(conn, limits, rid, ({
-        "tier": lr.tier, "key_label": lr.key, "kind": lr.kind,
-        "promised": lr.promised, "window_s": lr.window_s,
-        "observed_max": lr.observed_max,
-        "observed_max_possible": lr.observed_max_possible,
-        "offered_requests": lr.offered_requests,
-        "offered_max_in_window": lr.offered_max_in_window,
-    } for lr in item.limits))  # fmt: skip
-    _insert_many(conn, verdicts, rid, ({
-        "tier": v.tier, "key_label": v.key, "kind": v.kind,
-        "aspect": v.aspect, "verdict": v.verdict,
-    } for v in item.verdicts))  # fmt: skip
+    _insert_many(
+        conn,
+        metrics,
+        rid,
+        (
+            {
+                "metric": m.metric,
+                "tier": m.tier,
+                "key_label": m.key,
+                "endpoint": m.endpoint,
+                "stream": m.stream,
+                "value": m.value,
+            }
+            for m in item.metrics
+        ),
+    )
+    _insert_many(
+        conn,
+        limits,
+        rid,
+        (
+            {
+                "tier": lr.tier,
+                "key_label": lr.key,
+                "kind": lr.kind,
+                "promised": lr.promised,
+                "window_s": lr.window_s,
+                "observed_max": lr.observed_max,
+                "observed_max_possible": lr.observed_max_possible,
+                "offered_requests": lr.offered_requests,
+                "offered_max_in_window": lr.offered_max_in_window,
+            }
+            for lr in item.limits
+        ),
+    )
+    _insert_many(
+        conn,
+        verdicts,
+        rid,
+        (
+            {
+                "tier": v.tier,
+                "key_label": v.key,
+                "kind": v.kind,
+                "aspect": v.aspect,
+                "verdict": v.verdict,
+            }
+            for v in item.verdicts
+        ),
+    )
     _insert_many(conn, slo, rid, (asdict(s) for s in item.slos))
     _insert_many(conn, tags, rid, ({"name": k, "value": v} for k, v in item.tags))
     return rid, True

@@ -99,8 +99,10 @@ class SeriesKey:
 
 
 def measured(run: StoredRun) -> bool:
-    return run.verdict not in UNMEASURED_VERDICTS and run.complete is not False and not (
-        run.interrupted is True
+    return (
+        run.verdict not in UNMEASURED_VERDICTS
+        and run.complete is not False
+        and run.interrupted is not True
     )
 
 
@@ -222,8 +224,10 @@ def _change(spec: MetricSpec, runs: Sequence[StoredRun], cp: ChangePoint, det: D
     if spec.rate:
         big = abs(after - before) >= det.min_rate_change
     else:
-        big = before != 0 and abs(after / before - 1.0) >= det.min_magnitude or (
-            before == 0 and after != 0
+        big = (
+            before != 0
+            and abs(after / before - 1.0) >= det.min_magnitude
+            or (before == 0 and after != 0)
         )
     return Change(
         metric=spec,

@@ -45,7 +45,9 @@ def _dist(p50: float) -> dict[str, float]:
     return out
 
 
-def summary(night: Night, run_id: str, started_unix: float, scenario: str = "nightly") -> dict[str, Any]:
+def summary(
+    night: Night, run_id: str, started_unix: float, scenario: str = "nightly"
+) -> dict[str, Any]:
     started_at = datetime.fromtimestamp(started_unix, UTC).isoformat(timespec="milliseconds")
     latency: dict[str, Any] = {}
     for name, p50 in (("ttft_ms", night.ttft), ("itl_ms", night.itl), ("e2e_ms", night.e2e)):
@@ -55,63 +57,112 @@ def summary(night: Night, run_id: str, started_unix: float, scenario: str = "nig
             "by_tier": {"free": _dist(p50 * 1.1), "pro": _dist(p50 * 0.9)},
         }
     latency["groups"] = [
-        {"tier": "free", "key": "free-1", "endpoint": "chat", "stream": True,
-         "ttft_ms": _dist(night.ttft), "e2e_ms": _dist(night.e2e)},
-        {"tier": "free", "key": "free-1", "endpoint": "chat", "stream": False,
-         "e2e_ms": _dist(night.e2e * 0.5)},
-    ]  # fmt: skip
+        {
+            "tier": "free",
+            "key": "free-1",
+            "endpoint": "chat",
+            "stream": True,
+            "ttft_ms": _dist(night.ttft),
+            "e2e_ms": _dist(night.e2e),
+        },
+        {
+            "tier": "free",
+            "key": "free-1",
+            "endpoint": "chat",
+            "stream": False,
+            "e2e_ms": _dist(night.e2e * 0.5),
+        },
+    ]
     limits = []
     for (key, kind), word in night.limits.items():
-        limits.append({
-            "tier": "free", "key": key, "kind": kind,
-            "promised": 60 if kind == "requests" else 3,
-            "window_s": 60.0 if kind == "requests" else None,
-            "observed_max": 60, "observed_max_possible": 61,
-            "enforced": word, "honoured": "held",
-            "evidence": {"enforced": {"certain_count": 60}},
-            "offered": {"requests": 70, "max_in_window": 70},
-            "retry_after": {"verdict": "inconclusive", "checked": 0},
-        })  # fmt: skip
+        limits.append(
+            {
+                "tier": "free",
+                "key": key,
+                "kind": kind,
+                "promised": 60 if kind == "requests" else 3,
+                "window_s": 60.0 if kind == "requests" else None,
+                "observed_max": 60,
+                "observed_max_possible": 61,
+                "enforced": word,
+                "honoured": "held",
+                "evidence": {"enforced": {"certain_count": 60}},
+                "offered": {"requests": 70, "max_in_window": 70},
+                "retry_after": {"verdict": "inconclusive", "checked": 0},
+            }
+        )
     out: dict[str, Any] = {
         "schema": "loadkit.summary/1",
         "run": {
-            "run_id": run_id, "engine": "async", "target": "http://127.0.0.1:1234/api/v1",
-            "scenario": scenario, "started_at": started_at.replace("+00:00", "Z"),
-            "duration_s": 60.0, "interrupted": False, "records": 700, "loadkit_version": "0.1.0",
+            "run_id": run_id,
+            "engine": "async",
+            "target": "http://127.0.0.1:1234/api/v1",
+            "scenario": scenario,
+            "started_at": started_at.replace("+00:00", "Z"),
+            "duration_s": 60.0,
+            "interrupted": False,
+            "records": 700,
+            "loadkit_version": "0.1.0",
         },
         "verdict": night.verdict,
         "verdict_reasons": [],
         "limits": limits,
         "latency": latency,
         "throughput": {
-            "measured_from_s": 0.0, "measured_to_s": 60.0, "duration_s": 60.0,
-            "requests": 700, "completed": 650, "requests_per_s": night.rps,
-            "sent_per_s": night.rps * 1.1, "output_tokens": 9000.0,
+            "measured_from_s": 0.0,
+            "measured_to_s": 60.0,
+            "duration_s": 60.0,
+            "requests": 700,
+            "completed": 650,
+            "requests_per_s": night.rps,
+            "sent_per_s": night.rps * 1.1,
+            "output_tokens": 9000.0,
             "output_tokens_per_s": night.rps * 15,
             "goodput": {"requests": 600, "requests_per_s": night.rps * 0.9, "ratio": 0.9},
             "timeline": {"bin_s": 1.0, "sent": [1, 2]},
         },
         "errors": {
-            "requests": 700, "errors": round(700 * night.error_rate), "cancelled": 0,
-            "error_rate": night.error_rate, "throttled": 70, "throttle_rate": night.throttle_rate,
-            "by_status": {"200": 630, "429": 70}, "by_code": {"429 rate_limit_exceeded": 70},
+            "requests": 700,
+            "errors": round(700 * night.error_rate),
+            "cancelled": 0,
+            "error_rate": night.error_rate,
+            "throttled": 70,
+            "throttle_rate": night.throttle_rate,
+            "by_status": {"200": 630, "429": 70},
+            "by_code": {"429 rate_limit_exceeded": 70},
             "transport": {},
         },
-        "slo": {"met": True, "checks": [{
-            "name": "ttft_ms.p99", "metric": "ttft_ms", "stat": "p99", "threshold": 2000.0,
-            "direction": "<=", "observed": night.ttft * 2, "met": True, "status": "met",
-            "source": "run.json",
-        }]},
-    }  # fmt: skip
+        "slo": {
+            "met": True,
+            "checks": [
+                {
+                    "name": "ttft_ms.p99",
+                    "metric": "ttft_ms",
+                    "stat": "p99",
+                    "threshold": 2000.0,
+                    "direction": "<=",
+                    "observed": night.ttft * 2,
+                    "met": True,
+                    "status": "met",
+                    "source": "run.json",
+                }
+            ],
+        },
+    }
     if night.completeness is not None:
         out["completeness"] = night.completeness
     return out
 
 
 def write_night(
-    root: Path, index: int, night: Night, *, scenario: str = "nightly",
-    scenario_dict: Mapping[str, Any] | None = None, start: float = T0,
-) -> Path:  # fmt: skip
+    root: Path,
+    index: int,
+    night: Night,
+    *,
+    scenario: str = "nightly",
+    scenario_dict: Mapping[str, Any] | None = None,
+    start: float = T0,
+) -> Path:
     """Night ``index`` (one per day from ``start``) as a run folder under ``root``."""
     started = start + index * DAY
     run_id = f"{scenario}-{index:03d}"
@@ -119,11 +170,14 @@ def write_night(
     path.mkdir(parents=True, exist_ok=True)
     (path / "summary.json").write_text(json.dumps(summary(night, run_id, started, scenario)))
     meta = {
-        "schema": "loadkit.run/1", "run_id": run_id, "engine": "async",
-        "target": "http://127.0.0.1:1234/api/v1", "scenario_name": scenario,
+        "schema": "loadkit.run/1",
+        "run_id": run_id,
+        "engine": "async",
+        "target": "http://127.0.0.1:1234/api/v1",
+        "scenario_name": scenario,
         "started_unix": started,
         "scenario": dict(scenario_dict or DEFAULT_SCENARIO, name=scenario),
-    }  # fmt: skip
+    }
     (path / "run.json").write_text(json.dumps(meta))
     return path
 
@@ -134,9 +188,7 @@ def noisy(n: int, level: float, cv: float = 0.03, seed: int = 1) -> list[float]:
     return [float(v) for v in level * (1 + cv * rng.standard_normal(n))]
 
 
-def nights(
-    ttft: Sequence[float] | None = None, n: int | None = None, **fixed: Any
-) -> list[Night]:
+def nights(ttft: Sequence[float] | None = None, n: int | None = None, **fixed: Any) -> list[Night]:
     """Nights whose TTFT median follows ``ttft`` (other figures steady)."""
     count = n if n is not None else len(ttft or [])
     return [Night(ttft=ttft[i] if ttft else 100.0, **fixed) for i in range(count)]

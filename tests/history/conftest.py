@@ -58,8 +58,11 @@ class PgCluster:
     def run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*self.wrap, str(self.bin / tool), *args],
-            capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            check=False,
+        )
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{PG_USER}@/{database}?host={self.sock}&port={PG_PORT}"
@@ -70,8 +73,9 @@ class PgCluster:
 
         engine = sa.create_engine(
             self.url().replace("postgresql://", "postgresql+psycopg://"),
-            isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool,
-        )  # fmt: skip
+            isolation_level="AUTOCOMMIT",
+            poolclass=sa.pool.NullPool,
+        )
         with engine.connect() as conn:
             conn.exec_driver_sql(f"CREATE DATABASE {name}")
         engine.dispose()
@@ -97,11 +101,24 @@ def pg_cluster() -> Iterator[PgCluster]:
         pytest.skip(f"initdb failed: {init.stderr.strip()[-400:]}")
     options = f"-k {root} -c listen_addresses='' -p {PG_PORT} -c fsync=off -c max_connections=50"
     start = cluster.run(
-        "pg_ctl", "-D", str(cluster.data), "-l", str(root / "server.log"), "-w",
-        "-t", str(START_TIMEOUT_S), "-o", options, "start",
-    )  # fmt: skip
+        "pg_ctl",
+        "-D",
+        str(cluster.data),
+        "-l",
+        str(root / "server.log"),
+        "-w",
+        "-t",
+        str(START_TIMEOUT_S),
+        "-o",
+        options,
+        "start",
+    )
     if start.returncode != 0:
-        log = (root / "server.log").read_text(errors="replace")[-400:] if (root / "server.log").exists() else ""
+        log = (
+            (root / "server.log").read_text(errors="replace")[-400:]
+            if (root / "server.log").exists()
+            else ""
+        )
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[-300:]} {log}")
     try:

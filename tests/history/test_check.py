@@ -18,7 +18,9 @@ from tests.history.builders import Night, noisy, write_night
 
 def add_nights(db: str, root: Path, nights: list[Night], first: int = 0, **kw) -> None:
     with open_store(db) as store:
-        store.add_many([read_run_dir(write_night(root, first + i, n, **kw)) for i, n in enumerate(nights)])
+        store.add_many(
+            [read_run_dir(write_night(root, first + i, n, **kw)) for i, n in enumerate(nights)]
+        )
 
 
 def check(db: str, *extra: str) -> tuple[int, str]:
@@ -129,10 +131,18 @@ def _limit(word: str) -> Night:
 
 
 def test_limit_that_held_k_nights_and_breaks_fails(db_url, tmp_path):
-    add_nights(db_url, tmp_path / "a", [_limit("inconclusive"), *[_limit("held")] * 3,
-                                        _limit("violated")], scenario="a")  # fmt: skip
-    add_nights(db_url, tmp_path / "b", [_limit("possible"), *[_limit("held")] * 2,
-                                        _limit("violated")], scenario="b")  # fmt: skip
+    add_nights(
+        db_url,
+        tmp_path / "a",
+        [_limit("inconclusive"), *[_limit("held")] * 3, _limit("violated")],
+        scenario="a",
+    )
+    add_nights(
+        db_url,
+        tmp_path / "b",
+        [_limit("possible"), *[_limit("held")] * 2, _limit("violated")],
+        scenario="b",
+    )
     code, text = check(db_url, "--scenario", "a")
     assert code == 1 and "BROKEN       free-1 requests enforced" in text
     assert "REGRESSION: free-1 requests enforced" in text

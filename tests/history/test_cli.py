@@ -36,8 +36,19 @@ def test_add_reports_each_folder_and_refuses_a_broken_one(db_url, tmp_path, caps
     good = [write_night(tmp_path, i, Night()) for i in range(2)]
     broken = tmp_path / "not-analysed"
     broken.mkdir()
-    code = main(["history", "add", str(good[0]), str(broken), str(good[1]), "--db", db_url,
-                 "--tag", "gpu=none"])  # fmt: skip
+    code = main(
+        [
+            "history",
+            "add",
+            str(good[0]),
+            str(broken),
+            str(good[1]),
+            "--db",
+            db_url,
+            "--tag",
+            "gpu=none",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out.count("added as run") == 2
@@ -53,9 +64,11 @@ def test_add_reports_each_folder_and_refuses_a_broken_one(db_url, tmp_path, caps
 def _history(db: str, root: Path) -> None:
     ttft = noisy(20, 100.0, seed=2) + noisy(8, 130.0, seed=3)
     nights = [Night(ttft=v) for v in ttft]
-    nights[-1] = Night(ttft=ttft[-1], limits={("free-1", "requests"): "violated",
-                                              ("free-1", "concurrency"): "held"},
-                       verdict="fail")  # fmt: skip
+    nights[-1] = Night(
+        ttft=ttft[-1],
+        limits={("free-1", "requests"): "violated", ("free-1", "concurrency"): "held"},
+        verdict="fail",
+    )
     add_nights(db, root / "a", nights, scenario="nightly")
     add_nights(db, root / "b", [Night() for _ in range(5)], scenario="other", first=40)
 
@@ -66,7 +79,7 @@ def test_report_is_one_self_contained_page_with_its_charts(db_url, tmp_path, cap
     assert main(["history", "report", "--db", db_url, "--out", str(out)]) == 0
     assert "(2 series, 33 runs)" in capsys.readouterr().out
     page = (out / "history.html").read_text()
-    assert "src=\"http" not in page and "<script" not in page
+    assert 'src="http' not in page and "<script" not in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 12  # ttft, itl, e2e, throughput, errors, verdicts per series
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
@@ -82,8 +95,23 @@ def test_report_filters(db_url, tmp_path, capsys):
     _history(db_url, tmp_path)
     out = tmp_path / "r"
     since = "2026-10-25"
-    assert main(["history", "report", "--db", db_url, "--out", str(out), "--scenario",
-                 "nightly", "--since", since]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "history",
+                "report",
+                "--db",
+                db_url,
+                "--out",
+                str(out),
+                "--scenario",
+                "nightly",
+                "--since",
+                since,
+            ]
+        )
+        == 0
+    )
     assert "(1 series, 4 runs)" in capsys.readouterr().out
     assert not (out / "other-ttft.png").exists()
 
@@ -121,7 +149,9 @@ def test_run_has_a_history_option():
     parser = _build_parser()
     assert parser.parse_args(["run"]).history is None
     assert parser.parse_args(["run", "--history"]).history == ""
-    assert parser.parse_args(["run", "--history", "postgresql://h/db"]).history == "postgresql://h/db"
+    assert (
+        parser.parse_args(["run", "--history", "postgresql://h/db"]).history == "postgresql://h/db"
+    )
 
 
 def test_add_after_run(tmp_path, monkeypatch):
@@ -140,10 +170,26 @@ def test_loadkit_run_with_history_stores_the_run(tmp_path):
     db = tmp_path / "h.db"
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadkit", "run", "--engine", "async", "--duration", "4",
-         "--quiet", "--out", str(out), "--history", str(db)],
-        capture_output=True, text=True, timeout=240, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "loadkit",
+            "run",
+            "--engine",
+            "async",
+            "--duration",
+            "4",
+            "--quiet",
+            "--out",
+            str(out),
+            "--history",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert "added as run #1" in proc.stderr

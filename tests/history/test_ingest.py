@@ -24,10 +24,16 @@ def analysed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("analysed")
     lim = Limiter("fixed_window", requests=20, window_s=10.0, concurrency=4)
     bad = simulate_key("key-a", "free", lim, np.linspace(9.0, 11.0, 40), Timing(tokens=8))
-    good = simulate_key("key-b", "free", Limiter(requests=20, window_s=10.0, concurrency=4),
-                        even_sends(0.35, 30.0), Timing(tokens=8))  # fmt: skip
-    meta = run_meta({"free": lim}, [("key-a", "free"), ("key-b", "free")],
-                    slo={"ttft_ms": {"p99": 800}})  # fmt: skip
+    good = simulate_key(
+        "key-b",
+        "free",
+        Limiter(requests=20, window_s=10.0, concurrency=4),
+        even_sends(0.35, 30.0),
+        Timing(tokens=8),
+    )
+    meta = run_meta(
+        {"free": lim}, [("key-a", "free"), ("key-b", "free")], slo={"ttft_ms": {"p99": 800}}
+    )
     run = write_run(root / "run", meta, [bad, good])
     analyze_run(run, charts=False)
     return run
@@ -71,15 +77,21 @@ def test_same_run_same_key_with_or_without_run_json(analysed_run, tmp_path):
 
 
 def test_new_verdict_words_and_completeness_are_kept():
-    night = Night(limits={("free-1", "requests"): "unusable"}, verdict="incomplete",
-                  completeness={"complete": False, "missing": ["worker async-1"]})  # fmt: skip
+    night = Night(
+        limits={("free-1", "requests"): "unusable"},
+        verdict="incomplete",
+        completeness={"complete": False, "missing": ["worker async-1"]},
+    )
     item = ingest(summary(night, "r1", 1.8e9))
     assert item.run.verdict == "incomplete"
     assert ("free-1", "requests", "enforced", "unusable") in {
         (v.key, v.kind, v.aspect, v.verdict) for v in item.verdicts
     }
     assert item.run.complete is False
-    assert json.loads(item.run.completeness or "") == {"complete": False, "missing": ["worker async-1"]}
+    assert json.loads(item.run.completeness or "") == {
+        "complete": False,
+        "missing": ["worker async-1"],
+    }
 
 
 def test_unknown_summary_version_is_read_with_a_warning():
@@ -114,12 +126,21 @@ def test_missing_and_broken_files_name_the_folder(tmp_path):
 
 
 def test_scenario_hash_ignores_the_target_url(tmp_path):
-    a = read_run_dir(write_night(tmp_path / "a", 0, Night(),
-                                 scenario_dict={"target": {"base_url": "https://a"}, "x": 1}))
-    b = read_run_dir(write_night(tmp_path / "b", 1, Night(),
-                                 scenario_dict={"target": {"base_url": "https://b"}, "x": 1}))
-    c = read_run_dir(write_night(tmp_path / "c", 2, Night(),
-                                 scenario_dict={"target": {"base_url": "https://a"}, "x": 2}))  # fmt: skip
+    a = read_run_dir(
+        write_night(
+            tmp_path / "a", 0, Night(), scenario_dict={"target": {"base_url": "https://a"}, "x": 1}
+        )
+    )
+    b = read_run_dir(
+        write_night(
+            tmp_path / "b", 1, Night(), scenario_dict={"target": {"base_url": "https://b"}, "x": 1}
+        )
+    )
+    c = read_run_dir(
+        write_night(
+            tmp_path / "c", 2, Night(), scenario_dict={"target": {"base_url": "https://a"}, "x": 2}
+        )
+    )
     assert a.run.scenario_hash == b.run.scenario_hash != c.run.scenario_hash
     assert (a.run.target, b.run.target) == ("https://a", "https://b")
 

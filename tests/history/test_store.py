@@ -34,10 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_add_keeps_every_row_and_the_same_run_twice_is_a_no_op(db_url, tmp_path):
-    night = Night(limits={("free-1", "requests"): "unusable", ("free-1", "concurrency"): "held"},
-                  completeness={"complete": True})  # fmt: skip
-    item = read_run_dir(write_night(tmp_path, 0, night),
-                        Identity("c0ffee", "main", (("env", "ci"),)))  # fmt: skip
+    night = Night(
+        limits={("free-1", "requests"): "unusable", ("free-1", "concurrency"): "held"},
+        completeness={"complete": True},
+    )
+    item = read_run_dir(
+        write_night(tmp_path, 0, night), Identity("c0ffee", "main", (("env", "ci"),))
+    )
     with open_store(db_url) as store:
         rid, added = store.add(item)
         assert added
@@ -49,8 +52,11 @@ def test_add_keeps_every_row_and_the_same_run_twice_is_a_no_op(db_url, tmp_path)
         assert store.count(slo) == 1 and store.count(tags) == 1
         (run,) = store.runs()
         assert (run.run_id, run.git_commit, run.git_branch, run.complete) == (
-            "nightly-000", "c0ffee", "main", True,
-        )  # fmt: skip
+            "nightly-000",
+            "c0ffee",
+            "main",
+            True,
+        )
         assert store.tags_of([rid]) == {rid: {"env": "ci"}}
         words = {(p.key, p.kind, p.aspect): p.verdict for p in store.verdict_points([rid])}
         assert words[("free-1", "requests", "enforced")] == "unusable"  # a new word, kept
@@ -80,8 +86,11 @@ def _add_process(db: str, dirs: list[Path]) -> subprocess.Popen[str]:
     env = dict(os.environ, LOADKIT_HISTORY_DB=db, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         [sys.executable, "-m", "loadkit", "history", "add", *map(str, dirs)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class _HeldDatabase:
@@ -159,19 +168,37 @@ def test_two_processes_adding_at_once(db_url, tmp_path):
 
 def test_a_v1_database_is_migrated_on_open(db_url, tmp_path):
     item = read_run_dir(write_night(tmp_path, 0, Night()))
-    old = {k: v for k, v in item.run.__dict__.items()
-           if k not in ("git_branch", "complete", "completeness")}  # fmt: skip
+    old = {
+        k: v
+        for k, v in item.run.__dict__.items()
+        if k not in ("git_branch", "complete", "completeness")
+    }
     old |= {"id": 1, "added_unix": 1.0}
-    create_v1(db_url, [old], [{"run": 1, "metric": "ttft_ms.p99", "tier": "", "key_label": "",
-                               "endpoint": "", "stream": "", "value": 123.0}])  # fmt: skip
+    create_v1(
+        db_url,
+        [old],
+        [
+            {
+                "run": 1,
+                "metric": "ttft_ms.p99",
+                "tier": "",
+                "key_label": "",
+                "endpoint": "",
+                "stream": "",
+                "value": 123.0,
+            }
+        ],
+    )
     with open_store(db_url) as store:
         assert store.migrated_from == 1
         (run,) = store.runs()
         assert run.run_id == "nightly-000" and run.complete is None and run.git_branch is None
         assert store.metric_values([1], ["ttft_ms.p99"]) == {"ttft_ms.p99": {1: 123.0}}
         assert store.add(item) == (1, False)  # the old run is still the same run
-        new = read_run_dir(write_night(tmp_path, 1, Night(completeness={"complete": False})),
-                           Identity("abc", "main", (("env", "ci"),)))  # fmt: skip
+        new = read_run_dir(
+            write_night(tmp_path, 1, Night(completeness={"complete": False})),
+            Identity("abc", "main", (("env", "ci"),)),
+        )
         rid, added = store.add(new)
         assert added and store.tags_of([rid]) == {rid: {"env": "ci"}}
         assert store.runs()[-1].complete is False
