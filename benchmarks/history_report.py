@@ -7,6 +7,7 @@ on every key metric, the charts and the page). Target: <= 5 s on a 2-core machin
     .venv/bin/python benchmarks/history_report.py                      # SQLite, 1,000 runs
     .venv/bin/python benchmarks/history_report.py --runs 3000
     .venv/bin/python benchmarks/history_report.py --db postgresql://user@host/db  # empty DB
+    .venv/bin/python benchmarks/history_report.py --example docs/img/history_ttft.png
 
 The store is filled in one transaction per 100 runs (reported apart); the synthetic
 nights have a +25 % TTFT step at 70 % of the history and a -20 % throughput step at 85 %.
@@ -58,6 +59,45 @@ def fill(db: str, runs: int) -> float:
     return time.perf_counter() - t0
 
 
+def example(png: Path) -> None:
+    """The README's chart: 30 nights of TTFT, +25 % from night 21 (a commit that made
+    prefill slower), each percentile with its own noise."""
+    import shutil
+
+    import numpy as np
+
+    from loadkit.history.ingest import ingest
+    from loadkit.history.store import open_store
+    from tests.history.builders import DAY, T0, Night, summary
+
+    rng = np.random.default_rng(7)
+    work = Path(tempfile.mkdtemp(prefix="lk-history-example-"))
+    db = str(work / "history.db")
+    items = []
+    for i in range(30):
+        step = 1.25 if i >= 20 else 1.0
+        data = summary(
+            Night(ttft=180.0 * step), f"nightly-{i:02d}", T0 + i * DAY, "free-tier-check"
+        )
+        for stat, level, cv in (("p50", 180.0, 0.03), ("p90", 260.0, 0.04), ("p99", 390.0, 0.06)):
+            data["latency"]["ttft_ms"]["overall"][stat] = (
+                level * step * (1 + cv * rng.standard_normal())
+            )
+        scenario = {"name": "free-tier-check", "target": {"base_url": "https://staging.example/v1"}}
+        meta = {"started_unix": T0 + i * DAY, "scenario": scenario}
+        items.append(ingest(data, meta))
+    with open_store(db) as store:
+        store.add_many(items)
+    out = work / "report"
+    subprocess.run(
+        [sys.executable, "-m", "loadkit", "history", "report", "--db", db, "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+    )
+    shutil.copy(out / "free-tier-check-ttft.png", png)
+    print(f"wrote {png}")
+
+
 def timed(cmd: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
@@ -72,7 +112,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--db", help="an empty database URL (default: a new SQLite file)")
     ap.add_argument("--repeat", type=int, default=3, help="time each command this often")
+    ap.add_argument("--example", metavar="PNG", help="only write the README's example chart")
     args = ap.parse_args()
+    if args.example:
+        example(Path(args.example))
+        return
     work = Path(tempfile.mkdtemp(prefix="lk-history-bench-"))
     db = args.db or str(work / "history.db")
     print(f"filling {db if not args.db else '(given database)'} with {args.runs} runs ...")
