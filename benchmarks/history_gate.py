@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from loadkit.history.gate import GateSettings, judge_metric  # noqa: E402
-from loadkit.history.store import StoredRun  # noqa: E402
+from loadkit.history.stored import StoredRun  # noqa: E402
 from loadkit.history.trends import Detection, metric_spec  # noqa: E402
 
 WARMUP = 30  # nights of history before the gate is scored

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from loadkit.history.store import StoredRun, VerdictPoint
+from loadkit.history.stored import StoredRun, VerdictPoint
 from loadkit.history.trends import (
     MIN_POINTS,
     Change,

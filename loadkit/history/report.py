@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadkit.history.store import Store, StoredRun
+from loadkit.history.store import Store
+from loadkit.history.stored import StoredRun
 from loadkit.history.trends import (
     KEY_METRICS,
     Change,
@@ -213,7 +214,8 @@ def render_html(
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>",
-        f"<p class='muted'>Change points: e-divisive means with a t-test (as Apache Otava), "
+        f"<p class='muted'>Change points: e-divisive means with a t-test (the Hunter / Apache "
+        f"Otava method), "
         f"p ≤ {det.max_pvalue:g}, window {det.window} runs; a change counts as big from "
         f"{100 * det.min_magnitude:g}% (rates: {100 * det.min_rate_change:g} percentage "
         f"points). Written {_e(_when(datetime.now(UTC).timestamp()))} UTC.</p>",

@@ -1,13 +1,6 @@
-"""The history database: schema, migrations on open, adding a run (idempotent and safe
-with concurrent writers) and the queries the report and the gate read. SQLAlchemy Core;
-SQLite by default (a file, no server), PostgreSQL by URL for a team.
-
-Schema history (``loadkit_meta.schema_version``):
-
-* v1: runs, metrics, limits, verdicts, slo.
-* v2: runs gain ``git_branch``, ``complete`` and ``completeness`` (the summary's section,
-  absent = unknown); run tags (``loadkit_tags``: ``--tag`` and ``$LOADKIT_TAGS``).
-"""
+"""The history database: opening it (the schema created or migrated on open), adding a
+run (idempotent, safe with concurrent writers) and the queries the report and the gate
+read. SQLAlchemy Core; SQLite by default (a file, no server), PostgreSQL by URL."""
 
 from __future__ import annotations
 
@@ -15,7 +8,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,167 +16,25 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from loadkit.history.ingest import IngestedRun
+from loadkit.history.schema import (
+    SCHEMA_VERSION,
+    StoreError,
+    ensure_schema,
+    limits,
+    metrics,
+    runs,
+    slo,
+    tags,
+    verdicts,
+)
+from loadkit.history.stored import StoredRun, VerdictPoint
 
-SCHEMA_VERSION = 2
+__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "StoredRun", "VerdictPoint", "open_store"]
+
 DEFAULT_DB = "loadkit-history.db"
 DB_ENV = "LOADKIT_HISTORY_DB"
 SQLITE_BUSY_TIMEOUT_S = 60.0  # a concurrent writer waits this long for the file lock
 CONNECT_TIMEOUT_S = 10  # PostgreSQL: fail a dead server fast, not after the OS default
-# pg_advisory_xact_lock key: serialises schema creation and migration between processes
-_MIGRATION_LOCK = 0x6C6F_6164_6B69_74  # "loadkit"
-
-metadata = sa.MetaData()
-
-meta_table = sa.Table(
-    "loadkit_meta",
-    metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(200), nullable=False),
-)
-
-runs = sa.Table(
-    "loadkit_runs",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_key", sa.String(64), nullable=False, unique=True),
-    sa.Column("run_id", sa.String(200), nullable=False),
-    sa.Column("started_unix", sa.Float(precision=53), nullable=False),
-    sa.Column("started_at", sa.String(40), nullable=False),
-    sa.Column("scenario", sa.String(200), nullable=False),
-    sa.Column("scenario_hash", sa.String(64), nullable=False),
-    sa.Column("target", sa.String(1000), nullable=False),
-    sa.Column("engine", sa.String(40), nullable=False),
-    sa.Column("verdict", sa.String(40), nullable=False),
-    sa.Column("duration_s", sa.Float(precision=53)),
-    sa.Column("records", sa.BigInteger),
-    sa.Column("interrupted", sa.Boolean),
-    sa.Column("loadkit_version", sa.String(40), nullable=False),
-    sa.Column("summary_schema", sa.String(40), nullable=False),
-    sa.Column("git_commit", sa.String(64)),
-    sa.Column("git_branch", sa.String(200)),  # v2
-    sa.Column("complete", sa.Boolean),  # v2
-    sa.Column("completeness", sa.Text),  # v2
-    sa.Column("source", sa.String(2000), nullable=False),
-    sa.Column("added_unix", sa.Float(precision=53), nullable=False),
-    sa.Index("loadkit_runs_series", "scenario", "target", "started_unix"),
-)
-
-
-def _run_fk() -> sa.Column[int]:
-    return sa.Column(
-        "run", sa.Integer, sa.ForeignKey("loadkit_runs.id", ondelete="CASCADE"), nullable=False
-    )
-
-
-metrics = sa.Table(
-    "loadkit_metrics",
-    metadata,
-    _run_fk(),
-    sa.Column("metric", sa.String(120), nullable=False),
-    sa.Column("tier", sa.String(100), nullable=False),
-    sa.Column("key_label", sa.String(200), nullable=False),
-    sa.Column("endpoint", sa.String(60), nullable=False),
-    sa.Column("stream", sa.String(12), nullable=False),
-    sa.Column("value", sa.Float(precision=53)),
-    sa.PrimaryKeyConstraint("run", "metric", "tier", "key_label", "endpoint", "stream"),
-    sa.Index("loadkit_metrics_by_name", "metric", "tier", "key_label", "endpoint", "stream", "run"),
-)
-
-limits = sa.Table(
-    "loadkit_limits",
-    metadata,
-    _run_fk(),
-    sa.Column("tier", sa.String(100), nullable=False),
-    sa.Column("key_label", sa.String(200), nullable=False),
-    sa.Column("kind", sa.String(40), nullable=False),
-    sa.Column("promised", sa.Float(precision=53)),
-    sa.Column("window_s", sa.Float(precision=53)),
-    sa.Column("observed_max", sa.Float(precision=53)),
-    sa.Column("observed_max_possible", sa.Float(precision=53)),
-    sa.Column("offered_requests", sa.Float(precision=53)),
-    sa.Column("offered_max_in_window", sa.Float(precision=53)),
-    sa.PrimaryKeyConstraint("run", "key_label", "kind", "tier"),
-)
-
-verdicts = sa.Table(
-    "loadkit_verdicts",
-    metadata,
-    _run_fk(),
-    sa.Column("tier", sa.String(100), nullable=False),
-    sa.Column("key_label", sa.String(200), nullable=False),
-    sa.Column("kind", sa.String(40), nullable=False),
-    sa.Column("aspect", sa.String(60), nullable=False),
-    # free text on purpose: new verdict words (unusable, …) are stored as they come
-    sa.Column("verdict", sa.String(40), nullable=False),
-    sa.PrimaryKeyConstraint("run", "key_label", "kind", "aspect", "tier"),
-)
-
-slo = sa.Table(
-    "loadkit_slo",
-    metadata,
-    _run_fk(),
-    sa.Column("name", sa.String(120), nullable=False),
-    sa.Column("metric", sa.String(120), nullable=False),
-    sa.Column("stat", sa.String(20), nullable=False),
-    sa.Column("threshold", sa.Float(precision=53)),
-    sa.Column("direction", sa.String(4), nullable=False),
-    sa.Column("observed", sa.Float(precision=53)),
-    sa.Column("met", sa.Boolean),
-    sa.Column("status", sa.String(40), nullable=False),
-    sa.Column("source", sa.String(40), nullable=False),
-    sa.PrimaryKeyConstraint("run", "name"),
-)
-
-tags = sa.Table(  # v2
-    "loadkit_tags",
-    metadata,
-    _run_fk(),
-    sa.Column("name", sa.String(100), nullable=False),
-    sa.Column("value", sa.String(500), nullable=False),
-    sa.PrimaryKeyConstraint("run", "name"),
-)
-
-
-class StoreError(RuntimeError):
-    """The database cannot be opened, migrated or written; the message names it without
-    its password."""
-
-
-@dataclass(frozen=True)
-class StoredRun:
-    """A run as the history knows it (no figures)."""
-
-    id: int
-    run_key: str
-    run_id: str
-    started_unix: float
-    started_at: str
-    scenario: str
-    scenario_hash: str
-    target: str
-    engine: str
-    verdict: str
-    duration_s: float | None
-    records: int | None
-    interrupted: bool | None
-    loadkit_version: str
-    summary_schema: str
-    git_commit: str | None
-    git_branch: str | None
-    complete: bool | None
-    completeness: str | None
-    source: str
-    added_unix: float
-
-
-@dataclass(frozen=True)
-class VerdictPoint:
-    run: int
-    tier: str
-    key: str
-    kind: str
-    aspect: str
-    verdict: str
 
 
 def database_url(db: str | None) -> URL:
@@ -241,62 +92,6 @@ def create_engine(url: URL) -> Engine:
         return sa.create_engine(url, connect_args=connect_args, poolclass=sa.pool.NullPool)
     except (ArgumentError, ImportError, SQLAlchemyError) as exc:
         raise StoreError(f"{redact(url)}: {exc}") from None
-
-
-def _lock_for_schema(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
-    # SQLite: BEGIN IMMEDIATE already holds the file's write lock.
-
-
-def schema_version(conn: Connection) -> int:
-    """0 for an empty database."""
-    if not sa.inspect(conn).has_table(meta_table.name):
-        return 0
-    value = conn.execute(
-        sa.select(meta_table.c.value).where(meta_table.c.name == "schema_version")
-    ).scalar()
-    return int(value) if value is not None else 0
-
-
-def _set_version(conn: Connection, version: int) -> None:
-    conn.execute(sa.delete(meta_table).where(meta_table.c.name == "schema_version"))
-    conn.execute(sa.insert(meta_table).values(name="schema_version", value=str(version)))
-
-
-def _migrate_1_to_2(conn: Connection) -> None:
-    for column, type_ in (
-        ("git_branch", sa.String(200)),
-        ("complete", sa.Boolean()),
-        ("completeness", sa.Text()),
-    ):
-        kind = type_.compile(dialect=conn.dialect)
-        conn.exec_driver_sql(f"ALTER TABLE loadkit_runs ADD COLUMN {column} {kind}")
-    tags.create(conn)
-
-
-# version n -> the step that brings a version-n database to n + 1
-MIGRATIONS = {1: _migrate_1_to_2}
-
-
-def ensure_schema(conn: Connection) -> int:
-    """Create or migrate the schema inside the caller's transaction; returns the version
-    found. Refuses a database made by a newer loadkit."""
-    _lock_for_schema(conn)
-    found = schema_version(conn)
-    if found > SCHEMA_VERSION:
-        raise StoreError(
-            f"the history database has schema v{found}, newer than this loadkit's "
-            f"v{SCHEMA_VERSION}: upgrade loadkit"
-        )
-    if found == 0:
-        metadata.create_all(conn)
-    else:
-        for version in range(found, SCHEMA_VERSION):
-            MIGRATIONS[version](conn)
-    if found != SCHEMA_VERSION:
-        _set_version(conn, SCHEMA_VERSION)
-    return found
 
 
 class Store:

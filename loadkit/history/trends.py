@@ -16,7 +16,7 @@ from loadkit.history.changepoints import (
     ChangePoint,
     change_points,
 )
-from loadkit.history.store import StoredRun, VerdictPoint
+from loadkit.history.stored import StoredRun, VerdictPoint
 
 # A run whose figures do not describe the target (it could not be judged or did not run
 # to the end) is kept in the store and in the verdict timeline, but left out of the

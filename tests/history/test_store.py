@@ -13,20 +13,18 @@ import pytest
 import sqlalchemy as sa
 
 from loadkit.history.ingest import Identity, read_run_dir
-from loadkit.history.store import (
-    _MIGRATION_LOCK,
+from loadkit.history.schema import (
+    MIGRATION_LOCK,
     SCHEMA_VERSION,
-    StoreError,
-    database_url,
     limits,
     meta_table,
     metrics,
-    open_store,
     runs,
     slo,
     tags,
     verdicts,
 )
+from loadkit.history.store import StoreError, database_url, open_store
 from tests.history.builders import Night, write_night
 from tests.history.schema_v1 import create_v1
 
@@ -111,7 +109,7 @@ class _HeldDatabase:
         else:
             self.engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
             self.pg = self.engine.connect()
-            self.pg.execute(sa.select(sa.func.pg_advisory_lock(_MIGRATION_LOCK)))
+            self.pg.execute(sa.select(sa.func.pg_advisory_lock(MIGRATION_LOCK)))
         return self
 
     def waiting(self, procs: list[subprocess.Popen[str]]) -> int:
@@ -135,7 +133,7 @@ class _HeldDatabase:
             self.conn.execute("COMMIT")
             self.conn.close()
         else:
-            self.pg.execute(sa.select(sa.func.pg_advisory_unlock(_MIGRATION_LOCK)))
+            self.pg.execute(sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK)))
             self.pg.close()
             self.engine.dispose()
 
