@@ -60,12 +60,12 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=60, help="simulated series per cell")
     ap.add_argument("--cv", type=float, default=0.03, help="night-to-night noise (default 3 %%)")
     ap.add_argument("--pvalues", default="0.01,0.001,0.0001")
-    ap.add_argument("--steps", default="5,10,20", help="step sizes in percent")
+    ap.add_argument("--steps", default="5,10,20", help="step sizes in percent ('' for none)")
     ap.add_argument("--confirm", type=int, default=1, help="as history check --confirm")
     args = ap.parse_args()
     rng = np.random.default_rng(2026)
     pvalues = [float(p) for p in args.pvalues.split(",")]
-    steps = [float(s) for s in args.steps.split(",")]
+    steps = [float(s) for s in args.steps.split(",") if s.strip()]
     print(
         f"CV {100 * args.cv:g} %, {args.series} series per cell, {WARMUP} nights of history, "
         f"--confirm {args.confirm}"

@@ -12,6 +12,8 @@ from typing import Any
 from loadkit.history.trends import Change, MetricSeries, VerdictLine
 
 DPI = 100
+# zlib level 3 instead of 6: half the time of a chart, 15 % more bytes
+PNG_OPTIONS = {"compress_level": 3}
 WIDTH_IN = 11.0
 REGRESSION, IMPROVEMENT, SMALL = "#cf222e", "#1a7f37", "#8c959f"
 MARKERS_UP_TO = 150
@@ -223,7 +225,7 @@ def metric_chart(
     _format_time_axis(ax, fig)
     _legend_below(fig, handles, [c for s in series for c in s.changes])
     _layout(fig, len(fig.legends[0].legend_handles))
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, pil_kwargs=PNG_OPTIONS)
     return path
 
 
@@ -246,7 +248,7 @@ def stacked_chart(
     _format_time_axis(axes[-1, 0], fig)
     _legend_below(fig, handles, [c for s, _ in panels for c in s.changes])
     _layout(fig, len(fig.legends[0].legend_handles))
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, pil_kwargs=PNG_OPTIONS)
     return path
 
 
@@ -316,5 +318,5 @@ def verdict_chart(
     )
     longest = max(len(r[0]) for r in rows)
     _layout(fig, 1, left_in=0.3 + 0.065 * longest)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, pil_kwargs=PNG_OPTIONS)
     return path

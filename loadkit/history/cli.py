@@ -335,9 +335,7 @@ def render_check(judged: list[SeriesVerdict]) -> str:
         )
         lines += [f"  note: {n}" for n in v.notes]
         for m in v.metrics:
-            tag = {"regression": "REGRESSION", "known": "known", "improvement": "better"}.get(
-                m.status, m.status
-            )
+            tag = {"regression": "REGRESSION", "improvement": "better"}.get(m.status, m.status)
             lines.append(f"  {tag:<12} {m.metric.name:<20} {m.message}")
         for lf in v.limits:
             if lf.failed or lf.latest == "violated":

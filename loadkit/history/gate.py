@@ -50,7 +50,8 @@ class GateSettings:
 @dataclass(frozen=True)
 class MetricFinding:
     metric: MetricSpec
-    status: str  # regression | known | improvement | ok | no data | too few runs
+    # regression | known | unconfirmed | small | improvement | ok | no data | too few runs
+    status: str
     change: Change | None
     points: int
     message: str
@@ -105,40 +106,47 @@ def judge_metric(
             spec, "too few runs", None, len(vals), f"{len(vals)} runs; at least {MIN_POINTS}"
         )
     det = settings.detection
+    n = len(vals)
 
-    def counted(changes: list[Change], n: int) -> list[Change]:
-        return [c for c in changes if c.regression and n - c.position >= settings.confirm]
+    def confirmed(changes: list[Change], length: int) -> list[Change]:
+        return [c for c in changes if c.regression and length - c.position >= settings.confirm]
 
     changes = find_changes(spec, pts, vals, det)
-    first_recent = len(vals) - settings.recent
-    recent = [c for c in changes if c.position >= first_recent]
-    regressions = counted(recent, len(vals))
+    recent = [c for c in changes if c.position >= n - settings.recent]
+    regressions = confirmed(recent, n)
     if regressions and not settings.repeat:
-        yesterday = counted(find_changes(spec, pts[:-1], vals[:-1], det), len(vals) - 1)
+        yesterday = confirmed(find_changes(spec, pts[:-1], vals[:-1], det), n - 1)
         known = [c for c in regressions if any(_same(c, y) for y in yesterday)]
         regressions = [c for c in regressions if c not in known]
-        if not regressions and known:
+        if not regressions:
             c = known[-1]
             return MetricFinding(
-                spec, "known", c, len(vals), f"already found: {c.describe()} since {_when(c)}"
+                spec, "known", c, n, f"already found: {c.describe()} since {_when(c)}"
             )
     if regressions:
         c = regressions[-1]
-        return MetricFinding(spec, "regression", c, len(vals), f"{c.describe()} from {_when(c)}")
-    better = [c for c in recent if not c.worse]
-    if better:
-        c = better[-1]
-        return MetricFinding(spec, "improvement", c, len(vals), f"{c.describe()} from {_when(c)}")
+        return MetricFinding(spec, "regression", c, n, f"{c.describe()} from {_when(c)}")
+    if recent:
+        c = recent[-1]
+        if c.regression:
+            status, why = "unconfirmed", f"fewer than {settings.confirm} runs at the new level"
+        elif c.worse:
+            status, why = "small", "below the minimum change"
+        else:
+            status, why = "improvement", ""
+        return MetricFinding(
+            spec, status, c, n, f"{c.describe()} from {_when(c)}" + (f": {why}" if why else "")
+        )
     if changes:
         c = changes[-1]
         return MetricFinding(
             spec,
             "ok",
             None,
-            len(vals),
+            n,
             f"no change in the last {settings.recent} runs (last: {c.describe()} from {_when(c)})",
         )
-    return MetricFinding(spec, "ok", None, len(vals), f"no change in {len(vals)} runs")
+    return MetricFinding(spec, "ok", None, n, f"no change in {n} runs")
 
 
 def _when(c: Change) -> str:

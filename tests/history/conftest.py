@@ -64,11 +64,13 @@ class PgCluster:
             check=False,
         )
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{PG_USER}@/{database}?host={self.sock}&port={PG_PORT}"
+    def url(self, schema: str | None = None) -> str:
+        url = f"postgresql://{PG_USER}@/postgres?host={self.sock}&port={PG_PORT}"
+        # a schema of its own per test: as isolated as a new database, without copying a
+        # template database each time (search_path puts loadkit's tables there)
+        return url + (f"&options=-csearch_path%3D{schema}" if schema else "")
 
-    def create_database(self) -> str:
-        name = f"t_{uuid.uuid4().hex[:12]}"
+    def _execute(self, sql: str) -> None:
         import sqlalchemy as sa
 
         engine = sa.create_engine(
@@ -77,9 +79,16 @@ class PgCluster:
             poolclass=sa.pool.NullPool,
         )
         with engine.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+            conn.exec_driver_sql(sql)
         engine.dispose()
-        return self.url(name)
+
+    def create_schema(self) -> tuple[str, str]:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        self._execute(f"CREATE SCHEMA {name}")
+        return name, self.url(name)
+
+    def drop_schema(self, name: str) -> None:
+        self._execute(f"DROP SCHEMA {name} CASCADE")
 
 
 @pytest.fixture(scope="session")
@@ -129,9 +138,12 @@ def pg_cluster() -> Iterator[PgCluster]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty history database of each kind."""
     if request.param == "sqlite":
-        return str(tmp_path / "history.db")
+        yield str(tmp_path / "history.db")
+        return
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database()
+    name, url = cluster.create_schema()
+    yield url
+    cluster.drop_schema(name)

@@ -92,6 +92,7 @@ def test_minimum_magnitude_is_a_knob(db_url, tmp_path):
     keep_failing = ["--repeat", "--recent", "10"]  # the step is 6 nights old
     code, text = check(db_url, *keep_failing)
     assert code == 0, text
+    assert "ttft_ms.p50 +3.3%" in text and "below the minimum change" in text
     code, text = check(db_url, *keep_failing, "--min-magnitude", "2")
     assert code == 1 and "ttft_ms.p50 +3.3%" in text
 
@@ -124,6 +125,7 @@ def test_confirm_two_ignores_a_one_night_outlier(db_url, tmp_path):
     assert check(db_url, "--metric", "ttft_ms.p99")[0] == 1
     code, text = check(db_url, "--metric", "ttft_ms.p99", "--confirm", "2")
     assert code == 0, text
+    assert "unconfirmed" in text and "fewer than 2 runs at the new level" in text
 
 
 def _limit(word: str) -> Night:

@@ -198,3 +198,12 @@ def test_loadkit_run_with_history_stores_the_run(tmp_path):
         assert (run.run_id, run.verdict, run.target) == ("run", summary["verdict"], "embedded")
         values = store.metric_values([run.id], ["requests_per_s"])
         assert values["requests_per_s"][run.id] == summary["throughput"]["requests_per_s"]
+
+
+def test_show_a_tier(tmp_path, capsys):
+    db = str(tmp_path / "h.db")
+    add_nights(db, tmp_path, [Night(ttft=100.0), Night(ttft=200.0)])
+    assert main(["history", "show", "--db", db, "--tier", "free"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("2026-")]
+    # the builder's free tier is 10 % slower than overall; TTFT p99 = 2 x p50
+    assert [ln.split()[4] for ln in rows] == ["220.0", "440.0"]
