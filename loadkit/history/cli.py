@@ -298,6 +298,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         series = group_series(runs)
         newest = max(r.started_unix for r in runs)
         judged: list[SeriesVerdict] = []
+        seen: set[str] = set()
         for key, series_runs in series.items():
             age_h = (newest - series_runs[-1].started_unix) / 3600
             if args.scenario is None and age_h > STALE_AFTER_H:
@@ -308,8 +309,18 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                 continue
             ids = [r.id for r in series_runs]
             values = store.metric_values(ids, [s.name for s in specs])
+            seen.update(name for name, by_run in values.items() if by_run)
             points = store.verdict_points(ids)
             judged.append(judge_series(key, series_runs, values, points, specs, settings))
+    unknown = [m for m in args.metric if m not in seen]
+    if unknown and judged:
+        print(
+            f"loadkit history check: --metric {', '.join(unknown)}: no such figure in these "
+            "runs (names as in summary.json: ttft_ms.p99, itl_ms.p50, requests_per_s, "
+            "error_rate, …)",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
     print(render_check(judged), file=out, end="")
     if args.junit:
         _write_junit(args.junit, judged)

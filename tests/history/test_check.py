@@ -186,6 +186,7 @@ def test_stale_series_are_skipped_and_an_empty_history_is_an_error(db_url, tmp_p
         (["--recent", "0"], "recent"),
         (["--window", "2"], "window"),
         (["--since", "yesterday"], "--since"),
+        (["--metric", "ttft_ms.p999"], "--metric ttft_ms.p999: no such figure"),
     ],
 )
 def test_bad_knobs_are_refused(tmp_path, args, message, capsys):
