@@ -283,6 +283,7 @@ class VerdictLine:
 
 
 ASPECT_ORDER = {"enforced": 0, "honoured": 1, "retry_after": 2, "remaining_header": 3}
+KIND_ORDER = {"requests": 0, "concurrency": 1}  # the summary's order
 
 
 def verdict_lines(runs: Sequence[StoredRun], points: Sequence[VerdictPoint]) -> list[VerdictLine]:
@@ -294,6 +295,14 @@ def verdict_lines(runs: Sequence[StoredRun], points: Sequence[VerdictPoint]) -> 
         row = table.setdefault((p.tier, p.key, p.kind, p.aspect), [None] * len(runs))
         row[index[p.run]] = p.verdict
     ordered = sorted(
-        table.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], ASPECT_ORDER.get(kv[0][3], 9))
+        table.items(),
+        key=lambda kv: (
+            kv[0][0],
+            kv[0][1],
+            KIND_ORDER.get(kv[0][2], 9),
+            kv[0][2],
+            ASPECT_ORDER.get(kv[0][3], 9),
+            kv[0][3],
+        ),
     )
     return [VerdictLine(t, k, kind, a, tuple(words)) for (t, k, kind, a), words in ordered]
