@@ -70,6 +70,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also write the records as records.parquet at the end",
     )
     r.add_argument("--quiet", action="store_true", help="no progress line")
+    r.add_argument(
+        "--history",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="after the analysis, add the run to a history database (default: "
+        "$LOADKIT_HISTORY_DB, else loadkit-history.db)",
+    )
 
     a = sub.add_parser("analyze", help="metrics, limit verdicts, charts and report for a run")
     a.add_argument("run_dir", metavar="DIR")
@@ -102,6 +110,10 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", metavar="DIR")
     w.add_argument("--engine", choices=("async",), default="async")
     w.add_argument("--quiet", action="store_true")
+
+    from loadkit.history.cli import add_history_parser
+
+    add_history_parser(sub)
 
     sub.add_parser(
         "locustfile",
@@ -142,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from loadkit.sweep import sweep_main
 
             return sweep_main(args)
+        if args.command == "history":
+            from loadkit.history.cli import history_main
+
+            return history_main(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
