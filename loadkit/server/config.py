@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from loadkit.server.limits import RequestLimits, limits_from_dict
+
 LIMITER_MODES = (
     "exact",
     "fixed_window",
@@ -21,6 +23,7 @@ LIMITER_MODES = (
     "off",
 )
 CAPABILITIES = ("chat", "completion")
+API_LAYOUTS = ("seed", "openai")  # paths under /api/v1/ai (API.md) or OpenAI's /v1
 
 # name -> (requests, window_s, concurrency, generated keys)
 DEFAULT_TIERS: dict[str, tuple[int, float, int, int]] = {
@@ -147,6 +150,8 @@ class ServerConfig:
     seed: int = 0
     lateness_samples: int = 2_000_000
     access_log: bool = False
+    api: str = "seed"  # one of API_LAYOUTS
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def tier(self, name: str) -> TierConfig:
         for t in self.tiers:
@@ -391,7 +396,9 @@ def config_from_dict(data: Mapping[str, Any]) -> ServerConfig:
     keep the defaults (tiers given replace the default tiers; models given are added to,
     or by id replace, the default models)."""
     _check_keys(
-        data, "", {"server", "tiers", "keys", "admin", "models", "limiter", "faults", "billing"}
+        data,
+        "",
+        {"server", "tiers", "keys", "admin", "models", "limiter", "faults", "billing", "limits"},
     )
     tiers = _tiers(data.get("tiers"))
     keys = _explicit_keys(data.get("keys"), tiers)
@@ -467,8 +474,12 @@ def config_from_dict(data: Mapping[str, Any]) -> ServerConfig:
         "seed",
         "lateness_samples",
         "access_log",
+        "api",
     }
     _check_keys(s, "server", server_fields)
+    api = s.get("api", "seed")
+    if api not in API_LAYOUTS:
+        raise ConfigError(f"server.api: expected one of {list(API_LAYOUTS)}, got {api!r}")
     base = ServerConfig(tiers=tiers)
     cfg = replace(
         base,
@@ -489,6 +500,8 @@ def config_from_dict(data: Mapping[str, Any]) -> ServerConfig:
         seed=_int(s, "seed", "server", base.seed),
         lateness_samples=_int(s, "lateness_samples", "server", base.lateness_samples, lo=1000),
         access_log=_bool(s, "access_log", "server", False),
+        api=api,
+        limits=limits_from_dict(_section(data, "limits")),
     )
     _check_unique(cfg)
     return cfg

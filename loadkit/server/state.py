@@ -18,6 +18,7 @@ from loadkit.server.keys import AccessKey, KeyStore, resolve_keys
 from loadkit.server.limiter import Limiter, LimitSpec
 from loadkit.server.stats import Counters
 from loadkit.server.truth import TruthRecord, TruthWriter
+from loadkit.server.work import WorkLane
 
 
 @dataclass
@@ -25,8 +26,9 @@ class RequestCtx:
     rec: TruthRecord
     headers: dict[str, str] = field(default_factory=dict)
     key: AccessKey | None = None
-    finish_ns: int | None = None  # set by a stream handler when its last byte went out
+    finish_ns: int | None = None  # set by a handler that wrote its own response
     error_code: str | None = None  # an error sent inside a 200 stream
+    sent: bool = False  # the response's first bytes were handed to the transport
 
 
 class ServerState:
@@ -65,6 +67,24 @@ class ServerState:
         self.started_ns = time.perf_counter_ns()
         self.in_progress = 0  # requests inside the middleware (truth line not yet written)
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self.lane = WorkLane()  # heavy per-request work, in slices
+
+    @property
+    def prompt_cap(self) -> int:
+        """Prompts are counted only this far: beyond it they fit no model."""
+        return max((m.context_length for m in self.models.values()), default=0)
+
+    def record(self, rec: TruthRecord) -> None:
+        """Count a finished request and append its truth line."""
+        c = self.counters
+        if rec.status is not None:
+            c.status[rec.status] += 1
+        if rec.error_code:
+            c.errors[rec.error_code] += 1
+        if rec.disconnect:
+            c.disconnects[rec.disconnect] += 1
+        if self.truth is not None:
+            self.truth.write(rec)
 
     async def wait_idle(self) -> None:
         """Return once no request is in progress: every truth line so far is written."""

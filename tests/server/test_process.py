@@ -56,7 +56,8 @@ def test_banner_names_labels_never_keys(tmp_path: Path) -> None:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         info = json.loads(ready.read_text())
-        assert set(info) == {"host", "port", "base_url", "keys_file", "pid"}
+        assert set(info) == {"host", "port", "base_url", "api", "keys_file", "pid"}
+        assert info["api"] == "seed"
         assert info["keys_file"] == str(keys_file.resolve())
     finally:
         proc.send_signal(signal.SIGTERM)
