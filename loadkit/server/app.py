@@ -135,6 +135,8 @@ async def core_middleware(
                     await resp.prepare(request)
                     await resp.write_eof()
                     ctx.sent = True
+                    if resp.status == 408:  # do not wait (linger) for the rest of a late body
+                        request.protocol.force_close()
                 except ConnectionError:
                     rec.disconnect = rec.disconnect or "client"
             ctx.finish_ns = time.perf_counter_ns()

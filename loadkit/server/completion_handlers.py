@@ -30,6 +30,7 @@ from loadkit.server.responses import (
     live_completion,
     plan_chat_work,
     plan_completion_work,
+    sse,
 )
 from loadkit.server.state import CTX, STATE, RequestCtx, ServerState
 from loadkit.server.validation import (
@@ -38,7 +39,7 @@ from loadkit.server.validation import (
     validate_chat,
     validate_completion,
 )
-from loadkit.server.wire import INLINE_PARSE_BYTES, client_gone, read_body, sse, xrid_headers
+from loadkit.server.wire import INLINE_PARSE_BYTES, client_gone, read_body, xrid_headers
 from loadkit.server.work import Work, drive
 
 log = logging.getLogger("loadkit.server")
@@ -47,7 +48,7 @@ T = TypeVar("T")
 
 _NS = 1_000_000_000
 # Work of at most this many token renders runs inline; more takes turns in the lane.
-INLINE_UNITS = 256
+INLINE_UNITS = 16
 # A cut waits at most this long for written bytes to leave the server before aborting.
 CUT_FLUSH_S = 1.0
 
@@ -271,10 +272,9 @@ async def _stream(
         deadline = (ctx.rec.admitted_ns or time.perf_counter_ns()) + ttft_ns(
             prof, live.prompt_tokens, st.rng
         )
-        yielded = time.perf_counter_ns()
         while not live.done:
             step = live.step
-            last = live.next_is_last()
+            last = await _run(st, live.next_is_last_work(), step_units)
             if step:
                 deadline += itl_ns(prof, st.active[model.id], st.rng)
             if f.due(f.stall_after, step, last):
@@ -282,22 +282,19 @@ async def _stream(
             now = time.perf_counter_ns()
             if (timed or f.stall_after is not None) and deadline > now:
                 await asyncio.sleep((deadline - now) / _NS)
-                yielded = time.perf_counter_ns()
             if f.due(f.cut_after, step, last):
                 outcome = "cut"
                 break
             if f.due(f.error_after, step, last):
                 outcome = "error"
                 break
-            chunks, n = await _run(st, live.step_work(), step_units)
-            now = time.perf_counter_ns()
+            data, n = await _run(st, live.step_work(), step_units)
             if timed:
-                lateness.add(now - deadline)
-            await write(b"".join(sse(ch) for ch in chunks), n)
+                lateness.add(time.perf_counter_ns() - deadline)
+            await write(data, n)
             st.counters.tokens_written += n
-            if now - yielded > 1_000_000:  # zero-latency streams: let others in
-                await asyncio.sleep(0)
-                yielded = time.perf_counter_ns()
+            if not timed:
+                await asyncio.sleep(0)  # a zero-latency stream: one step per loop pass
         if outcome == "cut":
             if client_gone(request):
                 ctx.rec.disconnect = "client"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -65,6 +66,8 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
     # Quiet and fast by default; open streams get 2 s to finish on shutdown.
     runner = make_runner(app, access_log=cfg.access_log)
     await runner.setup()
+    # What exists now lives as long as the server: keep it out of every full collection.
+    gc.freeze()
     try:
         site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
         try:

@@ -40,10 +40,12 @@ class Node(dict[str, Any]):
 
 
 class LazyArray:
-    """A JSON array whose items are produced while it is encoded (once)."""
+    """A JSON array whose items are produced while it is encoded (once), ``batch`` items
+    per pause (fewer for costly items)."""
 
-    def __init__(self, items: Iterable[Any]) -> None:
+    def __init__(self, items: Iterable[Any], batch: int = _BATCH) -> None:
         self.items = items
+        self.batch = max(1, batch)
 
 
 def encode_work(obj: Any, out: list[str]) -> Work[None]:
@@ -59,7 +61,7 @@ def encode_work(obj: Any, out: list[str]) -> Work[None]:
         out.append("[")
         it = iter(obj.items)
         first = True
-        while batch := list(islice(it, _BATCH)):
+        while batch := list(islice(it, obj.batch)):
             if any(isinstance(x, Node | LazyArray) for x in batch):
                 for x in batch:
                     out.append("" if first else ",")
@@ -72,6 +74,11 @@ def encode_work(obj: Any, out: list[str]) -> Work[None]:
         out.append("]")
     else:
         out.append(_encode(obj))
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event carrying ``obj`` as JSON."""
+    return b"data: " + _encode(obj).encode() + b"\n\n"
 
 
 def materialize(obj: Any) -> Any:
@@ -151,13 +158,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-def _generate_work(stream: ChoiceStream) -> Work[GeneratedChoice]:
+def _generate_work(stream: ChoiceStream, stop: tuple[str, ...]) -> Work[GeneratedChoice]:
     toks: list[str] = []
     lps: list[float] = []
+    # A token costs a search of the longest stop's length in each stop sequence.
+    every = max(1, min(_BATCH, 16_384 // (1 + sum(map(len, stop)))))
     for tok, lp in stream:
         toks.append(tok)
         lps.append(lp)
-        if len(toks) % _BATCH == 0:
+        if len(toks) % every == 0:
             yield
     assert stream.finish_reason is not None
     return GeneratedChoice(tuple(toks), tuple(lps), stream.finish_reason, stream.seed)
@@ -172,7 +181,7 @@ def plan_chat_work(
     choices = []
     for i in range(s.n):
         seed = _choice_seed(base, i, s.temperature)
-        gen = yield from _generate_work(ChoiceStream(seed, max_tokens, s.stop, False))
+        gen = yield from _generate_work(ChoiceStream(seed, max_tokens, s.stop, False), s.stop)
         choices.append(PlanChoice(i, gen))
     return Plan(
         kind="chat",
@@ -202,7 +211,8 @@ def plan_completion_work(
         cands = []
         for j in range(req.best_of):
             seed = _choice_seed(base, j, s.temperature)
-            cands.append((yield from _generate_work(ChoiceStream(seed, max_tokens, s.stop))))
+            stream = ChoiceStream(seed, max_tokens, s.stop)
+            cands.append((yield from _generate_work(stream, s.stop)))
         generated += sum(len(c.tokens) for c in cands)
         steps = max(steps, *(max(1, len(c.tokens)) for c in cands))
         if req.best_of > s.n:
@@ -278,7 +288,7 @@ def _chat_logprobs(
         _chat_lp_entry(tok, lp, k, seed, pos0 + i)
         for i, (tok, lp) in enumerate(zip(tokens, lps, strict=True))
     )
-    return Node(content=LazyArray(entries), refusal=None)
+    return Node(content=LazyArray(entries, _BATCH // (1 + k)), refusal=None)
 
 
 def _legacy_logprobs(
@@ -306,7 +316,7 @@ def _legacy_logprobs(
     return Node(
         tokens=LazyArray(tokens),
         token_logprobs=LazyArray(lps),
-        top_logprobs=LazyArray(tops),
+        top_logprobs=LazyArray(tops, _BATCH // (1 + k)),
         text_offset=LazyArray(offsets()),
     )
 
@@ -400,9 +410,13 @@ class LiveStream:
     def done(self) -> bool:
         return all(c.done for c in self.choices)
 
-    def next_is_last(self) -> bool:
+    def next_is_last_work(self) -> Work[bool]:
         """Whether the next step is the stream's last (draws at most one token ahead)."""
-        return all(c.done or c.stream.available(2) <= 1 for c in self.choices)
+        for c in self.choices:
+            if not c.done and c.stream.available(2) > 1:
+                return False
+            yield
+        return True
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -435,7 +449,12 @@ class LiveStream:
             for c in self.choices
         ]
 
-    def step_work(self) -> Work[tuple[list[dict[str, Any]], int]]:
+    def step_work(self) -> Work[tuple[bytes, int]]:
+        """The next step as SSE bytes, and the tokens in it (see ``step_chunks_work``)."""
+        chunks, tokens = yield from self.step_chunks_work()
+        return b"".join(map(sse, chunks)), tokens
+
+    def step_chunks_work(self) -> Work[tuple[list[dict[str, Any]], int]]:
         """The next step: one chunk per unfinished choice (its last carries the
         ``finish_reason``; a choice cut to nothing by a stop sends one empty chunk), and
         the tokens in it."""

@@ -106,10 +106,6 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return await st.lane.call(parse_json_body, raw, depth)
 
 
-def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
 def xrid_headers(request: web.Request) -> dict[str, str]:
     rid = request.headers.get("x-loadkit-request-id")
     return {"x-request-id": rid} if rid else {}

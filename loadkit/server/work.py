@@ -29,15 +29,15 @@ def drive(work: Work[T]) -> T:
 
 
 class WorkLane:
-    """Heavy work of all requests goes through one lane: a holder runs for at most
-    ``slice_ns`` before it lets the loop answer everyone else and queues again (FIFO, so
-    heavy requests share the lane round-robin). Work that finishes within one slice and
-    finds the lane free never waits."""
+    """Heavy work of all requests goes through one lane, one slice per turn: a holder
+    runs for at most ``slice_ns``, then keeps the lane through one pass of the event
+    loop, so everything else that is ready (every light request, every socket) runs
+    before the next heavy slice. Turns go round-robin (the lock is FIFO)."""
 
     def __init__(self, slice_ns: int = SLICE_NS) -> None:
         self.slice_ns = slice_ns
         self._lock = asyncio.Lock()
-        self.slices = 0  # slices handed out (a measure of heavy work, for the stats)
+        self.slices = 0  # slices handed out (a measure of heavy work)
 
     async def run(self, work: Work[T]) -> T:
         clock = time.perf_counter_ns
@@ -51,11 +51,15 @@ class WorkLane:
                 except StopIteration as done:
                     result: T = done.value
                     return result
-            # Let every other ready callback run before queueing for the next slice.
-            await asyncio.sleep(0)
+                finally:
+                    # Still holding the lane: the others run before any next slice.
+                    await asyncio.sleep(0)
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """Run one indivisible piece of work (a JSON parse, say) in its turn."""
         async with self._lock:
             self.slices += 1
-            return fn(*args)
+            try:
+                return fn(*args)
+            finally:
+                await asyncio.sleep(0)

@@ -193,7 +193,7 @@ def test_context_length() -> None:
 def _stream_text(live, kind: str) -> dict[int, str]:  # type: ignore[no-untyped-def]
     out: dict[int, str] = {}
     while not live.done:
-        chunks, _ = drive(live.step_work())
+        chunks, _ = drive(live.step_chunks_work())
         for ch in chunks:
             c = ch["choices"][0]
             piece = c["delta"]["content"] if kind == "chat" else c["text"]
