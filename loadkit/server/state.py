@@ -16,6 +16,7 @@ from loadkit.server.billing import Ledger
 from loadkit.server.config import ModelConfig, ServerConfig
 from loadkit.server.keys import AccessKey, KeyStore, resolve_keys
 from loadkit.server.limiter import Limiter, LimitSpec
+from loadkit.server.logsafe import RedactingFilter
 from loadkit.server.stats import Counters
 from loadkit.server.truth import TruthRecord, TruthWriter
 from loadkit.server.work import WorkLane
@@ -47,6 +48,8 @@ class ServerState:
         self.admin = admin
         self.access_keys = keys
         self.keys = KeyStore([admin, *keys])
+        # Text a client chose (path, model, request id) may hold a key: the truth never does.
+        self.redactor = RedactingFilter(k.key for k in (admin, *keys))
         self.specs: dict[str, LimitSpec] = {
             admin.label: LimitSpec.of(
                 config.admin.requests, config.admin.window_s, config.admin.concurrency
@@ -84,6 +87,12 @@ class ServerState:
         if rec.disconnect:
             c.disconnects[rec.disconnect] += 1
         if self.truth is not None:
+            redact = self.redactor.redact
+            rec.path = redact(rec.path)
+            if rec.model is not None:
+                rec.model = redact(rec.model)
+            if rec.request_id is not None:
+                rec.request_id = redact(rec.request_id)
             self.truth.write(rec)
 
     async def wait_idle(self) -> None:

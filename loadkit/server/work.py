@@ -46,6 +46,7 @@ class WorkLane:
                 self.slices += 1
                 until = clock() + self.slice_ns
                 try:
+                    next(work)  # at least one unit per turn
                     while clock() < until:
                         next(work)
                 except StopIteration as done:

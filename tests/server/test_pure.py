@@ -30,7 +30,6 @@ from loadkit.server.responses import (
     plan_chat,
     plan_completion,
 )
-from loadkit.server.work import drive
 from loadkit.server.tokenizer import count_tokens, decode_ids, token_id, tokenize
 from loadkit.server.validation import (
     effective_max_tokens,
@@ -38,6 +37,7 @@ from loadkit.server.validation import (
     validate_chat,
     validate_completion,
 )
+from loadkit.server.work import drive
 
 # --- tokenizer / generation -----------------------------------------------------------
 
