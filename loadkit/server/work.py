@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 Work = Generator[None, None, T]
 
-SLICE_NS = 1_000_000
+SLICE_NS = 500_000
 
 
 def drive(work: Work[T]) -> T:
