@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 
 from loadkit.server.process import ServerProcess, start_server_process
 
+pytestmark = pytest.mark.slow
+
 # Before the lane, one key stalled the server for 9.6 to 38 s; a stall now lasts one
 # slice of work (about a millisecond). 1 s is the margin for a loaded 2-core machine.
 STALL_BOUND_S = 1.0
@@ -137,7 +139,7 @@ def encode(body: dict[str, Any]) -> bytes:
     return text.replace(json.dumps(DEEP), nested).encode()
 
 
-@settings(max_examples=120, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large])  # fmt: skip
 @given(path_body=st.one_of(
