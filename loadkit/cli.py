@@ -36,6 +36,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="when listening, write {host, port, base_url, keys_file} here as JSON",
     )
+    s.add_argument(
+        "--api",
+        choices=("seed", "openai"),
+        help="path layout: seed (/api/v1/ai/..., the default) or openai (/v1/...); "
+        "overrides [server] api",
+    )
     s.add_argument("--quiet", action="store_true", help="print nothing at start-up")
 
     r = sub.add_parser(
