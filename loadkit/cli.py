@@ -43,6 +43,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "overrides [server] api",
     )
     s.add_argument("--quiet", action="store_true", help="print nothing at start-up")
+    s.add_argument(
+        "--parent-pid",
+        type=int,
+        metavar="PID",
+        help="stop when process PID is no longer this server's parent (it died)",
+    )
+    s.add_argument(
+        "--cleanup-dir",
+        metavar="DIR",
+        help="with --parent-pid: delete DIR (keys, ready file) if the parent dies",
+    )
 
     r = sub.add_parser(
         "run", help="run a scenario (default: the built-in one on the embedded server)"

@@ -96,7 +96,12 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        watchdog = None
+        if getattr(args, "parent_pid", None):
+            watchdog = asyncio.ensure_future(_watch_parent(args.parent_pid, stop))
         await stop.wait()
+        if watchdog is not None:
+            watchdog.cancel()
         if not args.quiet:
             print("loadkit serve: stopping", flush=True)
     finally:
@@ -104,7 +109,24 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
         logging.getLogger().removeHandler(log_handler)
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)  # this run's keys die with it
+        if getattr(args, "parent_pid", None) and os.getppid() != args.parent_pid:
+            # Orphaned (the run that started us was killed): nobody will clean up after us.
+            keys_file.unlink(missing_ok=True)
+            if getattr(args, "cleanup_dir", None):
+                shutil.rmtree(args.cleanup_dir, ignore_errors=True)
     return 0
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """A server started for a run ends with the run, however the run ends (SIGKILL too):
+    when the parent dies this process is re-parented, and ``getppid`` changes. Portable
+    (Linux, macOS), unlike a parent-death signal."""
+    while not stop.is_set():
+        if os.getppid() != parent_pid:
+            print("loadkit serve: the process that started me is gone: stopping", file=sys.stderr)
+            stop.set()
+            return
+        await asyncio.sleep(0.25)
 
 
 def serve_main(args: argparse.Namespace) -> int:

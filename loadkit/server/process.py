@@ -111,6 +111,8 @@ def start_server_process(
     cmd = [
         sys.executable, "-m", "loadkit", "serve", "--host", "127.0.0.1", "--port", "0",
         "--ready-file", str(ready_file), "--keys-file", str(workdir / "keys.json"), "--quiet",
+        # Ends with this process however it ends, and then removes its keys.
+        "--parent-pid", str(os.getpid()), "--cleanup-dir", str(workdir),
     ]  # fmt: skip
     if config_path is not None:
         cmd += ["--config", str(config_path)]
