@@ -31,7 +31,7 @@ import logging
 import os
 import random
 import signal
-from typing import Any
+from typing import Any, cast
 
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
@@ -118,7 +118,8 @@ class _TierUser(FastHttpUser):
         # Every status is an answer to read here: for one it deems an error,
         # geventhttpclient would first read the whole body itself (unbounded, decompressed,
         # before the first byte could be timed).
-        self.client.client.valid_response_codes = EVERY_STATUS
+        agent_ = cast(Any, self.client.client)  # a class-level setting, set for this user
+        agent_.valid_response_codes = EVERY_STATUS
 
     def on_start(self) -> None:
         self.rng = random.Random(f"{os.getpid()}/{id(self)}")

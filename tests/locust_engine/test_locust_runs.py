@@ -518,3 +518,39 @@ def test_ctrl_c_stops_gracefully_and_records_every_open_request(tmp_path, worker
     assert sum(w.records for w in meta.workers) == len(recs)
     leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "no Locust process outlives the run"
+
+
+@pytest.mark.parametrize("api", ["openai", "seed"])
+def test_each_path_layout_against_the_reference_server(tmp_path, api):
+    """The reference server in either layout, the scenario's "auto" layout decided by its
+    URL (…/v1: OpenAI's, …/api/v1: the seed's): every request reaches a route and has its
+    record."""
+    from loadkit.server.process import start_server_process
+    from tests.locust_engine.helpers import run_direct
+    from tests.locust_engine.helpers import scenario as make_scenario
+
+    config = {"tiers": {"pro": {"requests": 10_000, "window_s": 60, "concurrency": 100}}}
+    with start_server_process(
+        config_dict=config, truth_path=tmp_path / "truth.jsonl", api=api
+    ) as srv:
+        assert srv.base_url.endswith("/v1" if api == "openai" else "/api/v1")
+        keys = [Key(label, "pro", srv.key(label)) for label in srv.labels("pro")][:1]
+        sc = make_scenario(
+            srv.base_url,
+            ["pro"],
+            [
+                {
+                    "tier": "pro",
+                    "pattern": "constant",
+                    "rate_per_s": 10,
+                    "max_tokens": 4,
+                    "mix": {"chat_stream": 1, "completions": 1, "models": 1},
+                }
+            ],
+            run={"duration_s": 1.5},
+        )
+        _, recs = run_direct(sc, keys, tmp_path / "run")
+    seen = truth(tmp_path / "truth.jsonl")
+    assert {r.request_id for r in recs} == set(seen) and len(recs) >= 10
+    assert all(r.status == 200 and r.transport_error is None for r in recs)
+    assert {seen[r.request_id]["endpoint"] for r in recs} == {"chat", "completions", "models"}
