@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -273,7 +273,10 @@ class Lead:
 
             meta = new_meta(coord.scenario, "locust", host, self.keys, coord.run_id, Clock())
             if not meta.target_api:
-                meta.target_api = coord.scenario.target.target_api().describe()
+                spec = coord.scenario.target
+                if host:  # "auto" is decided on the URL loaded
+                    spec = replace(spec, base_url=host.rstrip("/"))
+                meta.target_api = spec.target_api().describe()
             return meta
         tiers: dict[str, dict[str, Any]] = {}
         for tier in sorted({k.tier for k in self.keys}):
