@@ -273,10 +273,10 @@ class Lead:
 
             meta = new_meta(coord.scenario, "locust", host, self.keys, coord.run_id, Clock())
             if not meta.target_api:
-                spec = coord.scenario.target
+                target = coord.scenario.target
                 if host:  # "auto" is decided on the URL loaded
-                    spec = replace(spec, base_url=host.rstrip("/"))
-                meta.target_api = spec.target_api().describe()
+                    target = replace(target, base_url=host.rstrip("/"))
+                meta.target_api = target.target_api().describe()
             return meta
         tiers: dict[str, dict[str, Any]] = {}
         for tier in sorted({k.tier for k in self.keys}):

@@ -19,10 +19,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 
+from loadkit.locustfiles._agent import Agent
 from loadkit.locustfiles._coordinator import pid_alive
+from loadkit.locustfiles._lead import Lead
 
 log = logging.getLogger("loadkit")
 
@@ -91,3 +94,40 @@ def hangup_is_terminate() -> None:
     """SIGHUP (a closed terminal, a supervisor's reload) stops the run as SIGTERM does:
     gracefully, every record kept. Locust handles SIGTERM only."""
     on_signal(signal.SIGHUP, lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+
+def end_with_the_run(
+    lead: Lead | None, agent: Callable[[], Agent | None], options: Any, forked_worker: bool
+) -> None:
+    """Every process ends with the run: SIGHUP is a graceful stop as SIGTERM is; the
+    master (``lead``) stops at once on STOP_NOW (a second interrupt of ``loadkit run``);
+    and when ``loadkit run`` itself is gone, every process stops sending at once and
+    exits."""
+    hangup_is_terminate()
+    run_pid = int(getattr(options, "loadkit_parent_pid", 0) or 0)
+    told: list[bool] = []
+
+    def gone() -> None:
+        if told:  # the kernel's signal and the watch: either may tell first
+            return
+        told.append(True)
+        exit_within(EXIT_BOUND_S)
+        a = agent()
+        if lead is not None:
+            lead.stop_now(f"loadkit run (pid {run_pid}) ended")
+        elif a is not None:
+            a.drain(0.0)
+
+    if lead is not None:
+        on_signal(STOP_NOW, lambda: lead.stop_now("stopped at once (interrupted again)"))
+        if run_pid and os.getppid() == run_pid:
+            # Linux: the kernel says at once when loadkit run ends; the watch below is
+            # the portable way, and catches the moment before this was set.
+            on_signal(PARENT_GONE, gone)
+            parent_death_signal(PARENT_GONE)
+    elif forked_worker and getattr(options, "processes", None):
+        # A worker forked by --processes: nothing is left to take its records when its
+        # master is gone.
+        parent_death_signal(signal.SIGKILL)
+    if run_pid:
+        watch_run(run_pid, gone)

@@ -21,9 +21,10 @@ from gevent.lock import BoundedSemaphore
 from loadkit import records as R
 from loadkit.locustfiles._agent import Agent
 from loadkit.locustfiles._http import BodyReader, RequestDeadline, error_kind
+from loadkit.outcomes import Backoff
 from loadkit.payloads import PreparedRequest
 from loadkit.records import RequestRecord
-from loadkit.scenario import Key
+from loadkit.scenario import Key, LoadSpec
 from loadkit.trace import RequestInfo, RequestTrace
 
 REQUEST_ID_HEADER = "x-loadkit-request-id"
@@ -33,6 +34,40 @@ RETRY_AFTER_DEFAULT_S = 1.0  # a 429 without Retry-After, retried (the asyncio e
 
 # Closed loop: the pause after a request's last attempt, from its record (None: open loop).
 PauseRule = Callable[[RequestRecord], float]
+
+
+class UserBackoff:
+    """A user's pause after each request: ``backoff``'s rule, with the count of this
+    user's failures in a row (a non-2xx or no answer; a stop's cancellation is neither)."""
+
+    def __init__(self, backoff: Backoff, think_s: float) -> None:
+        self.backoff = backoff
+        self.think_s = think_s
+        self.failures = 0
+
+    def pause(self, rec: RequestRecord) -> float:
+        if 200 <= rec.status < 300:
+            self.failures = 0
+        elif rec.transport_error != R.CANCELLED:
+            self.failures += 1
+        return self.backoff.pause(
+            self.think_s, rec.status, rec.retry_after_s, rec.transport_error, self.failures
+        )
+
+
+class PhaseBackoff(UserBackoff):
+    """A closed-loop user of a scenario's load phase: the phase's own rule
+    (``LoadSpec.pause_after``: think time, its 429 setting)."""
+
+    def __init__(self, load: LoadSpec) -> None:
+        super().__init__(Backoff(limited_s=load.backoff_429_s), load.think_s)
+        self.load = load
+
+    def pause(self, rec: RequestRecord) -> float:
+        super().pause(rec)  # the count of failures in a row
+        return self.load.pause_after(
+            rec.status, rec.retry_after_s, rec.transport_error, failures=self.failures
+        )
 
 
 def send(

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 from typing import Any, cast
 
 from gevent.lock import BoundedSemaphore
@@ -39,7 +38,6 @@ from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 from locust.stats import RequestStats, StatsEntry
 
-from loadkit import records as R
 from loadkit.api import ApiLayout
 from loadkit.arrivals import arrivals
 from loadkit.locustfiles import _lifecycle as L
@@ -47,7 +45,7 @@ from loadkit.locustfiles import _options as O
 from loadkit.locustfiles import _roles, _webui
 from loadkit.locustfiles._agent import Agent, Policy
 from loadkit.locustfiles._lead import STOP_GRACE_S, Lead, fail
-from loadkit.locustfiles._request import PauseRule, send
+from loadkit.locustfiles._request import PauseRule, PhaseBackoff, UserBackoff, send
 from loadkit.outcomes import Backoff
 from loadkit.payloads import MixPicker, PreparedRequest, prepare
 from loadkit.records import RequestRecord
@@ -124,7 +122,7 @@ class _TierUser(FastHttpUser):
     def on_start(self) -> None:
         self.rng = random.Random(f"{os.getpid()}/{id(self)}")
         self.pause = WAIT_S  # plain mode: before the next task
-        self.backoff = _Backoff(Backoff(), WAIT_S)
+        self.backoff = UserBackoff(Backoff(), WAIT_S)
         got = agent().claim(self.tier)
         if got is None:
             raise StopUser()
@@ -179,7 +177,7 @@ class _TierUser(FastHttpUser):
             end = load.active_until(s.duration_s)
             if not _wait_until(a, load.start_s + stagger):
                 return
-            backoff = _ClosedLoop(load)
+            backoff = PhaseBackoff(load)
             while a.now() < end and not a.count_reached() and not a.stopping():
                 req = _prepare(s, load, rng, picker, layout)
                 rec = self._send(role.key, req, None, sem, backoff.pause)
@@ -254,40 +252,6 @@ class PaidTierUser(_TierUser):
     tier = "paid"
 
 
-class _Backoff:
-    """A user's pause after each request: ``backoff``'s rule, with the count of this
-    user's failures in a row (a non-2xx or no answer; a stop's cancellation is neither)."""
-
-    def __init__(self, backoff: Backoff, think_s: float) -> None:
-        self.backoff = backoff
-        self.think_s = think_s
-        self.failures = 0
-
-    def pause(self, rec: RequestRecord) -> float:
-        if 200 <= rec.status < 300:
-            self.failures = 0
-        elif rec.transport_error != R.CANCELLED:
-            self.failures += 1
-        return self.backoff.pause(
-            self.think_s, rec.status, rec.retry_after_s, rec.transport_error, self.failures
-        )
-
-
-class _ClosedLoop(_Backoff):
-    """A closed-loop user of a scenario's load phase: the phase's own rule
-    (``LoadSpec.pause_after``: think time, its 429 setting)."""
-
-    def __init__(self, load: LoadSpec) -> None:
-        super().__init__(Backoff(limited_s=load.backoff_429_s), load.think_s)
-        self.load = load
-
-    def pause(self, rec: RequestRecord) -> float:
-        super().pause(rec)  # the count of failures in a row
-        return self.load.pause_after(
-            rec.status, rec.retry_after_s, rec.transport_error, failures=self.failures
-        )
-
-
 def _prepare(
     s: Scenario, load: LoadSpec, rng: random.Random, picker: MixPicker, layout: ApiLayout
 ) -> PreparedRequest:
@@ -344,7 +308,7 @@ def _on_init(environment: Any, web_ui: Any = None, **_: Any) -> None:
         _check_addressing(lead, environment, isinstance(runner, MasterRunner))
         if lead.coord.scenario is not None:
             _use_timeouts(lead.coord.scenario)
-    _end_with_the_run(p, opts, isinstance(runner, WorkerRunner))
+    L.end_with_the_run(p.lead, lambda: p.agent, opts, isinstance(runner, WorkerRunner))
     if not isinstance(runner, MasterRunner):
         a = p.agent = Agent(lambda kind, data: runner.send_message(kind, data), keys)
         runner.register_message("loadkit_grant", lambda msg, **_: a.on_grant(msg.data))
@@ -410,40 +374,6 @@ def _policy(a: Agent, opts: Any, host: str) -> Policy | str:
     if s is None:
         return Policy(api, REQUEST_TIMEOUT_S)
     return Policy(api, s.target.request_timeout_s, s.honour_retry_after, s.max_retries)
-
-
-def _end_with_the_run(p: _Process, opts: Any, forked_worker: bool) -> None:
-    """Every process ends with the run: SIGHUP is a graceful stop as SIGTERM is; the
-    master stops at once on STOP_NOW (a second interrupt of ``loadkit run``); and when
-    ``loadkit run`` itself is gone, every process stops sending at once and exits."""
-    L.hangup_is_terminate()
-    run_pid = int(getattr(opts, "loadkit_parent_pid", 0) or 0)
-    lead = p.lead
-    told: list[bool] = []
-
-    def gone() -> None:
-        if told:  # the kernel's signal and the watch: either may tell first
-            return
-        told.append(True)
-        L.exit_within(L.EXIT_BOUND_S)
-        if lead is not None:
-            lead.stop_now(f"loadkit run (pid {run_pid}) ended")
-        elif p.agent is not None:
-            p.agent.drain(0.0)
-
-    if lead is not None:
-        L.on_signal(L.STOP_NOW, lambda: lead.stop_now("stopped at once (interrupted again)"))
-        if run_pid and os.getppid() == run_pid:
-            # Linux: the kernel says at once when loadkit run ends; the watch below is
-            # the portable way, and catches the moment before this was set.
-            L.on_signal(L.PARENT_GONE, gone)
-            L.parent_death_signal(L.PARENT_GONE)
-    elif forked_worker and getattr(opts, "processes", None):
-        # A worker forked by --processes: nothing is left to take its records when its
-        # master is gone.
-        L.parent_death_signal(signal.SIGKILL)
-    if run_pid:
-        L.watch_run(run_pid, gone)
 
 
 def _guard_web_ui(opts: Any, web_ui: Any) -> None:
