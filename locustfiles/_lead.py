@@ -60,6 +60,7 @@ class Lead:
         self.ending = Ending()  # how an early stop ends the run (a graceful stop by default)
         self.api: TargetApi | None = None  # plain mode: how the target is addressed
         self.reports = Event()
+        self.written = Event()  # run.json holds the run's end
         self.watcher: gevent.Greenlet | None = None
         opts = self.options
         out = Path(opts.loadkit_out or f"runs/locust-{new_run_id()}")
@@ -263,6 +264,7 @@ class Lead:
             interrupted,
             self.new_meta,
         )
+        self.written.set()
 
     def new_meta(self) -> RunMeta:
         """run.json for a run started by hand (``loadkit run`` writes its own first)."""

@@ -115,6 +115,12 @@ def end_with_the_run(
         a = agent()
         if lead is not None:
             lead.stop_now(f"loadkit run (pid {run_pid}) ended")
+            # Every record and the run's end are written: nobody is left to wait for
+            # Locust's own shutdown (its summary, its wait for the workers), so end now.
+            # Forked workers end with this process (their parent-death signal, or their
+            # own watch).
+            lead.written.wait(timeout=EXIT_BOUND_S - 1)
+            os._exit(1)
         elif a is not None:
             a.drain(0.0)
 
