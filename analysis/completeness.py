@@ -64,6 +64,17 @@ def _lost_text(w: LostWorker) -> str:
     )
 
 
+def interrupted_text(stop_reason: str) -> str:
+    """``the run was interrupted (Ctrl-C)`` from a stop reason such as ``interrupted
+    (Ctrl-C)``."""
+    why = stop_reason.strip()
+    if why.lower().startswith("interrupted"):
+        why = why[len("interrupted") :].strip()
+    if why.startswith("(") and why.endswith(")"):
+        why = why[1:-1].strip()
+    return "the run was interrupted" + (f" ({why})" if why else "")
+
+
 def completeness(meta: RunMeta, cols: Columns) -> Completeness:
     """What run.json and the records say about missing records."""
     lost = tuple(
@@ -82,9 +93,9 @@ def completeness(meta: RunMeta, cols: Columns) -> Completeness:
     killed = meta.ended_unix is None
     reasons = []
     if meta.interrupted:
-        why = f" ({meta.stop_reason})" if meta.stop_reason else ""
         reasons.append(
-            f"the run was interrupted{why}: the records cover only the part before it stopped"
+            f"{interrupted_text(meta.stop_reason)}: the records cover only the part before "
+            "it stopped"
         )
     if killed:
         reasons.append(

@@ -18,7 +18,7 @@ import numpy as np
 from loadkit.analysis.arrival import ArrivalCurve, arrival_curve
 from loadkit.analysis.codec import FormatError, JsonRecord, omit_none
 from loadkit.analysis.columns import Columns, UnusableInput, load_run
-from loadkit.analysis.completeness import LOST, Completeness, completeness
+from loadkit.analysis.completeness import LOST, Completeness, completeness, interrupted_text
 from loadkit.analysis.explain import explain_concurrency, explain_requests
 from loadkit.analysis.limits import ConcurrencyLimit, Limit, RequestsLimit
 from loadkit.analysis.metrics import Latency, MetricValues, latency_summary, metric_values
@@ -162,7 +162,7 @@ class Summary(JsonRecord):
         if self.completeness is None:
             old = []
             if self.run.interrupted:
-                old.append(f"the run was interrupted ({self.run.stop_reason or 'stopped early'})")
+                old.append(interrupted_text(self.run.stop_reason))
             old += [f"worker {w.worker} {w.status}" for w in self.run.workers if w.status in LOST]
             return tuple(old)
         return ()

@@ -152,8 +152,7 @@ def test_interrupted_run_is_incomplete_and_never_passes(tmp_path):
     assert analyze_main(args(run, quiet=False), out=out) == 3
     lines = out.getvalue().splitlines()
     assert lines[0] == (
-        "INCOMPLETE: the run was interrupted (interrupted): the records cover only the part "
-        "before it stopped"
+        "INCOMPLETE: the run was interrupted: the records cover only the part before it stopped"
     )
     assert "VERDICT: INCOMPLETE — no violation on what was recorded" in lines
     s = json.loads((run / "summary.json").read_text())
