@@ -100,6 +100,8 @@ def _hint(outcome: Outcome, status: int, kind: str | None, media: str | None, au
     if status == 501:
         return "the target does not implement it: not an OpenAI-compatible API?"
     page = f"a {media} page" if media else "no JSON error body"
+    if status >= 500:
+        return f"the target, or a proxy in front of it, failed without the API's error ({page})"
     return f"the answers are not the API's ({page}): a proxy or another service at that address?"
 
 

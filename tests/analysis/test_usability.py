@@ -219,8 +219,8 @@ def test_a_key_is_unusable_only_when_most_of_its_answers_are(tmp_path):
     assert rc == 2
     assert s["keys"][0]["problem"] == (
         "600 of 1,100 requests of free-1 got 502 Bad Gateway from "
-        "http://127.0.0.1:8080/ai/chat/completions: the answers are not the API's "
-        "(a text/html page): a proxy or another service at that address?"
+        "http://127.0.0.1:8080/ai/chat/completions: the target, or a proxy in front of it, "
+        "failed without the API's error (a text/html page)"
     )
 
 
