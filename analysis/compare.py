@@ -377,7 +377,8 @@ def compare_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     junit = getattr(args, "junit", None)
     if junit:
         cases = [
-            Case("runs", "runs", "complete", failure=f, kind="incomplete", detail=f)
+            # "NEW runs/b is incomplete (…)": the side is the first word
+            Case("runs", "runs", f"{f.split(' ', 1)[0]} run complete", f, "incomplete", f)
             for f in result.flagged
         ]
         try:

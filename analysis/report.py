@@ -187,8 +187,13 @@ def _banner(summary: Summary) -> str:
         return (
             f"<div class='banner bad'><h2>{escape(summary.headline or 'ERROR')}</h2>"
             "<p>The target's answers to these keys are not the API's, so they say nothing "
-            "about its limits. Fix the target address, path layout or keys and run again; "
-            f"the keys that could be judged are still shown below.</p><ul>{items}</ul>"
+            "about its limits. Fix the target address, path layout or keys and run again"
+            + (
+                "; the keys that could be judged are still shown below"
+                if any(k.usable for k in summary.keys or ())
+                else ""
+            )
+            + f".</p><ul>{items}</ul>"
             f"{also}</div>"
         )
     if summary.verdict == RunVerdict.INCOMPLETE:
@@ -211,6 +216,7 @@ def _keys_table(summary: Summary) -> str:
     keys = summary.keys or ()
     if not keys:
         return ""
+    other = any(k.other_status for k in keys)
     rows = []
     for k in keys:
         lim = k.limited
@@ -222,11 +228,13 @@ def _keys_table(summary: Summary) -> str:
             f"<td class=num>{lim.requests:,}</td><td class=num>{lim.concurrency:,}</td>"
             f"<td class=num>{lim.tokens:,}</td><td class=num>{lim.unattributed:,}</td>"
             f"<td class=num>{k.client_error:,}</td><td class=num>{k.server_error:,}</td>"
-            f"<td class=num>{k.no_response:,}</td><td class=num>{k.cancelled:,}</td>"
-            f"<td>{usable}</td></tr>"
+            f"<td class=num>{k.no_response:,}</td>"
+            + (f"<td class=num>{k.other_status:,}</td>" if other else "")
+            + f"<td class=num>{k.cancelled:,}</td><td>{usable}</td></tr>"
         )
         if k.problem:
-            rows.append(f"<tr{cls}><td colspan=13>{escape(k.problem)}</td></tr>")
+            span = 14 if other else 13
+            rows.append(f"<tr{cls}><td colspan={span}>{escape(k.problem)}</td></tr>")
     return (
         "<h2>Answers by key</h2><p class=muted>Chat and completion requests of each key by "
         "what the target answered; 429s by the limit that refused them (the response's own "
@@ -234,7 +242,10 @@ def _keys_table(summary: Summary) -> str:
         "<table class=answers><tr><th>key</th><th>tier</th><th>requests</th><th>2xx</th>"
         "<th>429 requests</th><th>429 concurrency</th><th>429 tokens</th>"
         "<th>429 unattributed</th><th>other 4xx</th><th>5xx</th><th>no response</th>"
-        "<th>cancelled</th><th>usable?</th></tr>" + "".join(rows) + "</table>"
+        + ("<th>other status</th>" if other else "")
+        + "<th>cancelled</th><th>usable?</th></tr>"
+        + "".join(rows)
+        + "</table>"
     )
 
 

@@ -80,6 +80,11 @@ def _count(what: Counter[Any], top: int = 3) -> list[tuple[Any, int]]:
     return sorted(what.items(), key=lambda kv: (-kv[1], str(kv[0])))[:top]
 
 
+def _counts(values: np.ndarray) -> Counter[int]:
+    vals, counts = np.unique(values, return_counts=True)
+    return Counter(dict(zip(vals.tolist(), counts.tolist(), strict=True)))
+
+
 def _no_response_text(kinds: Counter[str]) -> str:
     if not kinds:
         return "no response"
@@ -112,11 +117,10 @@ def unusable_problem(cols: Columns, rows: np.ndarray, meta: RunMeta, label: str)
     out = cols.outcome[rows]
     bad_rows = rows[np.isin(out, [OUTCOMES.index(o) for o in UNUSABLE])]
     judged = int((out != OUTCOMES.index(Outcome.CANCELLED)).sum())
-    statuses: Counter[int] = Counter(cols.status[bad_rows].tolist())
+    statuses = _counts(cols.status[bad_rows])
+    te = cols.transport_error.codes[bad_rows[cols.status[bad_rows] == 0]]
     kinds: Counter[str] = Counter(
-        cols.transport_error.names[c]
-        for c in cols.transport_error.codes[bad_rows[cols.status[bad_rows] == 0]].tolist()
-        if c >= 0
+        {cols.transport_error.names[c]: n for c, n in _counts(te[te >= 0]).items()}
     )
     labels = []
     for status, n in _count(statuses):
@@ -125,21 +129,22 @@ def unusable_problem(cols: Columns, rows: np.ndarray, meta: RunMeta, label: str)
     if len(statuses) > 3:
         labels.append("…")
     # The hint and URL follow the commonest unusable answer.
-    combos: Counter[tuple[int, int, int, int, int]] = Counter(
-        zip(
-            cols.outcome[bad_rows].tolist(),
-            cols.status[bad_rows].tolist(),
-            cols.transport_error.codes[bad_rows].tolist(),
-            cols.content_type.codes[bad_rows].tolist(),
-            cols.endpoint.codes[bad_rows].tolist(),
-            strict=True,
-        )
+    combos = np.stack(
+        [
+            cols.outcome[bad_rows].astype(np.int64),
+            cols.status[bad_rows],
+            cols.transport_error.codes[bad_rows].astype(np.int64),
+            cols.content_type.codes[bad_rows].astype(np.int64),
+            cols.endpoint.codes[bad_rows].astype(np.int64),
+        ],
+        axis=1,
     )
-    (o, status, te, ct, ep), _ = _count(combos, 1)[0]
+    uniq, n_of = np.unique(combos, axis=0, return_counts=True)
+    o, status, te_code, ct, ep = (int(x) for x in uniq[int(np.argmax(n_of))])
     hint = _hint(
         OUTCOMES[o],
         status,
-        cols.transport_error.label(te),
+        cols.transport_error.label(te_code),
         cols.content_type.label(ct),
         _auth_style(meta),
     )

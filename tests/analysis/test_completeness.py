@@ -207,7 +207,7 @@ def test_allow_incomplete_compares_with_a_loud_warning_and_a_failing_junit_case(
     assert warning in capsys.readouterr().err
     root = ET.parse(junit).getroot()
     flagged = [c for c in root.iter("testcase") if c.get("classname") == "runs"]
-    assert len(flagged) == 1 and flagged[0].get("name") == "complete"
+    assert len(flagged) == 1 and flagged[0].get("name") == "NEW run complete"
     failure = flagged[0].find("failure")
     assert failure is not None and failure.get("type") == "incomplete"
     assert int(root.get("failures")) >= 1
