@@ -114,9 +114,11 @@ def test_closed_loop_users_alternate_request_and_think_time():
     user1 = [0.01 + 0.15 * i for i in range(7)]
     assert sorted(r.send_s for r in run.records) == approx(sorted(user0 + user1))
     assert all(r.scheduled_s is None and r.status == 200 for r in run.records)
+    assert all(r.pause_s == approx(0.1) for r in run.records)
     assert run.transport.max_in_flight == 2
     assert run.result.stop_reason == "duration reached"
-    assert run.ended_at == approx(0.91 + 0.05 + 0.1)  # the last think time ends the users
+    # The end of the run cuts the last think time short: the drain is for requests.
+    assert run.ended_at == approx(1.0)
 
 
 def test_closed_loop_user_pauses_after_429_and_after_a_failed_connection():
@@ -135,6 +137,7 @@ def test_closed_loop_user_pauses_after_429_and_after_a_failed_connection():
     assert [r.status for r in recs] == [429, 0, 200, 200, 200, 200, 200]
     assert [r.transport_error for r in recs] == [None, "reset"] + [None] * 5
     assert recs[0].retry_after_s == 0.5 and recs[0].error_code == "rate_limit_exceeded"
+    assert [r.pause_s for r in recs] == approx([0.5, 1.0] + [0.1] * 5)
 
 
 def test_request_count_ends_a_closed_loop_run():
