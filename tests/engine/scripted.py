@@ -57,6 +57,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         self._jumping = _JumpingSelector()
         super().__init__(self._jumping)
+        # asyncio runs a timer up to the clock's resolution (1 ns) early. On virtual time
+        # nothing moves the clock on to the timer's time then, and a task waiting for that
+        # time (the engine spins its last moment before a send) would spin forever: make
+        # the resolution one unit in the last place, so a timer runs at its time exactly.
+        self._clock_resolution = _START * 2.0**-52
 
     def time(self) -> float:
         return self._jumping.now
