@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import pytest
 
 from loadkit.arrivals import arrivals
-from loadkit.records import RequestRecord
 from loadkit.scenario import Scenario, plan
 from tests.engine.scripted import (
     HANG,
