@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from loadkit import records as R
 from loadkit.api import TargetApi
 from loadkit.arrivals import arrivals
+from loadkit.engine import stop_signals
 from loadkit.engine.aiohttp_transport import AiohttpTransport, ClientConfig
 from loadkit.engine.gates import Latch, Slots
 from loadkit.engine.transport import (
@@ -50,16 +51,6 @@ _ERROR_KINDS: dict[type[TransportError], str] = {
     Reset: R.RESET,
     Incomplete: R.INCOMPLETE_STREAM,
 }
-
-# What an operator (or CI runner, `timeout`, Kubernetes) sends to end a run: all three mean
-# "stop sending, drain, keep every record"; a second one of any skips the rest of the drain.
-STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-
-
-def signal_label(sig: signal.Signals) -> str:
-    return "Ctrl-C" if sig == signal.SIGINT else sig.name
 
 
 def error_kind(exc: TransportError) -> str:
@@ -188,7 +179,9 @@ class AsyncEngine:
 
     async def run(self) -> EngineResult:
         loop = asyncio.get_running_loop()
-        installed = self._install_signals(loop) if self.handle_signals else []
+        # SIGINT, SIGTERM and SIGHUP all mean "stop sending, drain, keep every record"; a
+        # second one of any cuts the drain short.
+        installed = stop_signals.install(loop, self._on_signal) if self.handle_signals else []
         try:
             await self.transport.open()
             try:
@@ -196,7 +189,7 @@ class AsyncEngine:
             finally:
                 await self.transport.close()
         finally:
-            _remove_signals(loop, installed)
+            stop_signals.remove(loop, installed)
         self.result.records = self.writer.count
         return self.result
 
@@ -230,6 +223,9 @@ class AsyncEngine:
         if not drain:
             r.drain_cut = True
             self._cut.set()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.interrupt(f"interrupted ({stop_signals.signal_label(sig)})")
 
     def _hold_sends(self) -> None:
         self._hold.set()
@@ -564,20 +560,7 @@ class AsyncEngine:
             )
         errors[name] += 1
 
-    # -- progress and signals ---------------------------------------------------------
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[tuple[signal.Signals, Any]]:
-        """Handlers for the stop signals; returns what to restore (each with the handler
-        it replaced, so a caller's own handler is back after the run)."""
-        installed = []
-        for sig in STOP_SIGNALS:
-            previous = signal.getsignal(sig)
-            try:
-                loop.add_signal_handler(sig, self.interrupt, f"interrupted ({signal_label(sig)})")
-            except (NotImplementedError, RuntimeError, ValueError):
-                continue  # not the main thread, or no such signals on this platform
-            installed.append((sig, previous))
-        return installed
+    # -- progress ---------------------------------------------------------
 
     async def _progress(self) -> None:
         period = 1.0 if sys.stderr.isatty() else 5.0
@@ -596,15 +579,6 @@ class AsyncEngine:
         )
         end = "\n" if final or not sys.stderr.isatty() else "\r"
         print(line, end=end, file=sys.stderr, flush=True)
-
-
-def _remove_signals(
-    loop: asyncio.AbstractEventLoop, installed: list[tuple[signal.Signals, Any]]
-) -> None:
-    for sig, previous in installed:
-        # remove_signal_handler resets to the default; put back what was there before.
-        if loop.remove_signal_handler(sig) and previous is not None:
-            signal.signal(sig, previous)
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float, early: float) -> None:
