@@ -208,16 +208,19 @@ class AsyncEngine:
 
     def interrupt(self, reason: str, *, drain: bool = True) -> None:
         """The operator ends the run (a signal): stop sending, then the drain unless
-        ``drain`` is False. A second interrupt cuts the drain short. The first interrupt's
-        reason replaces a normal one (the run is incomplete, whatever else ended it)."""
+        ``drain`` is False. A second interrupt cuts the drain short. An interrupt in the
+        drain of a run that had ended otherwise is added to that reason (which may say
+        the target failed everything)."""
         r = self.result
         if r.interrupted:
             drain = False
             if not r.drain_cut:
                 r.stop_reason += "; drain cut short"
         else:
+            draining = self._stop.is_set()
             self.stop(reason, hold=True)
-            r.stop_reason = reason
+            if draining:
+                r.stop_reason += f"; then {reason} in the drain"
             r.interrupted = True
         self._hold_sends()
         if not drain:

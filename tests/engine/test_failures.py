@@ -85,6 +85,17 @@ def test_a_run_whose_target_fails_everything_stops_early_and_says_why():
     assert not res.interrupted
 
 
+def test_an_interrupt_in_the_drain_keeps_the_reason_the_target_failed():
+    sc = make_scenario({"pattern": "constant", "rate_per_s": 50}, duration_s=60.0, drain_s=30)
+    slow_404 = [Wait(1.0), *HTML_404]  # 50 open at any moment: the drain lasts 1 s
+
+    run = run_scripted(sc, slow_404, at=[(3.5, lambda e: e.interrupt("interrupted (SIGTERM)"))])
+    reason = run.result.stop_reason
+    assert reason.startswith("target failing: the last ")
+    assert reason.endswith("; then interrupted (SIGTERM) in the drain")
+    assert run.result.interrupted
+
+
 def test_a_refused_connection_everywhere_stops_the_run_too():
     sc = make_scenario({"pattern": "constant", "rate_per_s": 50}, duration_s=60.0)
     run = run_scripted(sc, [Fail(Refused)])

@@ -95,7 +95,8 @@ def test_interrupt_skips_the_drain():
 def test_interrupt_cuts_a_drain_short():
     ctrl_c = [(0.5, lambda e: e.interrupt("interrupted (Ctrl-C)", drain=False))]
     run = run_scripted(_burst(drain_s=30.0), _four_kinds, at=ctrl_c)
-    assert run.result.interrupted and run.result.stop_reason == "interrupted (Ctrl-C)"
+    assert run.result.interrupted and run.result.drain_cut
+    assert run.result.stop_reason == "schedule complete; then interrupted (Ctrl-C) in the drain"
     assert run.ended_at == approx(0.5)
     assert len(run.records) == 4
     assert all(r.transport_error == "cancelled" and r.end_s == approx(0.5) for r in run.records)
