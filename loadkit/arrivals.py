@@ -39,4 +39,3 @@ def arrivals(load: LoadSpec, run_duration: float, rng: random.Random) -> Iterato
             t += period
     else:
         raise ValueError(f"pattern {load.pattern!r} has no arrival schedule (closed loop)")
-

@@ -36,7 +36,24 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="when listening, write {host, port, base_url, keys_file} here as JSON",
     )
+    s.add_argument(
+        "--api",
+        choices=("seed", "openai"),
+        help="path layout: seed (/api/v1/ai/..., the default) or openai (/v1/...); "
+        "overrides [server] api",
+    )
     s.add_argument("--quiet", action="store_true", help="print nothing at start-up")
+    s.add_argument(
+        "--parent-pid",
+        type=int,
+        metavar="PID",
+        help="stop when process PID is no longer this server's parent (it died)",
+    )
+    s.add_argument(
+        "--cleanup-dir",
+        metavar="DIR",
+        help="with --parent-pid: delete DIR (keys, ready file) if the parent dies",
+    )
 
     r = sub.add_parser(
         "run", help="run a scenario (default: the built-in one on the embedded server)"
@@ -58,6 +75,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="locust engine: worker processes (0 = one local process)",
     )
     r.add_argument("--target", metavar="URL", help="override the scenario's target base URL")
+    r.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the pre-flight check of the target (models, every key, a stream)",
+    )
     r.add_argument("--no-analyze", action="store_true", help="only write records, no analysis")
     r.add_argument(
         "--parquet",
@@ -65,6 +87,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also write the records as records.parquet at the end",
     )
     r.add_argument("--quiet", action="store_true", help="no progress line")
+    r.add_argument(
+        "--history",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="after the analysis, add the run to a history database (default: "
+        "$LOADKIT_HISTORY_DB, else loadkit-history.db)",
+    )
 
     a = sub.add_parser("analyze", help="metrics, limit verdicts, charts and report for a run")
     a.add_argument("run_dir", metavar="DIR")
@@ -97,6 +127,10 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", metavar="DIR")
     w.add_argument("--engine", choices=("async",), default="async")
     w.add_argument("--quiet", action="store_true")
+
+    from loadkit.history.cli import add_history_parser
+
+    add_history_parser(sub)
 
     sub.add_parser(
         "locustfile",
@@ -137,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from loadkit.sweep import sweep_main
 
             return sweep_main(args)
+        if args.command == "history":
+            from loadkit.history.cli import history_main
+
+            return history_main(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

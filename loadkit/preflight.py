@@ -127,7 +127,7 @@ def is_api_error(reply: Reply) -> bool:
 
 def judge(
     replies: Sequence[Reply],
-    model: str,
+    models: Sequence[str],
     key_envs: dict[str, str] | None = None,
     alternative: Reply | None = None,
 ) -> Verdict:
@@ -148,7 +148,7 @@ def judge(
         )
         return v
     for r in replies:
-        p = _judge_one(r, model, envs, alternative)
+        p = _judge_one(r, models, envs, alternative)
         if p is None:
             continue
         if isinstance(p, str):
@@ -183,8 +183,9 @@ def _route_fix(r: Reply, alternative: Reply | None) -> str:
 
 
 def _judge_one(
-    r: Reply, model: str, envs: dict[str, str], alternative: Reply | None
+    r: Reply, models: Sequence[str], envs: dict[str, str], alternative: Reply | None
 ) -> Problem | str | None:
+    model = models[0]  # the one the key probes asked for
     name = r.probe.name
     label = r.probe.key_label
     who = f"key {label}" if label else "the target"
@@ -205,10 +206,12 @@ def _judge_one(
                     "point base_url at the API root (the folder holding chat/completions "
                     "and models), or set the api layout / [target.paths]",
                 )
-            if model not in ids:
+            missing = [m for m in models if m not in ids]
+            if missing:
                 shown = ", ".join(ids[:8]) + (" …" if len(ids) > 8 else "")
+                names = ", ".join(repr(m) for m in missing)
                 return Problem(
-                    f"model {model!r} is not among the {len(ids)} models the target lists",
+                    f"model {names} is not among the {len(ids)} models the target lists",
                     f"{r.url} lists: {shown or '(none)'}",
                     "set [target] model (or a load phase's model) to one of them",
                 )

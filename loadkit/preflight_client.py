@@ -42,7 +42,7 @@ def run_preflight(
     base_url: str,
     api: TargetApi,
     keys: Sequence[Key],
-    model: str,
+    models: str | Sequence[str],
     kinds: Sequence[str],
     clock: Clock,
     run_id: str,
@@ -50,13 +50,14 @@ def run_preflight(
     settings: PreflightSettings | None = None,
     key_envs: dict[str, str] | None = None,
 ) -> PreflightResult:
-    """Probe the target; never raises for what the target does (that is the verdict)."""
+    """Probe the target; never raises for what the target does (that is the verdict).
+    ``models``: the scenario's models (the first is the one the probes ask for)."""
     return asyncio.run(
         _run(
             base_url.rstrip("/"),
             api,
             list(keys),
-            model,
+            [models] if isinstance(models, str) else list(models),
             kinds,
             clock,
             run_id,
@@ -71,7 +72,7 @@ async def _run(
     base_url: str,
     api: TargetApi,
     keys: list[Key],
-    model: str,
+    models: list[str],
     kinds: Sequence[str],
     clock: Clock,
     run_id: str,
@@ -101,7 +102,7 @@ async def _run(
                 seq += 1
                 key = by_label.get(probe.key_label or "")
                 reply = await _send(
-                    session, base_url, api, probe, key, model, clock, run_id, engine, seq, rng
+                    session, base_url, api, probe, key, models[0], clock, run_id, engine, seq, rng
                 )
                 records.append(reply.record)
                 if reply.status != 0 and reply.status < 500:
@@ -120,7 +121,7 @@ async def _run(
         alt = other_layout(api.layout)
         if wrong_route and alt is not None:
             alternative = await ask(Probe("other-layout", probes[0].key_label, "models", alt))
-    verdict = judge(replies, model, key_envs, alternative)
+    verdict = judge(replies, models, key_envs, alternative)
     return PreflightResult(verdict, replies, records)
 
 

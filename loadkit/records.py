@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import operator
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -143,6 +143,20 @@ _TIME_FIELDS = (
     "queued_s",
     "pause_s",
 )
+
+
+# Instants on the run's clock (the other *_s fields are durations).
+INSTANT_FIELDS = ("scheduled_s", "send_s", "headers_s", "first_token_s", "last_token_s", "end_s")
+
+
+def shifted(record: RequestRecord, delta_s: float) -> RequestRecord:
+    """The record with every instant moved by ``delta_s`` (re-anchoring onto another t=0)."""
+    moved: dict[str, Any] = {
+        name: (v + delta_s if (v := getattr(record, name)) is not None else None)
+        for name in INSTANT_FIELDS
+    }
+    moved["chunk_s"] = [t + delta_s for t in record.chunk_s]
+    return replace(record, **moved)
 
 
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:

@@ -205,7 +205,13 @@ def run_main(args: Any) -> int:
         return 130 if meta.interrupted else 0
     from loadkit.analysis.cli import analyze_and_report
 
-    return analyze_and_report(out_dir, quiet=args.quiet)
+    code = analyze_and_report(out_dir, quiet=args.quiet)
+    if getattr(args, "history", None) is not None:  # --history [URL]
+        from loadkit.history.cli import add_after_run
+
+        if add_after_run(out_dir, args.history) != 0 and code == 0:
+            return 2  # a night missing from the history must not pass silently
+    return code
 
 
 def _duration_text(s: Scenario) -> str:

@@ -115,6 +115,8 @@ class RunMeta:
     warmup_s: float = 0.0
     interrupted: bool = False
     stop_reason: str = ""
+    # loadkit.api.TargetApi.describe(): layout, paths, auth style, extra header names
+    target_api: dict[str, Any] = field(default_factory=dict)
     loadkit_version: str = ""
     schema: str = RUN_SCHEMA
 

@@ -1,6 +1,7 @@
-"""The aiohttp adapter of the reference server: routes of API.md under ``/api/v1``, one
-middleware that authenticates, asks the limiter, answers errors as OpenAI error bodies,
-holds the concurrency slot until the last byte is written and logs the ground truth."""
+"""The aiohttp adapter of the reference server: the routes of API.md in one of two path
+layouts (``seed``: under ``/api/v1/ai``; ``openai``: under ``/v1``), one middleware that
+authenticates, asks the limiter, answers errors as OpenAI error bodies, holds the
+concurrency slot until the last byte is written and logs the ground truth."""
 
 from __future__ import annotations
 
@@ -19,13 +20,21 @@ from loadkit.server.keys import bearer_token
 from loadkit.server.limiter import RATE_LIMITED
 from loadkit.server.state import CTX, STATE, RequestCtx, ServerState
 from loadkit.server.truth import TruthRecord
-from loadkit.server.wire import error_response, json_response, rate_headers, read_json, xrid_headers
+from loadkit.server.wire import (
+    ClientGone,
+    error_response,
+    json_response,
+    rate_headers,
+    read_json,
+    xrid_headers,
+)
 
-__all__ = ["STATE", "ServerState", "build_app"]
+__all__ = ["LAYOUTS", "STATE", "ServerState", "api_root", "base_path", "build_app"]
 
 log = logging.getLogger("loadkit.server")
 
-BASE = "/api/v1"
+# layout -> (base path: what a client's base URL ends with, prefix of the API under it)
+LAYOUTS: dict[str, tuple[str, str]] = {"seed": ("/api/v1", "/ai"), "openai": ("/v1", "")}
 # route name -> (truth endpoint, needs a key)
 ROUTES: dict[str, tuple[str, bool]] = {
     "models": ("models", False),
@@ -37,6 +46,19 @@ ROUTES: dict[str, tuple[str, bool]] = {
     "admin-stats": ("admin", True),
     "admin-stats-reset": ("admin", True),
 }
+# every method some route answers (the Allow of a method the HTTP parser cannot read)
+METHODS = ("DELETE", "GET", "PATCH", "POST")
+
+
+def base_path(api: str) -> str:
+    """The path a base URL of this layout ends with: ``/api/v1`` or ``/v1``."""
+    return LAYOUTS[api][0]
+
+
+def api_root(api: str) -> str:
+    """The path an OpenAI client's ``base_url`` points at: ``/api/v1/ai`` or ``/v1``."""
+    base, prefix = LAYOUTS[api]
+    return base + prefix
 
 
 # --- middleware -----------------------------------------------------------------------
@@ -67,6 +89,7 @@ async def core_middleware(
     st.in_progress += 1
     held: str | None = None
     resp: web.StreamResponse | None = None
+    gone = False
     try:
         try:
             if needs_key:
@@ -94,6 +117,12 @@ async def core_middleware(
             resp = error_response(e)
         except web.HTTPException as e:
             resp = _http_exception_response(e)
+        except ClientGone:
+            # Hung up mid-upload: nothing to answer, and nothing went wrong here.
+            gone = True
+            rec.disconnect = "client"
+            resp = web.Response(status=400)
+            resp.force_close()
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             resp = error_response(E.internal_error())
@@ -101,26 +130,25 @@ async def core_middleware(
             resp.headers.update(ctx.headers)
             resp.headers.update(xrid_headers(request))
         if ctx.finish_ns is None:
-            try:
-                await resp.prepare(request)
-                await resp.write_eof()
-            except ConnectionError:
-                rec.disconnect = rec.disconnect or "client"
+            if not gone:
+                try:
+                    await resp.prepare(request)
+                    await resp.write_eof()
+                    ctx.sent = True
+                    if resp.status == 408:  # do not wait (linger) for the rest of a late body
+                        request.protocol.force_close()
+                except ConnectionError:
+                    rec.disconnect = rec.disconnect or "client"
             ctx.finish_ns = time.perf_counter_ns()
     finally:
         rec.finish_ns = ctx.finish_ns if ctx.finish_ns is not None else time.perf_counter_ns()
         if held is not None:
             st.limiter.release(held)
-        rec.status = resp.status if resp is not None else None
-        rec.error_code = ctx.error_code or getattr(resp, "loadkit_error_code", None)
-        if rec.status is not None:
-            c.status[rec.status] += 1
-        if rec.error_code:
-            c.errors[rec.error_code] += 1
-        if rec.disconnect:
-            c.disconnects[rec.disconnect] += 1
-        if st.truth is not None:
-            st.truth.write(rec)
+        # Status and code of what was sent; none for a response that never left.
+        if resp is not None and ctx.sent:
+            rec.status = resp.status
+            rec.error_code = ctx.error_code or getattr(resp, "loadkit_error_code", None)
+        st.record(rec)
         st._leave()
     return resp
 
@@ -228,9 +256,6 @@ async def admin_stats_reset(request: web.Request) -> web.Response:
     return json_response({"object": "loadkit.stats", "reset": True})
 
 
-# --- generation -----------------------------------------------------------------------
-
-
 # --- application ----------------------------------------------------------------------
 
 
@@ -239,22 +264,24 @@ def build_app(
     truth_path: str | Path | None = None,
     state: ServerState | None = None,
 ) -> web.Application:
-    """The aiohttp application; ``app[STATE]`` holds the keys, limiter and counters."""
+    """The aiohttp application in ``config.api``'s layout; ``app[STATE]`` holds the
+    keys, limiter and counters."""
     app = web.Application(middlewares=[core_middleware], client_max_size=config.max_body_bytes)
     st = state or ServerState(config, truth_path)
     app[STATE] = st
     r = app.router
-    r.add_get(f"{BASE}/ai/models", list_models, name="models", allow_head=False)
-    r.add_get(f"{BASE}/ai/models/{{model_id}}", get_model, name="model", allow_head=False)
-    r.add_post(f"{BASE}/ai/chat/completions", chat_completions, name="chat")
-    r.add_post(f"{BASE}/ai/completions", completions, name="completions")
-    admin = r.add_resource(f"{BASE}/ai/admin/models", name="admin")
+    root = api_root(config.api)
+    r.add_get(f"{root}/models", list_models, name="models", allow_head=False)
+    r.add_get(f"{root}/models/{{model_id}}", get_model, name="model", allow_head=False)
+    r.add_post(f"{root}/chat/completions", chat_completions, name="chat")
+    r.add_post(f"{root}/completions", completions, name="completions")
+    admin = r.add_resource(f"{root}/admin/models", name="admin")
     admin.add_route("POST", create_model)
-    one = r.add_resource(f"{BASE}/ai/admin/models/{{model_id}}", name="admin-model")
+    one = r.add_resource(f"{root}/admin/models/{{model_id}}", name="admin-model")
     one.add_route("PATCH", update_model)
     one.add_route("DELETE", delete_model)
-    r.add_resource(f"{BASE}/ai/admin/stats", name="admin-stats").add_route("GET", admin_stats)
-    r.add_resource(f"{BASE}/ai/admin/stats/reset", name="admin-stats-reset").add_route(
+    r.add_resource(f"{root}/admin/stats", name="admin-stats").add_route("GET", admin_stats)
+    r.add_resource(f"{root}/admin/stats/reset", name="admin-stats-reset").add_route(
         "POST", admin_stats_reset
     )
 

@@ -39,7 +39,10 @@ from loadkit.schema import (
     problem,
     validate,
 )
+from loadkit.server.limits import RequestLimits
 
+ApiLayout = Literal["seed", "openai"]  # paths under /api/v1/ai (API.md), or OpenAI's /v1
+API_LAYOUTS: tuple[str, ...] = get_args(ApiLayout)
 LimiterMode = Literal[
     "exact", "fixed_window", "token_bucket", "concurrency_off_by_one", "under_admit", "off"
 ]
@@ -187,6 +190,8 @@ class ServerConfig:
     seed: int = 0
     lateness_samples: int = 2_000_000
     access_log: bool = False
+    api: str = "seed"  # one of API_LAYOUTS
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def tier(self, name: str) -> TierConfig:
         for t in self.tiers:
@@ -339,6 +344,8 @@ class ServerTable(Table):
     """Generation seed and latency jitter."""
     lateness_samples: Annotated[Int, Ge(1000)] = ServerConfig.lateness_samples
     access_log: Flag = ServerConfig.access_log
+    api: ApiLayout = "seed"
+    """The path layout served: "seed" or "openai" (``/v1/chat/completions``, ...)."""
 
 
 def _tier_defaults(tiers: Any) -> Any:
@@ -390,6 +397,8 @@ class ConfigFile(Table):
     limiter: LimiterConfig = LimiterConfig()
     faults: FaultsConfig = FaultsConfig()
     billing: BillingConfig = BillingConfig()
+    limits: RequestLimits = RequestLimits()
+    """Per-request work and timeout bounds (``loadkit.server.limits``)."""
     server: ServerTable = Field(default_factory=ServerTable)
 
     @model_validator(mode="after")
@@ -420,6 +429,7 @@ class ConfigFile(Table):
             limiter=self.limiter,
             faults=self.faults,
             billing=self.billing,
+            limits=self.limits,
             **self.server.model_dump(),
         )
 

@@ -13,7 +13,9 @@ _TYPE_BY_STATUS = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
 }
@@ -72,12 +74,17 @@ def model_not_supported(model_id: str, capability: str) -> ApiError:
     )
 
 
-def context_length_exceeded(param: str, prompt_tokens: int, max_tokens: int, ctx: int) -> ApiError:
+def context_length_exceeded(
+    param: str, prompt_tokens: int, max_tokens: int, ctx: int, floor: bool = False
+) -> ApiError:
+    """``floor``: the prompt was counted only this far (it holds at least that many)."""
+    least = "at least " if floor else ""
     return ApiError(
         400,
         "context_length_exceeded",
         f"this model's maximum context length is {ctx} tokens; the request asks for "
-        f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt, {max_tokens} to generate)",
+        f"{least}{prompt_tokens + max_tokens} ({least}{prompt_tokens} in the prompt, "
+        f"{max_tokens} to generate)",
         param,
     )
 

@@ -1,16 +1,18 @@
-"""Deterministic pseudo-text: the same request gives the same tokens. Produces the whole
-plan of a response (tokens, finish reason, logprobs) before any byte is sent, so a
-stream and a non-stream of the same request report the same text and usage."""
+"""Deterministic pseudo-text: the same request gives the same tokens, drawn one at a time
+(``ChoiceStream``), so a stream and a non-stream of the same request report the same
+text and usage, and a stream never draws more than it sends."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from loadkit.server.tokenizer import PUNCT, WORDS, token_id, tokenize
+from loadkit.server.tokenizer import PUNCT, WORDS, tokenize
 
 
 @dataclass(frozen=True)
@@ -45,49 +47,99 @@ def _next_token(rng: random.Random, sentence_start: bool, space: bool = True) ->
     return (" " if space else "") + (w.capitalize() if sentence_start else w)
 
 
+class ChoiceStream:
+    """One choice's tokens, drawn on demand: up to ``max_tokens`` from ``seed``; a stop
+    sequence ends the text just before it (finish_reason "stop"), else "length". Chat
+    replies start without a space, completions continue the prompt with one.
+
+    With stop sequences a token is released only once no stop can still cut it, which
+    holds back at most the longest stop's length in characters; so each step costs O(1)
+    tokens and O(longest stop) characters, whatever ``max_tokens`` is."""
+
+    def __init__(
+        self, seed: int, max_tokens: int, stop: tuple[str, ...] = (), leading_space: bool = True
+    ) -> None:
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._left = max_tokens
+        self._stops = tuple(s for s in stop if s)
+        self._longest = max((len(s) for s in self._stops), default=0)
+        self._space = leading_space
+        self._sentence_start = True
+        self._drawn = 0
+        self._text_len = 0  # characters drawn so far
+        self._tail = ""  # the last (longest - 1) characters: where a stop may begin
+        self._held: deque[tuple[str, float, int]] = deque()  # (token, logprob, end)
+        self._ready: deque[tuple[str, float]] = deque()
+        # set once the last token is drawn
+        self.finish_reason: str | None = None if max_tokens > 0 else "length"
+
+    def _draw(self) -> None:
+        tok = _next_token(self._rng, self._sentence_start, self._space or self._drawn > 0)
+        self._sentence_start = tok == "."
+        lp = -round(self._rng.uniform(0.005, 3.0), 4)
+        self._drawn += 1
+        self._left -= 1
+        before = self._text_len
+        self._text_len += len(tok)
+        if self._stops:
+            window = self._tail + tok  # the text from max(0, before - longest + 1)
+            start = before - len(self._tail)
+            hits = [i for i in (window.find(s) for s in self._stops) if i >= 0]
+            if hits:
+                self._finish_at(start + min(hits), tok, lp, before)
+                return
+            self._tail = window[-(self._longest - 1) :] if self._longest > 1 else ""
+        self._held.append((tok, lp, self._text_len))
+        # A stop found later begins at or after (text length - longest + 1): tokens ending
+        # by then can no longer be cut.
+        safe = self._text_len - self._longest + 1
+        while self._held and self._held[0][2] <= safe:
+            t, p, _ = self._held.popleft()
+            self._ready.append((t, p))
+        if self._left <= 0:
+            self._ready.extend((t, p) for t, p, _ in self._held)
+            self._held.clear()
+            self.finish_reason = "length"
+
+    def _finish_at(self, cut: int, tok: str, lp: float, before: int) -> None:
+        self._held.append((tok, lp, before + len(tok)))
+        for t, p, end in self._held:
+            begin = end - len(t)
+            if end <= cut:
+                self._ready.append((t, p))
+            elif cut > begin:
+                self._ready.append((t[: cut - begin], p))
+        self._held.clear()
+        self.finish_reason = "stop"
+
+    def available(self, k: int) -> int:
+        """Draw until ``k`` tokens are ready or the choice is finished; how many are."""
+        while len(self._ready) < k and self.finish_reason is None:
+            self._draw()
+        return min(k, len(self._ready))
+
+    def next_token(self) -> tuple[str, float] | None:
+        """The next token as sent and its logprob, or None once the choice is done."""
+        if not self.available(1):
+            return None
+        return self._ready.popleft()
+
+    def __iter__(self) -> Iterator[tuple[str, float]]:
+        while (t := self.next_token()) is not None:
+            yield t
+
+
 def generate(
     seed: int, max_tokens: int, stop: tuple[str, ...] = (), leading_space: bool = True
 ) -> GeneratedChoice:
-    """Up to ``max_tokens`` tokens from ``seed``; a stop sequence ends the text just
-    before it (finish_reason "stop"), else "length". Chat replies start without a space,
-    completions continue the prompt with one."""
-    rng = random.Random(seed)
-    stops = tuple(s for s in stop if s)
-    longest = max((len(s) for s in stops), default=0)
-    tokens: list[str] = []
-    lps: list[float] = []
-    text = ""
-    sentence_start = True
-    for _ in range(max_tokens):
-        tok = _next_token(rng, sentence_start, leading_space or bool(tokens))
-        sentence_start = tok == "."
-        lp = -round(rng.uniform(0.005, 3.0), 4)
-        before = len(text)
-        text += tok
-        tokens.append(tok)
-        lps.append(lp)
-        if stops:
-            lo = max(0, before - longest + 1)
-            cut = min((i for i in (text.find(s, lo) for s in stops) if i >= 0), default=-1)
-            if cut >= 0:
-                return GeneratedChoice(*_cut(tokens, lps, cut), "stop", seed)
-    return GeneratedChoice(tuple(tokens), tuple(lps), "length", seed)
-
-
-def _cut(
-    tokens: list[str], lps: list[float], cut: int
-) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    out: list[str] = []
-    pos = 0
-    for tok in tokens:
-        if pos + len(tok) <= cut:
-            out.append(tok)
-            pos += len(tok)
-            continue
-        if cut > pos:
-            out.append(tok[: cut - pos])
-        break
-    return tuple(out), tuple(lps[: len(out)])
+    """Every token of a ``ChoiceStream`` at once."""
+    cs = ChoiceStream(seed, max_tokens, stop, leading_space)
+    pairs = list(cs)
+    assert cs.finish_reason is not None
+    return GeneratedChoice(
+        tuple(t for t, _ in pairs), tuple(p for _, p in pairs), cs.finish_reason, seed
+    )
 
 
 def top_logprobs(token: str, logprob: float, k: int, seed: int, position: int) -> dict[str, float]:
@@ -108,37 +160,9 @@ def top_logprobs(token: str, logprob: float, k: int, seed: int, position: int) -
     return out
 
 
-def logprobs_object(
-    tokens: list[str],
-    lps: list[float | None],
-    k: int,
-    seed: int,
-    first_offset: int,
-    first_position: int = 0,
-) -> dict[str, Any]:
-    """The legacy completions ``logprobs`` object for a run of tokens."""
-    offsets = []
-    pos = first_offset
-    tops: list[dict[str, float] | None] = []
-    for i, (tok, lp) in enumerate(zip(tokens, lps, strict=True)):
-        offsets.append(pos)
-        pos += len(tok)
-        tops.append(None if lp is None else top_logprobs(tok, lp, k, seed, first_position + i))
-    return {
-        "tokens": list(tokens),
-        "token_logprobs": list(lps),
-        "top_logprobs": tops,
-        "text_offset": offsets,
-    }
-
-
 def prompt_logprobs(prompt: str, seed: int) -> tuple[list[str], list[float | None]]:
     """Tokens and logprobs of an echoed prompt (the first token has none, as OpenAI)."""
     toks = tokenize(prompt)
     rng = random.Random(seed ^ 0x5EED)
     lps: list[float | None] = [None] + [-round(rng.uniform(0.5, 8.0), 4) for _ in toks[1:]]
     return toks, lps
-
-
-def token_ids(tokens: list[str]) -> list[int]:
-    return [token_id(t) for t in tokens]

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from loadkit.server.keys import keys_document, resolve_keys, write_private_json
 
 
 def _banner(cfg: ServerConfig, base_url: str, keys_file: Path, st: Any, truth: str | None) -> str:
-    lines = [f"loadkit reference server at {base_url}  (pid {os.getpid()})"]
+    lines = [f"loadkit reference server at {base_url}  (pid {os.getpid()}, api {cfg.api})"]
     lines.append(f"  limiter mode: {cfg.limiter.mode}")
     for t in cfg.tiers:
         labels = [k.label for k in st.access_keys if k.tier == t.name]
@@ -45,7 +48,9 @@ def _banner(cfg: ServerConfig, base_url: str, keys_file: Path, st: Any, truth: s
 async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
     from aiohttp import web
 
-    from loadkit.server.app import STATE, ServerState, build_app
+    from loadkit.server import logsafe
+    from loadkit.server.app import STATE, ServerState, base_path, build_app
+    from loadkit.server.http_protocol import make_runner
 
     admin, keys = resolve_keys(cfg)
     own_dir: Path | None = None  # a temp folder of our own: removed when we stop
@@ -55,15 +60,14 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
         own_dir = Path(tempfile.mkdtemp(prefix="loadkit-serve-"))
         keys_file = own_dir / "keys.json"
     write_private_json(keys_file, keys_document(admin, keys))
+    log_handler = logsafe.install([k.key for k in (admin, *keys)], cfg.access_log)
     state = ServerState(cfg, args.truth, admin, keys)
     app = build_app(cfg, state=state)
-    from aiohttp.log import access_logger
-
     # Quiet and fast by default; open streams get 2 s to finish on shutdown.
-    runner = web.AppRunner(
-        app, access_log=access_logger if cfg.access_log else None, shutdown_timeout=2.0
-    )
+    runner = make_runner(app, access_log=cfg.access_log)
     await runner.setup()
+    # What exists now lives as long as the server: keep it out of every full collection.
+    gc.freeze()
     try:
         site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
         try:
@@ -75,7 +79,7 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
         shown_host = args.host if args.host not in ("0.0.0.0", "::", "") else host
         if ":" in shown_host:
             shown_host = f"[{shown_host}]"
-        base_url = f"http://{shown_host}:{port}/api/v1"
+        base_url = f"http://{shown_host}:{port}{base_path(cfg.api)}"
         if not args.quiet:
             print(_banner(cfg, base_url, keys_file, app[STATE], args.truth), flush=True)
         if args.ready_file:
@@ -83,6 +87,7 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
                 "host": args.host,
                 "port": port,
                 "base_url": base_url,
+                "api": cfg.api,
                 "keys_file": str(keys_file),
                 "pid": os.getpid(),
             }
@@ -91,14 +96,37 @@ async def _serve(args: argparse.Namespace, cfg: ServerConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        watchdog = None
+        if getattr(args, "parent_pid", None):
+            watchdog = asyncio.ensure_future(_watch_parent(args.parent_pid, stop))
         await stop.wait()
+        if watchdog is not None:
+            watchdog.cancel()
         if not args.quiet:
             print("loadkit serve: stopping", flush=True)
     finally:
         await runner.cleanup()
+        logging.getLogger().removeHandler(log_handler)
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)  # this run's keys die with it
+        if getattr(args, "parent_pid", None) and os.getppid() != args.parent_pid:
+            # Orphaned (the run that started us was killed): nobody will clean up after us.
+            keys_file.unlink(missing_ok=True)
+            if getattr(args, "cleanup_dir", None):
+                shutil.rmtree(args.cleanup_dir, ignore_errors=True)
     return 0
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """A server started for a run ends with the run, however the run ends (SIGKILL too):
+    when the parent dies this process is re-parented, and ``getppid`` changes. Portable
+    (Linux, macOS), unlike a parent-death signal."""
+    while not stop.is_set():
+        if os.getppid() != parent_pid:
+            print("loadkit serve: the process that started me is gone: stopping", file=sys.stderr)
+            stop.set()
+            return
+        await asyncio.sleep(0.25)
 
 
 def serve_main(args: argparse.Namespace) -> int:
@@ -107,6 +135,8 @@ def serve_main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"loadkit serve: bad config: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "api", None):
+        cfg = replace(cfg, api=args.api)
     if not 0 <= args.port <= 65535:
         print(f"loadkit serve: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Start the reference server as a subprocess (``python -m loadkit serve --port 0``),
 optionally pinned to one CPU, and wait for its ready file. Keys stay in a private temp
-directory; ``stop()`` sends SIGTERM, waits, then kills."""
+directory; ``stop()`` sends SIGTERM, waits, then kills, and keeps what the server wrote
+to stdout and stderr (``proc.stdout``, ``proc.stderr``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ class ServerProcess:
         self.workdir = workdir
         self.ready = ready
         self.base_url: str = ready["base_url"]
+        self.api: str = ready.get("api", "seed")
         self.port: int = ready["port"]
+        self.stdout = b""  # filled by stop()
+        self.stderr = b""
         doc = json.loads(Path(ready["keys_file"]).read_text())
         self.admin_key: str = doc["admin"]["key"]
         self.admin_label: str = doc["admin"]["label"]
@@ -43,15 +47,23 @@ class ServerProcess:
     def labels(self, tier: str | None = None) -> list[str]:
         return [k["label"] for k in self.keys if tier is None or k["tier"] == tier]
 
+    @property
+    def api_root(self) -> str:
+        """What an OpenAI client's ``base_url`` takes (``…/api/v1/ai`` or ``…/v1``)."""
+        from loadkit.server.app import api_root, base_path
+
+        return self.base_url[: -len(base_path(self.api))] + api_root(self.api)
+
     def stats(self) -> dict[str, Any]:
         import urllib.request
 
         req = urllib.request.Request(
-            self.base_url + "/ai/admin/stats",
+            self.api_root + "/admin/stats",
             headers={"Authorization": f"Bearer {self.admin_key}"},
         )
         with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
+            doc: dict[str, Any] = json.loads(r.read())
+            return doc
 
     def stop(self, timeout_s: float = 10.0) -> int:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL; returns the exit code."""
@@ -62,6 +74,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for name in ("stdout", "stderr"):
+            f = self.workdir / f"{name}.txt"
+            if f.exists():
+                setattr(self, name, f.read_bytes())
         shutil.rmtree(self.workdir, ignore_errors=True)
         return self.proc.returncode
 
@@ -79,9 +95,11 @@ def start_server_process(
     cpu: int | None = None,
     timeout_s: float = 20.0,
     extra_args: list[str] | None = None,
+    api: str | None = None,
 ) -> ServerProcess:
     """Run ``python -m loadkit serve`` on an ephemeral port and wait until it listens.
-    ``config_dict`` is written as JSON next to the keys (TOML-shaped dict, same schema)."""
+    ``config_dict`` is written as JSON next to the keys (TOML-shaped dict, same schema);
+    ``api`` ("seed" or "openai") overrides the config's path layout."""
     if config_path is not None and config_dict is not None:
         raise ValueError("give config_path or config_dict, not both")
     workdir = Path(tempfile.mkdtemp(prefix="loadkit-server-"))
@@ -93,15 +111,19 @@ def start_server_process(
     cmd = [
         sys.executable, "-m", "loadkit", "serve", "--host", "127.0.0.1", "--port", "0",
         "--ready-file", str(ready_file), "--keys-file", str(workdir / "keys.json"), "--quiet",
+        # Ends with this process however it ends, and then removes its keys.
+        "--parent-pid", str(os.getpid()), "--cleanup-dir", str(workdir),
     ]  # fmt: skip
     if config_path is not None:
         cmd += ["--config", str(config_path)]
     if truth_path is not None:
         cmd += ["--truth", str(truth_path)]
+    if api is not None:
+        cmd += ["--api", api]
     cmd += extra_args or []
     stderr_path = workdir / "stderr.txt"
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    with open(stderr_path, "wb") as err, open(workdir / "stdout.txt", "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
     if cpu is not None:
         try:
             os.sched_setaffinity(proc.pid, {cpu})

@@ -1,22 +1,96 @@
-"""OpenAI response objects, pure: a validated request becomes a ``Plan`` (every choice's
-tokens decided up front), which renders as one non-streaming body or as the sequence of
-stream chunks, step by step. Both views share the plan, so their usage always agrees."""
+"""OpenAI response objects, pure. A non-streaming request becomes a ``Plan`` (every
+choice's tokens, best_of candidates included) rendered as one body; a stream becomes a
+``LiveStream`` that draws each choice's tokens as it sends them. Both draw from the same
+``ChoiceStream``s, so the two views of a request have the same text and usage.
+
+Everything long is cooperative work (``loadkit.server.work``): planning yields between
+tokens, the body is encoded piece by piece (``Node`` / ``LazyArray``), a stream step
+yields between choices."""
 
 from __future__ import annotations
 
+import json
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from loadkit.server.generation import (
+    ChoiceStream,
     GeneratedChoice,
-    generate,
-    logprobs_object,
     prompt_logprobs,
     request_seed,
     top_logprobs,
 )
+from loadkit.server.tokenizer import count_tokens
 from loadkit.server.validation import ChatRequest, CompletionRequest, Sampling
+from loadkit.server.work import Work, drive
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_BATCH = 64  # array items encoded per C call and per pause
+
+
+# --- piecewise JSON ---------------------------------------------------------------------
+
+
+class Node(dict[str, Any]):
+    """A JSON object encoded member by member (its values may be ``Node``s or
+    ``LazyArray``s); any other value is encoded whole."""
+
+
+class LazyArray:
+    """A JSON array whose items are produced while it is encoded (once), ``batch`` items
+    per pause (fewer for costly items)."""
+
+    def __init__(self, items: Iterable[Any], batch: int = _BATCH) -> None:
+        self.items = items
+        self.batch = max(1, batch)
+
+
+def encode_work(obj: Any, out: list[str]) -> Work[None]:
+    """Append the JSON text of ``obj`` to ``out``, pausing between array batches; the
+    text equals ``json.dumps(materialize(obj), separators=(",", ":"))``."""
+    if isinstance(obj, Node):
+        out.append("{")
+        for i, (k, v) in enumerate(obj.items()):
+            out.append(("," if i else "") + _encode(k) + ":")
+            yield from encode_work(v, out)
+        out.append("}")
+    elif isinstance(obj, LazyArray):
+        out.append("[")
+        it = iter(obj.items)
+        first = True
+        while batch := list(islice(it, obj.batch)):
+            if any(isinstance(x, Node | LazyArray) for x in batch):
+                for x in batch:
+                    out.append("" if first else ",")
+                    first = False
+                    yield from encode_work(x, out)
+            else:
+                out.append(("" if first else ",") + _encode(batch)[1:-1])
+                first = False
+            yield
+        out.append("]")
+    else:
+        out.append(_encode(obj))
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event carrying ``obj`` as JSON."""
+    return b"data: " + _encode(obj).encode() + b"\n\n"
+
+
+def materialize(obj: Any) -> Any:
+    """Plain dicts and lists in place of ``Node`` and ``LazyArray``."""
+    if isinstance(obj, Node):
+        return {k: materialize(v) for k, v in obj.items()}
+    if isinstance(obj, LazyArray):
+        return [materialize(x) for x in obj.items]
+    return obj
+
+
+# --- plans ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -44,16 +118,19 @@ class Plan:
     completion_tokens: int  # every generated token, best_of candidates included
     steps: int  # decode steps: the longest generated sequence
     sequences: int  # sequences decoded in parallel (share of the model's decode capacity)
-    include_usage: bool = False
     logprobs: int | None = None  # completions: top-k; chat: top_logprobs when enabled
     chat_logprobs: bool = False
 
     def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+        return _usage(self.prompt_tokens, self.completion_tokens)
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _base_seed(server_seed: int, kind: str, s: Sampling, content: Any, extra: Any = None) -> int:
@@ -81,44 +158,61 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-def plan_chat(
+def _generate_work(stream: ChoiceStream, stop: tuple[str, ...]) -> Work[GeneratedChoice]:
+    toks: list[str] = []
+    lps: list[float] = []
+    # A token costs a search of the longest stop's length in each stop sequence.
+    every = max(1, min(_BATCH, 16_384 // (1 + sum(map(len, stop)))))
+    for tok, lp in stream:
+        toks.append(tok)
+        lps.append(lp)
+        if len(toks) % every == 0:
+            yield
+    assert stream.finish_reason is not None
+    return GeneratedChoice(tuple(toks), tuple(lps), stream.finish_reason, stream.seed)
+
+
+def plan_chat_work(
     req: ChatRequest, max_tokens: int, server_seed: int, created: int, rid: str | None = None
-) -> Plan:
+) -> Work[Plan]:
     s = req.sampling
     base = _base_seed(server_seed, "chat", s, list(req.messages))
-    choices = tuple(
-        PlanChoice(i, generate(_choice_seed(base, i, s.temperature), max_tokens, s.stop, False))
-        for i in range(s.n)
-    )
+    yield
+    choices = []
+    for i in range(s.n):
+        seed = _choice_seed(base, i, s.temperature)
+        gen = yield from _generate_work(ChoiceStream(seed, max_tokens, s.stop, False), s.stop)
+        choices.append(PlanChoice(i, gen))
     return Plan(
         kind="chat",
         id=rid or new_id("chatcmpl"),
         created=created,
         model=s.model,
-        choices=choices,
+        choices=tuple(choices),
         prompt_tokens=req.prompt_tokens,
         completion_tokens=sum(len(c.gen.tokens) for c in choices),
         steps=max(c.steps for c in choices),
         sequences=len(choices),
-        include_usage=s.include_usage and s.stream,
         logprobs=req.top_logprobs if req.logprobs else None,
         chat_logprobs=req.logprobs,
     )
 
 
-def plan_completion(
+def plan_completion_work(
     req: CompletionRequest, max_tokens: int, server_seed: int, created: int, rid: str | None = None
-) -> Plan:
+) -> Work[Plan]:
     s = req.sampling
     choices: list[PlanChoice] = []
     generated = 0
     steps = 1
     for p_idx, prompt in enumerate(req.prompts):
         base = _base_seed(server_seed, "completions", s, prompt.text, req.suffix)
-        cands = [
-            generate(_choice_seed(base, j, s.temperature), max_tokens, s.stop)
-            for j in range(req.best_of)
-        ]
+        yield
+        cands = []
+        for j in range(req.best_of):
+            seed = _choice_seed(base, j, s.temperature)
+            stream = ChoiceStream(seed, max_tokens, s.stop)
+            cands.append((yield from _generate_work(stream, s.stop)))
         generated += sum(len(c.tokens) for c in cands)
         steps = max(steps, *(max(1, len(c.tokens)) for c in cands))
         if req.best_of > s.n:
@@ -146,166 +240,344 @@ def plan_completion(
         created=created,
         model=s.model,
         choices=tuple(choices),
-        prompt_tokens=req.prompt_tokens + (_suffix_tokens(req.suffix) * len(req.prompts)),
+        prompt_tokens=completion_prompt_tokens(req),
         completion_tokens=generated,
         steps=steps,
         sequences=len(req.prompts) * req.best_of,
-        include_usage=s.include_usage and s.stream,
         logprobs=req.logprobs,
     )
 
 
-def _suffix_tokens(suffix: str | None) -> int:
-    if not suffix:
-        return 0
-    from loadkit.server.tokenizer import count_tokens
-
-    return count_tokens(suffix)
+def completion_prompt_tokens(req: CompletionRequest) -> int:
+    """Prompt tokens billed: every prompt, plus the suffix once per prompt."""
+    suffix = count_tokens(req.suffix) if req.suffix else 0
+    return req.prompt_tokens + suffix * len(req.prompts)
 
 
-# --- rendering ------------------------------------------------------------------------
+def plan_chat(
+    req: ChatRequest, max_tokens: int, server_seed: int, created: int, rid: str | None = None
+) -> Plan:
+    return drive(plan_chat_work(req, max_tokens, server_seed, created, rid))
 
 
-def _chat_logprobs(tokens: list[str], lps: list[float], k: int, seed: int, pos0: int) -> dict:
-    content = []
-    for i, (tok, lp) in enumerate(zip(tokens, lps, strict=True)):
-        tops = top_logprobs(tok, lp, k, seed, pos0 + i)
-        content.append(
-            {
-                "token": tok,
-                "logprob": lp,
-                "bytes": list(tok.encode()),
-                "top_logprobs": [
-                    {"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in tops.items()
-                ],
-            }
+def plan_completion(
+    req: CompletionRequest, max_tokens: int, server_seed: int, created: int, rid: str | None = None
+) -> Plan:
+    return drive(plan_completion_work(req, max_tokens, server_seed, created, rid))
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def _chat_lp_entry(tok: str, lp: float, k: int, seed: int, pos: int) -> dict[str, Any]:
+    tops = top_logprobs(tok, lp, k, seed, pos)
+    return {
+        "token": tok,
+        "logprob": lp,
+        "bytes": list(tok.encode()),
+        "top_logprobs": [
+            {"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in tops.items()
+        ],
+    }
+
+
+def _chat_logprobs(
+    tokens: Iterable[str], lps: Iterable[float], k: int, seed: int, pos0: int
+) -> Node:
+    entries = (
+        _chat_lp_entry(tok, lp, k, seed, pos0 + i)
+        for i, (tok, lp) in enumerate(zip(tokens, lps, strict=True))
+    )
+    return Node(content=LazyArray(entries, _BATCH // (1 + k)), refusal=None)
+
+
+def _legacy_logprobs(
+    tokens: list[str],
+    lps: list[float | None],
+    k: int,
+    seed: int,
+    first_offset: int,
+    positions: Iterable[int] | None = None,
+) -> Node:
+    """The legacy completions ``logprobs`` object for a run of tokens; ``positions``
+    (default 0, 1, ...) place each token in the choice (echoed prompt tokens first) and
+    seed its alternatives, so a stream's chunks carry the body's alternatives."""
+
+    def offsets() -> Iterator[int]:
+        pos = first_offset
+        for tok in tokens:
+            yield pos
+            pos += len(tok)
+
+    tops = (
+        None if lp is None else top_logprobs(tok, lp, k, seed, pos)
+        for pos, tok, lp in zip(positions or range(len(tokens)), tokens, lps, strict=True)
+    )
+    return Node(
+        tokens=LazyArray(tokens),
+        token_logprobs=LazyArray(lps),
+        top_logprobs=LazyArray(tops, _BATCH // (1 + k)),
+        text_offset=LazyArray(offsets()),
+    )
+
+
+def _choice_node(plan: Plan, c: PlanChoice) -> Node:
+    g = c.gen
+    if plan.kind == "chat":
+        ch = Node(
+            index=c.index,
+            message={"role": "assistant", "content": g.text, "refusal": None},
+            logprobs=None,
+            finish_reason=g.finish_reason,
         )
-    return {"content": content, "refusal": None}
+        if plan.chat_logprobs:
+            ch["logprobs"] = _chat_logprobs(g.tokens, g.logprobs, plan.logprobs or 0, g.seed, 0)
+        return ch
+    ch = Node(
+        text=c.prefix + g.text + c.suffix,
+        index=c.index,
+        logprobs=None,
+        finish_reason=g.finish_reason,
+    )
+    if plan.logprobs is not None:
+        toks = list(c.prefix_tokens) + list(g.tokens)
+        lps: list[float | None] = [*c.prefix_lps, *g.logprobs]
+        start = 0 if c.prefix_tokens else len(c.prefix)
+        ch["logprobs"] = _legacy_logprobs(toks, lps, plan.logprobs, g.seed, start)
+    return ch
 
 
-def _completion_logprobs(plan: Plan, c: PlanChoice, lo: int, hi: int, first: bool) -> dict:
-    """Logprobs of generated tokens [lo, hi) (plus the echoed prompt when ``first``)."""
-    k = plan.logprobs or 0
-    toks: list[str] = []
-    lps: list[float | None] = []
-    start = len(c.prefix) + sum(len(t) for t in c.gen.tokens[:lo])
-    if first and c.prefix_tokens:
-        toks += list(c.prefix_tokens)
-        lps += list(c.prefix_lps)
-        start = 0
-    toks += list(c.gen.tokens[lo:hi])
-    lps += list(c.gen.logprobs[lo:hi])
-    obj = logprobs_object(toks, lps, k, c.gen.seed, start)
-    return obj
+def body_tree(plan: Plan) -> Node:
+    """The non-streaming ``chat.completion`` / ``text_completion`` object, lazily."""
+    return Node(
+        id=plan.id,
+        object="chat.completion" if plan.kind == "chat" else "text_completion",
+        created=plan.created,
+        model=plan.model,
+        system_fingerprint="loadkit",
+        choices=LazyArray(_choice_node(plan, c) for c in plan.choices),
+        usage=plan.usage(),
+    )
 
 
 def full_body(plan: Plan) -> dict[str, Any]:
-    """The non-streaming ``chat.completion`` / ``text_completion`` object."""
-    out_choices = []
-    for c in plan.choices:
-        if plan.kind == "chat":
-            ch: dict[str, Any] = {
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.gen.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": c.gen.finish_reason,
-            }
-            if plan.chat_logprobs:
-                ch["logprobs"] = _chat_logprobs(
-                    list(c.gen.tokens), list(c.gen.logprobs), plan.logprobs or 0, c.gen.seed, 0
-                )
-        else:
-            ch = {
-                "text": c.prefix + c.gen.text + c.suffix,
-                "index": c.index,
-                "logprobs": None,
-                "finish_reason": c.gen.finish_reason,
-            }
-            if plan.logprobs is not None:
-                ch["logprobs"] = _completion_logprobs(plan, c, 0, len(c.gen.tokens), True)
-        out_choices.append(ch)
-    return {
-        "id": plan.id,
-        "object": "chat.completion" if plan.kind == "chat" else "text_completion",
-        "created": plan.created,
-        "model": plan.model,
-        "system_fingerprint": "loadkit",
-        "choices": out_choices,
-        "usage": plan.usage(),
-    }
-
-
-def _chunk(plan: Plan, choices: list[dict[str, Any]]) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "id": plan.id,
-        "object": "chat.completion.chunk" if plan.kind == "chat" else "text_completion",
-        "created": plan.created,
-        "model": plan.model,
-        "system_fingerprint": "loadkit",
-        "choices": choices,
-    }
-    if plan.include_usage:
-        d["usage"] = None
-    return d
-
-
-def stream_head(plan: Plan) -> list[dict[str, Any]]:
-    """Chunks sent as soon as the stream opens: the role-only chat chunk per choice."""
-    if plan.kind != "chat":
-        return []
-    return [
-        _chunk(
-            plan,
-            [
-                {
-                    "index": c.index,
-                    "delta": {"role": "assistant"},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ],
-        )
-        for c in plan.choices
-    ]
-
-
-def stream_step(plan: Plan, step: int) -> list[dict[str, Any]]:
-    """One chunk per choice that has a token at this step; a choice's last chunk carries
-    its ``finish_reason`` (a choice cut to nothing by a stop sends one empty chunk)."""
-    out = []
-    for c in plan.choices:
-        n = len(c.gen.tokens)
-        if step >= c.steps:
-            continue
-        last = step == c.steps - 1
-        text = c.gen.tokens[step] if step < n else ""
-        finish = c.gen.finish_reason if last else None
-        if plan.kind == "chat":
-            ch: dict[str, Any] = {
-                "index": c.index,
-                "delta": {"content": text},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-            if plan.chat_logprobs and step < n:
-                ch["logprobs"] = _chat_logprobs(
-                    [text], [c.gen.logprobs[step]], plan.logprobs or 0, c.gen.seed, step
-                )
-        else:
-            full = (c.prefix if step == 0 else "") + text + (c.suffix if last else "")
-            ch = {"text": full, "index": c.index, "logprobs": None, "finish_reason": finish}
-            if plan.logprobs is not None:
-                ch["logprobs"] = _completion_logprobs(plan, c, step, min(step + 1, n), step == 0)
-        out.append(_chunk(plan, [ch]))
+    """The non-streaming body as plain dicts (small plans; the server encodes lazily)."""
+    out: dict[str, Any] = materialize(body_tree(plan))
     return out
 
 
-def stream_usage(plan: Plan) -> dict[str, Any]:
-    d = _chunk(plan, [])
-    d["usage"] = plan.usage()
-    return d
+def body_work(plan: Plan) -> Work[bytes]:
+    """The non-streaming body as JSON bytes, encoded piece by piece."""
+    out: list[str] = []
+    yield from encode_work(body_tree(plan), out)
+    return "".join(out).encode()
 
 
-def tokens_at_step(plan: Plan, step: int) -> int:
-    """Generated tokens the returned choices deliver at this step."""
-    return sum(1 for c in plan.choices if step < len(c.gen.tokens))
+# --- streams ----------------------------------------------------------------------------
+
+
+@dataclass
+class LiveChoice:
+    index: int
+    stream: ChoiceStream
+    prefix: str = ""
+    suffix: str = ""
+    prefix_tokens: tuple[str, ...] = ()
+    prefix_lps: tuple[float | None, ...] = ()
+    sent: int = 0  # tokens rendered so far
+    offset: int = 0  # characters rendered so far (text_offset of the next token)
+    done: bool = False
+
+
+@dataclass
+class LiveStream:
+    """A stream's state between steps: each step draws one token per unfinished choice."""
+
+    kind: str
+    id: str
+    created: int
+    model: str
+    choices: list[LiveChoice]
+    prompt_tokens: int
+    sequences: int
+    include_usage: bool = False
+    logprobs: int | None = None
+    chat_logprobs: bool = False
+    step: int = 0  # the next step to render
+    tokens: int = field(default=0)  # tokens rendered so far, all choices
+
+    @property
+    def done(self) -> bool:
+        return all(c.done for c in self.choices)
+
+    def next_is_last_work(self) -> Work[bool]:
+        """Whether the next step is the stream's last (draws at most one token ahead)."""
+        for c in self.choices:
+            if not c.done and c.stream.available(2) > 1:
+                return False
+            yield
+        return True
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "loadkit",
+            "choices": choices,
+        }
+        if self.include_usage:
+            d["usage"] = None
+        return d
+
+    def head(self) -> list[dict[str, Any]]:
+        """Chunks sent as soon as the stream opens: the role-only chat chunk per choice."""
+        if self.kind != "chat":
+            return []
+        return [
+            self._chunk(
+                [
+                    {
+                        "index": c.index,
+                        "delta": {"role": "assistant"},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+            for c in self.choices
+        ]
+
+    def step_work(self) -> Work[tuple[bytes, int]]:
+        """The next step as SSE bytes, and the tokens in it (see ``step_chunks_work``)."""
+        chunks, tokens = yield from self.step_chunks_work()
+        return b"".join(map(sse, chunks)), tokens
+
+    def step_chunks_work(self) -> Work[tuple[list[dict[str, Any]], int]]:
+        """The next step: one chunk per unfinished choice (its last carries the
+        ``finish_reason``; a choice cut to nothing by a stop sends one empty chunk), and
+        the tokens in it."""
+        out = []
+        tokens = 0
+        first = self.step == 0
+        for c in self.choices:
+            if c.done:
+                continue
+            got = c.stream.next_token()
+            last = c.stream.available(1) == 0
+            c.done = last
+            finish = c.stream.finish_reason if last else None
+            text, lp = got if got is not None else ("", None)
+            if got is not None:
+                tokens += 1
+            if self.kind == "chat":
+                ch: dict[str, Any] = {
+                    "index": c.index,
+                    "delta": {"content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+                if self.chat_logprobs and lp is not None:
+                    ch["logprobs"] = materialize(
+                        _chat_logprobs([text], [lp], self.logprobs or 0, c.stream.seed, c.sent)
+                    )
+            else:
+                full = (c.prefix if first else "") + text + (c.suffix if last else "")
+                ch = {"text": full, "index": c.index, "logprobs": None, "finish_reason": finish}
+                if self.logprobs is not None:
+                    ch["logprobs"] = self._legacy_step(c, text, lp, first)
+            if got is not None:
+                c.sent += 1
+            c.offset += len(text)
+            out.append(self._chunk([ch]))
+            yield
+        self.step += 1
+        self.tokens += tokens
+        return out, tokens
+
+    def _legacy_step(self, c: LiveChoice, text: str, lp: float | None, first: bool) -> Any:
+        toks: list[str] = []
+        lps: list[float | None] = []
+        positions: list[int] = []
+        start = c.offset
+        n_pre = len(c.prefix_tokens)
+        if first and n_pre:
+            toks += c.prefix_tokens
+            lps += c.prefix_lps
+            positions += range(n_pre)
+            start = 0
+        if lp is not None:
+            toks.append(text)
+            lps.append(lp)
+            positions.append(n_pre + c.sent)
+        node = _legacy_logprobs(toks, lps, self.logprobs or 0, c.stream.seed, start, positions)
+        return materialize(node)
+
+    def usage_chunk(self) -> dict[str, Any]:
+        d = self._chunk([])
+        d["usage"] = _usage(self.prompt_tokens, self.tokens)
+        return d
+
+
+def live_chat(
+    req: ChatRequest, max_tokens: int, server_seed: int, created: int, rid: str | None = None
+) -> LiveStream:
+    s = req.sampling
+    base = _base_seed(server_seed, "chat", s, list(req.messages))
+    choices = [
+        LiveChoice(i, ChoiceStream(_choice_seed(base, i, s.temperature), max_tokens, s.stop, False))
+        for i in range(s.n)
+    ]
+    return LiveStream(
+        kind="chat",
+        id=rid or new_id("chatcmpl"),
+        created=created,
+        model=s.model,
+        choices=choices,
+        prompt_tokens=req.prompt_tokens,
+        sequences=len(choices),
+        include_usage=s.include_usage,
+        logprobs=req.top_logprobs if req.logprobs else None,
+        chat_logprobs=req.logprobs,
+    )
+
+
+def live_completion(
+    req: CompletionRequest, max_tokens: int, server_seed: int, created: int, rid: str | None = None
+) -> LiveStream:
+    """A streamed completion (``best_of`` equals ``n``: validation refuses more)."""
+    s = req.sampling
+    choices: list[LiveChoice] = []
+    for p_idx, prompt in enumerate(req.prompts):
+        base = _base_seed(server_seed, "completions", s, prompt.text, req.suffix)
+        ptoks: tuple[str, ...] = ()
+        plps: tuple[float | None, ...] = ()
+        if req.echo and req.logprobs is not None:
+            t, lp = prompt_logprobs(prompt.text, base)
+            ptoks, plps = tuple(t), tuple(lp)
+        prefix = prompt.text if req.echo else ""
+        for j in range(s.n):
+            stream = ChoiceStream(_choice_seed(base, j, s.temperature), max_tokens, s.stop)
+            choices.append(
+                LiveChoice(
+                    index=p_idx * s.n + j,
+                    stream=stream,
+                    prefix=prefix,
+                    suffix=(req.suffix or "") if req.echo else "",
+                    prefix_tokens=ptoks,
+                    prefix_lps=plps,
+                    offset=len(prefix),
+                )
+            )
+    return LiveStream(
+        kind="completions",
+        id=rid or new_id("cmpl"),
+        created=created,
+        model=s.model,
+        choices=choices,
+        prompt_tokens=completion_prompt_tokens(req),
+        sequences=len(choices),
+        include_usage=s.include_usage,
+        logprobs=req.logprobs,
+    )

@@ -16,8 +16,10 @@ from loadkit.server.billing import Ledger
 from loadkit.server.config import ModelConfig, ServerConfig
 from loadkit.server.keys import AccessKey, KeyStore, resolve_keys
 from loadkit.server.limiter import Limiter, LimitSpec
+from loadkit.server.logsafe import RedactingFilter
 from loadkit.server.stats import Counters
 from loadkit.server.truth import TruthRecord, TruthWriter
+from loadkit.server.work import WorkLane
 
 
 @dataclass
@@ -25,8 +27,9 @@ class RequestCtx:
     rec: TruthRecord
     headers: dict[str, str] = field(default_factory=dict)
     key: AccessKey | None = None
-    finish_ns: int | None = None  # set by a stream handler when its last byte went out
+    finish_ns: int | None = None  # set by a handler that wrote its own response
     error_code: str | None = None  # an error sent inside a 200 stream
+    sent: bool = False  # the response's first bytes were handed to the transport
 
 
 class ServerState:
@@ -45,6 +48,8 @@ class ServerState:
         self.admin = admin
         self.access_keys = keys
         self.keys = KeyStore([admin, *keys])
+        # Text a client chose (path, model, request id) may hold a key: the truth never does.
+        self.redactor = RedactingFilter(k.key for k in (admin, *keys))
         self.specs: dict[str, LimitSpec] = {
             admin.label: LimitSpec.of(
                 config.admin.requests, config.admin.window_s, config.admin.concurrency
@@ -65,6 +70,30 @@ class ServerState:
         self.started_ns = time.perf_counter_ns()
         self.in_progress = 0  # requests inside the middleware (truth line not yet written)
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self.lane = WorkLane()  # heavy per-request work, in slices
+
+    @property
+    def prompt_cap(self) -> int:
+        """Prompts are counted only this far: beyond it they fit no model."""
+        return max((m.context_length for m in self.models.values()), default=0)
+
+    def record(self, rec: TruthRecord) -> None:
+        """Count a finished request and append its truth line."""
+        c = self.counters
+        if rec.status is not None:
+            c.status[rec.status] += 1
+        if rec.error_code:
+            c.errors[rec.error_code] += 1
+        if rec.disconnect:
+            c.disconnects[rec.disconnect] += 1
+        if self.truth is not None:
+            redact = self.redactor.redact
+            rec.path = redact(rec.path)
+            if rec.model is not None:
+                rec.model = redact(rec.model)
+            if rec.request_id is not None:
+                rec.request_id = redact(rec.request_id)
+            self.truth.write(rec)
 
     async def wait_idle(self) -> None:
         """Return once no request is in progress: every truth line so far is written."""

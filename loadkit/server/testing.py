@@ -1,27 +1,47 @@
 """Helpers that run the reference server inside the test process: ``ServerThread`` (its
 own event loop in a background thread, for sync code such as the ``openai`` client) and
-``running_server`` (an async context manager on the caller's loop)."""
+``running_server`` (an async context manager on the caller's loop). Both take
+``api="seed"`` (paths under ``/api/v1/ai``) or ``api="openai"`` (under ``/v1``); the
+default is the config's ``[server] api``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import threading
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadkit.server.config import ServerConfig, config_from_dict, default_config
 from loadkit.server.keys import AccessKey
 
+if TYPE_CHECKING:
+    from loadkit.server.state import ServerState
+
 
 class _Handle:
-    """What tests need of a running server: its URL, its keys, its stats."""
+    """What tests need of a running server: its URLs, its keys, its stats.
+
+    ``base_url`` is what a scenario's ``target.base_url`` takes (``…/api/v1`` or
+    ``…/v1``); ``api_root`` is what an OpenAI client's ``base_url`` takes (``…/api/v1/ai``
+    or ``…/v1``): chat is at ``api_root + "/chat/completions"`` in both layouts."""
 
     base_url: str
-    state: Any
+    state: ServerState
+
+    @property
+    def api(self) -> str:
+        return self.state.config.api
+
+    @property
+    def api_root(self) -> str:
+        from loadkit.server.app import api_root, base_path
+
+        return self.base_url[: -len(base_path(self.api))] + api_root(self.api)
 
     @property
     def keys(self) -> list[dict[str, str]]:
@@ -41,26 +61,37 @@ class _Handle:
     def stats(self) -> dict[str, Any]:
         """The admin stats document (a blocking HTTP call; from sync code only)."""
         req = urllib.request.Request(
-            self.base_url + "/ai/admin/stats",
+            self.api_root + "/admin/stats",
             headers={"Authorization": f"Bearer {self.admin_key}"},
         )
         with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
+            doc: dict[str, Any] = json.loads(r.read())
+            return doc
 
 
-def _as_config(config: ServerConfig | dict[str, Any] | None) -> ServerConfig:
+def _as_config(
+    config: ServerConfig | dict[str, Any] | None, api: str | None = None
+) -> ServerConfig:
     if config is None:
-        return default_config()
-    if isinstance(config, dict):
-        return config_from_dict(config)
-    return config
+        cfg = default_config()
+    elif isinstance(config, dict):
+        cfg = config_from_dict(config)
+    else:
+        cfg = config
+    return dataclasses.replace(cfg, api=api) if api else cfg
+
+
+def _url(port: int, cfg: ServerConfig) -> str:
+    from loadkit.server.app import base_path
+
+    return f"http://127.0.0.1:{port}{base_path(cfg.api)}"
 
 
 class ServerThread(_Handle):
     """Run the app on 127.0.0.1, port 0, in a background thread with its own loop::
 
     with ServerThread(config_from_dict({...}), truth_path=tmp / "truth.jsonl") as srv:
-        client = openai.OpenAI(base_url=srv.base_url + "/ai", api_key=srv.key("free-1"))
+        client = openai.OpenAI(base_url=srv.api_root, api_key=srv.key("free-1"))
     """
 
     def __init__(
@@ -68,10 +99,11 @@ class ServerThread(_Handle):
         config: ServerConfig | dict[str, Any] | None = None,
         truth_path: str | Path | None = None,
         start_timeout_s: float = 10.0,
+        api: str | None = None,
     ) -> None:
         from loadkit.server.app import ServerState
 
-        self.config = _as_config(config)
+        self.config = _as_config(config, api)
         self.truth_path = truth_path
         self.state = ServerState(self.config, truth_path)
         self.start_timeout_s = start_timeout_s
@@ -94,17 +126,17 @@ class ServerThread(_Handle):
         from aiohttp import web
 
         from loadkit.server.app import build_app
+        from loadkit.server.http_protocol import make_runner
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        app = build_app(self.config, state=self.state)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        runner = make_runner(build_app(self.config, state=self.state))
         await runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.port = runner.addresses[0][1]
-            self.base_url = f"http://127.0.0.1:{self.port}/api/v1"
+            self.base_url = _url(self.port, self.config)
             self._ready.set()
             await self._stop.wait()
         finally:
@@ -130,12 +162,6 @@ class ServerThread(_Handle):
         fut = asyncio.run_coroutine_threadsafe(self.state.wait_idle(), self._loop)
         fut.result(timeout=timeout_s)
 
-    def call(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn(*args)`` on the server's loop and return its result (state peeking)."""
-        assert self._loop is not None
-        fut = asyncio.run_coroutine_threadsafe(_call(fn, *args), self._loop)
-        return fut.result(timeout=10)
-
     def __enter__(self) -> ServerThread:
         return self.start()
 
@@ -143,36 +169,33 @@ class ServerThread(_Handle):
         self.stop()
 
 
-async def _call(fn: Any, *args: Any) -> Any:
-    return fn(*args)
-
-
 class RunningServer(_Handle):
-    def __init__(self, state: Any, base_url: str) -> None:
+    def __init__(self, state: ServerState, base_url: str) -> None:
         self.state = state
         self.base_url = base_url
 
 
 @contextlib.asynccontextmanager
 async def running_server(
-    config: ServerConfig | dict[str, Any] | None = None, truth_path: str | Path | None = None
+    config: ServerConfig | dict[str, Any] | None = None,
+    truth_path: str | Path | None = None,
+    api: str | None = None,
 ) -> AsyncIterator[RunningServer]:
     """``async with running_server(cfg) as srv:`` serves on the current loop (127.0.0.1,
     port 0). ``srv.stats()`` blocks, so async tests read ``srv.state.counters`` instead."""
     from aiohttp import web
 
     from loadkit.server.app import ServerState, build_app
+    from loadkit.server.http_protocol import make_runner
 
-    state = ServerState(_as_config(config), truth_path)
-    runner = web.AppRunner(
-        build_app(state.config, state=state), access_log=None, shutdown_timeout=1.0
-    )
+    state = ServerState(_as_config(config, api), truth_path)
+    runner = make_runner(build_app(state.config, state=state))
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        yield RunningServer(state, f"http://127.0.0.1:{port}/api/v1")
+        yield RunningServer(state, _url(port, state.config))
     finally:
         await runner.cleanup()
 

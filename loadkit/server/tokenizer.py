@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from itertools import islice
 
 _TOKEN_RE = re.compile(r"\s*\w+|\s*[^\w\s]|\s+")
 
@@ -43,8 +44,13 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
-def count_tokens(text: str) -> int:
-    return sum(1 for _ in _TOKEN_RE.finditer(text))
+def count_tokens(text: str, cap: int | None = None) -> int:
+    """Tokens in ``text``; with ``cap``, counting stops at ``cap + 1`` (a prompt that
+    long is refused anyway, and counting a megabyte of text would stall the server)."""
+    matches = _TOKEN_RE.finditer(text)
+    if cap is not None:
+        return sum(1 for _ in islice(matches, cap + 1))
+    return sum(1 for _ in matches)
 
 
 def token_id(token: str) -> int:

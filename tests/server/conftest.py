@@ -49,12 +49,14 @@ class Raw:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
-    """``serve(config_dict_or_None, truth=True)`` starts a server for this test."""
+    """``serve(config_dict_or_None, truth=True, api=None)`` starts a server for this test."""
     started: list[ServerThread] = []
 
-    def start(config: dict[str, Any] | None = None, truth: bool = True) -> ServerThread:
+    def start(
+        config: dict[str, Any] | None = None, truth: bool = True, api: str | None = None
+    ) -> ServerThread:
         truth_path = tmp_path / f"truth-{len(started)}.jsonl" if truth else None
-        srv = ServerThread(config, truth_path=truth_path).start()
+        srv = ServerThread(config, truth_path=truth_path, api=api).start()
         started.append(srv)
         return srv
 

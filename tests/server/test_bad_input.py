@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 from loadkit.server.testing import ServerThread
 from tests.server.conftest import Raw
 
+# max_choices stays at its default (128): the output limits bound the cost of a request
 FUZZ_CONFIG = {
     "tiers": {"pro": {"requests": 1_000_000, "window_s": 60, "concurrency": 50, "keys": 1}},
-    "server": {"max_choices": 4, "max_body_bytes": 65536},
+    "server": {"max_body_bytes": 65536},
+    "limits": {"max_output_tokens": 2048, "max_logprob_entries": 4096},
 }
 
 

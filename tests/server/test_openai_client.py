@@ -1,7 +1,10 @@
-"""The official ``openai`` client works unchanged against the server, and every error
-reaches it as the right exception class with the OpenAI error body."""
+"""The official ``openai`` client works unchanged against the server in both path
+layouts (``seed``: ``…/api/v1/ai``; ``openai``: ``…/v1``), and every error reaches it as
+the right exception class with the OpenAI error body."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -9,8 +12,19 @@ import pytest
 from loadkit.server.testing import ServerThread
 
 
+@pytest.fixture(scope="module", params=["seed", "openai"])
+def api(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def shared_server(api: str) -> Iterator[ServerThread]:
+    with ServerThread(api=api) as srv:
+        yield srv
+
+
 def client(srv: ServerThread, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=srv.base_url + "/ai", api_key=key, max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=srv.api_root, api_key=key, max_retries=0, timeout=30)
 
 
 def test_models_list_and_retrieve(shared_server: ServerThread) -> None:
@@ -77,13 +91,13 @@ def test_stop_and_n_through_the_client(shared_server: ServerThread) -> None:
         assert ch.finish_reason == "stop" and "." not in (ch.message.content or "")
 
 
-def test_errors_map_to_client_exceptions() -> None:
+def test_errors_map_to_client_exceptions(api: str) -> None:
     cfg = {
         "tiers": {"free": {"requests": 3, "window_s": 60, "concurrency": 2, "keys": 2}},
         "keys": [{"label": "broke", "tier": "free", "balance": 0.0}],
         "billing": {"prompt_per_1k": 1.0, "completion_per_1k": 1.0},
     }
-    with ServerThread(cfg) as srv:
+    with ServerThread(cfg, api=api) as srv:
         msgs = [{"role": "user", "content": "hi"}]
         bad = client(srv, "not-a-key")
         with pytest.raises(openai.AuthenticationError) as e401:
@@ -119,8 +133,8 @@ def test_errors_map_to_client_exceptions() -> None:
         assert e402.value.status_code == 402 and e402.value.code == "billing_check_failed"
 
 
-def test_midstream_error_reaches_the_client() -> None:
-    with ServerThread({"faults": {"midstream_error_rate": 1.0}}) as srv:
+def test_midstream_error_reaches_the_client(api: str) -> None:
+    with ServerThread({"faults": {"midstream_error_rate": 1.0}}, api=api) as srv:
         c = client(srv, srv.key("pro-1"))
         stream = c.chat.completions.create(
             model="loadkit-instant", messages=[{"role": "user", "content": "x"}], stream=True
@@ -157,10 +171,10 @@ def test_admin_model_registry(shared_server: ServerThread) -> None:
         admin.delete("/admin/models/tmp-model", cast_to=object)
 
 
-def test_openai_client_retries_on_429_using_retry_after() -> None:
+def test_openai_client_retries_on_429_using_retry_after(api: str) -> None:
     cfg = {"tiers": {"free": {"requests": 2, "window_s": 0.5, "concurrency": 5, "keys": 1}}}
-    with ServerThread(cfg) as srv:
-        c = openai.OpenAI(base_url=srv.base_url + "/ai", api_key=srv.key("free-1"), max_retries=3)
+    with ServerThread(cfg, api=api) as srv:
+        c = openai.OpenAI(base_url=srv.api_root, api_key=srv.key("free-1"), max_retries=3)
         for _ in range(5):  # the 3rd and 5th need the client's retry after retry-after-ms
             r = c.chat.completions.create(
                 model="loadkit-instant", messages=[{"role": "user", "content": "x"}], max_tokens=1

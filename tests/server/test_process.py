@@ -56,7 +56,8 @@ def test_banner_names_labels_never_keys(tmp_path: Path) -> None:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         info = json.loads(ready.read_text())
-        assert set(info) == {"host", "port", "base_url", "keys_file", "pid"}
+        assert set(info) == {"host", "port", "base_url", "api", "keys_file", "pid"}
+        assert info["api"] == "seed"
         assert info["keys_file"] == str(keys_file.resolve())
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -83,3 +84,81 @@ def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert "tiers.free.requests" in r.stderr and "-3" in r.stderr
     with pytest.raises(RuntimeError, match="limiter.mode"):
         start_server_process(config_dict={"limiter": {"mode": "nope"}})
+
+
+def test_serve_binds_loopback_unless_asked() -> None:
+    """``loadkit serve`` listens on 127.0.0.1 by default, and no command in the README or
+    the docs binds it wider."""
+    import re
+    import shlex
+
+    from loadkit.cli import _build_parser
+
+    parser = _build_parser()
+    assert parser.parse_args(["serve"]).host == "127.0.0.1"
+    root = Path(__file__).resolve().parents[2]
+    seen = 0
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:sh|bash|console)?\n(.*?)```", doc.read_text(), re.S):
+            for line in block.splitlines():
+                line = line.split(" #", 1)[0].strip().rstrip("&").strip()
+                if line.startswith("loadkit serve") and "[" not in line:
+                    seen += 1
+                    args = parser.parse_args(shlex.split(line)[1:])
+                    assert args.host in ("127.0.0.1", "localhost", "::1"), (doc.name, line)
+    assert seen >= 1
+
+
+def test_a_server_started_for_a_run_ends_when_the_run_is_killed(tmp_path):
+    """SIGKILL of the process that started the server (e.g. `loadkit run`) ends the server
+    within a second or so and removes its keys."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    info = tmp_path / "info.json"
+    code = (
+        "import json, sys, time\n"
+        "from loadkit.server.process import start_server_process\n"
+        "srv = start_server_process()\n"
+        f"open({str(info)!r}, 'w').write(json.dumps({{'pid': srv.pid, 'dir': str(srv.workdir)}}))\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while not info.exists() or not info.read_text():
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        d = json.loads(info.read_text())
+        assert (tmp_path / d["dir"]).exists() and os.path.exists(
+            os.path.join(d["dir"], "keys.json")
+        )
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _alive(d["pid"]):
+            assert time.monotonic() < deadline, "the server outlived the process that started it"
+            time.sleep(0.05)
+        assert not os.path.exists(d["dir"]), "the keys folder outlived the run"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -23,7 +23,13 @@ from loadkit.server.errors import ApiError
 from loadkit.server.generation import generate
 from loadkit.server.keys import KeyStore, bearer_token, resolve_keys
 from loadkit.server.latency import itl_ns, knee_streams, ttft_ns
-from loadkit.server.responses import full_body, plan_chat, plan_completion, stream_step
+from loadkit.server.responses import (
+    full_body,
+    live_chat,
+    live_completion,
+    plan_chat,
+    plan_completion,
+)
 from loadkit.server.tokenizer import count_tokens, decode_ids, token_id, tokenize
 from loadkit.server.validation import (
     effective_max_tokens,
@@ -31,6 +37,7 @@ from loadkit.server.validation import (
     validate_chat,
     validate_completion,
 )
+from loadkit.server.work import drive
 
 # --- tokenizer / generation -----------------------------------------------------------
 
@@ -183,10 +190,11 @@ def test_context_length() -> None:
 # --- plans: streaming and non-streaming agree -----------------------------------------
 
 
-def _stream_text(plan, kind: str) -> dict[int, str]:  # type: ignore[no-untyped-def]
+def _stream_text(live, kind: str) -> dict[int, str]:  # type: ignore[no-untyped-def]
     out: dict[int, str] = {}
-    for step in range(plan.steps):
-        for ch in stream_step(plan, step):
+    while not live.done:
+        chunks, _ = drive(live.step_chunks_work())
+        for ch in chunks:
             c = ch["choices"][0]
             piece = c["delta"]["content"] if kind == "chat" else c["text"]
             out[c["index"]] = out.get(c["index"], "") + piece
@@ -197,7 +205,7 @@ def test_chat_plan_stream_equals_body() -> None:
     req = validate_chat({**CHAT, "n": 3, "stop": ["."], "max_tokens": 40})
     plan = plan_chat(req, 40, 0, 0)
     body = full_body(plan)
-    texts = _stream_text(plan, "chat")
+    texts = _stream_text(live_chat(req, 40, 0, 0), "chat")
     for c in body["choices"]:
         assert texts[c["index"]] == c["message"]["content"]
     assert body["usage"]["completion_tokens"] == sum(len(c.gen.tokens) for c in plan.choices)
@@ -218,7 +226,7 @@ def test_completion_plan_echo_suffix_logprobs() -> None:
     assert lp["token_logprobs"][0] is None  # the first prompt token has none, as OpenAI
     assert len(lp["tokens"]) == len(lp["text_offset"]) == 2 + 6
     assert all(len(t) == 3 for t in lp["top_logprobs"][1:])
-    texts = _stream_text(plan, "completions")
+    texts = _stream_text(live_completion(req, 6, 0, 0), "completions")
     for c in body["choices"]:
         assert texts[c["index"]] == c["text"]
     json.dumps(body)

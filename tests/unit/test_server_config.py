@@ -70,8 +70,8 @@ def error_of(d: Any) -> str:
         ({"server": {"max_body_bytes": 10}}, "server.max_body_bytes: must be >= 1024, got 10"),
         ({"server": {"lateness_samples": 10}}, "server.lateness_samples: must be >= 1000, got 10"),
         ({"server": {"access_log": "yes"}}, "server.access_log: expected true or false, got 'yes'"),
-        ({"server": {"port": 1}}, "server.port: unknown field (expected one of max_body_bytes, default_chat_max_tokens, default_completion_max_tokens, max_choices, seed, lateness_samples, access_log)"),
-        ({"bogus": 1}, "bogus: unknown field (expected one of tiers, keys, admin, models, limiter, faults, billing, server)"),
+        ({"server": {"port": 1}}, "server.port: unknown field (expected one of max_body_bytes, default_chat_max_tokens, default_completion_max_tokens, max_choices, seed, lateness_samples, access_log, api)"),
+        ({"bogus": 1}, "bogus: unknown field (expected one of tiers, keys, admin, models, limiter, faults, billing, limits, server)"),
         (5, "expected a table, got 5"),
     ],
 )  # fmt: skip
