@@ -356,13 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         col = {
             f: [float(r[f]) for r in rs if r[f] is not None] for f in rs[0] if f not in ("load",)
         }
+        per_core = [streams_per_core(c, a.itl_ms) for c in col["cpu_us_per_token"]]
         print(
             f"| {k:,} | {k * 1000 / a.itl_ms:,.0f} | {med_range(col['server_tok_s'], '{:,.0f}')} "
             f"| {med_range(col['late_p50'], '{:.3f}')} | {med_range(col['late_p99'], '{:.2f}')} "
             f"| {med_range(col['late_max'], '{:.1f}')} | {med_range(col['client_p99'], '{:.2f}')} "
             f"| {med_range([c * 100 for c in col['server_cpu']], '{:.0f}')} % "
             f"| {med_range(col['cpu_us_per_token'], '{:.1f}')} "
-            f"| {med_range([streams_per_core(c, a.itl_ms) for c in col['cpu_us_per_token']], '{:,.0f}')} "
+            f"| {med_range(per_core, '{:,.0f}')} "
             f"| {sum(int(r['failures']) for r in rs)} |"
         )
     ok = [
