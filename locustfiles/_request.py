@@ -29,7 +29,7 @@ from loadkit.trace import RequestInfo, RequestTrace
 
 REQUEST_ID_HEADER = "x-loadkit-request-id"
 # A request cancelled while it waited for a client-side slot: never sent.
-NOT_SENT = R.CANCELLED
+NOT_SENT = R.NOT_SENT
 RETRY_AFTER_DEFAULT_S = 1.0  # a 429 without Retry-After, retried (the asyncio engine's)
 
 # Closed loop: the pause after a request's last attempt, from its record (None: open loop).
@@ -46,9 +46,11 @@ class UserBackoff:
         self.failures = 0
 
     def pause(self, rec: RequestRecord) -> float:
-        if 200 <= rec.status < 300:
+        # A 429 ends a streak too (the target answers: the limiter under test spoke), as
+        # in the asyncio engine.
+        if 200 <= rec.status < 300 or rec.status == 429:
             self.failures = 0
-        elif rec.transport_error != R.CANCELLED:
+        elif rec.transport_error not in (R.CANCELLED, R.NOT_SENT):
             self.failures += 1
         return self.backoff.pause(
             self.think_s, rec.status, rec.retry_after_s, rec.transport_error, self.failures
@@ -92,7 +94,7 @@ def send(
         rec = _attempt(user, a, ttft, key, req, at, sem, attempt)
         delay = _retry_delay(a, rec, attempt)
         if delay is None:
-            if pause is not None and rec.transport_error != R.CANCELLED:
+            if pause is not None and rec.transport_error not in (R.CANCELLED, R.NOT_SENT):
                 rec.pause_s = pause(rec)
             a.emit(rec)
             return rec

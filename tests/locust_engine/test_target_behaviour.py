@@ -83,7 +83,7 @@ def test_every_scheduled_arrival_has_one_record_even_cancelled_in_the_queue(mixe
     queued = [r for r in got if r.headers_s is None]
     assert len(queued) == 4
     for r in queued:
-        assert (r.status, r.transport_error) == (0, "cancelled")
+        assert (r.status, r.transport_error) == (0, "not_sent")
         assert r.send_s == r.end_s
         assert r.queued_s == pytest.approx(DRAIN_S, abs=0.25)
     assert meta.workers[0].sent == meta.workers[0].records
