@@ -44,7 +44,14 @@ from loadkit.server.limits import RequestLimits
 ApiLayout = Literal["seed", "openai"]  # paths under /api/v1/ai (API.md), or OpenAI's /v1
 API_LAYOUTS: tuple[str, ...] = get_args(ApiLayout)
 LimiterMode = Literal[
-    "exact", "fixed_window", "token_bucket", "concurrency_off_by_one", "under_admit", "off"
+    "exact",
+    "fixed_window",
+    "fixed_window_anchored",
+    "token_bucket",
+    "concurrency_off_by_one",
+    "late_release",
+    "under_admit",
+    "off",
 ]
 Capability = Literal["chat", "completion"]
 CAPABILITIES: tuple[str, ...] = get_args(Capability)
@@ -149,6 +156,8 @@ class LimiterConfig:
     """token_bucket: capacity = ceil(requests * burst_factor)."""
     under_admit_fraction: Annotated[Number, Gt(0), Le(1)] = 0.8
     """under_admit: refuses at this share of the limit."""
+    release_delay_s: Positive = 0.02
+    """late_release: a request's concurrency slot is freed this long after it ended."""
 
 
 @dataclass(frozen=True)
