@@ -58,7 +58,7 @@ CAPABILITIES: tuple[str, ...] = get_args(Capability)
 
 # name -> (requests, window_s, concurrency, generated keys)
 DEFAULT_TIERS: dict[str, tuple[int, float, int, int]] = {
-    "free": (60, 60.0, 3, 3),
+    "free": (60, 60.0, 3, 5),  # one key per probe of the built-in scenario
     "pro": (1_000, 60.0, 10, 2),
     "enterprise": (10_000, 60.0, 100, 1),
 }
