@@ -1,116 +1,186 @@
-"""End to end: the asyncio engine against the reference server in each limiter mode, then
-the analysis. A correct limiter is not accused; each deliberately wrong one is caught."""
+"""End to end: the built-in scenario's free-tier probes, scaled down ten-fold, run by the
+asyncio engine against the reference server in every limiter mode, then analysed. The exact
+limiter is not accused; each deliberately wrong one is caught on the probe key built to
+catch it (docs/scenarios.md, "Probes")."""
 
 from __future__ import annotations
 
 import json
+import tomllib
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loadkit.analysis.summary import analyze_run
 from loadkit.run import run_scenario
-from loadkit.scenario import scenario_from_dict
+from loadkit.scenario import Scenario, scenario_from_dict
 
 pytestmark = pytest.mark.slow
 
-N, W, C = 10, 2.0, 2
+# Windows, counts and phase times x 0.1; rates, concurrency and request lengths as they are.
+# The probes keep their shapes relative to the window (a burst is N + 1 at 3/4 of W, the
+# anchored bursts sit just before and after W from the lone request, ...) and the load
+# per second stays that of the built-in run: 60 per 60 s becomes 6 per 6 s.
+SCALE = 0.1
+TIMES = ("burst_period_s", "phase_s", "start_s", "duration_s", "think_s")
+DEFAULT = tomllib.loads(
+    resources.files("loadkit.scenarios").joinpath("default.toml").read_text(encoding="utf-8")
+)
+FREE = DEFAULT["tiers"]["free"]
+N = round(FREE["requests"] * SCALE)
+C = FREE["concurrency"]
 
 
-def scenario(tmp_path, mode: str):
+def scaled_default(tmp_path: Path, mode: str, duration_s: float | None = None) -> Scenario:
+    """The built-in scenario's free tier, scaled, against a server in ``mode`` (shortened
+    to ``duration_s`` as ``--duration`` does). The paid tier is left out: it probes no
+    limiter bug, and its 1,000 rpm would be 30 requests/s more on a shared test machine."""
+    free = {**FREE, "requests": N, "window_s": FREE["window_s"] * SCALE}
     cfg = tmp_path / "server.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "tiers": {"free": {"requests": N, "window_s": W, "concurrency": C, "keys": 2}},
-                "limiter": {"mode": mode},
-            }
-        )
-    )
+    server_tier = {f: free[f] for f in ("requests", "window_s", "concurrency", "keys")}
+    cfg.write_text(json.dumps({"tiers": {"free": server_tier}, "limiter": {"mode": mode}}))
+    load = []
+    for phase in DEFAULT["load"]:
+        if phase["tier"] != "free":
+            continue
+        p = {k: v * SCALE if k in TIMES else v for k, v in phase.items()}
+        if "burst_size" in p:
+            p["burst_size"] = max(1, round(p["burst_size"] * SCALE))
+        load.append(p)
+    run = {**DEFAULT["run"], "duration_s": duration_s or DEFAULT["run"]["duration_s"] * SCALE}
     return scenario_from_dict(
         {
+            **DEFAULT,
             "name": f"e2e-{mode}",
-            "target": {
-                "base_url": "embedded",
-                "server_config": str(cfg),
-                "model": "loadkit-instant",
-            },
-            "run": {"duration_s": 5.0, "drain_s": 5.0, "seed": 5},
-            "tiers": {"free": {"requests": N, "window_s": W, "concurrency": C}},
-            "load": [
-                # key 1: bursts of short requests, at most C in flight on the client. 0.65 s is
-                # not a divisor of W: bursts land at shifting offsets, some pair straddles an edge.
-                {
-                    "tier": "free",
-                    "keys": [1],
-                    "pattern": "burst",
-                    "burst_size": 14,
-                    "burst_period_s": 0.65,
-                    "phase_s": 0.05,
-                    "max_in_flight": C,
-                    "mix": {"chat": 1, "completions": 1},
-                },
-                # key 2: more users than the cap, holding ~0.4 s streams open.
-                {
-                    "tier": "free",
-                    "keys": [2],
-                    "pattern": "closed",
-                    "concurrency": C + 2,
-                    "model": "loadkit-small",
-                    "max_tokens": 16,
-                    "backoff_429_s": 0.05,
-                    "mix": {"chat_stream": 1},
-                },
-            ],
+            "target": {**DEFAULT["target"], "server_config": str(cfg)},
+            "run": run,  # the drain (20 s) is only an upper bound: the run ends when idle
+            "tiers": {"free": free},
+            "load": load,
         }
     )
 
 
-def verdicts(tmp_path, mode: str) -> dict:
+def test_the_scaled_scenario_keeps_the_probes_shapes(tmp_path: Path) -> None:
+    s = scaled_default(tmp_path, "exact")
+    w = s.tiers["free"].window_s
+    assert (N, w, s.duration_s) == (6, 6.0, 15.0)
+    by_key: dict[tuple[int, ...], list[Any]] = {}
+    for phase in s.load:
+        by_key.setdefault(phase.keys, []).append(phase)
+    assert sorted(by_key) == [(1,), (2,), (3,), (4,), (5,)]  # one key per probe
+    (bursts,) = by_key[(1,)]
+    assert bursts.burst_size == N + 1 and bursts.burst_period_s == pytest.approx(0.75 * w)
+    lone, edge = by_key[(4,)]
+    assert lone.burst_size == 1 and edge.burst_size == N + 1
+    starts = [edge.start_s, edge.start_s + edge.burst_period_s]
+    anchor_end = lone.start_s + w
+    assert starts[0] < anchor_end < starts[1] < edge.start_s + edge.duration_s
+    (at_cap,) = by_key[(5,)]
+    assert at_cap.pattern == "closed" and at_cap.concurrency == C
+
+
+def summary_of(tmp_path: Path, mode: str, duration_s: float | None = None) -> dict[str, Any]:
     out = tmp_path / "run"
-    run_scenario(scenario(tmp_path, mode), out, engine="async", progress=False)
-    s = analyze_run(out, charts=False)
-    got = {(e["key"], e["kind"]): e for e in s["limits"]}
-    return {
-        "summary": s,
-        "req": got[("free-1", "requests")],
-        "conc": got[("free-2", "concurrency")],
+    scenario = scaled_default(tmp_path, mode, duration_s)
+    run_scenario(scenario, out, engine="async", progress=False)
+    return analyze_run(out, charts=False)
+
+
+def limits(s: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(e["key"], e["kind"]): e for e in s["limits"]}
+
+
+def violated(s: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(key, kind, which verdict) for every violated verdict in the summary."""
+    out = set()
+    for e in s["limits"]:
+        verdicts = {n: e[n] for n in ("enforced", "honoured")}
+        if "retry_after" in e:
+            verdicts["retry_after"] = e["retry_after"]["verdict"]
+        out |= {(e["key"], e["kind"], n) for n, v in verdicts.items() if v == "violated"}
+    return out
+
+
+def test_exact_limiter_is_not_accused(tmp_path: Path) -> None:
+    s = summary_of(tmp_path, "exact")
+    assert violated(s) == set()
+    assert s["verdict"] == "pass"
+    got = limits(s)
+    assert {e["remaining_header"]["verdict"] for e in s["limits"] if "remaining_header" in e} == {
+        "agrees"
     }
+    # every probe provoked what it was built to provoke
+    for key in ("free-1", "free-3", "free-4"):
+        assert got[(key, "requests")]["offered"]["max_in_window"] > N, key
+        assert got[(key, "requests")]["observed_max"] <= N
+    assert got[("free-2", "concurrency")]["offered"]["max_concurrent"] > C
+    at_cap = got[("free-5", "concurrency")]
+    assert at_cap["observed_max"] == C  # driven exactly at its cap...
+    assert at_cap["evidence"]["honoured"]["concurrency_429s"] == 0  # ...and never refused
 
 
-def test_exact_limiter_is_not_accused(tmp_path):
-    v = verdicts(tmp_path, "exact")
-    assert v["req"]["enforced"] in ("held", "possible")
-    assert v["req"]["honoured"] == "held"
-    assert v["req"]["observed_max"] <= N
-    assert v["conc"]["enforced"] in ("held", "possible") and v["conc"]["honoured"] == "held"
-    assert v["summary"]["verdict"] == "pass"
+def check_fixed_window(s: dict[str, Any]) -> None:
+    assert ("free-1", "requests", "enforced") in violated(s)
+    assert limits(s)[("free-1", "requests")]["observed_max"] > N
 
 
-def test_fixed_window_boundary_burst_is_caught(tmp_path):
-    v = verdicts(tmp_path, "fixed_window")
-    assert v["req"]["enforced"] == "violated"
-    assert v["req"]["observed_max"] > N
-    assert len(v["req"]["evidence"]["enforced"]["request_ids"]) >= N + 1
-    assert v["summary"]["verdict"] == "fail"
+def check_fixed_window_anchored(s: dict[str, Any]) -> None:
+    got = limits(s)
+    assert ("free-4", "requests", "enforced") in violated(s)
+    assert got[("free-4", "requests")]["observed_max"] > N
+    # the clock-aligned probe alone misses it: each of its bursts opens a window of its own
+    assert got[("free-1", "requests")]["enforced"] != "violated"
 
 
-def test_token_bucket_burst_is_caught(tmp_path):
-    v = verdicts(tmp_path, "token_bucket")
-    assert v["req"]["enforced"] == "violated" and v["req"]["observed_max"] > N
+def check_token_bucket(s: dict[str, Any]) -> None:
+    # bursts after idling: free-1's first (a fresh key), free-4's after 5.4 s (54 s unscaled)
+    assert {("free-1", "requests", "enforced"), ("free-4", "requests", "enforced")} <= violated(s)
 
 
-def test_concurrency_off_by_one_is_caught(tmp_path):
-    v = verdicts(tmp_path, "concurrency_off_by_one")
-    assert v["conc"]["enforced"] == "violated"
-    assert v["conc"]["observed_max"] == C + 1
+def check_concurrency_off_by_one(s: dict[str, Any]) -> None:
+    assert ("free-2", "concurrency", "enforced") in violated(s)
+    assert limits(s)[("free-2", "concurrency")]["observed_max"] == C + 1
 
 
-def test_false_throttling_is_caught(tmp_path):
-    v = verdicts(tmp_path, "under_admit")
-    assert v["req"]["honoured"] == "violated"
-    assert v["req"]["enforced"] in ("held", "possible")
+def check_late_release(s: dict[str, Any]) -> None:
+    assert ("free-5", "concurrency", "honoured") in violated(s)
+    ev = limits(s)[("free-5", "concurrency")]["evidence"]["honoured"]
+    assert ev["unjustified_429s"] >= 1
+    assert all(x["max_in_flight"] < C for x in ev["unjustified_examples"])
 
 
-def test_no_limiter_is_caught(tmp_path):
-    v = verdicts(tmp_path, "off")
-    assert v["req"]["enforced"] == "violated" and v["conc"]["enforced"] == "violated"
+def check_under_admit(s: dict[str, Any]) -> None:
+    assert {("free-1", "requests", "honoured"), ("free-3", "requests", "honoured")} <= violated(s)
+
+
+def check_off(s: dict[str, Any]) -> None:
+    assert {("free-1", "requests", "enforced"), ("free-2", "concurrency", "enforced")} <= violated(
+        s
+    )
+
+
+# mode -> (check, run length). The clock-aligned window needs the whole run: with the
+# clock's edges at a random phase, two of four bursts are sure to straddle one. Every other
+# probe acts within 8 s (0.8 of the unscaled 80 s): the anchored bursts end by 6.7 s, the
+# at-cap streams turn over first at 3.3-4.1 s, everything else within the first second.
+SHORT = 8.0
+WRONG: dict[str, tuple[Callable[[dict[str, Any]], None], float | None]] = {
+    "fixed_window": (check_fixed_window, None),
+    "fixed_window_anchored": (check_fixed_window_anchored, SHORT),
+    "token_bucket": (check_token_bucket, SHORT),
+    "concurrency_off_by_one": (check_concurrency_off_by_one, SHORT),
+    "late_release": (check_late_release, SHORT),
+    "under_admit": (check_under_admit, SHORT),
+    "off": (check_off, SHORT),
+}
+
+
+@pytest.mark.parametrize("mode", list(WRONG))
+def test_wrong_limiter_is_caught(tmp_path: Path, mode: str) -> None:
+    check, duration_s = WRONG[mode]
+    s = summary_of(tmp_path, mode, duration_s)
+    check(s)
+    assert s["verdict"] == "fail"

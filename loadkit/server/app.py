@@ -143,7 +143,7 @@ async def core_middleware(
     finally:
         rec.finish_ns = ctx.finish_ns if ctx.finish_ns is not None else time.perf_counter_ns()
         if held is not None:
-            st.limiter.release(held)
+            st.limiter.release(held, rec.finish_ns)
         # Status and code of what was sent; none for a response that never left.
         if resp is not None and ctx.sent:
             rec.status = resp.status

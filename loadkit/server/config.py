@@ -44,14 +44,21 @@ from loadkit.server.limits import RequestLimits
 ApiLayout = Literal["seed", "openai"]  # paths under /api/v1/ai (API.md), or OpenAI's /v1
 API_LAYOUTS: tuple[str, ...] = get_args(ApiLayout)
 LimiterMode = Literal[
-    "exact", "fixed_window", "token_bucket", "concurrency_off_by_one", "under_admit", "off"
+    "exact",
+    "fixed_window",
+    "fixed_window_anchored",
+    "token_bucket",
+    "concurrency_off_by_one",
+    "late_release",
+    "under_admit",
+    "off",
 ]
 Capability = Literal["chat", "completion"]
 CAPABILITIES: tuple[str, ...] = get_args(Capability)
 
 # name -> (requests, window_s, concurrency, generated keys)
 DEFAULT_TIERS: dict[str, tuple[int, float, int, int]] = {
-    "free": (60, 60.0, 3, 3),
+    "free": (60, 60.0, 3, 5),  # one key per probe of the built-in scenario
     "pro": (1_000, 60.0, 10, 2),
     "enterprise": (10_000, 60.0, 100, 1),
 }
@@ -149,6 +156,8 @@ class LimiterConfig:
     """token_bucket: capacity = ceil(requests * burst_factor)."""
     under_admit_fraction: Annotated[Number, Gt(0), Le(1)] = 0.8
     """under_admit: refuses at this share of the limit."""
+    release_delay_s: Positive = 0.02
+    """late_release: a request's concurrency slot is freed this long after it ended."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """The per-key limiter, pure (time is passed in as integer nanoseconds): the request
 limit as an exact sliding log, the concurrency limit as an in-flight count, and the
-deliberately wrong modes that loadkit must catch (fixed window, token bucket,
-concurrency off by one, under-admission, off)."""
+deliberately wrong modes that loadkit must catch (fixed window aligned to the clock or
+anchored at a key's first request, token bucket, concurrency off by one, a slot freed
+late, under-admission, off)."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -104,6 +106,42 @@ class _FixedWindow:
         return self._end() - now if self.count else 0
 
 
+class _AnchoredWindow:
+    """A window of W opened by the first admission when none is open (the common
+    ``INCR`` + ``EXPIRE`` counter): not aligned to the clock, so bursts at a fixed period
+    can miss its edges, but up to 2N - 1 in a span straddling the end of the window
+    opened by a lone request."""
+
+    def __init__(self, spec: LimitSpec) -> None:
+        self.spec = spec
+        self.start: int | None = None
+        self.count = 0
+
+    def _roll(self, now: int) -> None:
+        if self.start is not None and now >= self.start + self.spec.window_ns:
+            self.start, self.count = None, 0
+
+    def check(self, now: int) -> int | None:
+        self._roll(now)
+        if self.start is None or self.count < self.spec.requests:
+            return None
+        return self.start + self.spec.window_ns - now
+
+    def admit(self, now: int) -> None:
+        self._roll(now)
+        if self.start is None:
+            self.start = now
+        self.count += 1
+
+    def remaining(self, now: int) -> int:
+        self._roll(now)
+        return max(0, self.spec.requests - self.count)
+
+    def reset_ns(self, now: int) -> int:
+        self._roll(now)
+        return 0 if self.start is None else self.start + self.spec.window_ns - now
+
+
 class _TokenBucket:
     """Capacity B > N, refilled at N per W: admits B + N in a span of W after a quiet spell."""
 
@@ -137,39 +175,59 @@ class _TokenBucket:
         return math.ceil((self.capacity - self.tokens) / self.rate)
 
 
-class _KeyState:
-    __slots__ = ("spec", "requests", "in_flight")
+_Policy = _Exact | _FixedWindow | _AnchoredWindow | _TokenBucket
 
-    def __init__(self, spec: LimitSpec, requests: _Exact | _FixedWindow | _TokenBucket) -> None:
+
+class _KeyState:
+    __slots__ = ("spec", "requests", "in_flight", "late")
+
+    def __init__(self, spec: LimitSpec, requests: _Policy) -> None:
         self.spec = spec
         self.requests = requests
         self.in_flight = 0
+        self.late: list[int] = []  # late_release: sorted instants the freed slots free up
+
+    def held(self, now: int) -> int:
+        """Slots taken at ``now``: requests in flight, and slots not yet freed after their
+        request ended (late_release only)."""
+        late = self.late
+        if late:
+            del late[: bisect.bisect_right(late, now)]
+        return self.in_flight + len(late)
 
 
 class Limiter:
     """Decides per key. ``acquire`` admits (counting the request and taking a slot) or
-    refuses (using neither); every admitted request must be ``release``d exactly once."""
+    refuses (using neither); every admitted request must be ``release``d exactly once, at
+    the instant it ended."""
 
     def __init__(
-        self, mode: str = "exact", burst_factor: float = 2.0, under_admit_fraction: float = 0.8
+        self,
+        mode: str = "exact",
+        burst_factor: float = 2.0,
+        under_admit_fraction: float = 0.8,
+        release_delay_ns: int = 20_000_000,
     ) -> None:
         self.mode = mode
         self.burst_factor = burst_factor
         self.under_admit_fraction = under_admit_fraction
+        self.release_delay_ns = release_delay_ns
         self._keys: dict[str, _KeyState] = {}
 
     def _state(self, key: str, spec: LimitSpec) -> _KeyState:
         st = self._keys.get(key)
         if st is None or st.spec != spec:
-            in_flight = st.in_flight if st is not None else 0
-            st = _KeyState(spec, self._policy(spec))
-            st.in_flight = in_flight
-            self._keys[key] = st
+            new = _KeyState(spec, self._policy(spec))
+            if st is not None:
+                new.in_flight, new.late = st.in_flight, st.late
+            st = self._keys[key] = new
         return st
 
-    def _policy(self, spec: LimitSpec) -> _Exact | _FixedWindow | _TokenBucket:
+    def _policy(self, spec: LimitSpec) -> _Policy:
         if self.mode == "fixed_window":
             return _FixedWindow(spec)
+        if self.mode == "fixed_window_anchored":
+            return _AnchoredWindow(spec)
         if self.mode == "token_bucket":
             return _TokenBucket(spec, self.burst_factor)
         if self.mode == "under_admit":
@@ -192,7 +250,7 @@ class Limiter:
         cap = self.concurrency_cap(spec)
         if wait is not None:
             reason, retry = RATE_LIMITED, max(1, wait)
-        elif cap is not None and st.in_flight >= cap:
+        elif cap is not None and st.held(now_ns) >= cap:
             # No promise is possible: when a slot frees depends on other requests.
             reason = CONCURRENCY_LIMITED
             retry = min(1_000_000_000, max(50_000_000, spec.window_ns // spec.requests))
@@ -208,16 +266,21 @@ class Limiter:
             reset_requests_ns=pol.reset_ns(now_ns),
             retry_after_ns=retry,
             limit_concurrency=spec.concurrency,
-            remaining_concurrency=max(0, spec.concurrency - st.in_flight),
+            remaining_concurrency=max(0, spec.concurrency - st.held(now_ns)),
         )
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, now_ns: int) -> None:
+        """The admitted request of ``key`` ended at ``now_ns``: its slot is free (in
+        late_release mode, only ``release_delay_ns`` later)."""
         st = self._keys.get(key)
         if st is None or st.in_flight <= 0:
             raise RuntimeError(f"release without acquire for key {key!r}")
         st.in_flight -= 1
+        if self.mode == "late_release":
+            bisect.insort(st.late, now_ns + self.release_delay_ns)
 
     def in_flight(self, key: str) -> int:
+        """Admitted requests of ``key`` not yet ended (a slot freed late is not one)."""
         st = self._keys.get(key)
         return st.in_flight if st is not None else 0
 

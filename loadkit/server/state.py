@@ -59,7 +59,9 @@ class ServerState:
             t = config.tier(k.tier)
             self.specs[k.label] = LimitSpec.of(t.requests, t.window_s, t.concurrency)
         lc = config.limiter
-        self.limiter = Limiter(lc.mode, lc.burst_factor, lc.under_admit_fraction)
+        self.limiter = Limiter(
+            lc.mode, lc.burst_factor, lc.under_admit_fraction, round(lc.release_delay_s * 1e9)
+        )
         self.ledger = Ledger(config.billing, {k.label: k.balance for k in keys})
         self.models: dict[str, ModelConfig] = {m.id: m for m in config.models}
         self.truth = TruthWriter(truth_path) if truth_path else None

@@ -24,7 +24,7 @@ def admit_all(lim: Limiter, times: list[int], spec: LimitSpec = SPEC) -> list[in
         d = lim.acquire("k", spec, t)
         if d.admitted:
             out.append(t)
-            lim.release("k")
+            lim.release("k", t)
     return out
 
 
@@ -63,14 +63,14 @@ def test_exact_never_exceeds_and_retry_is_a_promise(gaps_ms: list[int]) -> None:
         d = lim.acquire("k", SPEC, t)
         if d.admitted:
             admitted.append(t)
-            lim.release("k")
+            lim.release("k", t)
         else:
             assert d.reason == RATE_LIMITED
             # Promise: the same key, with no admission in between, is admitted then.
             probe = Limiter()
             for a in admitted:
                 probe.acquire("k", SPEC, a)
-                probe.release("k")
+                probe.release("k", a)
             assert d.retry_after_ns is not None
             assert probe.acquire("k", SPEC, t + d.retry_after_ns).admitted
     assert max_admitted_in_window(admitted, SPEC.window_ns) <= SPEC.requests
@@ -84,7 +84,7 @@ def test_concurrency_slot_and_refusal_uses_nothing() -> None:
     d = lim.acquire("k", spec, 2)
     assert not d.admitted and d.reason == CONCURRENCY_LIMITED and d.retry_after_ns
     assert d.remaining_requests == 98  # the refusal did not count as a request
-    lim.release("k")
+    lim.release("k", 2)
     assert lim.acquire("k", spec, 3).admitted
     assert lim.in_flight("k") == 2
     assert lim.in_flight("other") == 0
@@ -149,7 +149,7 @@ def test_release_without_acquire_is_a_bug() -> None:
     import pytest
 
     with pytest.raises(RuntimeError):
-        Limiter().release("nobody")
+        Limiter().release("nobody", 0)
 
 
 def test_truth_checkers() -> None:

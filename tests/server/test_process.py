@@ -66,8 +66,12 @@ def test_banner_names_labels_never_keys(tmp_path: Path) -> None:
     text = out.decode() + err.decode()
     doc = json.loads(keys_file.read_text())
     assert doc["admin"]["label"] == "admin"
-    assert [k["label"] for k in doc["keys"]] == ["free-1", "free-2", "free-3", "pro-1", "pro-2",
-                                                 "enterprise-1"]  # fmt: skip
+    assert [k["label"] for k in doc["keys"]] == [
+        *(f"free-{i}" for i in range(1, 6)),
+        "pro-1",
+        "pro-2",
+        "enterprise-1",
+    ]
     for k in [doc["admin"], *doc["keys"]]:
         assert k["key"] not in text
     assert "free-1" in text and "60 requests / 60s, 3 concurrent" in text

@@ -284,7 +284,7 @@ def test_default_config_matches_the_brief() -> None:
     cfg = default_config()
     tiers = {t.name: (t.requests, t.window_s, t.concurrency, t.keys) for t in cfg.tiers}
     assert tiers == {
-        "free": (60, 60.0, 3, 3),
+        "free": (60, 60.0, 3, 5),
         "pro": (1000, 60.0, 10, 2),
         "enterprise": (10000, 60.0, 100, 1),
     }
@@ -293,9 +293,13 @@ def test_default_config_matches_the_brief() -> None:
     assert models["loadkit-instruct"].completion and not models["loadkit-instruct"].chat
     assert models["loadkit-instant"].latency.is_zero
     admin, keys = resolve_keys(cfg)
-    assert [k.label for k in keys] == ["free-1", "free-2", "free-3", "pro-1", "pro-2",
-                                       "enterprise-1"]  # fmt: skip
-    assert admin.label == "admin" and len({k.key for k in [admin, *keys]}) == 7
+    assert [k.label for k in keys] == [
+        *(f"free-{i}" for i in range(1, 6)),
+        "pro-1",
+        "pro-2",
+        "enterprise-1",
+    ]
+    assert admin.label == "admin" and len({k.key for k in [admin, *keys]}) == 9
 
 
 @pytest.mark.parametrize(

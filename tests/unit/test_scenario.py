@@ -449,7 +449,9 @@ def test_generated_scenarios_round_trip(
 
 def test_builtin_default_scenario_parses() -> None:
     s = builtin_scenario()
-    assert set(s.tiers) == {"free", "pro"} and len(s.load) == 5
+    assert set(s.tiers) == {"free", "pro"} and len(s.load) == 8
+    # one probe per free key (docs/scenarios.md, "Probes")
+    assert {k for ld in s.load if ld.tier == "free" for k in ld.keys} == {1, 2, 3, 4, 5}
 
 
 def test_load_keys_beyond_the_tier_are_refused() -> None:

@@ -41,7 +41,7 @@ def error_of(d: Any) -> str:
         ({"tiers": {"a b": {"requests": 1, "concurrency": 1}}}, "tiers.a b: expected a label: no spaces, 1 to 64 characters, got 'a b'"),
         ({"tiers": {}}, "tiers: must not be empty, got {}"),
         ({"tiers": 5}, "tiers: expected a table, got 5"),
-        ({"limiter": {"mode": "magic"}}, "limiter.mode: expected 'exact', 'fixed_window', 'token_bucket', 'concurrency_off_by_one', 'under_admit' or 'off', got 'magic'"),
+        ({"limiter": {"mode": "magic"}}, "limiter.mode: expected 'exact', 'fixed_window', 'fixed_window_anchored', 'token_bucket', 'concurrency_off_by_one', 'late_release', 'under_admit' or 'off', got 'magic'"),
         ({"limiter": {"burst_factor": 1}}, "limiter.burst_factor: must be > 1, got 1"),
         ({"limiter": {"under_admit_fraction": 0}}, "limiter.under_admit_fraction: must be a positive number, got 0"),
         ({"limiter": {"under_admit_fraction": 1.5}}, "limiter.under_admit_fraction: must be <= 1, got 1.5"),
@@ -101,7 +101,7 @@ def test_defaults_and_merges() -> None:
     )
     free, gold = cfg.tiers  # given tiers replace the defaults, in the file's order
     assert (free.name, free.requests, free.window_s, free.concurrency, free.keys) == (
-        "free", 5, 60.0, 3, 3  # the rest from the default free tier
+        "free", 5, 60.0, 3, 5  # the rest from the default free tier
     )  # fmt: skip
     assert (gold.name, gold.requests, gold.window_s, gold.concurrency, gold.keys) == (
         "gold", 7, 60.0, 2, 1
