@@ -83,6 +83,26 @@ PROMISE_OF = {
 }
 
 
+def check_qualifiers(table: Mapping[str, Any], at: str, tier: bool) -> None:
+    """Refuse a window or ``token_counts`` written without the promise it qualifies (in a
+    tier's or a model's table, as written; shared by scenarios and the server's config)."""
+    for name, promise in PROMISE_OF.items():
+        if tier and promise == "requests":
+            continue  # a tier must promise requests: its absence is told as required
+        if name in table and promise not in table:
+            raise problem(f"only with {promise} (it qualifies that promise)", f"{at}.{name}")
+
+
+def check_tier_tables(name: str, table: Mapping[str, Any]) -> None:
+    """``check_qualifiers`` on a tier's table as written and on each of its models'."""
+    check_qualifiers(table, name, tier=True)
+    models = table.get("models")
+    if isinstance(models, Mapping):
+        for m, mt in models.items():
+            if isinstance(mt, Mapping):
+                check_qualifiers(mt, f"{name}.models.{m}", tier=False)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelPromise:
     """``[tiers.NAME.models.MODEL]``: promises that hold per (key, model): each key's requests

@@ -18,7 +18,6 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from loadkit.scenario.model import (
     DISTS,
-    PROMISE_OF,
     Dist,
     LoadSpec,
     MixKind,
@@ -26,6 +25,7 @@ from loadkit.scenario.model import (
     Scenario,
     TargetSpec,
     TierSpec,
+    check_tier_tables,
 )
 from loadkit.schema import (
     Count,
@@ -348,21 +348,8 @@ def _named(tiers: Any) -> Any:
             continue
         if "name" in t:
             raise problem("unknown field (a tier's name is its table's name)", at=f"{name}.name")
-        _qualified(t, f"{name}", tier=True)
-        models = t.get("models")
-        if isinstance(models, dict):
-            for m, mt in models.items():
-                if isinstance(mt, dict):
-                    _qualified(mt, f"{name}.models.{m}")
+        check_tier_tables(str(name), t)
     return {name: {**t, "name": name} if isinstance(t, dict) else t for name, t in tiers.items()}
-
-
-def _qualified(table: dict[str, Any], at: str, tier: bool = False) -> None:
-    for field_, promise in PROMISE_OF.items():
-        if tier and promise == "requests":
-            continue  # a tier must promise requests: its absence is told as required
-        if field_ in table and promise not in table:
-            raise problem(f"only with {promise} (it qualifies that promise)", f"{at}.{field_}")
 
 
 class ScenarioFile(Table):
