@@ -460,3 +460,24 @@ def test_a_tier_without_these_promises_answers_as_before(serve: Any) -> None:
     assert status == 200 and not any("tokens" in k for k in h)
     (line,) = truth_of(srv)
     assert not {"input_tokens", "reserved_tokens", "charged", "limit"} & set(line)
+
+
+def test_the_documented_config_reads_as_documented() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from loadkit.server.config import config_from_dict
+    from loadkit.server.token_limiter import rules_of
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "server.md").read_text()
+    block = next(b.split("```")[0] for b in doc.split("```toml\n")[1:] if "token_mode" in b)
+    cfg = config_from_dict(tomllib.loads(block))
+    assert cfg.limiter.token_mode == "exact"
+    assert [r.name for r in rules_of(cfg.tier("free")).windows] == [
+        "tokens",
+        "requests_per_day",
+        "models.loadkit-small.tokens",
+        "models.loadkit-small.requests_per_day",
+        "models.loadkit-small.requests",
+    ]
+    assert rules_of(cfg.tier("free")).concurrency == (("loadkit-small", 2),)

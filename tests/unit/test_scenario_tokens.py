@@ -178,3 +178,18 @@ def test_token_factor_sizes_one_side_from_the_promise(
 )  # fmt: skip
 def test_wrong_promises_and_sizes_are_named(edit: Any, message: str) -> None:
     assert error_of(changed(edit)) == message
+
+
+def test_the_documented_examples_read_as_documented() -> None:
+    import tomllib
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scenarios.md").read_text()
+    blocks = [b.split("```")[0] for b in doc.split("```toml\n")[1:]]
+    whole, token_burst = blocks[0], next(b for b in blocks if "token_factor" in b)
+    free = scenario_from_dict(tomllib.loads(whole)).tiers["free"]
+    assert free.promised()["models"] == {
+        "my-model": {"tokens": 10000, "token_window_s": 60.0, "token_counts": "total",
+                     "requests": 20, "window_s": 60.0}
+    }  # fmt: skip
+    burst = scenario_from_dict({"run": {"duration_s": 60}, **tomllib.loads(token_burst)})
+    assert burst.load[0].prompt_tokens == Dist("fixed", 375)
