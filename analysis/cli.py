@@ -1,5 +1,6 @@
 """``loadkit analyze``: run the analysis, print a short console table, map the outcome to
-an exit status (0 pass or inconclusive, 1 violation or missed SLO, 2 unusable input)."""
+an exit status: 0 pass or inconclusive, 1 violation or missed SLO, 2 error (a key's answers
+are not the API's) or input that cannot be analysed, 3 incomplete (records are missing)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,21 @@ from loadkit.analysis.outcome import HeaderAgreement, RunVerdict, Verdict
 if TYPE_CHECKING:
     from loadkit.analysis.summary import Summary
 
-EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
 EXIT_STATUS: dict[RunVerdict, int] = {
     RunVerdict.PASS: EXIT_OK,
     RunVerdict.INCONCLUSIVE: EXIT_OK,
     RunVerdict.FAIL: EXIT_FAIL,
+    RunVerdict.ERROR: EXIT_INPUT,
+    RunVerdict.INCOMPLETE: EXIT_INCOMPLETE,
 }
+#: What ``loadkit analyze --help`` says about its exit status.
+EXIT_HELP = (
+    "exit status: 0 pass (or inconclusive: the load never provoked a limit), 1 a limit "
+    "violated or an SLO missed, 2 error (a key's answers are not the API's: wrong URL or "
+    "layout, refused key, no answer) or input that cannot be analysed, 3 incomplete "
+    "(interrupted, killed, a worker lost, or records missing)"
+)
 CONSOLE_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "headers_ms")
 
 
@@ -28,16 +38,60 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _problems(summary: Summary) -> list[str]:
+    """The lines that go above everything: why the run is an error or incomplete."""
+    lines = [f"ERROR: {k.problem}" for k in summary.keys or () if k.problem]
+    if summary.completeness is not None:
+        lines += [f"INCOMPLETE: {r}" for r in summary.completeness.reasons]
+    return lines
+
+
+def status_table(summary: Summary) -> list[str]:
+    """Each key's inference requests by answer: 2xx, 429 by the limit that refused them,
+    other 4xx, 5xx, no response (and, where there were any, other statuses and cancelled)."""
+    keys = summary.keys or ()
+    if not keys:
+        return []
+    other = any(k.other_status for k in keys)
+    cancelled = any(k.cancelled for k in keys)
+    head = (
+        f"{'requests by key':<16} {'tier':<10} {'2xx':>8} {'429 req':>8} {'429 conc':>9} "
+        f"{'429 tok':>8} {'429 ?':>7} {'4xx':>8} {'5xx':>7} {'no resp':>8}"
+        + (f" {'other':>7}" if other else "")
+        + (f" {'cancelled':>9}" if cancelled else "")
+    )
+    lines = [head]
+    for k in keys:
+        lim = k.limited
+        row = (
+            f"{k.key:<16} {k.tier or '-':<10} {k.ok:>8} {lim.requests:>8} "
+            f"{lim.concurrency:>9} {lim.tokens:>8} {lim.unattributed:>7} "
+            f"{k.client_error:>8} {k.server_error:>7} {k.no_response:>8}"
+            + (f" {k.other_status:>7}" if other else "")
+            + (f" {k.cancelled:>9}" if cancelled else "")
+            + ("  UNUSABLE" if not k.usable else "")
+        )
+        lines.append(row)
+    return lines
+
+
 def console_table(summary: Summary, run_dir: str | os.PathLike[str] | None = None) -> str:
-    """Verdict per key and kind, key latency percentiles, SLO checks."""
+    """What went wrong first (an unusable key, missing records), then the requests by key
+    and status, the verdict per key and kind, key latency percentiles, SLO checks and the
+    verdict with its reasons."""
     from loadkit.analysis.limits import RequestsLimit
 
     run = summary.run
-    lines = [
+    lines = _problems(summary)
+    lines.append(
         f"run {run.run_id} ({run.engine}, {run.records} records"
         + (", INTERRUPTED" if run.interrupted else "")
         + ")"
-    ]
+    )
+    table = status_table(summary)
+    if table:
+        lines.append("")
+        lines.extend(table)
     if summary.limits:
         lines.append("")
         lines.append(
@@ -54,7 +108,7 @@ def console_table(summary: Summary, run_dir: str | os.PathLike[str] | None = Non
             if not isinstance(e, RequestsLimit):
                 continue
             ra = e.retry_after
-            if ra.verdict != Verdict.INCONCLUSIVE:
+            if ra.verdict not in (Verdict.INCONCLUSIVE, Verdict.UNUSABLE):
                 lines.append(
                     f"{'':<16} retry-after: {ra.verdict} ({ra.checked} checked, {ra.broken} broken)"
                 )
@@ -94,7 +148,7 @@ def console_table(summary: Summary, run_dir: str | os.PathLike[str] | None = Non
                 f"observed {obs:<10} {c.status.upper()}"
             )
     lines.append("")
-    lines.append(f"VERDICT: {summary.verdict.upper()}")
+    lines.append(f"VERDICT: {summary.headline or summary.verdict.upper()}")
     if summary.verdict != RunVerdict.PASS:
         lines.extend(f"  - {r}" for r in summary.verdict_reasons)
     if summary.report:
@@ -136,7 +190,7 @@ def analyze_and_report(
         print(console_table(summary, run_dir=run_dir), file=out)
     elif summary.verdict != RunVerdict.PASS:
         print(
-            f"loadkit analyze: verdict {summary.verdict}: "
+            f"loadkit analyze: {summary.headline or summary.verdict}: "
             + "; ".join(summary.verdict_reasons[:3]),
             file=sys.stderr,
         )

@@ -14,10 +14,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loadkit import records as _records
+from loadkit.analysis.outcome import Refused
+from loadkit.outcomes import Outcome, classify
 from loadkit.records import RequestRecord
 from loadkit.runmeta import RunMeta, read_run_meta
 
 INFERENCE_ENDPOINTS = ("chat", "completions")  # the authenticated, rate-limited endpoints
+#: ``Columns.outcome`` holds each row's outcome as its index in this tuple.
+OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
+V1_RECORD_SCHEMA = "loadkit.record/1"
+# Version-1 records have no limit_kind: loadkit's own codes say which limit refused.
+_V1_CODES = {
+    "rate_limit_exceeded": Refused.REQUESTS,
+    "concurrency_limit_exceeded": Refused.CONCURRENCY,
+}
+_KINDS = {
+    "requests": Refused.REQUESTS,
+    "concurrency": Refused.CONCURRENCY,
+    "tokens": Refused.TOKENS,
+}
 # loadkit.records does not annotate it; the alias gives the call a type.
 _arrow_schema: Callable[[], pa.Schema] = _records.arrow_schema
 
@@ -72,6 +87,16 @@ class Columns:
     chunk_values: np.ndarray
     chunk_offsets: np.ndarray
     request_id: pa.ChunkedArray
+    content_type: Codes
+    limit_signal: Codes
+    worker: Codes
+    attempt: np.ndarray
+    outcome: np.ndarray  # index into OUTCOMES (loadkit.outcomes.classify of each row)
+    refused: np.ndarray  # a Refused value: which limit refused a 429 (0: not a 429)
+
+    def outcome_in(self, outcomes: frozenset[Outcome] | set[Outcome]) -> np.ndarray:
+        """Rows whose outcome is one of ``outcomes``."""
+        return np.isin(self.outcome, [OUTCOMES.index(o) for o in outcomes])
 
     def ids(self, rows: np.ndarray | list[int]) -> list[str]:
         """request_id of the given rows (only ever called for evidence, so a few rows)."""
@@ -111,6 +136,10 @@ def columns_from_table(table: pa.Table) -> Columns:
     stream = np.asarray(table.column("stream").fill_null(False).to_numpy(), dtype=bool)
     chunks_n = np.asarray(table.column("content_chunks").fill_null(0).to_numpy(), dtype=np.int64)
     queued = _floats(table, "queued_s")
+    error_code = _codes(table, "error_code")
+    transport = _codes(table, "transport_error")
+    content_type = _codes(table, "content_type")
+    attempt = np.asarray(table.column("attempt").fill_null(1).to_numpy(), dtype=np.int64)
     return Columns(
         n=n,
         send=_floats(table, "send_s"),
@@ -129,12 +158,77 @@ def columns_from_table(table: pa.Table) -> Columns:
         tier=_codes(table, "tier"),
         key=_codes(table, "key"),
         endpoint=_codes(table, "endpoint"),
-        error_code=_codes(table, "error_code"),
-        transport_error=_codes(table, "transport_error"),
+        error_code=error_code,
+        transport_error=transport,
         chunk_values=values,
         chunk_offsets=offsets,
         request_id=table.column("request_id"),
+        content_type=content_type,
+        limit_signal=_codes(table, "limit_signal"),
+        worker=_codes(table, "worker"),
+        attempt=attempt,
+        outcome=outcomes(status, error_code, content_type, transport),
+        refused=refusals(status, error_code, _codes(table, "limit_kind"), _codes(table, "schema")),
     )
+
+
+def outcomes(
+    status: np.ndarray, error_code: Codes, content_type: Codes, transport: Codes
+) -> np.ndarray:
+    """Each row's outcome (index into OUTCOMES): ``loadkit.outcomes.classify`` applied once
+    per distinct (status, error code, content type, transport error), not once per row."""
+    n = status.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int8)
+    parts = [
+        status - status.min(),
+        error_code.codes + 1,
+        content_type.codes + 1,
+        transport.codes + 1,
+    ]
+    radices = [int(p.max()) + 1 for p in parts]
+    if np.prod([float(r) for r in radices]) < 2.0**62:
+        combined = np.zeros(n, dtype=np.int64)
+        for p, r in zip(parts, radices, strict=True):
+            combined = combined * r + p
+        _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    else:  # vocabularies too large for one integer key
+        stacked = np.stack(parts, axis=1)
+        _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+    index = {o: i for i, o in enumerate(OUTCOMES)}
+    per_combo = np.array(
+        [
+            index[
+                classify(
+                    int(status[r]),
+                    error_code.label(int(error_code.codes[r])),
+                    content_type.label(int(content_type.codes[r])),
+                    transport.label(int(transport.codes[r])),
+                )
+            ]
+            for r in first.tolist()
+        ],
+        dtype=np.int8,
+    )
+    return np.asarray(per_combo[np.asarray(inverse).reshape(-1)])
+
+
+def refusals(status: np.ndarray, error_code: Codes, limit_kind: Codes, schema: Codes) -> np.ndarray:
+    """Which limit refused each 429 (a ``Refused`` value; NOT_REFUSED elsewhere): the
+    record's ``limit_kind``, decided by the engine from what the response said; null is
+    unattributed. A version-1 record has no limit_kind: loadkit's own error codes decide,
+    as they did when it was written."""
+
+    def lookup(c: Codes, table: dict[str, Refused], default: Refused) -> np.ndarray:
+        # index -1 (null) reads the last slot, which holds the default
+        m = np.array([table.get(name, default) for name in c.names] + [default], dtype=np.int8)
+        return np.asarray(m[c.codes])
+
+    by_kind = lookup(limit_kind, _KINDS, Refused.UNATTRIBUTED)
+    by_code = lookup(error_code, _V1_CODES, Refused.UNATTRIBUTED)
+    v1 = schema.codes == schema.code_of(V1_RECORD_SCHEMA)
+    kind = np.where(v1 & (limit_kind.codes < 0), by_code, by_kind)
+    return np.asarray(np.where(status == 429, kind, Refused.NOT_REFUSED).astype(np.int8))
 
 
 def table_from_records(recs: list[RequestRecord]) -> pa.Table:

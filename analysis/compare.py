@@ -1,6 +1,8 @@
 """``loadkit compare BASE NEW``: per-metric change with a seeded bootstrap confidence
 interval on the raw values, limit verdicts that got worse, JUnit XML; exit 1 on a
-regression (worse beyond its threshold AND statistically significant)."""
+regression (worse beyond its threshold AND statistically significant). A run that is
+incomplete or an error stands for nothing: it is refused (exit 2) unless
+``--allow-incomplete``, which compares it with a loud warning and a failing JUnit case."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns, UnusableInput
 from loadkit.analysis.junit import Case, write_junit
 from loadkit.analysis.limits import Limit, RequestsLimit
 from loadkit.analysis.metrics import LATENCY_METRICS, metric_values, output_tokens
-from loadkit.analysis.outcome import Verdict
+from loadkit.analysis.outcome import RunVerdict, Verdict
 from loadkit.analysis.stats import Change, bootstrap_changes
 from loadkit.analysis.summary import SUMMARY_FILE, Summary, analyse, read_summary
 from loadkit.analysis.throughput import Throughput, bin_width, measured_span, succeeded
@@ -85,6 +87,22 @@ class Comparison(JsonRecord):
     metrics: tuple[MetricChange, ...]
     verdicts: tuple[VerdictChange, ...]
     regressions: tuple[str, ...]
+    flagged: tuple[str, ...] = ()  # sides compared although incomplete or an error
+
+
+class IncompleteRun(UnusableInput):
+    """A side is incomplete or an error and ``allow_incomplete`` was not given."""
+
+
+def side_problem(side: str, sample: RunSample) -> str | None:
+    """``NEW runs/b is incomplete (worker w-2 died with 3 requests in flight …)`` for a run
+    that cannot stand for its target, else None."""
+    gaps = sample.summary.gaps()
+    if not gaps:
+        return None
+    what = "an error" if sample.summary.verdict == RunVerdict.ERROR else "incomplete"
+    more = f" (and {len(gaps) - 1} more)" if len(gaps) > 1 else ""
+    return f"{side} {sample.path} is {what} ({gaps[0]}{more})"
 
 
 def parse_thresholds(items: list[str]) -> dict[str, float]:
@@ -302,12 +320,24 @@ def junit_cases(
 
 
 def compare_runs(
-    base_dir: str | Path, new_dir: str | Path, thresholds: list[str] | None = None, seed: int = 0
+    base_dir: str | Path,
+    new_dir: str | Path,
+    thresholds: list[str] | None = None,
+    seed: int = 0,
+    allow_incomplete: bool = False,
 ) -> Comparison:
     """The comparison (library entry point); raises UnusableInput / ThresholdSyntaxError on
-    bad input."""
+    bad input, IncompleteRun when a side is incomplete or an error (unless
+    ``allow_incomplete``: then the comparison names it in ``flagged``)."""
     parsed = parse_thresholds(thresholds or [])
     base, new = load_sample(base_dir), load_sample(new_dir)
+    flagged = tuple(
+        p for p in (side_problem("BASE", base), side_problem("NEW", new)) if p is not None
+    )
+    if flagged and not allow_incomplete:
+        raise IncompleteRun(
+            "; ".join(flagged) + "; refused: compare anyway with --allow-incomplete"
+        )
     metrics = tuple(compare_metrics(base, new, parsed, seed))
     verdicts = tuple(compare_verdicts(base.summary, new.summary))
     regressions = [r.metric for r in metrics if r.regression]
@@ -318,6 +348,7 @@ def compare_runs(
         metrics=metrics,
         verdicts=verdicts,
         regressions=tuple(regressions),
+        flagged=flagged,
     )
 
 
@@ -325,18 +356,38 @@ def compare_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Entry point of ``loadkit compare BASE NEW``."""
     out = out or sys.stdout
     try:
-        result = compare_runs(args.base, args.new, list(getattr(args, "threshold", []) or []))
+        result = compare_runs(
+            args.base,
+            args.new,
+            list(getattr(args, "threshold", []) or []),
+            allow_incomplete=bool(getattr(args, "allow_incomplete", False)),
+        )
     except (UnusableInput, ThresholdSyntaxError) as exc:
         print(f"loadkit compare: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    warnings = [
+        f"WARNING: {f}; compared anyway (--allow-incomplete): its figures cover only what "
+        "was recorded"
+        for f in result.flagged
+    ]
+    for w in warnings:
+        print(w, file=out)
+        print(f"loadkit compare: {w}", file=sys.stderr)
     print(render(result.metrics, result.verdicts), file=out)
     junit = getattr(args, "junit", None)
     if junit:
+        cases = [
+            # "NEW runs/b is incomplete (…)": the side is the first word
+            Case("runs", "runs", f"{f.split(' ', 1)[0]} run complete", f, "incomplete", f)
+            for f in result.flagged
+        ]
         try:
-            write_junit(junit, junit_cases(result.metrics, result.verdicts))
+            write_junit(junit, cases + junit_cases(result.metrics, result.verdicts))
         except OSError as exc:
             print(f"loadkit compare: cannot write {junit}: {exc}", file=sys.stderr)
             return EXIT_INPUT
+    for w in warnings:
+        print(w, file=out)  # again below the tables, where the eye lands last
     if result.regressions:
         print("REGRESSION: " + ", ".join(result.regressions), file=out)
         return EXIT_REGRESSION

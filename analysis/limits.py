@@ -31,6 +31,20 @@ class Offered(JsonRecord):
     burst_window_s: float
     max_concurrent: int
     max_concurrent_at_s: float | None
+    refused_tokens: int | None = omit_none()  # summary/2: 429s of a token limit
+
+
+@dataclass(frozen=True)
+class RefusalCounts(JsonRecord):
+    """A key's 429s by the limit that refused them (the records' ``limit_kind``; loadkit's
+    error codes for version-1 records), and the signals that said so (``limit_signal``,
+    most common first; "none" for a 429 that named no limit)."""
+
+    requests: int
+    concurrency: int
+    tokens: int  # judged by neither limit until token limits have verdicts
+    unattributed: int  # judged against both limits
+    signals: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class RequestsHonouredEvidence(JsonRecord):
     under_admission: bool
     admitted_floor: float
     tolerance: float
+    refusals: RefusalCounts | None = omit_none()  # summary/2
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,7 @@ class ConcurrencyHonouredEvidence(JsonRecord):
     unjustified_uncoded_429s: int
     unjustified_uncoded_examples: tuple[FlightRefusal, ...]
     offered_max_concurrent: int
+    refusals: RefusalCounts | None = omit_none()  # summary/2
 
 
 @dataclass(frozen=True)

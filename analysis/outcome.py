@@ -16,6 +16,7 @@ class Effect(enum.Enum):
     FAILS = "fails"  # the run fails, and the verdict is listed as a reason
     SHOWN = "shown"  # evidence that the promise held
     UNSHOWN = "unshown"  # could not be shown either way; listed with a passing run
+    ERROR = "error"  # nothing could be judged: the run's verdict is error
 
 
 class Verdict(enum.StrEnum):
@@ -25,6 +26,7 @@ class Verdict(enum.StrEnum):
     VIOLATED = "violated"
     POSSIBLE = "possible"  # only the client's timing uncertainty allows a violation
     INCONCLUSIVE = "inconclusive"  # the load never provoked the promise
+    UNUSABLE = "unusable"  # the key's answers are not the API's (wrong URL, auth, no answer)
 
     @property
     def effect(self) -> Effect:
@@ -36,6 +38,7 @@ VERDICT_EFFECT: dict[Verdict, Effect] = {
     Verdict.VIOLATED: Effect.FAILS,
     Verdict.POSSIBLE: Effect.UNSHOWN,
     Verdict.INCONCLUSIVE: Effect.UNSHOWN,
+    Verdict.UNUSABLE: Effect.ERROR,
 }
 
 
@@ -50,13 +53,27 @@ class HeaderAgreement(enum.StrEnum):
 
 class RunVerdict(enum.StrEnum):
     """The run's outcome (``verdict`` in summary.json); the exit status of ``loadkit
-    analyze`` follows from it (``cli.EXIT_STATUS``)."""
+    analyze`` follows from it (``cli.EXIT_STATUS``). ``error`` beats ``incomplete``, which
+    beats the other three."""
 
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
+    ERROR = "error"  # a key's answers are not evidence: wrong URL or layout, auth, no answer
+    INCOMPLETE = "incomplete"  # records are missing: interrupted, killed, a worker lost
 
 
 class LimitKind(enum.StrEnum):
     REQUESTS = "requests"
     CONCURRENCY = "concurrency"
+
+
+class Refused(enum.IntEnum):
+    """Which limit a response was refused by, as analysis judges it (``Columns.refused``):
+    the record's ``limit_kind``; for a version-1 record, loadkit's error code."""
+
+    NOT_REFUSED = 0  # not a 429
+    REQUESTS = 1
+    CONCURRENCY = 2
+    TOKENS = 3  # not judged until token limits have verdicts
+    UNATTRIBUTED = 4  # judged against both limits

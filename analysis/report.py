@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
-from loadkit.analysis.limits import Limit, RequestsLimit
+from loadkit.analysis.limits import Limit, RefusalCounts, RequestsLimit
+from loadkit.analysis.outcome import RunVerdict, Verdict
 from loadkit.analysis.stats import STATS, Stats
 from loadkit.analysis.summary import REPORT_FILE, Summary
 
@@ -23,8 +24,14 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;padding:2px 10px;border-radius:12px;font-weight:600;color:#fff}
 .pass,.held,.met,.agrees{background:#1a7f37}.fail,.violated,.missed,.disagrees{background:#cf222e}
 .inconclusive,.possible,.nodata{background:#9a6700}
+.error,.unusable{background:#82071e}.incomplete{background:#bc4c00}
 .banner{padding:10px 14px;border-radius:6px;margin:12px 0;background:#fff8c5;
 border:1px solid #d4a72c}
+.banner.bad{background:#ffebe9;border:2px solid #cf222e}
+.banner.partial{background:#fff1e5;border:2px solid #bc4c00}
+.banner h2{margin:0 0 6px;border:0;font-size:1.25em}.banner ul{margin:4px 0}
+tr.unusable td{background:#ffebe9}td.key{white-space:nowrap}
+table.answers td:last-child{min-width:0}
 .verdict{font-size:1.3em;margin:12px 0}ul.reasons{margin-top:4px}
 img{max-width:100%;border:1px solid #eee;margin:6px 0}
 details{margin:4px 0}code{font-size:.85em;word-break:break-all}.muted{color:#57606a}
@@ -115,6 +122,8 @@ def _evidence(e: Limit) -> str:
                 f"{_ids(ev_c.possible_request_ids)}</li>"
             )
     ev_h = v.evidence.honoured
+    if ev_h.refusals is not None and _refused(ev_h.refusals):
+        parts.append(f"<li>{_attribution(ev_h.refusals)}</li>")
     for examples in (ev_h.unjustified_examples, ev_h.unjustified_uncoded_examples):
         for x in examples[:10]:
             parts.append(
@@ -140,6 +149,106 @@ def _evidence(e: Limit) -> str:
     return f"<details><summary>evidence</summary><ul>{''.join(parts)}</ul></details>"
 
 
+def _refused(r: RefusalCounts) -> int:
+    return r.requests + r.concurrency + r.tokens + r.unattributed
+
+
+def _attribution(r: RefusalCounts) -> str:
+    """Which limit refused the key's 429s, in words."""
+    parts = [f"{r.requests} by the requests limit", f"{r.concurrency} by the concurrency limit"]
+    if r.tokens:
+        parts.append(f"{r.tokens} refused for tokens (not judged: no token limit is promised)")
+    if r.unattributed:
+        parts.append(f"{r.unattributed} unattributed (judged against both limits)")
+    signals = ", ".join(f"<code>{escape(k)}</code> ×{n}" for k, n in r.signals.items())
+    return f"429 refusals: {', '.join(parts)}" + (f"; what said so: {signals}" if signals else "")
+
+
+def _problems(summary: Summary) -> list[str]:
+    problems = [k.problem for k in summary.keys or () if k.problem]
+    if summary.completeness is not None:
+        problems += summary.completeness.reasons
+    return problems
+
+
+def _banner(summary: Summary) -> str:
+    """The error or incomplete banner at the top: the headline and every reason."""
+    run = summary.run
+    gaps = summary.completeness.reasons if summary.completeness is not None else ()
+    if summary.verdict == RunVerdict.ERROR:
+        items = "".join(f"<li>{escape(k.problem)}</li>" for k in summary.keys or () if k.problem)
+        also = ""
+        if gaps:
+            also = (
+                "<p><b>Records are missing too:</b></p><ul>"
+                + "".join(f"<li>{escape(p)}</li>" for p in gaps)
+                + "</ul>"
+            )
+        return (
+            f"<div class='banner bad'><h2>{escape(summary.headline or 'ERROR')}</h2>"
+            "<p>The target's answers to these keys are not the API's, so they say nothing "
+            "about its limits. Fix the target address, path layout or keys and run again"
+            + (
+                "; the keys that could be judged are still shown below"
+                if any(k.usable for k in summary.keys or ())
+                else ""
+            )
+            + f".</p><ul>{items}</ul>"
+            f"{also}</div>"
+        )
+    if summary.verdict == RunVerdict.INCOMPLETE:
+        items = "".join(f"<li>{escape(p)}</li>" for p in gaps)
+        return (
+            f"<div class='banner partial'><h2>{escape(summary.headline or 'INCOMPLETE')}</h2>"
+            "<p>Records are missing, so this run cannot pass. The verdicts below are "
+            f"computed from what was recorded.</p><ul>{items}</ul></div>"
+        )
+    if run.interrupted:
+        return (
+            "<div class=banner><b>This run was interrupted</b> "
+            f"({escape(run.stop_reason or 'stopped early')}): the figures cover the "
+            "records written before it stopped.</div>"
+        )
+    return ""
+
+
+def _keys_table(summary: Summary) -> str:
+    keys = summary.keys or ()
+    if not keys:
+        return ""
+    other = any(k.other_status for k in keys)
+    rows = []
+    for k in keys:
+        lim = k.limited
+        cls = "" if k.usable else " class=unusable"
+        usable = "yes" if k.usable else _badge("unusable")
+        rows.append(
+            f"<tr{cls}><td class=key>{escape(k.key)}</td><td>{escape(k.tier or '–')}</td>"
+            f"<td class=num>{k.requests:,}</td><td class=num>{k.ok:,}</td>"
+            f"<td class=num>{lim.requests:,}</td><td class=num>{lim.concurrency:,}</td>"
+            f"<td class=num>{lim.tokens:,}</td><td class=num>{lim.unattributed:,}</td>"
+            f"<td class=num>{k.client_error:,}</td><td class=num>{k.server_error:,}</td>"
+            f"<td class=num>{k.no_response:,}</td>"
+            + (f"<td class=num>{k.other_status:,}</td>" if other else "")
+            + f"<td class=num>{k.cancelled:,}</td><td>{usable}</td></tr>"
+        )
+        if k.problem:
+            span = 14 if other else 13
+            rows.append(f"<tr{cls}><td colspan={span}>{escape(k.problem)}</td></tr>")
+    return (
+        "<h2>Answers by key</h2><p class=muted>Chat and completion requests of each key by "
+        "what the target answered; 429s by the limit that refused them (the response's own "
+        "signal: error code, type, message or headers).</p>"
+        "<table class=answers><tr><th>key</th><th>tier</th><th>requests</th><th>2xx</th>"
+        "<th>429 requests</th><th>429 concurrency</th><th>429 tokens</th>"
+        "<th>429 unattributed</th><th>other 4xx</th><th>5xx</th><th>no response</th>"
+        + ("<th>other status</th>" if other else "")
+        + "<th>cancelled</th><th>usable?</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def _limits_table(summary: Summary) -> str:
     if not summary.limits:
         return (
@@ -158,8 +267,12 @@ def _limits_table(summary: Summary) -> str:
         else:
             promise = f"{v.promised} at once"
         text = "".join(f"<p>{escape(s)}</p>" for s in e.explanation)
+        unusable = " class=unusable" if v.enforced == Verdict.UNUSABLE else ""
+        if unusable:
+            extra = ""
         rows.append(
-            f"<tr><td>{escape(e.key)}</td><td>{escape(e.tier)}</td><td>{e.kind}</td>"
+            f"<tr{unusable}><td class=key>{escape(e.key)}</td><td>{escape(e.tier)}</td>"
+            f"<td>{e.kind}</td>"
             f"<td>{promise}</td><td class=num>{v.observed_max}</td>"
             f"<td class=num>{v.observed_max_possible}</td><td class=num>{v.offered_max}</td>"
             f"<td>{_badge(v.enforced)}</td><td>{_badge(v.honoured)}{extra}</td>"
@@ -269,14 +382,13 @@ def _charts(summary: Summary, out_dir: Path) -> str:
 
 def render_report(summary: Summary, out_dir: Path) -> str:
     run = summary.run
-    banner = ""
-    if run.interrupted:
-        banner = (
-            "<div class=banner><b>This run was interrupted</b> "
-            f"({escape(run.stop_reason or 'stopped early')}): the figures cover the "
-            "records written before it stopped.</div>"
-        )
-    reasons = "".join(f"<li>{escape(r)}</li>" for r in summary.verdict_reasons)
+    banner = _banner(summary)
+    # The banner lists the problems already; below the verdict, the rest of its reasons.
+    in_banner = set(_problems(summary)) if banner else set()
+    reasons = "".join(
+        f"<li>{escape(r)}</li>" for r in summary.verdict_reasons if r not in in_banner
+    )
+    headline = escape((summary.headline or "").partition(" — ")[2])
     s = summary.settings
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>loadkit report {escape(run.run_id)}</title>
@@ -286,15 +398,18 @@ def render_report(summary: Summary, out_dir: Path) -> str:
 target {escape(str(run.target))} · started {escape(str(run.started_at))} ·
 {run.records} requests · warm-up {run.warmup_s:g} s</div>
 {banner}
-<div class=verdict>Verdict: {_badge(summary.verdict)}</div>
+<div class=verdict>Verdict: {_badge(summary.verdict)} {headline}</div>
 <ul class=reasons>{reasons}</ul>
+{_keys_table(summary)}
 <h2>Rate limits: promised vs observed</h2>
 <p>Each key is judged against its tier's promise. <b>Enforced</b>: the server never admitted
 more than promised. <b>Honoured</b>: it never refused a request the promise allowed.
 The client only knows a request was admitted somewhere between sending it and receiving the
 response headers, so a verdict is <i>violated</i> only when the timing proves it,
 <i>possible</i> when only the timing uncertainty allows it (not a failure), and
-<i>inconclusive</i> when the load never reached the limit. Concurrency counts a request as
+<i>inconclusive</i> when the load never reached the limit, <i>unusable</i> when the key's
+answers were not the API's (nothing to judge). Each 429 is judged against the limit the
+response named; one that named none against both. Concurrency counts a request as
 certainly in flight from its headers to its end minus {s.concurrency_margin_s * 1000:g} ms.
 Under-admission tolerance: {s.under_admission_tolerance:.0%}.</p>
 {_limits_table(summary)}

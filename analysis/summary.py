@@ -8,8 +8,8 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,13 @@ import numpy as np
 from loadkit.analysis.arrival import ArrivalCurve, arrival_curve
 from loadkit.analysis.codec import FormatError, JsonRecord, omit_none
 from loadkit.analysis.columns import Columns, UnusableInput, load_run
+from loadkit.analysis.completeness import LOST, Completeness, completeness, interrupted_text
 from loadkit.analysis.explain import explain_concurrency, explain_requests
 from loadkit.analysis.limits import ConcurrencyLimit, Limit, RequestsLimit
 from loadkit.analysis.metrics import Latency, MetricValues, latency_summary, metric_values
-from loadkit.analysis.outcome import Effect, RunVerdict
+from loadkit.analysis.outcome import RunVerdict, Verdict
+from loadkit.analysis.overall import overall_verdict as overall_verdict  # re-exported
+from loadkit.analysis.overall import run_outcome
 from loadkit.analysis.promises import remaining_header_check, retry_after_check
 from loadkit.analysis.slo import (
     Observed,
@@ -33,6 +36,7 @@ from loadkit.analysis.slo import (
     slos_from_run,
 )
 from loadkit.analysis.throughput import Errors, Throughput, errors_summary, throughput_summary
+from loadkit.analysis.usability import KeyAnswers, key_answers
 from loadkit.analysis.verdicts import (
     KeyView,
     Policy,
@@ -43,7 +47,10 @@ from loadkit.analysis.verdicts import (
 )
 from loadkit.runmeta import RunMeta
 
-SUMMARY_SCHEMA = "loadkit.summary/1"
+SUMMARY_SCHEMA = "loadkit.summary/2"
+SUMMARY_V1 = "loadkit.summary/1"
+#: Every schema ``read_summary`` reads (version 2 only added fields and verdict values).
+READABLE_SUMMARIES = (SUMMARY_V1, SUMMARY_SCHEMA)
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 LATENCY_RECORDS = "status 200, no transport error, sent at or after warmup_s"
@@ -98,13 +105,20 @@ class SummarySettings(JsonRecord):
 
 @dataclass(frozen=True)
 class Summary(JsonRecord):
-    """summary.json (``loadkit.summary/1``). ``charts`` and ``report`` are None until the
-    files beside it are written (``write_outputs``); then ``report`` may stay None."""
+    """summary.json (``loadkit.summary/2``; a version-1 file reads with ``headline``,
+    ``completeness`` and ``keys`` None). ``charts`` and ``report`` are None until the files
+    beside it are written (``summarize_run``); then ``report`` may stay None."""
 
     schema: str
     run: RunInfo
     verdict: RunVerdict
+    # Keyword-only from here: the fields version 2 added sit where they belong in the
+    # document, between fields without defaults.
+    _: KW_ONLY
+    headline: str | None = omit_none()  # summary/2
     verdict_reasons: tuple[str, ...]
+    completeness: Completeness | None = omit_none()  # summary/2
+    keys: tuple[KeyAnswers, ...] | None = omit_none()  # summary/2
     settings: SummarySettings
     limits: tuple[Limit, ...]
     limit_notes: tuple[str, ...]
@@ -129,11 +143,29 @@ class Summary(JsonRecord):
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> Summary:
         schema = data.get("schema") if isinstance(data, Mapping) else None
-        if schema != SUMMARY_SCHEMA:
+        if schema not in READABLE_SUMMARIES:
             raise FormatError(
-                f"unsupported summary schema {schema!r} (this loadkit reads {SUMMARY_SCHEMA})"
+                f"unsupported summary schema {schema!r} "
+                f"(this loadkit reads {', '.join(READABLE_SUMMARIES)})"
             )
         return super().from_dict(data, path)
+
+    def gaps(self) -> tuple[str, ...]:
+        """Why this run cannot stand for its target: the unusable keys and what is missing
+        from its records (empty for a complete, usable run). A version-1 summary has only
+        run.interrupted and the workers' status to go by."""
+        if self.verdict in (RunVerdict.ERROR, RunVerdict.INCOMPLETE):
+            problems = [k.problem for k in self.keys or () if k.problem]
+            if self.completeness is not None:
+                problems += self.completeness.reasons
+            return tuple(problems) or (self.headline or str(self.verdict),)
+        if self.completeness is None:
+            old = []
+            if self.run.interrupted:
+                old.append(interrupted_text(self.run.stop_reason))
+            old += [f"worker {w.worker} {w.status}" for w in self.run.workers if w.status in LOST]
+            return tuple(old)
+        return ()
 
 
 def read_summary(path: str | os.PathLike[str]) -> Summary:
@@ -186,6 +218,21 @@ def _tier_of_keys(meta: RunMeta, cols: Columns) -> dict[str, str]:
     return tiers
 
 
+def key_order(
+    meta: RunMeta, tiers: Mapping[str, str]
+) -> Callable[[str], tuple[int, str, int, str]]:
+    """Sort key of labels: tiers as the scenario lists them, then labels in natural order
+    (free-2 < free-10)."""
+    tier_rank = {t: i for i, t in enumerate(meta.tiers)}
+
+    def order(label: str) -> tuple[int, str, int, str]:
+        stem, _, num = label.rpartition("-")
+        n = int(num) if num.isdigit() else -1
+        return (tier_rank.get(tiers.get(label, ""), len(tier_rank)), stem or label, n, label)
+
+    return order
+
+
 @dataclass(frozen=True)
 class LimitFindings:
     """What ``limit_verdicts`` found: the ``limits`` entries (two per key: requests,
@@ -198,8 +245,34 @@ class LimitFindings:
     notes: tuple[str, ...]
 
 
-def limit_verdicts(meta: RunMeta, cols: Columns, settings: VerdictSettings) -> LimitFindings:
-    """Every judged key's limit entries, in the scenario's tier order and natural key order."""
+def _unusable(e: Limit, problem: str) -> Limit:
+    """The entry of a key whose answers are not evidence: every verdict ``unusable``, the
+    counts kept, the reason as its explanation."""
+    explanation = (
+        f"UNUSABLE: {problem}",
+        "No verdict: these answers are not the API's, so they say nothing about its limits.",
+    )
+    u = Verdict.UNUSABLE
+    if isinstance(e, RequestsLimit):
+        return replace(
+            e,
+            verdict=replace(e.verdict, enforced=u, honoured=u),
+            retry_after=replace(e.retry_after, verdict=u),
+            explanation=explanation,
+        )
+    return replace(e, verdict=replace(e.verdict, enforced=u, honoured=u), explanation=explanation)
+
+
+def limit_verdicts(
+    meta: RunMeta,
+    cols: Columns,
+    settings: VerdictSettings,
+    unusable: Mapping[str, str] | None = None,
+) -> LimitFindings:
+    """Every judged key's limit entries, in the scenario's tier order and natural key order.
+    ``unusable``: key label -> why its answers are not evidence (its verdicts are
+    ``unusable``)."""
+    unusable = unusable or {}
     tiers = _tier_of_keys(meta, cols)
     policies: dict[str, Policy] = {}
     for t, d in meta.tiers.items():
@@ -211,16 +284,8 @@ def limit_verdicts(meta: RunMeta, cols: Columns, settings: VerdictSettings) -> L
     arrival: dict[str, ArrivalCurve] = {}
     keys: list[KeyAnalysis] = []
     notes: list[str] = []
-    tier_rank = {t: i for i, t in enumerate(meta.tiers)}
-
-    def order(item: tuple[int, str]) -> tuple[int, str, int, str]:
-        # Tiers as the scenario lists them, then labels in natural order (free-2 < free-10).
-        label = item[1]
-        stem, _, num = label.rpartition("-")
-        n = int(num) if num.isdigit() else -1
-        return (tier_rank.get(tiers.get(label, ""), len(tier_rank)), stem or label, n, label)
-
-    for code, label in sorted(enumerate(cols.key.names), key=order):
+    by_order = key_order(meta, tiers)
+    for code, label in sorted(enumerate(cols.key.names), key=lambda item: by_order(item[1])):
         tier = tiers.get(label)
         kv = key_view(cols, code)
         if kv.n == 0:
@@ -235,7 +300,8 @@ def limit_verdicts(meta: RunMeta, cols: Columns, settings: VerdictSettings) -> L
         req = requests_verdict(kv, policy, settings, cols.ids)
         ra = retry_after_check(kv, settings.max_examples, cols.ids)
         rh = remaining_header_check(kv, policy, settings.max_examples, cols.ids)
-        entries.append(
+        conc = concurrency_verdict(kv, policy, settings, cols.ids)
+        pair: tuple[Limit, Limit] = (
             RequestsLimit(
                 tier,
                 label,
@@ -243,69 +309,18 @@ def limit_verdicts(meta: RunMeta, cols: Columns, settings: VerdictSettings) -> L
                 retry_after=ra,
                 remaining_header=rh,
                 explanation=tuple(explain_requests(req, ra, rh)),
-            )
+            ),
+            ConcurrencyLimit(tier, label, conc, explanation=tuple(explain_concurrency(conc))),
         )
-        conc = concurrency_verdict(kv, policy, settings, cols.ids)
-        entries.append(
-            ConcurrencyLimit(tier, label, conc, explanation=tuple(explain_concurrency(conc)))
-        )
+        problem = unusable.get(label)
+        if problem is not None:
+            pair = (_unusable(pair[0], problem), _unusable(pair[1], problem))
+        entries.extend(pair)
         arrival[label] = arrival_curve(kv, policy)
     for k in meta.keys:
         if k.get("label") not in cols.key.names:
             notes.append(f"key {k.get('label')}: in run.json but sent no requests")
     return LimitFindings(tuple(entries), arrival, tuple(keys), tuple(notes))
-
-
-def _limit_reasons(e: Limit, fails: list[str], doubts: list[str]) -> int:
-    """Adds the entry's failures and doubts; returns how many of its verdicts held."""
-    who = f"{e.key} {e.kind}"
-    held = 0
-    for aspect, v in (("enforced", e.verdict.enforced), ("honoured", e.verdict.honoured)):
-        if v.effect is Effect.FAILS:
-            fails.append(f"{who}: not {aspect}")
-        elif v.effect is Effect.SHOWN:
-            held += 1
-        else:
-            doubts.append(f"{who} {aspect}: {v}")
-    if isinstance(e, RequestsLimit) and e.retry_after.verdict.effect is Effect.FAILS:
-        fails.append(f"{who}: Retry-After promise broken {e.retry_after.broken} times")
-    return held
-
-
-def overall_verdict(limits: Iterable[Limit], slo: SloResult) -> tuple[RunVerdict, list[str]]:
-    """fail on any violated verdict or missed SLO; pass when nothing failed and at least one
-    limit verdict held (what could not be shown either way is listed with it); inconclusive
-    when no limit verdict held, i.e. the load never provoked any promise. Returns the
-    verdict and the reasons."""
-    fails: list[str] = []
-    doubts: list[str] = []
-    held = 0
-    judged = False
-    for e in limits:
-        judged = True
-        held += _limit_reasons(e, fails, doubts)
-    for c in slo.checks:
-        if c.met is False:
-            assert c.observed is not None
-            fails.append(f"SLO {c.name} missed: {c.observed:.4g} vs {c.direction} {c.threshold:g}")
-        elif c.met is None:
-            doubts.append(f"SLO {c.name}: no data")
-    if not judged:
-        doubts.append("no limit could be judged (no requests to limited endpoints with a promise)")
-    if fails:
-        return RunVerdict.FAIL, fails + doubts
-    if not held:
-        return RunVerdict.INCONCLUSIVE, [
-            "no limit verdict held: the offered load never provoked a promise",
-            *doubts,
-        ]
-    if doubts:
-        return RunVerdict.PASS, [
-            f"no violation and every SLO met; {held} verdicts held, "
-            f"{len(doubts)} could not be shown either way:",
-            *doubts,
-        ]
-    return RunVerdict.PASS, ["every limit verdict held and every SLO was met"]
 
 
 def run_info(meta: RunMeta, cols: Columns) -> RunInfo:
@@ -347,23 +362,26 @@ def analyse(
         raise UnusableInput(f"run.json slo: {exc}") from None
     warmup = float(meta.warmup_s or 0.0)
     values = metric_values(cols, warmup)
-    found = limit_verdicts(meta, cols, settings)
+    tiers = _tier_of_keys(meta, cols)
+    answers = sorted(key_answers(meta, cols, tiers), key=lambda k: key_order(meta, tiers)(k.key))
+    unusable = {k.key: k.problem or "unusable" for k in answers if not k.usable}
+    found = limit_verdicts(meta, cols, settings, unusable)
     latency = latency_summary(cols, values)
     throughput = throughput_summary(cols, values, dict(meta.goodput or {}), warmup)
     errors = errors_summary(cols, warmup)
     slo = evaluate_slos(
         merge_slos(run_slos, overrides or []), Observed(latency, throughput, errors)
     )
-    verdict, reasons = overall_verdict(found.limits, slo)
-    if meta.interrupted:
-        reasons.append(
-            "the run was interrupted: figures cover the records written before it stopped"
-        )
+    complete = completeness(meta, cols)
+    outcome = run_outcome(found.limits, slo, answers, complete)
     summary = Summary(
         schema=SUMMARY_SCHEMA,
         run=run_info(meta, cols),
-        verdict=verdict,
-        verdict_reasons=tuple(reasons),
+        verdict=outcome.verdict,
+        headline=outcome.headline,
+        verdict_reasons=outcome.reasons,
+        completeness=complete,
+        keys=tuple(answers),
         settings=SummarySettings.of(settings),
         limits=found.limits,
         limit_notes=found.notes,

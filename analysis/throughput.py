@@ -10,6 +10,7 @@ import numpy as np
 from loadkit.analysis.codec import JsonRecord
 from loadkit.analysis.columns import Columns
 from loadkit.analysis.metrics import MetricValues, output_tokens
+from loadkit.outcomes import Outcome
 
 _NICE_BINS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
 GOODPUT_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "headers_ms")
@@ -83,12 +84,19 @@ def succeeded(cols: Columns) -> np.ndarray:
 
 def failed(cols: Columns) -> np.ndarray:
     """Errors that are not limit refusals: no response, 4xx other than 429, 5xx, a cut
-    stream. Requests cancelled because the run was stopping (Ctrl-C, the drain's end) are
-    the client's doing, not the service's, and are counted apart."""
+    stream. Requests cancelled because the run was stopping (Ctrl-C, the drain's end; open
+    or never sent) are the client's doing, not the service's, and are counted apart."""
     st = cols.status
     te = cols.transport_error.codes
     bad = (st == 0) | ((st >= 400) & (st != 429)) | (te >= 0)
-    return np.asarray(bad & (te != cols.transport_error.code_of("cancelled")))
+    return np.asarray(bad & ~cancelled(cols))
+
+
+def cancelled(cols: Columns) -> np.ndarray:
+    """Requests the run's stop cut short (a stream cut after its 200 included) or never
+    sent."""
+    cut = cols.transport_error.codes == cols.transport_error.code_of("cancelled")
+    return np.asarray(cut | cols.outcome_in({Outcome.CANCELLED}))
 
 
 def measured_span(cols: Columns, warmup_s: float) -> tuple[float, float]:
@@ -205,7 +213,7 @@ def errors_summary(cols: Columns, warmup_s: float) -> Errors:
     return Errors(
         requests=total,
         errors=n_err,
-        cancelled=int((te == cols.transport_error.code_of("cancelled")).sum()),
+        cancelled=int(cancelled(cols)[sel].sum()),
         error_rate=n_err / total if total else 0.0,
         throttled=n_429,
         throttle_rate=n_429 / total if total else 0.0,

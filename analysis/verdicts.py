@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
+from loadkit.analysis.columns import INFERENCE_ENDPOINTS, OUTCOMES, Codes, Columns
 from loadkit.analysis.intervals import (
     contained_counts,
     holding_mask,
@@ -28,16 +28,15 @@ from loadkit.analysis.limits import (
     ConcurrencyVerdict,
     FlightRefusal,
     Offered,
+    RefusalCounts,
     RequestsEnforcedEvidence,
     RequestsEvidence,
     RequestsHonouredEvidence,
     RequestsVerdict,
     WindowRefusal,
 )
-from loadkit.analysis.outcome import Verdict
-
-RATE_CODE = "rate_limit_exceeded"
-CONCURRENCY_CODE = "concurrency_limit_exceeded"
+from loadkit.analysis.outcome import Refused, Verdict
+from loadkit.outcomes import ADMITTED, Outcome
 
 IdLookup = Callable[[np.ndarray], list[str]]
 
@@ -78,21 +77,26 @@ class KeyView:
     """One key's requests to the limited endpoints, as arrays aligned by position.
 
     ``hi`` is the latest instant the request can have been admitted: headers_s, or end_s
-    when no headers arrived."""
+    when no headers arrived. A 429 is in exactly one of ``rate429`` (refused by the
+    requests limit), ``conc429`` (the concurrency limit), ``tok429`` (a token limit: judged
+    by neither) and ``other429`` (unattributed: judged against both)."""
 
     rows: np.ndarray
     s: np.ndarray
     hi: np.ndarray
     e: np.ndarray
     status: np.ndarray
-    admitted: np.ndarray
-    possible: np.ndarray  # status 0: the server may or may not have admitted it
+    admitted: np.ndarray  # the answer shows the limiter let it through (outcomes.ADMITTED)
+    possible: np.ndarray  # no response: the server may or may not have admitted it
     rate429: np.ndarray
     conc429: np.ndarray
-    other429: np.ndarray  # 429 with no (or an unknown) code: judged against both limits
+    tok429: np.ndarray
+    other429: np.ndarray
+    auth: np.ndarray  # the key was not accepted (401, a 403 that is not the API's)
     retry_after: np.ndarray
     rl_limit: np.ndarray
     rl_remaining: np.ndarray
+    signal: Codes  # limit_signal: what in a 429 named its limit
 
     @property
     def n(self) -> int:
@@ -102,11 +106,23 @@ class KeyView:
     def maybe(self) -> np.ndarray:
         return np.asarray(self.admitted | self.possible)
 
+    @property
+    def reached(self) -> np.ndarray:
+        """Requests the target's limiters decided on, or may have: admitted, refused with
+        429, or no response. Not a wrong route, a page that is not the API's, a refused key,
+        a refused connection or a request never sent."""
+        return np.asarray(self.maybe | (self.status == 429))
+
 
 def key_view(cols: Columns, key_code: int) -> KeyView:
     sel = (cols.key.codes == key_code) & cols.endpoint.isin(INFERENCE_ENDPOINTS)
     rows = np.flatnonzero(sel)
     return view_of_rows(cols, rows)
+
+
+_ADMITTED = [OUTCOMES.index(o) for o in ADMITTED]
+_NO_RESPONSE = OUTCOMES.index(Outcome.NO_RESPONSE)
+_AUTH = OUTCOMES.index(Outcome.AUTH)
 
 
 def view_of_rows(cols: Columns, rows: np.ndarray) -> KeyView:
@@ -115,27 +131,54 @@ def view_of_rows(cols: Columns, rows: np.ndarray) -> KeyView:
     hdr = cols.headers[rows]
     hi = np.where(np.isnan(hdr), e, hdr)
     st = cols.status[rows]
-    code = cols.error_code.codes[rows]
-    is429 = st == 429
-    rate = is429 & (code == cols.error_code.code_of(RATE_CODE))
-    conc = is429 & (code == cols.error_code.code_of(CONCURRENCY_CODE))
+    out = cols.outcome[rows]
+    te = cols.transport_error.codes[rows]
+    refused = cols.refused[rows]
+    # No response: the server may have admitted it, unless the connection was refused (it
+    # never reached the server) or the request was never sent; one cancelled while open may
+    # have been admitted.
+    no_answer = (out == _NO_RESPONSE) & (te != cols.transport_error.code_of("refused"))
+    cancelled_open = (st == 0) & (te == cols.transport_error.code_of("cancelled"))
     return KeyView(
         rows=rows,
         s=s,
         hi=hi,
         e=e,
         status=st,
-        admitted=(st != 0) & (st != 401) & ~is429,
-        # No response: the server may have admitted it, unless the connection was refused
-        # (then the request never reached it).
-        possible=(st == 0)
-        & (cols.transport_error.codes[rows] != cols.transport_error.code_of("refused")),
-        rate429=rate,
-        conc429=conc,
-        other429=is429 & ~rate & ~conc,
+        admitted=np.isin(out, _ADMITTED),
+        possible=no_answer | cancelled_open,
+        rate429=refused == Refused.REQUESTS,
+        conc429=refused == Refused.CONCURRENCY,
+        tok429=refused == Refused.TOKENS,
+        other429=refused == Refused.UNATTRIBUTED,
+        auth=out == _AUTH,
         retry_after=cols.retry_after[rows],
         rl_limit=cols.rl_limit[rows],
         rl_remaining=cols.rl_remaining[rows],
+        signal=Codes(cols.limit_signal.codes[rows], cols.limit_signal.names),
+    )
+
+
+MAX_SIGNALS = 10
+
+
+def signal_counts(signal: Codes) -> dict[str, int]:
+    """How often each ``limit_signal`` decided (most common first; "none" for a 429 that
+    named no limit)."""
+    vals, counts = np.unique(signal.codes, return_counts=True)
+    order = sorted(zip(vals.tolist(), counts.tolist(), strict=True), key=lambda x: (-x[1], x[0]))
+    return {(signal.label(v) or "none"): c for v, c in order[:MAX_SIGNALS]}
+
+
+def refusal_counts(kv: KeyView) -> RefusalCounts:
+    """The key's 429s by the limit that refused them, and what said so."""
+    refused = kv.status == 429
+    return RefusalCounts(
+        requests=int(kv.rate429.sum()),
+        concurrency=int(kv.conc429.sum()),
+        tokens=int(kv.tok429.sum()),
+        unattributed=int(kv.other429.sum()),
+        signals=signal_counts(Codes(kv.signal.codes[refused], kv.signal.names)),
     )
 
 
@@ -148,10 +191,13 @@ def _count_lt(sorted_vals: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> Offered:
-    """What the client asked of the limiter: a limiter is only caught doing what this provoked."""
-    in_window, w_start = span_max(kv.s, policy.window_s)
-    burst, _ = span_max(kv.s, settings.burst_window_s)
-    conc, c_at = overlap_max(kv.s, kv.e, closed=True)
+    """What the client asked of the limiter: a limiter is only caught doing what this provoked.
+    The maxima count the requests that reached it (``KeyView.reached``)."""
+    reached = kv.reached
+    s_r = kv.s[reached]
+    in_window, w_start = span_max(s_r, policy.window_s)
+    burst, _ = span_max(s_r, settings.burst_window_s)
+    conc, c_at = overlap_max(s_r, kv.e[reached], closed=True)
     return Offered(
         requests=kv.n,
         admitted=int(kv.admitted.sum()),
@@ -159,13 +205,14 @@ def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> Offe
         refused_rate_limit=int(kv.rate429.sum()),
         refused_concurrency=int(kv.conc429.sum()),
         refused_other_429=int(kv.other429.sum()),
-        unauthorized=int((kv.status == 401).sum()),
+        unauthorized=int(kv.auth.sum()),
         max_in_window=in_window,
         max_in_window_start_s=rounded_s(w_start),
         max_in_burst=burst,
         burst_window_s=settings.burst_window_s,
         max_concurrent=conc,
         max_concurrent_at_s=rounded_s(c_at),
+        refused_tokens=int(kv.tok429.sum()),
     )
 
 
@@ -301,9 +348,10 @@ def _requests_honoured(
     in_window = justified_by_requests(kv, rate_pos, policy)
     bad = in_window < n_lim
     unc_pos, unc_cnt = _uncoded_unjustified(kv, policy)
-    # Load that the requests limiter had to decide on: not 401s, not concurrency refusals
-    # (an uncoded 429 that the concurrency cap could explain counts as one).
-    eligible = (kv.status != 401) & ~kv.conc429
+    # Load that the requests limiter had to decide on: what reached the target, less the
+    # refusals of the other limits (an unattributed 429 that the concurrency cap could
+    # explain counts as one of those).
+    eligible = kv.reached & ~kv.conc429 & ~kv.tok429
     other_pos = _pick(kv.other429)
     if other_pos.size:
         eligible[other_pos[in_flight_upper(kv, other_pos) >= policy.concurrency]] = False
@@ -324,6 +372,7 @@ def _requests_honoured(
         under_admission=under,
         admitted_floor=floor,
         tolerance=settings.under_admission_tolerance,
+        refusals=refusal_counts(kv),
     )
     if bad.any() or unc_pos.size or under:
         return Verdict.VIOLATED, ev
@@ -366,7 +415,7 @@ def concurrency_verdict(
     bad = in_flight < c_lim
     unc_pos, _ = _uncoded_unjustified(kv, policy)
     unc_flight = in_flight_upper(kv, unc_pos)
-    eligible = (kv.status != 401) & ~kv.rate429
+    eligible = kv.reached & ~kv.rate429 & ~kv.tok429
     eligible_max, _ = overlap_max(kv.s[eligible], kv.e[eligible], closed=True)
     ev_hon = ConcurrencyHonouredEvidence(
         concurrency_429s=int(conc_pos.size),
@@ -379,6 +428,7 @@ def concurrency_verdict(
             kv, unc_pos, unc_flight, ids, settings.max_examples
         ),
         offered_max_concurrent=eligible_max,
+        refusals=refusal_counts(kv),
     )
     if bad.any() or unc_pos.size:
         honoured = Verdict.VIOLATED

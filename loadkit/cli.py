@@ -96,7 +96,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "$LOADKIT_HISTORY_DB, else loadkit-history.db)",
     )
 
-    a = sub.add_parser("analyze", help="metrics, limit verdicts, charts and report for a run")
+    a = sub.add_parser(
+        "analyze",
+        help="metrics, limit verdicts, charts and report for a run",
+        epilog="exit status: 0 pass (or inconclusive: the load never provoked a limit), "
+        "1 a limit violated or an SLO missed, 2 error (a key's answers are not the API's: "
+        "wrong URL or layout, refused key, no answer) or input that cannot be analysed, "
+        "3 incomplete (interrupted, killed, a worker lost, or records missing)",
+    )
     a.add_argument("run_dir", metavar="DIR")
     a.add_argument(
         "--slo",
@@ -119,6 +126,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="allowed worsening in percent, e.g. ttft_ms.p99=10 (repeatable)",
     )
     c.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per check)")
+    c.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="compare even when a run is incomplete or an error (warned, and a failing "
+        "JUnit case); without it such a run is refused with exit 2",
+    )
 
     w = sub.add_parser("sweep", help="capacity sweep: step the offered load until an SLO fails")
     w.add_argument(

@@ -34,6 +34,9 @@ EVIDENCE = frozenset({Outcome.OK, Outcome.API_ERROR, Outcome.LIMITED})
 UNUSABLE = frozenset({Outcome.AUTH, Outcome.NOT_API, Outcome.NO_RESPONSE})
 
 
+#: Error codes of a 404 that says "no such model" (the request reached the API).
+MODEL_NOT_FOUND = frozenset({"model_not_found"})
+
 # Queued behind a client-side cap when the run stopped: never sent (loadkit.records).
 _NOT_SENT = "not_sent"
 
@@ -64,9 +67,9 @@ def classify(
     if status == 403:
         return Outcome.API_ERROR if api_error else Outcome.AUTH
     if status == 404:
-        # The API answers an unknown model with its own error; anything else is a route
-        # the target does not have.
-        return Outcome.API_ERROR if api_error else Outcome.NOT_API
+        # The API answers an unknown model with its own error after admitting the request;
+        # any other 404 (a JSON "not found" included) is a route the target does not have.
+        return Outcome.API_ERROR if api_error and error_code in MODEL_NOT_FOUND else Outcome.NOT_API
     if status in (405, 501) or not api_error:
         return Outcome.NOT_API
     return Outcome.API_ERROR

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from loadkit.api import LAYOUTS, ApiLayout, TargetApi
+from loadkit.outcomes import MODEL_NOT_FOUND
 from loadkit.records import RequestRecord
 
 BODY_HEAD = 200  # bytes of a body quoted in a message
@@ -103,6 +104,23 @@ def other_layout(layout: ApiLayout) -> ApiLayout | None:
     return None
 
 
+def alternative_bases(base_url: str, layout: ApiLayout) -> list[str]:
+    """Base URLs where the other layout may live: this one, and the conventional root of
+    that layout on the same host (``…/api/v1`` for the seed's, ``…/v1`` for OpenAI's)."""
+    from urllib.parse import urlsplit
+
+    base = base_url.rstrip("/")
+    u = urlsplit(base)
+    root = f"{u.scheme}://{u.netloc}"
+    path = u.path
+    for suffix in ("/api/v1", "/v1"):
+        if path.endswith(suffix):
+            root += path[: -len(suffix)]
+            break
+    conventional = root + ("/v1" if layout.name == "seed" else "/api/v1")
+    return [base] if conventional == base else [base, conventional]
+
+
 def _json(body: bytes) -> object:
     try:
         return json.loads(body)
@@ -170,10 +188,16 @@ def judge(
 def _route_fix(r: Reply, alternative: Reply | None) -> str:
     lay = r.probe.layout
     if alternative is not None and alternative.status == 200 and listed_models(alternative):
+        alt = alternative.probe.layout
+        base = alternative.url.removesuffix(alt.models)
+        where = (
+            ""
+            if r.url.startswith(base + lay.path(r.probe.kind.removesuffix("_stream")))
+            else (f'base_url = "{base}" (or --target {base}) and ')
+        )
         return (
-            f"the {alternative.probe.layout.name!r} layout answers at {alternative.url}: set "
-            f'[target] api = "{alternative.probe.layout.name}" (paths '
-            f"{alternative.probe.layout.chat}, {alternative.probe.layout.models})"
+            f"the {alt.name!r} layout answers at {alternative.url}: set {where}"
+            f'[target] api = "{alt.name}" (paths {alt.chat}, {alt.models})'
         )
     return (
         f"check base_url and the api layout (now {lay.name!r}: {lay.chat}, {lay.models}); "
@@ -238,18 +262,14 @@ def _judge_one(
             "its limiter started before the run"
         )
     if r.status == 404:
-        if is_api_error(r) and (r.record.error_code or "") in (
-            "model_not_found",
-            "not_found_error",
-        ):
+        if is_api_error(r) and (r.record.error_code or "") in MODEL_NOT_FOUND:
             return Problem(
                 f"model {model!r} does not exist on the target",
                 r.what(),
                 "set [target] model (or a load phase's model) to a model the target serves",
             )
         return Problem(
-            f"the {r.probe.kind.removesuffix('_stream')} path does not exist "
-            "(404, not the API's error)",
+            f"the {r.probe.kind.removesuffix('_stream')} path does not exist (404)",
             r.what(),
             _route_fix(r, alternative),
         )

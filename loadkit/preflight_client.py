@@ -14,7 +14,16 @@ import aiohttp
 from loadkit import records as R
 from loadkit.api import TargetApi
 from loadkit.payloads import prepare
-from loadkit.preflight import Probe, Reply, Verdict, judge, other_layout, plan_probes
+from loadkit.preflight import (
+    Probe,
+    Reply,
+    Verdict,
+    alternative_bases,
+    judge,
+    listed_models,
+    other_layout,
+    plan_probes,
+)
 from loadkit.records import RequestRecord
 from loadkit.runmeta import Clock
 from loadkit.scenario import Key
@@ -95,14 +104,14 @@ async def _run(
         connector=aiohttp.TCPConnector(limit=0, force_close=True),
     ) as session:
 
-        async def ask(probe: Probe) -> Reply:
+        async def ask(probe: Probe, base: str = base_url) -> Reply:
             nonlocal seq
             reply: Reply | None = None
             for _ in range(settings.attempts):
                 seq += 1
                 key = by_label.get(probe.key_label or "")
                 reply = await _send(
-                    session, base_url, api, probe, key, models[0], clock, run_id, engine, seq, rng
+                    session, base, api, probe, key, models[0], clock, run_id, engine, seq, rng
                 )
                 records.append(reply.record)
                 if reply.status != 0 and reply.status < 500:
@@ -120,7 +129,11 @@ async def _run(
         wrong_route = any(r.status in (404, 405, 501) and r.probe.name != "models" for r in replies)
         alt = other_layout(api.layout)
         if wrong_route and alt is not None:
-            alternative = await ask(Probe("other-layout", probes[0].key_label, "models", alt))
+            for base in alternative_bases(base_url, api.layout):
+                probe = Probe("other-layout", probes[0].key_label, "models", alt)
+                alternative = await ask(probe, base)
+                if alternative.status == 200 and listed_models(alternative):
+                    break
     verdict = judge(replies, models, key_envs, alternative)
     return PreflightResult(verdict, replies, records)
 

@@ -32,6 +32,7 @@ RESET = "reset"
 INCOMPLETE_STREAM = "incomplete_stream"
 MALFORMED_EVENT = "malformed_event"
 CANCELLED = "cancelled"  # the run stopped (Ctrl-C, duration over) while the request was open
+NOT_SENT = "not_sent"  # the run stopped while it waited for a client-side slot: never sent
 LINE_TOO_LONG = "line_too_long"  # an SSE line over the decoder's bound (its event dropped)
 BODY_TOO_LARGE = "body_too_large"  # a non-streamed body over the trace's bound (not parsed)
 UNSUPPORTED_ENCODING = "unsupported_encoding"  # Content-Encoding not gzip/deflate/identity
@@ -44,6 +45,7 @@ TRANSPORT_ERRORS = (
     INCOMPLETE_STREAM,
     MALFORMED_EVENT,
     CANCELLED,
+    NOT_SENT,
     LINE_TOO_LONG,
     BODY_TOO_LARGE,
     UNSUPPORTED_ENCODING,

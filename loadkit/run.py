@@ -1,20 +1,23 @@
 """``loadkit run``: resolve the scenario and keys, start the embedded reference server when
-the target is ``embedded``, drive the chosen engine, write run.json, then analyse."""
+the target is ``embedded`` (else check the target before any load), drive the chosen engine,
+write run.json, then analyse. SIGINT, SIGTERM and SIGHUP all stop the run gracefully."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from loadkit import __version__
-from loadkit.records import RecordWriter
+from loadkit.api import TargetApi
+from loadkit.records import RecordWriter, RequestRecord, shifted
 from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id
 from loadkit.scenario import EMBEDDED, Key, Scenario, ScenarioError, load_scenario, resolve_keys
 
@@ -30,27 +33,42 @@ def builtin_scenario(name: str = DEFAULT_SCENARIO) -> Scenario:
     return scenario_from_dict(tomllib.loads(text), source=f"<built-in {name}>")
 
 
+class PreflightFailed(Exception):
+    """The target failed the pre-flight check; the message lists each problem."""
+
+
 @dataclass
 class Target:
     base_url: str
     keys: list[Key]
     truth_path: Path | None = None
+    api: TargetApi = field(default_factory=TargetApi)
+    embedded: bool = False
 
 
 @contextlib.contextmanager
 def open_target(scenario: Scenario, out_dir: Path, cpu: int | None = None) -> Iterator[Target]:
     """The target to load: the embedded reference server (started here, stopped after) or
     the scenario's URL with keys from the environment / keys files."""
+    api = scenario.target.target_api(os.environ)
     if scenario.target.base_url != EMBEDDED:
-        yield Target(scenario.target.base_url, resolve_keys(scenario))
+        yield Target(scenario.target.base_url, resolve_keys(scenario), api=api)
         return
+    if api.layout.name not in ("seed", "openai"):
+        raise ScenarioError(
+            "target.paths: the embedded reference server serves the 'seed' or 'openai' "
+            "layout only; explicit paths need a real target (--target URL)"
+        )
     from loadkit.server.process import start_server_process
 
     truth = out_dir / "truth.jsonl"
     with start_server_process(
-        config_path=scenario.target.server_config, truth_path=truth, cpu=cpu
+        config_path=scenario.target.server_config,
+        truth_path=truth,
+        cpu=cpu,
+        api=api.layout.name,
     ) as srv:
-        yield Target(srv.base_url, embedded_keys(scenario, srv.keys), truth)
+        yield Target(srv.base_url, embedded_keys(scenario, srv.keys), truth, api, embedded=True)
 
 
 def embedded_keys(scenario: Scenario, server_keys: list[dict[str, str]]) -> list[Key]:
@@ -102,9 +120,11 @@ def run_scenario(
     engine: str = "async",
     workers: int | None = None,
     progress: bool = True,
+    preflight: bool = True,
 ) -> RunMeta:
     """Run a scenario and write records and run.json into ``out_dir``; returns the
-    metadata (``interrupted`` set if Ctrl-C stopped it)."""
+    metadata (``interrupted`` set if a signal stopped it). Raises PreflightFailed (nothing
+    written, no load sent) when the target fails the pre-flight check."""
     used = [p.name for p in (out_dir / "run.json", *out_dir.glob("records-*.jsonl")) if p.exists()]
     if used:
         # Records of two runs in one directory would be analysed as one run (two clocks,
@@ -119,26 +139,117 @@ def run_scenario(
     server_cpu = 0 if (os.cpu_count() or 1) >= 2 else None
     if engine == "async":
         import loadkit.engine.async_engine  # noqa: F401  (imported before the clock starts)
-    with open_target(scenario, out_dir, cpu=server_cpu) as target:
+    with _stop_signals(), open_target(scenario, out_dir, cpu=server_cpu) as target:
         clock = Clock()
         meta = new_meta(scenario, engine, target.base_url, target.keys, run_id, clock)
+        meta.target_api = target.api.describe()
+        probes: list[RequestRecord] = []
+        if preflight and not target.embedded:
+            probes = _preflight(scenario, target, clock, run_id, engine, progress)
         meta.write(out_dir)
         if progress:
             print(
                 f"loadkit: {scenario.name}: {engine} engine, {len(target.keys)} keys, "
-                f"{_duration_text(scenario)} against {target.base_url}",
+                f"{_duration_text(scenario)} against {target.base_url}"
+                f"{' (loadkit reference server)' if target.embedded else ''}",
                 file=sys.stderr,
             )
-        if engine == "async":
-            _run_async(scenario, target, out_dir, clock, meta, progress)
-        else:
-            from loadkit.locust_engine import run_locust
+        anchor_ns = clock.mono_anchor_ns
+        try:
+            if engine == "async":
+                _run_async(scenario, target, out_dir, clock, meta, progress)
+            else:
+                from loadkit.locust_engine import run_locust
 
-            run_locust(scenario, target, out_dir, clock, meta, workers=workers, progress=progress)
+                run_locust(
+                    scenario, target, out_dir, clock, meta, workers=workers, progress=progress
+                )
+        finally:
+            # The probes were timed on the clock as it was; the engine may have moved t=0.
+            _write_probes(out_dir, probes, (anchor_ns - clock.mono_anchor_ns) / 1e9)
         meta.ended_unix = time.time()
         meta.duration_s = clock.now()
         meta.write(out_dir)
     return meta
+
+
+def _preflight(
+    scenario: Scenario, target: Target, clock: Clock, run_id: str, engine: str, progress: bool
+) -> list[RequestRecord]:
+    from loadkit.preflight_client import PreflightSettings, run_preflight
+
+    kinds = sorted({kind for load in scenario.load for kind, _ in load.mix})
+    models = [scenario.target.model] + sorted(
+        {load.model for load in scenario.load if load.model and load.model != scenario.target.model}
+    )
+    t = scenario.target
+    settings = PreflightSettings(t.connect_timeout_s, min(t.request_timeout_s, 60.0))
+    if progress:
+        print(f"loadkit: pre-flight check of {target.base_url} ...", file=sys.stderr)
+    res = run_preflight(
+        target.base_url,
+        target.api,
+        target.keys,
+        models,
+        kinds,
+        clock,
+        run_id,
+        engine,
+        settings,
+        {k.label: src for k in target.keys if (src := key_sources(scenario).get(k.tier))},
+    )
+    for note in res.verdict.notes:
+        print(f"loadkit: pre-flight: note: {note}", file=sys.stderr)
+    if not res.verdict.ok:
+        problems = "\n".join(f"  - {p.text()}" for p in res.verdict.problems)
+        raise PreflightFailed(
+            f"pre-flight check failed, no load was sent ({len(res.verdict.problems)} "
+            f"problem{'s' if len(res.verdict.problems) != 1 else ''}):\n{problems}\n"
+            "(docs/targets.md explains each message; --no-preflight skips the check)"
+        )
+    if progress:
+        print(
+            f"loadkit: pre-flight: ok ({len(res.records)} requests, "
+            f"{len(target.keys)} keys authenticated)",
+            file=sys.stderr,
+        )
+    return res.records
+
+
+def key_sources(scenario: Scenario) -> dict[str, str]:
+    """Where each tier's keys come from, for messages: tier -> variable or file."""
+    out: dict[str, str] = {}
+    for tier in scenario.tiers.values():
+        src = tier.keys_env or (f"keys file {tier.keys_file}" if tier.keys_file else "")
+        if src:
+            out[tier.name] = src
+    return out
+
+
+def _write_probes(out_dir: Path, probes: list[RequestRecord], delta_s: float) -> None:
+    if not probes:
+        return
+    with RecordWriter(out_dir / "records-preflight.jsonl") as w:
+        for rec in probes:
+            w.write(shifted(rec, delta_s) if delta_s else rec)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM (CI runners, ``timeout``, Kubernetes) and SIGHUP (a closed terminal) stop a
+    run like Ctrl-C: stop sending, drain, keep every record, analyse what there is. The
+    engines turn a second signal into "skip the drain"."""
+    sigs = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    try:
+        old = {sig: signal.signal(sig, signal.default_int_handler) for sig in sigs}
+    except ValueError:  # not the main thread (tests): signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _run_async(
@@ -148,6 +259,7 @@ def _run_async(
 
     worker = "async-0"
     with RecordWriter(out_dir / f"records-{worker}.jsonl") as writer:
+        info = WorkerInfo(worker)
         try:
             res = run_engine(
                 scenario,
@@ -157,15 +269,20 @@ def _run_async(
                 clock,
                 meta.run_id,
                 progress=progress,
+                api=target.api,
             )
             meta.interrupted = res.interrupted
             meta.stop_reason = res.stop_reason
-        except KeyboardInterrupt:
+            # Every record it produced (retries and never-sent arrivals included), and what
+            # was open when it stopped: analysis counts the records against these.
+            info.sent = res.sent + res.not_sent
+            info.in_flight = res.in_flight
+        except KeyboardInterrupt:  # a signal before or after the engine's own handlers
             meta.interrupted = True
-            meta.stop_reason = "interrupted (Ctrl-C)"
-        meta.workers = [
-            WorkerInfo(worker, writer.count, "interrupted" if meta.interrupted else "ok")
-        ]
+            meta.stop_reason = "interrupted (signal)"
+        info.records = writer.count
+        info.status = "interrupted" if meta.interrupted else "ok"
+        meta.workers = [info]
 
 
 def run_main(args: Any) -> int:
@@ -187,14 +304,29 @@ def run_main(args: Any) -> int:
         print(f"loadkit run: {scenario.source}: slo: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else Path("runs") / new_run_id()
+    _say_if_embedded(scenario, args)
+    created = not out_dir.exists()
     try:
         meta = run_scenario(
-            scenario, out_dir, engine=engine, workers=args.workers, progress=not args.quiet
+            scenario,
+            out_dir,
+            engine=engine,
+            workers=args.workers,
+            progress=not args.quiet,
+            preflight=not getattr(args, "no_preflight", False),
         )
     except ScenarioError as exc:
         print(f"loadkit run: {exc}", file=sys.stderr)
         return 2
+    except PreflightFailed as exc:
+        print(f"loadkit run: {exc}", file=sys.stderr)
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # nothing was written: a retry may use the same --out
+        return 2
     print(f"records: {out_dir}", file=sys.stderr)
+    if meta.stop_reason:
+        print(f"run ended: {meta.stop_reason}", file=sys.stderr)
     if getattr(args, "parquet", False):
         from loadkit.records import write_parquet
 
@@ -212,6 +344,27 @@ def run_main(args: Any) -> int:
         if add_after_run(out_dir, args.history) != 0 and code == 0:
             return 2  # a night missing from the history must not pass silently
     return code
+
+
+def _say_if_embedded(scenario: Scenario, args: Any) -> None:
+    """The embedded server is never tested silently in place of the user's service."""
+    if scenario.target.base_url != EMBEDDED:
+        return
+    envs = sorted(
+        {t.keys_env for t in scenario.tiers.values() if t.keys_env and os.environ.get(t.keys_env)}
+    )
+    if envs:
+        print(
+            "loadkit run: NOTE: no target: this run tests loadkit's embedded reference "
+            f"server, and ignores the keys in {', '.join(envs)}. To test your service, "
+            "pass --target URL (or set [target] base_url in the scenario).",
+            file=sys.stderr,
+        )
+    elif not getattr(args, "quiet", False):
+        print(
+            "loadkit run: target: loadkit's embedded reference server (--target URL tests another)",
+            file=sys.stderr,
+        )
 
 
 def _duration_text(s: Scenario) -> str:

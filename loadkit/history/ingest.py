@@ -21,7 +21,7 @@ from typing import Any
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"
 SUMMARY_PREFIX = "loadkit.summary/"
-KNOWN_SUMMARY_VERSIONS = (1,)
+KNOWN_SUMMARY_VERSIONS = (1, 2)  # 2 added completeness, keys, headline (docs/metrics.md)
 LATENCY_SCOPES = ("overall", "by_tier")
 GROUP_FIELDS = ("tier", "key", "endpoint", "stream")
 

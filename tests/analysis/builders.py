@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from loadkit.limit_signals import Refusal, attribute
 from loadkit.records import RequestRecord
 
 _ids = itertools.count()
@@ -24,7 +25,9 @@ def rec(
     chunks: list[float] | None = None,
     **kw: Any,
 ) -> RequestRecord:
-    """A record; headers default to send + 0.01, end to headers + 0.1."""
+    """A record; headers default to send + 0.01, end to headers + 0.1. A 429's
+    ``limit_kind`` is what the engines would decide from its code (``limit_signals``),
+    unless given."""
     headers = send + 0.01 if headers is None and status != 0 else headers
     end = (headers if headers is not None else send) + 0.1 if end is None else end
     chunks = list(chunks or [])
@@ -50,5 +53,8 @@ def rec(
         error_code=code,
         content_chunks=len(chunks),
     )
+    if status == 429 and "limit_kind" not in kw:
+        who = attribute(Refusal(code=code, type=kw.get("error_type")))
+        fields.update(limit_kind=who.kind, limit_signal=who.signal)
     fields.update(kw)
     return RequestRecord(**fields)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from loadkit.limit_signals import Refusal, attribute
 from loadkit.records import RECORD_SCHEMA, RequestRecord
 from loadkit.runmeta import RunMeta, WorkerInfo
 
@@ -221,6 +222,8 @@ def key_run_rows(kr: KeyRun, run_id: str, start_index: int = 0) -> list[dict[str
     out = []
     for i in range(kr.send.size):
         ok = kr.status[i] == 200
+        # the engines decide which limit refused a 429 from its code (loadkit.limit_signals)
+        who = attribute(Refusal(code=kr.error_code[i])) if kr.status[i] == 429 else None
         chunks: list[float] = []
         if ok and kr.stream and kr.tokens > 0:
             ft = float(kr.first_token[i])
@@ -258,6 +261,59 @@ def key_run_rows(kr: KeyRun, run_id: str, start_index: int = 0) -> list[dict[str
                 else int(kr.rl_remaining[i]),
                 "rl_reset_requests_s": None,
                 "retry_after_s": _opt(kr.retry_after[i]),
+                "content_type": "text/event-stream" if ok and kr.stream else "application/json",
+                "limit_kind": who.kind if who else None,
+                "limit_signal": who.signal if who else None,
+                "queued_s": 0.0,
+                "schema": RECORD_SCHEMA,
+            }
+        )
+    return out
+
+
+def answered_rows(
+    label: str,
+    tier: str,
+    sends: np.ndarray,
+    *,
+    status: int,
+    content_type: str | None = None,
+    error_code: str | None = None,
+    transport_error: str | None = None,
+    limit_kind: str | None = None,
+    endpoint: str = "chat",
+    worker: str = "sim",
+    latency_s: float = 0.004,
+    run_id: str = "sim",
+) -> list[dict[str, Any]]:
+    """Records (as dicts) of requests that all got the same answer, e.g. a wrong URL's 404
+    HTML page, a refused key's 401, or no answer at all (status 0 with a transport error)."""
+    out = []
+    for i, s in enumerate(np.asarray(sends, dtype=np.float64).tolist()):
+        answered = status != 0
+        out.append(
+            {
+                "run_id": run_id,
+                "engine": "synthetic",
+                "worker": worker,
+                "request_id": f"{label}-{status}-{i}",
+                "attempt": 1,
+                "tier": tier,
+                "key": label,
+                "endpoint": endpoint,
+                "stream": True,
+                "model": "sim-model",
+                "scheduled_s": None,
+                "send_s": round(s, 6),
+                "headers_s": round(s + latency_s, 6) if answered else None,
+                "end_s": round(s + latency_s + 0.0005, 6),
+                "chunk_s": [],
+                "status": status,
+                "error_code": error_code,
+                "transport_error": transport_error,
+                "content_type": content_type if answered else None,
+                "limit_kind": limit_kind,
+                "content_chunks": 0,
                 "queued_s": 0.0,
                 "schema": RECORD_SCHEMA,
             }
@@ -279,14 +335,20 @@ def run_meta(
     slo: dict[str, Any] | None = None,
     goodput: dict[str, float] | None = None,
     interrupted: bool = False,
+    killed: bool = False,
+    workers: list[WorkerInfo] | None = None,
+    target: str = "simulated",
+    target_api: dict[str, Any] | None = None,
 ) -> RunMeta:
-    """run.json for a synthetic run: each tier promises its limiter's nominal limits."""
+    """run.json for a synthetic run: each tier promises its limiter's nominal limits.
+    ``killed``: the run never wrote its end (no ``ended_unix``), as after a SIGKILL."""
+    started = time.time()
     return RunMeta(
         run_id=run_id,
         engine="synthetic",
-        target="simulated",
+        target=target,
         scenario_name="synthetic",
-        started_unix=time.time(),
+        started_unix=started,
         mono_anchor_ns=0,
         tiers={
             t: {
@@ -301,11 +363,13 @@ def run_meta(
         ],
         slo=slo or {},
         goodput=goodput or {},
-        workers=[WorkerInfo(worker="sim")],
+        workers=workers if workers is not None else [WorkerInfo(worker="sim")],
+        ended_unix=None if killed else started,
         duration_s=duration_s,
         warmup_s=warmup_s,
         interrupted=interrupted,
         stop_reason="interrupted" if interrupted else "duration",
+        target_api=target_api or {},
     )
 
 
@@ -318,9 +382,12 @@ def write_run(
     """Write run.json and one records file holding every simulated key."""
     path = Path(run_dir)
     path.mkdir(parents=True, exist_ok=True)
-    if meta.duration_s is None:
+    if meta.duration_s is None and meta.ended_unix is not None:
         ends = [float(kr.end.max()) for kr in key_runs if kr.end.size]
+        ends += [float(r["end_s"]) for r in extra_rows or ()]
         meta.duration_s = max(ends, default=0.0)
+    if meta.ended_unix is not None:
+        meta.ended_unix = meta.started_unix + (meta.duration_s or 0.0)
     meta.write(path)
     with open(path / "records-sim.jsonl", "w", encoding="utf-8") as fh:
         for kr in key_runs:

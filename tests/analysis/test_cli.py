@@ -45,7 +45,9 @@ def test_pass_or_inconclusive_exits_0_and_writes_schema(tmp_path):
     text = out.getvalue()
     assert "VERDICT" in text and "key-a" in text
     s = json.loads((run / "summary.json").read_text())
-    assert s["schema"] == "loadkit.summary/1"
+    assert s["schema"] == "loadkit.summary/2"
+    assert s["headline"] == "PASS — no violation and every SLO met"
+    assert s["completeness"]["complete"] is True
     # Both keys offer ~3 req/s against 2 req/s promised: their requests limits held; the
     # concurrency cap of 4 was never reached, which is listed but does not stop a pass.
     assert s["verdict"] == "pass"
@@ -139,22 +141,25 @@ def test_unusable_input_exits_2(tmp_path, capsys):
     assert analyze_main(args(run2)) == 2
 
 
-def test_interrupted_run_is_analysed_and_says_so(tmp_path):
+def test_interrupted_run_is_incomplete_and_never_passes(tmp_path):
     run = make_run(tmp_path, interrupted=True)
     # a torn last line, as a killed writer leaves it
     with open(next(run.glob("records-*.jsonl")), "a") as fh:
         fh.write('{"run_id": "sim", "send_s": 1')
     out = io.StringIO()
-    # An interruption does not change the verdict of what was recorded: the same load as
-    # the passing run above, so it passes (exit 0), and says it was interrupted.
-    assert analyze_main(args(run, quiet=False), out=out) == 0
-    assert "INTERRUPTED" in out.getvalue()
+    # The same load as the passing run above, but interrupted: incomplete, exit 3, said
+    # first; the verdicts of what was recorded are still there.
+    assert analyze_main(args(run, quiet=False), out=out) == 3
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (
+        "INCOMPLETE: the run was interrupted: the records cover only the part before it stopped"
+    )
+    assert "VERDICT: INCOMPLETE — no violation on what was recorded" in lines
     s = json.loads((run / "summary.json").read_text())
     assert s["run"]["interrupted"] is True
-    assert s["verdict"] == "pass"
-    assert s["verdict_reasons"][-1] == (
-        "the run was interrupted: figures cover the records written before it stopped"
-    )
+    assert s["verdict"] == "incomplete"
+    assert s["completeness"]["complete"] is False and s["completeness"]["interrupted"] is True
+    assert [e["enforced"] for e in s["limits"] if e["kind"] == "requests"] == ["held", "held"]
 
 
 def test_charts_and_self_contained_report(tmp_path):

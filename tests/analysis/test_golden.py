@@ -1,6 +1,7 @@
-"""summary.json (``loadkit.summary/1``) against its golden file: a fixed synthetic run must
-analyse to the same document, the golden must read back byte for byte, and ``loadkit
-compare`` must read it as an old run's summary (pyperf keeps old results readable this way).
+"""summary.json against its golden files: a fixed synthetic run must analyse to the
+``loadkit.summary/2`` golden, every golden (version 1 too) must read back byte for byte, and
+``loadkit compare`` must read an old run's summary (pyperf keeps old results readable this
+way).
 
 Regenerate after an intended change of the format or the figures (and say why in the
 commit): ``LOADKIT_UPDATE_GOLDEN=1 python -m pytest tests/analysis/test_golden.py``."""
@@ -32,7 +33,8 @@ from tests.analysis.synthetic import (
     write_run,
 )
 
-GOLDEN = Path(__file__).parent / "golden" / "summary-v1.json"
+GOLDEN = Path(__file__).parent / "golden" / "summary-v2.json"
+GOLDEN_V1 = Path(__file__).parent / "golden" / "summary-v1.json"
 STARTED_UNIX = 1_767_225_600.0  # 2026-01-01T00:00:00Z: run.started_at is the only clock read
 FLOAT_REL = 1e-9  # numpy builds may differ in the last bits of a mean or an interpolation
 
@@ -40,8 +42,9 @@ FLOAT_REL = 1e-9  # numpy builds may differ in the last bits of a mean or an int
 def golden_run(run_dir: Path) -> Path:
     """A run that touches every part of the summary: a correct sliding-log key, a key whose
     fixed window lets a boundary burst through, a key of an unknown tier, a key in run.json
-    that sent nothing, refusals with and without codes, transport errors, a model listing,
-    SLOs met, missed and without data, goodput thresholds (one unknown)."""
+    that sent nothing, refusals with and without codes, one refused for tokens, one in a
+    version-1 record, a wrong-route 404 page, transport errors, a model listing, SLOs met,
+    missed and without data, goodput thresholds (one unknown)."""
     rng = np.random.default_rng(20260101)
     free = Limiter("sliding_log", requests=10, window_s=5.0, concurrency=3, remaining="off")
     paid = Limiter("fixed_window", requests=20, window_s=10.0, concurrency=6, retry_after="short")
@@ -76,6 +79,18 @@ def golden_run(run_dir: Path) -> Path:
             transport_error="incomplete_stream",
         ),
         rec(9.0, 9.01, 9.02, key="free-1", endpoint="models", stream=False),
+        rec(11.0, 11.01, 11.02, key="free-1", status=429, code="tpm_rate_limit_exceeded"),
+        rec(12.0, 12.01, 12.02, key="free-1", status=404, content_type="text/html"),
+        rec(
+            13.0,
+            13.01,
+            13.02,
+            key="free-2",
+            status=429,
+            code="concurrency_limit_exceeded",
+            limit_kind=None,
+            schema="loadkit.record/1",
+        ),
         rec(10.0, 10.01, 10.5, key="trial-1", tier="trial", chunks=[10.1, 10.2, 10.4]),
     ]
     meta = run_meta(
@@ -95,6 +110,8 @@ def golden_run(run_dir: Path) -> Path:
     meta.started_unix = STARTED_UNIX
     meta.loadkit_version = "golden"
     rows = [json.loads(r.to_json()) for r in extra]
+    for i, row in enumerate(rows):  # ids of their own: not the builders' session-wide count
+        row["request_id"] = f"extra-{i}"
     return write_run(run_dir, meta, keys, extra_rows=rows)
 
 
@@ -157,25 +174,37 @@ def test_summary_matches_the_golden_file(analysed: Path) -> None:
         "key trial-1: tier 'trial' has no promised limits in run.json; not judged",
         "key free-3: in run.json but sent no requests",
     ]
+    assert want["schema"] == "loadkit.summary/2"
+    assert want["headline"] == "FAIL — 3 limits violated, 1 SLO missed"
+    assert want["completeness"]["complete"] is True
+    keys = {k["key"]: k for k in want["keys"]}
+    assert list(keys) == ["free-1", "free-2", "paid-1", "trial-1"]
+    # the tokens refusal and the wrong-route page are counted, not judged
+    assert keys["free-1"]["limited"]["tokens"] == 1 and keys["free-1"]["not_api"] == 1
+    # the version-1 record's concurrency code still says which limit refused it
+    assert keys["free-2"]["limited"]["concurrency"] == 1
+    assert all(k["usable"] for k in want["keys"])
 
 
-def test_the_golden_file_reads_back_byte_for_byte() -> None:
-    text = GOLDEN.read_text(encoding="utf-8")
-    summary = read_summary(GOLDEN)
+@pytest.mark.parametrize("path", [GOLDEN_V1, GOLDEN], ids=["v1", "v2"])
+def test_every_golden_file_reads_back_byte_for_byte(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    summary = read_summary(path)
     assert summary.to_json() == text
     # and the typed values are what the document says
     assert summary.verdict == "fail" and summary.run.started_at == "2026-01-01T00:00:00.000Z"
     paid = next(e for e in summary.limits if e.key == "paid-1" and e.kind == "requests")
     assert paid.verdict.enforced == "violated"
+    assert summary.gaps() == ()  # a complete run, in both versions
 
 
 def test_an_old_summary_is_read_by_loadkit_compare(tmp_path: Path, capsys) -> None:
-    # Two copies of the golden run whose summary.json is the golden file itself, as an
+    # Two copies of the golden run whose summary.json is the version-1 golden file, as an
     # earlier loadkit wrote it: compare reads both summaries and does not re-analyse.
     runs = []
     for name in ("base", "new"):
         run = golden_run(tmp_path / name)
-        shutil.copy(GOLDEN, run / SUMMARY_FILE)
+        shutil.copy(GOLDEN_V1, run / SUMMARY_FILE)
         runs.append(run)
     junit = tmp_path / "compare.xml"
     rc = loadkit_main(["compare", str(runs[0]), str(runs[1]), "--junit", str(junit)])
@@ -185,10 +214,10 @@ def test_an_old_summary_is_read_by_loadkit_compare(tmp_path: Path, capsys) -> No
     assert "no regression" in out
     assert "paid-1           requests     enforced         violated -> violated" in out
     result = compare_runs(runs[0], runs[1])
-    golden = json.loads(GOLDEN.read_text())
+    golden = json.loads(GOLDEN_V1.read_text())
     requests_rps = next(m for m in result.metrics if m.metric == "requests_per_s")
     assert requests_rps.base == requests_rps.new == golden["throughput"]["requests_per_s"]
-    assert (runs[1] / SUMMARY_FILE).read_bytes() == GOLDEN.read_bytes()  # read, not rewritten
+    assert (runs[1] / SUMMARY_FILE).read_bytes() == GOLDEN_V1.read_bytes()  # read, not rewritten
 
 
 @pytest.mark.parametrize(
@@ -201,7 +230,9 @@ def test_an_old_summary_is_read_by_loadkit_compare(tmp_path: Path, capsys) -> No
         (lambda s: s.pop("throughput"), "throughput: missing"),
         (lambda s: s["limits"][0].__setitem__("enforced", "maybe"), "limits[0].enforced"),
         (lambda s: s["limits"][1].__setitem__("kind", "tokens"), "limits[1].kind"),
-        (lambda s: s.__setitem__("schema", "loadkit.summary/2"), "loadkit.summary/2"),
+        (lambda s: s.__setitem__("schema", "loadkit.summary/3"), "loadkit.summary/3"),
+        (lambda s: s["keys"][0].__setitem__("usable", "yes"), "keys[0].usable"),
+        (lambda s: s["completeness"].pop("killed"), "completeness.killed: missing"),
     ],
 )
 @pytest.mark.parametrize("side", ["base", "new"])
@@ -225,8 +256,16 @@ def test_analyze_and_report_matches_the_command(analysed: Path, tmp_path: Path) 
     out = io.StringIO()
     assert analyze_and_report(analysed, charts=False, out=out) == 1
     text = out.getvalue()
-    assert text.splitlines()[0] == "run golden (synthetic, 129 records)"
-    assert "VERDICT: FAIL" in text and "  - paid-1 requests: not enforced" in text
+    lines = text.splitlines()
+    assert lines[0] == "run golden (synthetic, 132 records)"
+    # status codes by key, 429s by the limit that refused them, always on the console
+    assert " ".join(lines[2].split()) == (
+        "requests by key tier 2xx 429 req 429 conc 429 tok 429 ? 4xx 5xx no resp cancelled"
+    )
+    assert " ".join(lines[3].split()) == "free-1 free 35 18 0 1 0 1 0 1 0"
+    assert " ".join(lines[4].split()) == "free-2 free 16 0 1 0 1 1 0 2 0"
+    assert "VERDICT: FAIL — 3 limits violated, 1 SLO missed" in lines
+    assert "  - paid-1 requests: not enforced" in lines
     assert Summary.from_dict(json.loads((analysed / SUMMARY_FILE).read_text())).verdict == "fail"
     quiet = io.StringIO()
     assert (

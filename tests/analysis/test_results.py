@@ -28,6 +28,15 @@ def test_every_verdict_value_has_an_effect_and_every_outcome_an_exit_status() ->
     assert set(VERDICT_EFFECT) == set(Verdict)
     assert set(EXIT_STATUS) == set(RunVerdict)
     assert [v for v in Verdict if v.effect is Effect.FAILS] == [Verdict.VIOLATED]
+    assert [v for v in Verdict if v.effect is Effect.ERROR] == [Verdict.UNUSABLE]
+    # the documented exit codes (README "CI nightly recipe", docs/verdicts.md)
+    assert {str(v): EXIT_STATUS[v] for v in RunVerdict} == {
+        "pass": 0,
+        "inconclusive": 0,
+        "fail": 1,
+        "error": 2,
+        "incomplete": 3,
+    }
 
 
 def test_overall_verdict_is_decided_on_the_typed_summary(golden: Summary) -> None:

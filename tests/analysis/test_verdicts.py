@@ -276,7 +276,10 @@ def test_refused_connections_never_reached_the_server():
     ]
     _, _, req, _ = judge(recs, policy)
     assert req.observed_max_possible == 2  # a refused connection cannot be admitted
-    assert req.enforced == "held"
+    # ... nor did it offer the limiter anything: only 2 requests reached it, so the limit
+    # of 2 was never tested
+    assert req.offered.max_in_window == 2
+    assert req.enforced == "inconclusive"
 
 
 def test_cancelled_requests_are_not_service_errors():

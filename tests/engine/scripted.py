@@ -57,6 +57,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         self._jumping = _JumpingSelector()
         super().__init__(self._jumping)
+        # asyncio runs a timer up to the clock's resolution (1 ns) early. On virtual time
+        # nothing moves the clock on to the timer's time then, and a task waiting for that
+        # time (the engine spins its last moment before a send) would spin forever: make
+        # the resolution one unit in the last place, so a timer runs at its time exactly.
+        self._clock_resolution = _START * 2.0**-52
 
     def time(self) -> float:
         return self._jumping.now
@@ -334,38 +339,44 @@ def run_scripted(
     script: Steps | Callable[[Sent], Steps],
     keys: list[Key] | None = None,
     at: Sequence[tuple[float, Callable[[AsyncEngine], object]]] = (),
+    **engine: Any,
 ) -> Run:
     """Run the engine on a virtual-time loop against a scripted transport; ``at`` calls
-    ``f(engine)`` at run-clock times (to stop it, say)."""
+    ``f(engine)`` at run-clock times (to stop it, say); ``engine`` adds AsyncEngine
+    arguments (api, watch, …)."""
     loop = VirtualTimeLoop()
     clock = LoopClock(loop)
     sink = MemorySink()
     transport = ScriptedTransport(script, clock)
-    engine = AsyncEngine(
+    eng = AsyncEngine(
         scenario,
         keys if keys is not None else TEST_KEYS[:1],
-        BASE_URL,
+        scenario.target.base_url,
         sink,
         clock,
         "run-test",
         progress=False,
         transport=transport,
         wake_early_s=0.0,  # virtual timers are exact: no need to wake early and spin
+        **engine,
     )
 
     async def main() -> EngineResult:
         for t, f in at:
-            loop.call_later(t, f, engine)
-        return await engine.run()
+            loop.call_later(t, f, eng)
+        return await eng.run()
 
     with asyncio.Runner(loop_factory=lambda: loop) as runner:
         result = runner.run(main())
         ended = clock.now()
-    return Run(result, sink.records, transport, engine, ended)
+    return Run(result, sink.records, transport, eng, ended)
 
 
-def make_scenario(*loads: dict[str, Any], **run: Any) -> Scenario:
-    """A scenario against a (scripted) remote target: tier ``free``, the given loads."""
+def make_scenario(
+    *loads: dict[str, Any], target: dict[str, Any] | None = None, **run: Any
+) -> Scenario:
+    """A scenario against a (scripted) remote target: tier ``free``, the given loads;
+    ``target`` adds ``[target]`` fields (api, paths, auth_header, …)."""
     from loadkit.scenario import scenario_from_dict
 
     run.setdefault("duration_s", 2.0)
@@ -373,7 +384,7 @@ def make_scenario(*loads: dict[str, Any], **run: Any) -> Scenario:
     return scenario_from_dict(
         {
             "name": "scripted",
-            "target": {"base_url": BASE_URL, "model": "m"},
+            "target": {"base_url": BASE_URL, "model": "m", **(target or {})},
             "run": run,
             "tiers": {"free": {"requests": 100, "window_s": 1.0, "concurrency": 10}},
             "load": [{"tier": "free", "mix": {"chat": 1}, **ld} for ld in loads],

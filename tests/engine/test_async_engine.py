@@ -1,8 +1,9 @@
 """The asyncio engine end to end, over aiohttp against the reference server: one record
 per request whatever happened to it, checked against the server's truth log, for an
-open-loop run under every fault, a closed-loop run bounded by its request count, and a run
-stopped by Ctrl-C. Scheduling, caps, retries and drains are tested fast through the
-scripted transport (test_scheduling.py, test_stopping.py)."""
+open-loop run under every fault, a closed-loop run bounded by its request count, and runs
+stopped by signals (one drains, a second cuts the drain). Scheduling, caps, retries, drains
+and signals are tested fast through the scripted transport (test_scheduling.py,
+test_stopping.py, test_signals.py, test_every_arrival.py)."""
 
 from __future__ import annotations
 
@@ -133,7 +134,9 @@ def test_request_count_bounds_the_run(tmp_path):
     assert meta.duration_s < 20
 
 
-def test_ctrl_c_keeps_records_and_marks_interrupted(tmp_path):
+def _start_streaming_run(tmp_path: Path, drain_s: float) -> tuple[subprocess.Popen, Path]:
+    """``loadkit run`` in a subprocess, 4 closed-loop users streaming 200 tokens (about
+    4 s each), returned once records are being written."""
     _, d = make_scenario(
         tmp_path,
         {
@@ -151,6 +154,7 @@ def test_ctrl_c_keeps_records_and_marks_interrupted(tmp_path):
             }
         ],
         duration_s=60,
+        drain_s=drain_s,
     )
     path = tmp_path / "s.json"  # a scenario file may be JSON as well as TOML
     path.write_text(json.dumps(d))
@@ -179,11 +183,31 @@ def test_ctrl_c_keeps_records_and_marks_interrupted(tmp_path):
             break
         time.sleep(0.1)
     time.sleep(0.3)
+    return proc, out
+
+
+def test_sigterm_stops_sending_and_drains_every_open_stream(tmp_path):
+    proc, out = _start_streaming_run(tmp_path, drain_s=20)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=40)
+    assert proc.returncode == 130, err
+    meta = read_run_meta(out)
+    assert meta.interrupted and meta.stop_reason == "interrupted (SIGTERM)"
+    recs = iter_records(out)
+    # The streams open at the signal were read to their end within the drain.
+    assert recs and all(r.status == 200 and r.transport_error is None for r in recs)
+    assert set(truth(out / "truth.jsonl")) == {r.request_id for r in recs}
+
+
+def test_a_second_signal_cuts_the_drain_and_keeps_every_record(tmp_path):
+    proc, out = _start_streaming_run(tmp_path, drain_s=20)
     os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     meta = read_run_meta(out)
-    assert meta.interrupted and "Ctrl-C" in meta.stop_reason
+    assert meta.interrupted and meta.stop_reason == "interrupted (Ctrl-C); drain cut short"
     recs = iter_records(out)
     assert any(r.transport_error == "cancelled" for r in recs)  # open streams are recorded
     assert set(truth(out / "truth.jsonl")) == {r.request_id for r in recs}

@@ -161,12 +161,13 @@ def test_what_is_sent_for_each_request_and_what_is_recorded_of_the_key():
     for s in run.transport.sent:
         key = TEST_KEYS[0] if s.headers["Authorization"].endswith("-1") else TEST_KEYS[1]
         assert s.headers["Authorization"] == f"Bearer {key.secret}"
+        # A base URL ending in /v1 is the common OpenAI layout (test_addressing.py: others).
         if s.method == "POST":
-            assert s.url == "http://target.test/v1/ai/chat/completions"
+            assert s.url == "http://target.test/v1/chat/completions"
             assert s.headers["Content-Type"] == "application/json"
             assert s.json()["model"] == "m" and s.json()["stream"] is False
         else:
-            assert (s.method, s.url, s.body) == ("GET", "http://target.test/v1/ai/models", None)
+            assert (s.method, s.url, s.body) == ("GET", "http://target.test/v1/models", None)
             assert "Content-Type" not in s.headers
     assert {s.method for s in run.transport.sent} == {"GET", "POST"}
     recs = {r.request_id: r for r in run.records}

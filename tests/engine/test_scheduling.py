@@ -32,7 +32,8 @@ def approx(v: object) -> object:
 
 def test_open_loop_sends_every_arrival_on_time_however_slow_the_answers():
     sc = make_scenario({"pattern": "constant", "rate_per_s": 50})
-    run = run_scripted(sc, json_reply(after_s=0.3))  # 15 requests open at any moment
+    # Answers take 0.29 s (not 0.3: no answer ties with an arrival): 15 open at any moment.
+    run = run_scripted(sc, json_reply(after_s=0.29))
     recs = sorted(run.records, key=lambda r: r.send_s)
     assert len(recs) == 100  # 2 s at 50/s, whatever the random phase
     assert 0 <= recs[0].scheduled_s < 0.02
@@ -114,9 +115,11 @@ def test_closed_loop_users_alternate_request_and_think_time():
     user1 = [0.01 + 0.15 * i for i in range(7)]
     assert sorted(r.send_s for r in run.records) == approx(sorted(user0 + user1))
     assert all(r.scheduled_s is None and r.status == 200 for r in run.records)
+    assert all(r.pause_s == approx(0.1) for r in run.records)
     assert run.transport.max_in_flight == 2
     assert run.result.stop_reason == "duration reached"
-    assert run.ended_at == approx(0.91 + 0.05 + 0.1)  # the last think time ends the users
+    # The end of the run cuts the last think time short: the drain is for requests.
+    assert run.ended_at == approx(1.0)
 
 
 def test_closed_loop_user_pauses_after_429_and_after_a_failed_connection():
@@ -135,6 +138,7 @@ def test_closed_loop_user_pauses_after_429_and_after_a_failed_connection():
     assert [r.status for r in recs] == [429, 0, 200, 200, 200, 200, 200]
     assert [r.transport_error for r in recs] == [None, "reset"] + [None] * 5
     assert recs[0].retry_after_s == 0.5 and recs[0].error_code == "rate_limit_exceeded"
+    assert [r.pause_s for r in recs] == approx([0.5, 1.0] + [0.1] * 5)
 
 
 def test_request_count_ends_a_closed_loop_run():

@@ -82,7 +82,7 @@ def test_duration_end_drains_closed_loop_users():
 
 def test_interrupt_skips_the_drain():
     sc = make_scenario({"pattern": "closed", "concurrency": 3}, duration_s=60, drain_s=30)
-    ctrl_c = [(0.5, lambda e: e.stop("interrupted (Ctrl-C)", interrupt=True))]
+    ctrl_c = [(0.5, lambda e: e.interrupt("interrupted (Ctrl-C)", drain=False))]
     run = run_scripted(sc, sse_reply(tokens=["x"] * 100, itl_s=0.1), at=ctrl_c)
     assert run.result.interrupted
     assert run.result.stop_reason == "interrupted (Ctrl-C)"
@@ -93,9 +93,10 @@ def test_interrupt_skips_the_drain():
 
 
 def test_interrupt_cuts_a_drain_short():
-    ctrl_c = [(0.5, lambda e: e.stop("interrupted (Ctrl-C)", interrupt=True))]
+    ctrl_c = [(0.5, lambda e: e.interrupt("interrupted (Ctrl-C)", drain=False))]
     run = run_scripted(_burst(drain_s=30.0), _four_kinds, at=ctrl_c)
-    assert run.result.interrupted and run.result.stop_reason == "interrupted (Ctrl-C)"
+    assert run.result.interrupted and run.result.drain_cut
+    assert run.result.stop_reason == "schedule complete; then interrupted (Ctrl-C) in the drain"
     assert run.ended_at == approx(0.5)
     assert len(run.records) == 4
     assert all(r.transport_error == "cancelled" and r.end_s == approx(0.5) for r in run.records)
@@ -107,7 +108,7 @@ def test_interrupt_abandons_a_pending_retry():
         honour_retry_after=True,
         drain_s=30,
     )
-    ctrl_c = [(0.5, lambda e: e.stop("interrupted (Ctrl-C)", interrupt=True))]
+    ctrl_c = [(0.5, lambda e: e.interrupt("interrupted (Ctrl-C)", drain=False))]
     run = run_scripted(
         sc, json_reply(429, {"error": {"code": "x"}}, {"retry-after": "2"}), at=ctrl_c
     )

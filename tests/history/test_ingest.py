@@ -45,7 +45,9 @@ def test_real_analysed_run_becomes_rows(analysed_run):
     assert item.run.run_id == data["run"]["run_id"]
     assert item.run.verdict == data["verdict"] == "fail"
     assert item.run.git_commit == "abc123" and item.tags == (("env", "ci"),)
-    assert item.run.complete is None and item.run.completeness is None  # no section: unknown
+    # summary/2 says the run was complete; the section is stored as it was written
+    assert item.run.complete is True and item.run.completeness is not None
+    assert json.loads(item.run.completeness) == data["completeness"]
     figures = {(m.metric, m.tier, m.key, m.endpoint, m.stream): m.value for m in item.metrics}
     ttft = data["latency"]["ttft_ms"]
     assert figures[("ttft_ms.p99", "", "", "", "")] == ttft["overall"]["p99"]
@@ -96,9 +98,9 @@ def test_new_verdict_words_and_completeness_are_kept():
 
 def test_unknown_summary_version_is_read_with_a_warning():
     data = summary(Night(), "r1", 1.8e9)
-    data["schema"] = "loadkit.summary/2"
+    data["schema"] = "loadkit.summary/3"
     item = ingest(data)
-    assert item.warnings and "loadkit.summary/2" in item.warnings[0]
+    assert item.warnings and "loadkit.summary/3" in item.warnings[0]
     assert any(m.metric == "ttft_ms.p99" for m in item.metrics)
 
 

@@ -21,6 +21,7 @@ from loadkit.outcomes import ADMITTED, Backoff, FailureWatch, Outcome, classify
         (404, "model_not_found", "application/json", None, Outcome.API_ERROR),
         (404, None, "text/html", None, Outcome.NOT_API),  # a wrong route
         (404, None, "application/json", None, Outcome.NOT_API),  # {"detail": "Not Found"}
+        (404, "not_found", "application/json", None, Outcome.NOT_API),  # an API's unknown path
         (405, "method_not_allowed", "application/json", None, Outcome.NOT_API),
         (501, None, "text/plain", None, Outcome.NOT_API),
         (502, None, "text/html", None, Outcome.NOT_API),  # a proxy with no upstream
