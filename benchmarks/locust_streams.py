@@ -8,6 +8,11 @@ seconds are warm-up. TTFT error = measured TTFT − the profile's TTFT.
     python benchmarks/locust_streams.py                  # K = 10 … 400, both engines
     python benchmarks/locust_streams.py --ks 50,100 --seconds 6
 
+``--giant 8,24`` measures instead how one key's giant SSE line (8 MiB, 24 MiB) affects
+another key's streams in the same Locust process: key A streams one giant line after
+another, key B holds 2 streams on a fixed profile (TTFT 50 ms, ITL 20 ms) from a scripted
+server in its own process, whose own timing is reported beside it.
+
 Not a test: figures go to the README.
 """
 
@@ -97,12 +102,73 @@ mix = {{ chat_stream = 1 }}
     }
 
 
+GIANT_TTFT_S, GIANT_ITL_S = 0.05, 0.02
+
+
+def serve_giant(mb: int) -> None:
+    """The scripted server (tests/locust_engine/servers.py) until stdin closes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.locust_engine.servers import Profile, ScriptedServer
+
+    with ScriptedServer(profile=Profile(GIANT_TTFT_S, GIANT_ITL_S, 5), giant_mb=mb) as srv:
+        print(srv.port, flush=True)
+        sys.stdin.read()
+
+
+def giant(mbs: list[int], seconds: float) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from loadkit.scenario import Key
+    from tests.locust_engine.helpers import by_key, run_direct, scenario
+    from tests.locust_engine.servers import key_for
+
+    print(f"command: python {' '.join(sys.argv)}")
+    print("| giant line | giant streams | B streams | B TTFT err p50 / max (ms) | B ITL err max |")
+    print("|---|---|---|---|---|")
+    for mb in [0, *mbs]:
+        srv = subprocess.Popen(
+            [PY, __file__, "--serve-giant", str(max(mb, 1))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert srv.stdout is not None
+            port = int(srv.stdout.readline())
+            loads = [{"tier": "pro", "keys": [2], "pattern": "closed", "concurrency": 2}]
+            if mb:
+                loads.insert(0, {"tier": "pro", "keys": [1], "pattern": "closed", "concurrency": 1})
+            sc = scenario(
+                f"http://127.0.0.1:{port}/v1", ["pro"], loads, run={"duration_s": seconds}
+            )
+            keys = [Key("pro-1", "pro", key_for("giant")), Key("pro-2", "pro", key_for("ok"))]
+            _, recs = run_direct(sc, keys, Path(tempfile.mkdtemp()) / "run")
+        finally:
+            srv.communicate(timeout=30)
+        got = by_key(recs)
+        b = got["pro-2"]
+        ttft = np.array([(r.first_token_s - r.send_s - GIANT_TTFT_S) * 1e3 for r in b])
+        itl = np.array([(d - GIANT_ITL_S) * 1e3 for r in b for d in np.diff(r.chunk_s)])
+        print(
+            f"| {f'{mb} MiB' if mb else 'none'} | {len(got.get('pro-1', []))} | {len(b)} | "
+            f"{np.percentile(ttft, 50):.1f} / {ttft.max():.1f} | {itl.max():.1f} |",
+            flush=True,
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ks", default="25,100,200,400,800")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--giant", metavar="MB,MB", help="one key's giant SSE line vs another key")
+    ap.add_argument("--serve-giant", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.serve_giant:
+        serve_giant(a.serve_giant)
+        return 0
+    if a.giant:
+        giant([int(x) for x in a.giant.split(",")], a.seconds)
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="loadkit-locust-bench-"))
     server_cfg = tmp / "server.json"
     server_cfg.write_text(

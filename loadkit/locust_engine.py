@@ -3,11 +3,13 @@
 This module never imports Locust or gevent (``import locust`` monkey-patches the standard
 library): it launches ``python -m locust`` on ``locustfiles/tier_users.py`` with loadkit's
 custom Locust options — the resolved scenario (a JSON file, no secrets), the run
-directory, the keys (a private 0600 file named on the command line, never the keys
-themselves) — and lets Locust's master coordinate its workers through Locust's own
-messages. The master writes every record and run.json into the run directory; this
-module shows progress from the record files, turns Ctrl-C into a graceful stop (SIGTERM to
-the master), and adopts what the master wrote (t=0, workers, how it ended).
+directory, this process's pid (every process of the run ends when this one does, SIGKILL
+included) — and lets Locust's master coordinate its workers through Locust's own
+messages. The keys go through a pipe the master inherits: never on disk, never on a
+command line. The master writes every record and run.json into the run directory; this
+module shows progress from the record files, turns an interrupt into a graceful stop
+(SIGTERM to the master; a second one stops it at once), and adopts what the master wrote
+(t=0, workers, how it ended).
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ import importlib.util
 import json
 import math
 import os
-import shutil
+import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +32,10 @@ from loadkit.scenario import Key, Scenario, plan, scenario_to_dict
 
 STARTUP_MARGIN_S = 60  # Locust's --run-time safety net beyond the schedule and its drain
 STOP_WAIT_S = 45.0  # after Ctrl-C: the master's grace (≤ 5 s) and final reports, with room
+STOP_NOW_WAIT_S = 15.0  # after a second Ctrl-C: cancel, final reports, run.json
+STOP_NOW = signal.SIGUSR1  # the master's signal to stop at once (locustfiles/_lifecycle.py)
+KEYS_FD_ENV = "LOADKIT_KEYS_FD"  # the pipe's descriptor number in Locust's environment
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # ${NAME} in a header value
 
 
 class Target(Protocol):
@@ -66,17 +71,11 @@ def run_locust(
     if users == 0:
         meta.stop_reason = "nothing to run: no load phase matches a key"
         return
-    private = Path(tempfile.mkdtemp(prefix="loadkit-locust-"))
-    os.chmod(private, 0o700)
-    try:
-        _run(scenario, target, out_dir, clock, meta, workers or 0, progress, users, private)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
+    _run(scenario, target, out_dir, clock, meta, workers or 0, progress, users)
 
 
 def locust_command(
     scenario_file: Path,
-    keys_file: Path,
     out_dir: Path,
     base_url: str,
     users: int,
@@ -92,7 +91,7 @@ def locust_command(
         "--exit-code-on-error", "0",
         "--loadkit-scenario", str(scenario_file),
         "--loadkit-out", str(out_dir),
-        "--loadkit-keys-file", str(keys_file),
+        "--loadkit-parent-pid", str(os.getpid()),
     ]  # fmt: skip
     if workers > 0:
         # An ephemeral master port on loopback: with Locust's fixed default, workers left
@@ -114,14 +113,7 @@ def _run(
     workers: int,
     progress: bool,
     users: int,
-    private: Path,
 ) -> None:
-    keys_file = private / "keys.json"
-    fd = os.open(keys_file, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(
-            {"keys": [{"label": k.label, "tier": k.tier, "key": k.secret} for k in target.keys]}, fh
-        )
     spec = scenario_to_dict(scenario)
     if scenario.target.server_config:  # read relative to the scenario file, not to out_dir
         spec["target"]["server_config"] = os.path.abspath(scenario.target.server_config)
@@ -132,7 +124,6 @@ def _run(
     run_time = int(span + scenario.drain_s + STARTUP_MARGIN_S)
     cmd = locust_command(
         scenario_file.resolve(),
-        keys_file,
         out_dir.resolve(),
         target.base_url,
         users,
@@ -140,20 +131,37 @@ def _run(
         workers,
         _free_port() if workers > 0 else 0,
     )
-    # Everything is on the command line; loadkit variables a user exported for plain
-    # Locust use (keys above all) must not add to it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADKIT_")}
+    # Everything else is on the command line; loadkit variables a user exported for plain
+    # Locust use (keys above all) must not add to it, but those the scenario's headers name
+    # are read where the requests are sent.
+    named = {n for v in scenario.target.headers.values() for n in _ENV_REF.findall(v)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADKIT_") or k in named}
+    keys_out, keys_in = os.pipe()
+    env[KEYS_FD_ENV] = str(keys_out)
     log_path = out_dir / "locust.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
         try:
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(keys_out,),
+            )
+        except BaseException:
+            os.close(keys_in)
+            raise
+        finally:
+            os.close(keys_out)
+        try:
+            _hand_keys(keys_in, target)
             _watch(proc, out_dir, clock, progress)
         except KeyboardInterrupt:
             meta.interrupted = True
             meta.stop_reason = "interrupted (Ctrl-C)"
-            _stop(proc)
+            if _stop(proc):
+                meta.stop_reason = "interrupted twice (Ctrl-C): open requests cancelled"
         finally:
             _reap(proc)
     _adopt(out_dir, clock, meta)
@@ -163,9 +171,21 @@ def _run(
         raise RuntimeError(f"locust exited with {code} and wrote no records:\n{tail}")
 
 
+def _hand_keys(fd: int, target: Target) -> None:
+    """Write the keys into the pipe Locust's master reads when it starts (it blocks only
+    until the master has read them, or fails if the master is gone)."""
+    doc = {"keys": [{"label": k.label, "tier": k.tier, "key": k.secret} for k in target.keys]}
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(json.dumps(doc).encode())
+    except BrokenPipeError:
+        pass  # the master ended before reading them: its log says why
+
+
 def _adopt(out_dir: Path, clock: Clock, meta: RunMeta) -> None:
     """Take the master's t=0 (same machine: its monotonic anchor is exact here), its
-    workers and, unless Ctrl-C stopped the run, its reason for ending."""
+    workers, whether it was interrupted (a signal sent to the master itself) and, unless
+    Ctrl-C here stopped the run, its reason for ending."""
     try:
         master = read_run_meta(out_dir)
     except (OSError, ValueError):
@@ -177,6 +197,7 @@ def _adopt(out_dir: Path, clock: Clock, meta: RunMeta) -> None:
     meta.workers = master.workers
     if not meta.interrupted and master.stop_reason:
         meta.stop_reason = master.stop_reason
+    meta.interrupted = meta.interrupted or master.interrupted
 
 
 class _Tally:
@@ -245,19 +266,35 @@ def _follow_origin(out_dir: Path, clock: Clock, seen: float) -> float:
     return mtime
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> bool:
     """Ctrl-C: SIGTERM to Locust's master, which tells every worker to stop (no new
     requests; open ones finish within the grace and are recorded), waits for their final
-    reports, writes run.json and quits. A second Ctrl-C, or a master that has not ended in
-    STOP_WAIT_S, ends every process of the run at once (records written so far are kept)."""
+    reports, writes run.json and quits. A second Ctrl-C skips the grace: STOP_NOW to the
+    master, which cancels what is open (each recorded), collects the final reports and
+    quits. A third, or a master that has not ended in time, ends every process of the run
+    at once (records written so far are kept). True if the grace was skipped."""
     try:
         os.kill(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    try:
         proc.wait(timeout=STOP_WAIT_S)
+        return False
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+        return False
+    except KeyboardInterrupt:
+        pass
+    try:
+        os.kill(proc.pid, STOP_NOW)
+        proc.wait(timeout=STOP_NOW_WAIT_S)
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         _signal_group(proc, signal.SIGKILL)
         proc.wait()
     except ProcessLookupError:
         pass
+    return True
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:

@@ -1,6 +1,7 @@
 """A load-sending Locust process's side of a loadkit run (a worker, or the single process
 of a local run): it asks the master for keys, waits for the master's t=0, sends its
-finished records to the master in small batches, and drains when the master says stop.
+finished records to the master in small batches, tells the master when the target fails
+everything, and drains when the master says stop.
 
 Talks to the master only through Locust's messages (``send`` is the runner's
 ``send_message``); imports gevent, never Locust, so the runner is passed in."""
@@ -15,13 +16,16 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
 from gevent.event import AsyncResult, Event
 
 from loadkit import records as R
+from loadkit.api import TargetApi
 from loadkit.locustfiles._roles import Role, roles_from
+from loadkit.outcomes import FailureWatch, classify
 from loadkit.records import RequestRecord
 from loadkit.runmeta import Clock, Origin, boot_id, fingerprint
 from loadkit.scenario import Key, Scenario, scenario_from_dict
@@ -36,6 +40,18 @@ CLAIM_TIMEOUT_S = 60.0
 Send = Callable[[str, dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How this process sends: the target's layout and auth (``${ENV}`` header values
+    expanded from this process's environment), the whole-request bound, and the scenario's
+    retry rule (plain mode: no retries)."""
+
+    api: TargetApi = TargetApi()
+    request_timeout_s: float = 600.0
+    honour_retry_after: bool = False
+    max_retries: int = 0
+
+
 def worker_name() -> str:
     return f"locust-{socket.gethostname()[:8]}-{os.getpid()}"
 
@@ -46,6 +62,10 @@ class Agent:
         self.keys = {k.label: k for k in keys}
         self.worker = worker or worker_name()
         self.scenario: Scenario | None = None
+        self.policy = Policy()
+        # Why this process cannot address the target (a ${VAR} not set here): it then takes
+        # no key, and the master names the keys it was granted as not driven.
+        self.policy_problem: str | None = None
         self.run_id = ""
         self.clock: Clock | None = None
         self.quota = 0  # scenario max_requests share of this process (0 = none)
@@ -55,7 +75,10 @@ class Agent:
         self.produced = 0
         self.cancelled = 0
         self.outbox: list[str] = []
-        self.inflight: set[gevent.Greenlet] = set()
+        self.inflight: set[gevent.Greenlet] = set()  # requests sent, not finished
+        self.queued: set[gevent.Greenlet] = set()  # requests waiting for a client-side slot
+        self.watch: FailureWatch | None = None  # scenario mode: stop a target failing all
+        self.failing = ""  # the watch's reason, once told to the master
         self._idle = Event()
         self._idle.set()
         self._pending: dict[int, AsyncResult] = {}
@@ -64,6 +87,7 @@ class Agent:
         self._last_flush = time.monotonic()
         self._drained = Event()
         self._draining = False
+        self._cut = Event()  # the grace is over: cancel what is still open
         self._reported = -1  # records counted in the last final report
 
     # -- settings from the master ----------------------------------------------------------
@@ -74,8 +98,16 @@ class Agent:
         self.run_id = run_id or self.run_id
         if scenario_json and self.scenario is None:
             self.scenario = scenario_from_dict(json.loads(scenario_json), source="<master>")
+            self.watch = FailureWatch()
         if start_json and not self.started.is_set():
             self._start(json.loads(start_json), 0)
+
+    def use(self, policy: Policy | str) -> None:
+        """How this process addresses the target, or why it cannot (then it drives no key)."""
+        if isinstance(policy, str):
+            self.policy_problem = policy
+        else:
+            self.policy, self.policy_problem = policy, None
 
     def hello(self) -> None:
         self.send(
@@ -110,6 +142,10 @@ class Agent:
             return None
         label = grant["label"]
         key = self.keys.get(label)
+        if self.policy_problem is not None:
+            log.error("loadkit: cannot drive key %s: %s", label, self.policy_problem)
+            self.send("loadkit_refuse", {"label": label, "reason": self.policy_problem})
+            return None
         if key is None or fingerprint(key.secret) != grant["fingerprint"]:
             reason = (
                 f"this process has no key labelled {label!r} (its keys: "
@@ -157,19 +193,28 @@ class Agent:
         return bool(self.quota) and self.seq >= self.quota
 
     def on_stop(self, data: dict[str, Any]) -> None:
-        gevent.spawn(self.drain, float(data.get("grace_s", 0.0)))
+        grace = float(data.get("grace_s", 0.0))
+        if self._draining and grace <= 0:
+            self._cut.set()  # a second stop, at once: the grace already under way ends
+        gevent.spawn(self.drain, grace)
 
     def drain(self, grace_s: float) -> None:
-        """No new requests; open ones get ``grace_s`` to finish, then are cancelled (and
-        recorded so); every record goes to the master, then the final report."""
+        """No new requests; what waits for a client-side slot is cancelled at once, open
+        requests get ``grace_s`` to finish, then are cancelled (each recorded so); every
+        record goes to the master, then the final report."""
         if self._draining:
+            if grace_s <= 0:
+                self._cut.set()
             self._drained.wait()
         else:
             self._draining = True
             self.stopped.set()
-            self._idle.wait(timeout=grace_s)
-            if self.inflight:
-                gevent.killall(list(self.inflight), block=True, timeout=10)
+            if self.queued:
+                gevent.killall(list(self.queued), block=True, timeout=10)
+            if grace_s > 0 and not self._cut.is_set():
+                gevent.wait([self._idle, self._cut], count=1, timeout=grace_s)
+            if self.inflight or self.queued:
+                gevent.killall([*self.inflight, *self.queued], block=True, timeout=10)
             self._drained.set()
         self.report_done()
 
@@ -210,6 +255,21 @@ class Agent:
             self.cancelled += 1
         if len(self.outbox) >= BATCH_N:
             self.flush()
+        watch = self.watch
+        if watch is not None and not self.failing:
+            outcome = classify(rec.status, rec.error_code, rec.content_type, rec.transport_error)
+            if watch.observe(outcome, rec.status, rec.transport_error, rec.end_s):
+                self.failing = watch.reason()
+                gevent.spawn(self._tell_failing)
+
+    def _tell_failing(self) -> None:
+        """The target fails everything this process sends: the master stops the run."""
+        log.error("loadkit: %s; asking the master to stop the run", self.failing)
+        try:
+            self.flush()  # the evidence first: messages to the master arrive in order
+            self.send("loadkit_failing", {"reason": self.failing})
+        except Exception as exc:
+            log.warning("loadkit: could not tell the master the target fails (%s)", exc)
 
     def flush(self) -> None:
         lines, self.outbox = self.outbox, []

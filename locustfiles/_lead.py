@@ -1,7 +1,9 @@
 """The leading Locust process of a loadkit run (the master, or the single process of a
 local run), wired to Locust: the run directory, the scenario sent to the workers in
 Locust's spawn messages, the workers' messages fed to the ``Coordinator``, t=0, the end of
-the run, and run.json. Imports gevent, never Locust: the environment is passed in."""
+the run — at the schedule's end, on a stop (graceful, or at once), or early when the target
+fails everything — and run.json. Imports gevent, never Locust: the environment is passed
+in."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 import gevent
 from gevent.event import Event
 
+from loadkit.api import TargetApi
 from loadkit.locustfiles._coordinator import Coordinator, check_out_dir, write_end, write_start
 from loadkit.locustfiles._options import tier_matches
 from loadkit.runmeta import Clock, Origin, RunMeta, fingerprint, new_run_id
@@ -27,6 +31,15 @@ STOP_GRACE_S = 5.0  # a stop before the schedule's end: open requests get this l
 DONE_TIMEOUT_S = 15.0  # beyond the grace, how long the master waits for final reports
 START_LEAD_S = 0.1  # t=0 this far after the decision, so the start message is there first
 DEFAULT_PROMISES = {"free": "60/60/3", "pro": "1000/60/10", "enterprise": "10000/60/100"}
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a run that did not reach its schedule's end stops: the grace open requests get
+    (None: the scenario's drain, at most STOP_GRACE_S) and whether it was interrupted."""
+
+    grace_s: float | None = None
+    interrupted: bool = True
 
 
 def fail(message: str) -> NoReturn:
@@ -44,7 +57,10 @@ class Lead:
         self.options = environment.parsed_options
         self.keys = keys
         self.finished = False
+        self.ending = Ending()  # how an early stop ends the run (a graceful stop by default)
+        self.api: TargetApi | None = None  # plain mode: how the target is addressed
         self.reports = Event()
+        self.written = Event()  # run.json holds the run's end
         self.watcher: gevent.Greenlet | None = None
         opts = self.options
         out = Path(opts.loadkit_out or f"runs/locust-{new_run_id()}")
@@ -116,7 +132,12 @@ class Lead:
             d = msg.data
             coord.hello(msg.node_id, str(d["worker"]), int(d["pid"]), str(d["boot_id"]))
 
+        def on_failing(msg: Any, **_: Any) -> None:
+            # Not from inside the message loop: ending the run waits for the reports.
+            gevent.spawn(self.target_failing, str(msg.data["reason"]))
+
         handlers = {
+            "loadkit_failing": on_failing,
             "loadkit_hello": on_hello,
             "loadkit_claim": on_claim,
             "loadkit_records": on_records,
@@ -176,6 +197,37 @@ class Lead:
                 else:
                     self.runner.stop()
 
+    def target_failing(self, reason: str) -> None:
+        """A process's watch says the target fails everything: stop the run early (open
+        requests get the grace) with the reason in run.json. Not an interruption: the
+        records say what the target answered."""
+        if self.finished:
+            return
+        log.error("loadkit: %s: stopping the run", reason)
+        if reason not in self.coord.problems:
+            self.coord.problems.append(reason)
+        self.ending = Ending(interrupted=False)
+        self._end_early()
+
+    def stop_now(self, reason: str) -> None:
+        """Stop at once: no new requests, open ones cancelled (and recorded so), every
+        record and run.json written, then Locust quits. A graceful stop under way has its
+        grace cut short."""
+        if self.finished:
+            self.runner.send_message("loadkit_stop", {"grace_s": 0.0})
+            return
+        log.warning("loadkit: %s: stopping at once", reason)
+        self.coord.problems.append(reason)
+        self.ending = Ending(grace_s=0.0)
+        self._end_early()
+
+    def _end_early(self) -> None:
+        if self.options.headless:
+            self.runner.quit()  # through quit_after_reports: finish(), then Locust's quit
+        else:
+            self.finish(natural=False)
+            self.runner.stop()
+
     def finish(self, natural: bool) -> None:
         """Tell every worker to stop (no new requests; open ones get the grace), wait for
         each one's final report (its record count) or its end, then write run.json."""
@@ -186,6 +238,8 @@ class Lead:
         s = coord.scenario
         if natural:
             grace = 0.0
+        elif self.ending.grace_s is not None:
+            grace = self.ending.grace_s
         elif s is not None:
             grace = min(s.drain_s, STOP_GRACE_S)
         else:
@@ -201,7 +255,7 @@ class Lead:
                 break
             self.reports.clear()
             self.reports.wait(timeout=0.5)
-        interrupted = not natural and s is not None
+        interrupted = not natural and s is not None and self.ending.interrupted
         write_end(
             coord.out,
             coord.origin,
@@ -210,6 +264,7 @@ class Lead:
             interrupted,
             self.new_meta,
         )
+        self.written.set()
 
     def new_meta(self) -> RunMeta:
         """run.json for a run started by hand (``loadkit run`` writes its own first)."""
@@ -218,7 +273,13 @@ class Lead:
         if coord.scenario is not None:
             from loadkit.run import new_meta
 
-            return new_meta(coord.scenario, "locust", host, self.keys, coord.run_id, Clock())
+            meta = new_meta(coord.scenario, "locust", host, self.keys, coord.run_id, Clock())
+            if not meta.target_api:
+                target = coord.scenario.target
+                if host:  # "auto" is decided on the URL loaded
+                    target = replace(target, base_url=host.rstrip("/"))
+                meta.target_api = target.target_api().describe()
+            return meta
         tiers: dict[str, dict[str, Any]] = {}
         for tier in sorted({k.tier for k in self.keys}):
             spec = os.environ.get(f"LOADKIT_PROMISE_{tier.upper()}", DEFAULT_PROMISES.get(tier))
@@ -226,6 +287,7 @@ class Lead:
                 r, w, c = spec.split("/")
                 tiers[tier] = {"requests": int(r), "window_s": float(w), "concurrency": int(c)}
         origin = coord.origin or Origin.now()
+        api = self.api or TargetApi()
         return RunMeta(
             run_id=coord.run_id,
             engine="locust",
@@ -238,4 +300,5 @@ class Lead:
                 {"label": k.label, "tier": k.tier, "fingerprint": fingerprint(k.secret)}
                 for k in self.keys
             ],
+            target_api=api.describe(),
         )

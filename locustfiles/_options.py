@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from loadkit.scenario import Key
+from loadkit.api import TargetApi
+from loadkit.scenario import Key, TargetSpec
+from loadkit.schema import Invalid, validate_value
 
 WEB_USER_ENV = "LOADKIT_WEB_USER"
 WEB_PASSWORD_ENV = "LOADKIT_WEB_PASSWORD"
@@ -64,30 +67,141 @@ def add_options(parser: Any) -> None:
         default="",
         help="the plan PaidTierUser drives (default: every non-free tier)",
     )
+    # How the target is addressed (plain mode; a scenario's [target] says it in scenario
+    # mode). The master forwards these to its workers; each process expands ${VAR} in a
+    # header value from its own environment.
+    group.add_argument(
+        "--loadkit-api",
+        metavar="LAYOUT",
+        env_var="LOADKIT_API",
+        default="auto",
+        help='path layout: "seed" (/ai/chat/completions under .../api/v1), "openai" '
+        '(/chat/completions under .../v1), or "auto" (openai when --host ends in /v1 but not '
+        "/api/v1, else seed)",
+    )
+    group.add_argument(
+        "--loadkit-paths",
+        metavar="JSON",
+        env_var="LOADKIT_PATHS",
+        default="",
+        help='explicit endpoint paths over the layout, e.g. \'{"chat": "/deployments/d/chat"}\' '
+        "(chat, completions, models, model with {model})",
+    )
+    group.add_argument(
+        "--loadkit-auth-header",
+        metavar="NAME",
+        env_var="LOADKIT_AUTH_HEADER",
+        default="Authorization",
+        help="the header that carries the key (api-key, x-api-key, ...)",
+    )
+    group.add_argument(
+        "--loadkit-auth-scheme",
+        metavar="WORD",
+        env_var="LOADKIT_AUTH_SCHEME",
+        default="Bearer",
+        help='written before the key ("Bearer KEY"); "none" sends the bare key',
+    )
+    group.add_argument(
+        "--loadkit-headers",
+        metavar="JSON",
+        env_var="LOADKIT_HEADERS",
+        default="",
+        help='extra headers on every request, e.g. \'{"OpenAI-Organization": "${ORG}"}\'; '
+        "${VAR} is read from each process's environment (put secrets there)",
+    )
     # Set by the master and forwarded to the workers in Locust's spawn messages.
     for name in ("--loadkit-run-id", "--loadkit-scenario-json", "--loadkit-start"):
         group.add_argument(name, default="", help=argparse.SUPPRESS)
+    # Set by `loadkit run`: the process that started the run (every process of the run
+    # stops when it is gone).
+    group.add_argument("--loadkit-parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     # Loopback unless asked otherwise: the web UI holds the keys, the master port accepts
     # any worker (ZMQ, neither authenticated nor encrypted).
     parser.set_defaults(web_host=LOOPBACK, master_bind_host=LOOPBACK)
 
 
+# -- how the target is addressed ------------------------------------------------------
+
+# TargetSpec field -> the plain-mode option that sets it
+API_OPTIONS = {
+    "api": "--loadkit-api",
+    "paths": "--loadkit-paths",
+    "auth_header": "--loadkit-auth-header",
+    "auth_scheme": "--loadkit-auth-scheme",
+    "headers": "--loadkit-headers",
+}
+
+
+class OptionsError(ValueError):
+    """An option that cannot be used; the message names the option, never a secret."""
+
+
+def plain_target(options: Any, host: str) -> TargetSpec:
+    """The target's addressing from the plain-mode options, validated as a scenario's
+    ``[target]`` is (``${VAR}`` in header values not expanded yet)."""
+    raw: dict[str, Any] = {
+        "base_url": (host or "http://localhost").rstrip("/") or "http://localhost",
+        "api": options.loadkit_api or "auto",
+        "auth_header": options.loadkit_auth_header,
+        "auth_scheme": ""
+        if options.loadkit_auth_scheme.lower() == "none"
+        else options.loadkit_auth_scheme,
+    }
+    for field, attr in (("paths", "loadkit_paths"), ("headers", "loadkit_headers")):
+        text = getattr(options, attr) or ""
+        if text.strip():
+            try:
+                raw[field] = json.loads(text)
+            except ValueError:
+                raise OptionsError(
+                    f"{API_OPTIONS[field]}: expected a JSON object such as "
+                    + (
+                        '\'{"chat": "/my/chat"}\''
+                        if field == "paths"
+                        else '\'{"X-Name": "value"}\''
+                    )
+                ) from None
+    try:
+        spec: TargetSpec = validate_value(TargetSpec, raw, root="")
+    except Invalid as exc:
+        text = str(exc)
+        field, _, rest = text.partition(":")
+        name = field.split(".", 1)[0].strip()
+        if name in API_OPTIONS:
+            sub = field.strip()[len(name) :]
+            raise OptionsError(f"{API_OPTIONS[name]}{sub}:{rest}") from None
+        raise OptionsError(text) from None
+    return spec
+
+
+def resolve_api(spec: TargetSpec, host: str, environ: Mapping[str, str]) -> TargetApi:
+    """``spec``'s layout and auth for the URL actually loaded (``host`` decides an "auto"
+    layout), header values' ``${VAR}`` expanded from ``environ`` (this process's). Raises
+    ``ScenarioError`` naming a variable that is not set."""
+    if host:
+        spec = replace(spec, base_url=host.rstrip("/"))
+    return spec.target_api(environ)
+
+
 # -- keys ---------------------------------------------------------------------------------
 
 
-def load_keys(keys_file: str, environ: Mapping[str, str]) -> list[Key]:
-    """Keys from ``keys_file`` (the reference server's keys.json shape) and the environment:
+def load_keys(
+    keys_file: str, environ: Mapping[str, str], inherited: Sequence[Key] = ()
+) -> list[Key]:
+    """Keys from ``keys_file`` (the reference server's keys.json shape), those ``loadkit run``
+    handed this process (``inherited``, see ``read_inherited_keys``) and the environment:
     ``LOADKIT_<TIER>_KEYS=k1,k2`` (as in the scenario examples) or ``LOADKIT_KEYS_<TIER>``;
     labels ``<tier>-1``, ``<tier>-2``, … for keys from the environment."""
-    keys: list[Key] = []
+    keys: list[Key] = list(inherited)
     if keys_file:
         try:
-            data = json.loads(Path(keys_file).read_text(encoding="utf-8"))
-            keys += [Key(str(k["label"]), str(k["tier"]), str(k["key"])) for k in data["keys"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            text = Path(keys_file).read_text(encoding="utf-8")
+        except OSError as exc:
             raise KeysError(
-                f"--loadkit-keys-file {keys_file}: cannot read keys ({exc!r})"
+                f"--loadkit-keys-file {keys_file}: cannot read keys ({exc.strerror})"
             ) from None
+        keys += keys_from_json(text, f"--loadkit-keys-file {keys_file}")
     have = {k.secret for k in keys}
     for name, value in sorted(environ.items()):
         tier = _env_tier(name)
@@ -103,7 +217,38 @@ def load_keys(keys_file: str, environ: Mapping[str, str]) -> list[Key]:
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise KeysError(f"key labels are not unique: {', '.join(dup)}")
-    return sorted(keys, key=lambda k: (k.tier, _natural(k.label)))
+    # Grouped by tier, each tier's keys in the order given: a scenario's ``keys = [2]``
+    # means the tier's second key as `loadkit run` listed them.
+    return sorted(keys, key=lambda k: k.tier)
+
+
+def keys_from_json(text: str | bytes, source: str) -> list[Key]:
+    """Keys of a ``{"keys": [{"label", "tier", "key"}]}`` document."""
+    try:
+        data = json.loads(text)
+        return [Key(str(k["label"]), str(k["tier"]), str(k["key"])) for k in data["keys"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        # The exception's class only: its text could quote a key.
+        raise KeysError(f"{source}: cannot read keys ({type(exc).__name__})") from None
+
+
+KEYS_FD_ENV = "LOADKIT_KEYS_FD"
+
+
+def read_inherited_keys(environ: MutableMapping[str, str]) -> list[Key]:
+    """The keys ``loadkit run`` writes into a pipe this process inherited (its descriptor
+    number in ``LOADKIT_KEYS_FD``): keys never touch the disk nor a command line. Read once,
+    when the locustfile is imported — before ``--processes`` forks the workers, which keep
+    them in memory — and the variable removed."""
+    fd = environ.pop(KEYS_FD_ENV, "")
+    if not fd:
+        return []
+    try:
+        with os.fdopen(int(fd), "rb") as pipe:
+            text = pipe.read()
+    except (OSError, ValueError) as exc:
+        raise KeysError(f"{KEYS_FD_ENV}={fd}: cannot read keys ({exc!r})") from None
+    return keys_from_json(text, "the keys from loadkit run")
 
 
 class KeysError(ValueError):
@@ -111,7 +256,7 @@ class KeysError(ValueError):
 
 
 def _env_tier(name: str) -> str | None:
-    if not name.startswith("LOADKIT_") or name == "LOADKIT_KEYS_FILE":
+    if not name.startswith("LOADKIT_") or name in ("LOADKIT_KEYS_FILE", KEYS_FD_ENV):
         return None
     if name.startswith("LOADKIT_KEYS_"):
         tier = name.removeprefix("LOADKIT_KEYS_")
@@ -120,11 +265,6 @@ def _env_tier(name: str) -> str | None:
     else:
         return None
     return tier.lower() or None
-
-
-def _natural(label: str) -> tuple[str, int]:
-    stem, _, num = label.rpartition("-")
-    return (stem, int(num)) if num.isdigit() else (label, -1)
 
 
 def tier_matches(tier: str, user_tier: str, paid_tier: str | None) -> bool:

@@ -13,10 +13,16 @@ Two modes:
   phases a scheduler that spawns a greenlet per arrival so sends are on time and never
   dropped — from the t=0 the master sends once every key has its process;
 * plain mode: users take keys of their tier round-robin from the master, run the weighted
-  request tasks, and wait ``LOADKIT_WAIT_S`` between requests.
+  request tasks, and wait ``LOADKIT_WAIT_S`` between requests (longer after a failure).
+
+Closed-loop users (scenario mode) and plain-mode users back off after every failure: the
+advertised Retry-After after a 429, an exponential pause after any other non-2xx or
+transport error, recorded in ``pause_s``. In scenario mode a run whose target fails
+everything ends early (``loadkit.outcomes.FailureWatch``).
 
 This module holds the users and Locust's event wiring; the master's side is ``_lead`` /
-``_coordinator``, a load-sending process's ``_agent``, one request ``_request``.
+``_coordinator``, a load-sending process's ``_agent``, one request ``_request``, how a
+process ends with the run ``_lifecycle``.
 """
 
 from __future__ import annotations
@@ -24,25 +30,40 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any
+from typing import Any, cast
 
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
-from locust import FastHttpUser, constant, events, task
+from locust import FastHttpUser, events, task
 from locust.exception import StopUser
 from locust.stats import RequestStats, StatsEntry
 
+from loadkit.api import ApiLayout
 from loadkit.arrivals import arrivals
+from loadkit.locustfiles import _lifecycle as L
 from loadkit.locustfiles import _options as O
 from loadkit.locustfiles import _roles, _webui
-from loadkit.locustfiles._agent import Agent
+from loadkit.locustfiles._agent import Agent, Policy
 from loadkit.locustfiles._lead import STOP_GRACE_S, Lead, fail
-from loadkit.locustfiles._request import send
+from loadkit.locustfiles._request import PauseRule, PhaseBackoff, UserBackoff, send
+from loadkit.outcomes import Backoff
 from loadkit.payloads import MixPicker, PreparedRequest, prepare
 from loadkit.records import RequestRecord
 from loadkit.scenario import Key, LoadSpec, Scenario, ScenarioError
 
 log = logging.getLogger("loadkit")
+
+# Keys `loadkit run` hands over through an inherited pipe: read here, at import, before
+# --processes forks the workers (which keep them in memory).
+try:
+    _INHERITED_KEYS = O.read_inherited_keys(os.environ)
+except O.KeysError as _exc:
+    fail(str(_exc))
+
+# Plain mode (scenario mode takes the scenario's [target] timeouts).
+WAIT_S = float(os.environ.get("LOADKIT_WAIT_S", "0") or 0)
+REQUEST_TIMEOUT_S = float(os.environ.get("LOADKIT_REQUEST_TIMEOUT_S", "600") or 600)
+EVERY_STATUS = frozenset(range(100, 600))
 
 
 class _Process:
@@ -83,7 +104,6 @@ def agent() -> Agent:
 class _TierUser(FastHttpUser):
     abstract = True
     tier = "free"
-    wait_time = constant(float(os.environ.get("LOADKIT_WAIT_S", "0") or 0))
     # Explicit: one connection per concurrent request of this user (a scheduler user may
     # have many open at once); timeouts from the scenario (set when the master's scenario
     # arrives), else the environment, else generous for long streams.
@@ -91,18 +111,37 @@ class _TierUser(FastHttpUser):
     connection_timeout = float(os.environ.get("LOADKIT_CONNECT_TIMEOUT_S", "10"))
     network_timeout = float(os.environ.get("LOADKIT_READ_TIMEOUT_S", "120"))
 
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        # Every status is an answer to read here: for one it deems an error,
+        # geventhttpclient would first read the whole body itself (unbounded, decompressed,
+        # before the first byte could be timed).
+        agent_ = cast(Any, self.client.client)  # a class-level setting, set for this user
+        agent_.valid_response_codes = EVERY_STATUS
+
     def on_start(self) -> None:
         self.rng = random.Random(f"{os.getpid()}/{id(self)}")
+        self.pause = WAIT_S  # plain mode: before the next task
+        self.backoff = UserBackoff(Backoff(), WAIT_S)
         got = agent().claim(self.tier)
         if got is None:
             raise StopUser()
         self.key, roles = got
         self.roles: list[_roles.Role] = roles or []
 
+    def wait_time(self) -> float:
+        """Plain mode: ``LOADKIT_WAIT_S``, or the backoff after a failure."""
+        return self.pause
+
     def _send(
-        self, key: Key, req: PreparedRequest, at: float | None, sem: BoundedSemaphore | None = None
-    ) -> RequestRecord | None:
-        return send(self, agent(), proc().ttft, key, req, at, sem)
+        self,
+        key: Key,
+        req: PreparedRequest,
+        at: float | None,
+        sem: BoundedSemaphore | None = None,
+        pause: PauseRule | None = None,
+    ) -> RequestRecord:
+        return send(self, agent(), proc().ttft, key, req, at, sem, pause)
 
     # -- scenario mode --------------------------------------------------------------------
 
@@ -132,25 +171,26 @@ class _TierUser(FastHttpUser):
         rng = random.Random(seed if role.kind == "open" else f"{seed}/{role.user}")
         picker = MixPicker(load.mix)
         sem = proc().semaphore(role)
+        layout = a.policy.api.layout
         if role.kind == "closed":
             stagger = min(1.0, 0.01 * load.concurrency) * role.user / max(1, load.concurrency)
             end = load.active_until(s.duration_s)
             if not _wait_until(a, load.start_s + stagger):
                 return
+            backoff = PhaseBackoff(load)
             while a.now() < end and not a.count_reached() and not a.stopping():
-                rec = self._send(role.key, _prepare(s, load, rng, picker), None, sem)
-                if rec is None:
-                    return
-                pause = load.pause_after(rec.status, rec.retry_after_s, rec.transport_error)
-                if pause:
-                    a.stopped.wait(timeout=pause)
+                req = _prepare(s, load, rng, picker, layout)
+                rec = self._send(role.key, req, None, sem, backoff.pause)
+                if rec.pause_s:
+                    a.stopped.wait(timeout=rec.pause_s)
             return
         group = Group()
         try:
             for t in arrivals(load, s.duration_s, rng):
                 if not _wait_until(a, t) or a.count_reached():
                     break
-                group.spawn(self._send, role.key, _prepare(s, load, rng, picker), t, sem)
+                req = _prepare(s, load, rng, picker, layout)
+                group.spawn(self._send, role.key, req, t, sem)
             # In flight at the end: they finish within the drain (on a stop, the agent's
             # grace ends them first).
             group.join(timeout=s.drain_s)
@@ -173,8 +213,10 @@ class _TierUser(FastHttpUser):
             int(env.get("LOADKIT_PROMPT_TOKENS", "32")),
             int(env.get("LOADKIT_MAX_TOKENS", "32")),
             self.rng,
+            a.policy.api.layout,
         )
-        self._send(self.key, req, None)
+        rec = self._send(self.key, req, None, pause=self.backoff.pause)
+        self.pause = rec.pause_s if rec.pause_s is not None else WAIT_S
 
     @task(_roles.weight("chat_stream", 2))
     def chat_stream(self) -> None:
@@ -210,13 +252,16 @@ class PaidTierUser(_TierUser):
     tier = "paid"
 
 
-def _prepare(s: Scenario, load: LoadSpec, rng: random.Random, picker: MixPicker) -> PreparedRequest:
+def _prepare(
+    s: Scenario, load: LoadSpec, rng: random.Random, picker: MixPicker, layout: ApiLayout
+) -> PreparedRequest:
     return prepare(
         picker.pick(rng),
         load.model or s.target.model,
         load.prompt_tokens.sample(rng),
         load.max_tokens.sample(rng),
         rng,
+        layout,
     )
 
 
@@ -254,14 +299,16 @@ def _on_init(environment: Any, web_ui: Any = None, **_: Any) -> None:
             opts.master_bind_port,
         )
     try:
-        keys = O.load_keys(opts.loadkit_keys_file, os.environ)
+        keys = O.load_keys(opts.loadkit_keys_file, os.environ, _INHERITED_KEYS)
     except O.KeysError as exc:
         fail(str(exc))
     p = _P = _Process()
     if not isinstance(runner, WorkerRunner):
-        p.lead = Lead(environment, keys, [FreeTierUser, PaidTierUser])
-        if p.lead.coord.scenario is not None:
-            _use_timeouts(p.lead.coord.scenario)
+        lead = p.lead = Lead(environment, keys, [FreeTierUser, PaidTierUser])
+        _check_addressing(lead, environment, isinstance(runner, MasterRunner))
+        if lead.coord.scenario is not None:
+            _use_timeouts(lead.coord.scenario)
+    L.end_with_the_run(p.lead, lambda: p.agent, opts, isinstance(runner, WorkerRunner))
     if not isinstance(runner, MasterRunner):
         a = p.agent = Agent(lambda kind, data: runner.send_message(kind, data), keys)
         runner.register_message("loadkit_grant", lambda msg, **_: a.on_grant(msg.data))
@@ -295,6 +342,40 @@ def _on_init(environment: Any, web_ui: Any = None, **_: Any) -> None:
         _webui.add_ttft_tab(web_ui, p.ttft)
 
 
+def _check_addressing(lead: Lead, environment: Any, distributed: bool) -> None:
+    """Refuse plain-mode options that cannot address the target, and a ``${VAR}`` in a
+    header that this machine's processes lack (a master of workers started by hand only
+    warns: they have their own environment)."""
+    opts = environment.parsed_options
+    spec = lead.coord.scenario.target if lead.coord.scenario else None
+    if spec is None:
+        try:
+            spec = O.plain_target(opts, environment.host or "")
+        except O.OptionsError as exc:
+            fail(str(exc))
+        lead.api = spec.target_api()
+    try:
+        O.resolve_api(spec, environment.host or "", os.environ)
+    except ScenarioError as exc:
+        if distributed and not getattr(opts, "processes", None):
+            log.warning("loadkit: %s on the master: each worker needs it set", exc)
+        else:
+            fail(str(exc))
+
+
+def _policy(a: Agent, opts: Any, host: str) -> Policy | str:
+    """How this process sends, or why it cannot (it then takes no key)."""
+    s = a.scenario
+    try:
+        spec = s.target if s is not None else O.plain_target(opts, host)
+        api = O.resolve_api(spec, host, os.environ)
+    except (ScenarioError, O.OptionsError) as exc:
+        return f"{exc} (in the environment of {a.worker})"
+    if s is None:
+        return Policy(api, REQUEST_TIMEOUT_S)
+    return Policy(api, s.target.request_timeout_s, s.honour_retry_after, s.max_retries)
+
+
 def _guard_web_ui(opts: Any, web_ui: Any) -> None:
     login = O.web_login_from(os.environ)
     problem = O.web_ui_problem(
@@ -326,6 +407,9 @@ def _on_test_start(environment: Any, **_: Any) -> None:
             raise
         if a.scenario is not None:
             _use_timeouts(a.scenario)
+        a.use(_policy(a, opts, environment.host or ""))
+        if a.policy_problem:
+            log.error("loadkit: %s: this process drives no key", a.policy_problem)
         a.hello()
 
 

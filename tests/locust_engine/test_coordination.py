@@ -25,7 +25,7 @@ from loadkit.locustfiles._options import (
 from loadkit.locustfiles._roles import role_specs, roles_from
 from loadkit.records import RequestRecord, iter_records
 from loadkit.runmeta import Origin, RunMeta, read_run_meta
-from loadkit.scenario import Key, plan, scenario_from_dict
+from loadkit.scenario import Key, ScenarioError, plan, scenario_from_dict
 
 KEYS = [
     Key("free-1", "free", "sk-free-one"),
@@ -402,3 +402,90 @@ def test_coordination_imports_neither_locust_nor_gevent():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+# -- how plain mode addresses the target, keys from loadkit run ---------------------------
+
+
+def options(**kw):
+    from types import SimpleNamespace
+
+    base = {
+        "loadkit_api": "auto",
+        "loadkit_paths": "",
+        "loadkit_auth_header": "Authorization",
+        "loadkit_auth_scheme": "Bearer",
+        "loadkit_headers": "",
+    }
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_plain_mode_options_address_the_target_as_a_scenario_would():
+    from loadkit.locustfiles._options import plain_target, resolve_api
+
+    spec = plain_target(
+        options(
+            loadkit_auth_header="x-api-key",
+            loadkit_auth_scheme="none",
+            loadkit_paths='{"chat": "/deployments/d/chat"}',
+            loadkit_headers='{"X-Org": "${ORG}"}',
+        ),
+        "https://gw.example.com/v1",
+    )
+    api = resolve_api(spec, "https://gw.example.com/v1", {"ORG": "org-1"})
+    assert api.headers("sk-x") == {
+        "X-Org": "org-1",
+        "Accept-Encoding": "identity",
+        "x-api-key": "sk-x",
+    }
+    assert (api.layout.chat, api.layout.models) == ("/deployments/d/chat", "/models")
+    # "auto" is decided on the URL loaded, not on the options' placeholder
+    seed = resolve_api(plain_target(options(), ""), "http://127.0.0.1:8080/api/v1", {})
+    assert seed.layout.name == "seed" and seed.headers("k")["Authorization"] == "Bearer k"
+    with pytest.raises(ScenarioError, match="environment variable ORG is not set"):
+        resolve_api(spec, "https://gw.example.com/v1", {})
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        ({"loadkit_api": "oai"}, "--loadkit-api: expected 'auto', 'seed' or 'openai'"),
+        ({"loadkit_paths": '{"chat": "x"}'}, "--loadkit-paths.chat: expected a path"),
+        ({"loadkit_paths": "chat=/x"}, "--loadkit-paths: expected a JSON object"),
+        ({"loadkit_headers": '{"Content-Type": "a"}'}, "--loadkit-headers.Content-Type:"),
+        ({"loadkit_auth_header": "a b"}, "--loadkit-auth-header: expected an HTTP header"),
+    ],
+)
+def test_plain_mode_options_that_cannot_work_are_named(opts, message):
+    from loadkit.locustfiles._options import OptionsError, plain_target
+
+    with pytest.raises(OptionsError) as exc:
+        plain_target(options(**opts), "http://x/v1")
+    assert str(exc.value).startswith(message)
+
+
+def test_keys_from_loadkit_run_come_through_a_pipe_in_their_order():
+    from loadkit.locustfiles._options import KEYS_FD_ENV, read_inherited_keys
+
+    doc = {
+        "keys": [
+            {"label": "zeta", "tier": "free", "key": "sk-z"},
+            {"label": "alpha", "tier": "free", "key": "sk-a"},
+            {"label": "p", "tier": "pro", "key": "sk-p"},
+        ]
+    }
+    r, w = os.pipe()
+    os.write(w, json.dumps(doc).encode())
+    os.close(w)
+    env = {KEYS_FD_ENV: str(r), "LOADKIT_FREE_KEYS": "sk-e"}
+    inherited = read_inherited_keys(env)
+    assert KEYS_FD_ENV not in env  # read once
+    keys = load_keys("", env, inherited)
+    # a tier's keys keep loadkit run's order: a scenario's `keys = [2]` is the same key
+    assert [(k.label, k.secret) for k in keys] == [
+        ("zeta", "sk-z"),
+        ("alpha", "sk-a"),
+        ("free-3", "sk-e"),
+        ("p", "sk-p"),
+    ]
+    assert read_inherited_keys({}) == []

@@ -518,3 +518,90 @@ def test_ctrl_c_stops_gracefully_and_records_every_open_request(tmp_path, worker
     assert sum(w.records for w in meta.workers) == len(recs)
     leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "no Locust process outlives the run"
+
+
+def test_the_openai_layout_against_the_reference_server(tmp_path):
+    """The reference server in the OpenAI layout (every other test here uses the seed's),
+    the scenario's "auto" layout decided by its URL (…/v1): every request reaches a route
+    and has its record."""
+    api = "openai"
+    from loadkit.server.process import start_server_process
+    from tests.locust_engine.helpers import run_direct
+    from tests.locust_engine.helpers import scenario as make_scenario
+
+    config = {"tiers": {"pro": {"requests": 10_000, "window_s": 60, "concurrency": 100}}}
+    with start_server_process(
+        config_dict=config, truth_path=tmp_path / "truth.jsonl", api=api
+    ) as srv:
+        assert srv.base_url.endswith("/v1") and not srv.base_url.endswith("/api/v1")
+        keys = [Key(label, "pro", srv.key(label)) for label in srv.labels("pro")][:1]
+        sc = make_scenario(
+            srv.base_url,
+            ["pro"],
+            [
+                {
+                    "tier": "pro",
+                    "pattern": "constant",
+                    "rate_per_s": 10,
+                    "max_tokens": 4,
+                    "mix": {"chat_stream": 1, "completions": 1, "models": 1},
+                }
+            ],
+            run={"duration_s": 1.5},
+        )
+        _, recs = run_direct(sc, keys, tmp_path / "run")
+    seen = truth(tmp_path / "truth.jsonl")
+    assert {r.request_id for r in recs} == set(seen) and len(recs) >= 10
+    assert all(r.status == 200 and r.transport_error is None for r in recs)
+    assert {seen[r.request_id]["endpoint"] for r in recs} == {"chat", "completions", "models"}
+
+
+def test_a_relative_server_config_is_read_beside_the_scenario(tmp_path):
+    """`loadkit run sub/scenario.toml` from another folder: the reference server's config
+    named relative to the scenario is found, by the engine and by the master."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    model = {
+        "id": "only-in-this-config",
+        "ttft_ms": 5,
+        "itl_ms": 5,
+        "ttft_jitter_ms": 0,
+        "itl_jitter_ms": 0,
+        "prefill_ms_per_token": 0,
+        "decode_capacity_tps": 0,
+    }
+    (sub / "server.toml").write_text(
+        "[tiers.free]\nrequests = 1000\nwindow_s = 60\nconcurrency = 10\nkeys = 1\n"
+        "[[models]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in model.items())
+    )
+    (sub / "scenario.toml").write_text(
+        '[target]\nbase_url = "embedded"\nserver_config = "server.toml"\n'
+        'model = "only-in-this-config"\n[run]\nduration_s = 1\n'
+        "[tiers.free]\nrequests = 1000\nwindow_s = 60\nconcurrency = 10\n"
+        '[[load]]\ntier = "free"\npattern = "constant"\nrate_per_s = 10\nmax_tokens = 3\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADKIT_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadkit",
+            "run",
+            "sub/scenario.toml",
+            "--engine",
+            "locust",
+            "--out",
+            "out",
+            "--no-analyze",
+            "--quiet",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    recs = iter_records(tmp_path / "out")
+    # the model exists only in that config: every request answered means it was read
+    assert len(recs) >= 8 and all(r.status == 200 for r in recs)

@@ -232,3 +232,80 @@ def test_web_login_protects_the_ui(tmp_path):
         proc.terminate()
         log, _ = proc.communicate(timeout=30)
     assert "pw-123" not in log
+
+
+def test_plain_mode_options_address_the_target_and_users_back_off(tmp_path):
+    """`locust -f $(loadkit locustfile)` by hand against a gateway with its own layout and
+    auth header: options (and their LOADKIT_ spellings) say how; a user whose key gets
+    404 for everything backs off instead of spinning."""
+    from tests.locust_engine.servers import ScriptedServer, key_for
+
+    out = tmp_path / "run"
+    free, pro = key_for("404"), key_for("ok")
+    users = [
+        {"user_class_name": "FreeTierUser", "fixed_count": 1},
+        {"user_class_name": "PaidTierUser", "fixed_count": 1},
+    ]
+    with ScriptedServer() as srv:
+        env = clean_env(
+            LOADKIT_FREE_KEYS=free,
+            LOADKIT_PRO_KEYS=pro,
+            LOADKIT_OUT=str(out),
+            LOADKIT_MIX="chat_stream=1,models=1",
+            LOADKIT_API="openai",
+            LOADKIT_HEADERS='{"X-Org": "${TEST_ORG_ID}"}',
+            TEST_ORG_ID="org-7",
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(locustfile()),
+                "--headless",
+                "--host",
+                srv.base + "/gw",
+                "-u",
+                "2",
+                "-r",
+                "2",
+                "--run-time",
+                "4s",
+                "--config-users",
+                json.dumps(users),
+                "--exit-code-on-error",
+                "0",
+                "--loadkit-auth-header",
+                "x-api-key",
+                "--loadkit-auth-scheme",
+                "none",
+                "--loadkit-paths",
+                '{"chat": "/deploy/chat"}',
+            ],  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        seen = list(srv.seen)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert {s.path for s in seen} == {"/gw/deploy/chat", "/gw/models"}
+    for s in seen:
+        assert s.headers["x-api-key"] in (free, pro) and "authorization" not in s.headers
+        assert s.headers["x-org"] == "org-7"
+    recs = iter_records(out)
+    paid = [r for r in recs if r.key == "pro-1"]
+    assert len(paid) >= 5 and all(r.status == 200 for r in paid if r.transport_error is None)
+    # the free user, 404 after 404 over 4 s with LOADKIT_WAIT_S 0: paused 1 s, then 2 s
+    failed = sorted((r for r in recs if r.key == "free-1"), key=lambda r: r.send_s)
+    assert 2 <= len(failed) <= 4 and sum(s.headers["x-api-key"] == free for s in seen) <= 4
+    assert [r.pause_s for r in failed[:2]] == [1.0, 2.0]
+    assert read_run_meta(out).target_api["auth"] == "x-api-key: <key>"
+
+
+def test_plain_mode_options_that_cannot_address_a_target_are_refused(tmp_path):
+    proc, _ = start_ui(tmp_path, "--headless", "--loadkit-api", "oai")
+    log, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, log[-2000:]
+    assert "--loadkit-api: expected 'auto', 'seed' or 'openai', got 'oai'" in log
