@@ -1,4 +1,5 @@
-"""Which limit refused a 429: ``requests``, ``concurrency`` or ``tokens``, read from what
+"""Which limit refused a 429: ``requests`` (per window), ``concurrency``, ``tokens`` or
+``requests_per_day``, read from what
 the response itself says (error code, type and message; headers). Pure.
 
 :data:`SIGNALS` is an ordered table, one line per thing a server is known to send: a new
@@ -21,6 +22,7 @@ __all__ = [
     "CONCURRENCY",
     "LIMIT_KINDS",
     "REQUESTS",
+    "REQUESTS_PER_DAY",
     "SIGNALS",
     "TOKENS",
     "Attribution",
@@ -32,7 +34,9 @@ __all__ = [
 REQUESTS = "requests"
 CONCURRENCY = "concurrency"
 TOKENS = "tokens"
-LIMIT_KINDS = (REQUESTS, CONCURRENCY, TOKENS)
+# Apart from REQUESTS: a day's refusal says nothing about the per-window limit.
+REQUESTS_PER_DAY = "requests_per_day"
+LIMIT_KINDS = (REQUESTS, CONCURRENCY, TOKENS, REQUESTS_PER_DAY)
 
 Where = Literal["code", "type", "message", "header", "header_zero", "header_present"]
 
@@ -76,7 +80,7 @@ WORDS: dict[str, str] = {
     "requests": REQUESTS,
     "request": REQUESTS,
     "rpm": REQUESTS,
-    "rpd": REQUESTS,
+    "rpd": REQUESTS_PER_DAY,
     "tokens": TOKENS,
     "tpm": TOKENS,
     "tpd": TOKENS,
@@ -93,6 +97,11 @@ WORDS: dict[str, str] = {
 SIGNALS: tuple[Signal, ...] = (
     # loadkit's own codes (spec/API.md "Errors"; loadkit/server/limiter.py).
     Signal("code", "concurrency_limit_exceeded", CONCURRENCY, "loadkit"),
+    Signal("code", "token_limit_exceeded", TOKENS, "loadkit"),
+    Signal("code", "daily_limit_exceeded", REQUESTS_PER_DAY, "loadkit"),
+    # OpenAI's daily request limit: type "requests" like its per-minute one; the message
+    # ("... on requests per day (RPD): Limit 1000, Used 1000, Requested 1") tells them apart.
+    Signal("message", r"on requests per day\b", REQUESTS_PER_DAY, "OpenAI"),
     # OpenAI reuses loadkit's "rate_limit_exceeded" for both its limits and says which in
     # the type and message, so those come before the code. loadkit's server never sends
     # them (its type is "rate_limit_error"). https://platform.openai.com/docs/guides/rate-limits

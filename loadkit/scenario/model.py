@@ -71,6 +71,84 @@ class Dist:
         return rng.choice(self.choices)
 
 
+TokenCounts = Literal["input", "output", "total"]
+TOKEN_COUNTS: tuple[str, ...] = ("input", "output", "total")
+DAY_S = 86_400.0
+# A promise's qualifiers, and the promise each belongs to (one without it means nothing).
+PROMISE_OF = {
+    "window_s": "requests",
+    "token_window_s": "tokens",
+    "token_counts": "tokens",
+    "day_window_s": "requests_per_day",
+}
+
+
+def check_qualifiers(table: Mapping[str, Any], at: str, tier: bool) -> None:
+    """Refuse a window or ``token_counts`` written without the promise it qualifies (in a
+    tier's or a model's table, as written; shared by scenarios and the server's config)."""
+    for name, promise in PROMISE_OF.items():
+        if tier and promise == "requests":
+            continue  # a tier must promise requests: its absence is told as required
+        if name in table and promise not in table:
+            raise problem(f"only with {promise} (it qualifies that promise)", f"{at}.{name}")
+
+
+def check_tier_tables(name: str, table: Mapping[str, Any]) -> None:
+    """``check_qualifiers`` on a tier's table as written and on each of its models'."""
+    check_qualifiers(table, name, tier=True)
+    models = table.get("models")
+    if isinstance(models, Mapping):
+        for m, mt in models.items():
+            if isinstance(mt, Mapping):
+                check_qualifiers(mt, f"{name}.models.{m}", tier=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPromise:
+    """``[tiers.NAME.models.MODEL]``: promises that hold per (key, model): each key's requests
+    to MODEL are counted apart from its requests to other models (OpenAI's limits are all
+    of this kind). Every promise is optional (at least one is needed); a window or
+    ``token_counts`` left out is the tier's."""
+
+    requests: Count | None = None
+    """Promised: admitted requests to this model in any span of ``window_s``."""
+    window_s: Positive | None = None
+    concurrency: Count | None = None
+    """Promised: admitted requests to this model in flight at any instant."""
+    tokens: Count | None = None
+    """Promised: admitted tokens to this model in any span of ``token_window_s``."""
+    token_window_s: Positive | None = None
+    token_counts: TokenCounts | None = None
+    """Which tokens count (see the tier's ``token_counts``)."""
+    requests_per_day: Count | None = None
+    """Promised: admitted requests to this model in any span of ``day_window_s``."""
+    day_window_s: Positive | None = None
+
+    def __post_init__(self) -> None:
+        if (self.requests, self.concurrency, self.tokens, self.requests_per_day) == (None,) * 4:
+            raise problem(
+                "a model's table needs at least one promise: requests, concurrency, tokens "
+                "or requests_per_day"
+            )
+
+    def promised(self) -> dict[str, Any]:
+        """The promises set, each with its window (run.json ``tiers.NAME.models.MODEL``)."""
+        d: dict[str, Any] = {}
+        if self.requests is not None:
+            d.update(requests=self.requests, window_s=self.window_s)
+        if self.concurrency is not None:
+            d["concurrency"] = self.concurrency
+        if self.tokens is not None:
+            d.update(
+                tokens=self.tokens,
+                token_window_s=self.token_window_s,
+                token_counts=self.token_counts,
+            )
+        if self.requests_per_day is not None:
+            d.update(requests_per_day=self.requests_per_day, day_window_s=self.day_window_s)
+        return d
+
+
 @dataclass(frozen=True, kw_only=True)
 class TierSpec:
     """``[tiers.NAME]``: a tier's promised limits, and where its keys come from."""
@@ -82,6 +160,22 @@ class TierSpec:
     window_s: Positive = 60.0
     concurrency: Count
     """Promised: admitted requests in flight at any instant."""
+    tokens: Count | None = None
+    """Promised: admitted tokens in any span of ``token_window_s`` (tokens per minute)."""
+    token_window_s: Positive = 60.0
+    token_counts: TokenCounts = "total"
+    """Which tokens count toward ``tokens``: "input" (the prompt, as the service counts
+    it), "output" (``max_tokens`` x choices, reserved when the request is admitted) or
+    "total" (both). Providers differ: OpenAI and Azure OpenAI count the prompt plus
+    ``max_tokens`` (total); Anthropic promises input and output tokens per minute apart
+    (one tier per kind: input or output)."""
+    requests_per_day: Count | None = None
+    """Promised: admitted requests in any span of ``day_window_s`` (a day)."""
+    day_window_s: Positive = DAY_S
+    """The span of ``requests_per_day``: a day; shorter only to check a server configured
+    the same way (the reference server's tests)."""
+    models: dict[Text, ModelPromise] = field(default_factory=dict)
+    """``[tiers.NAME.models.MODEL]``: promises per (key, model), on top of the tier's."""
     keys_env: Text | None = None
     """An environment variable holding the tier's keys, comma-separated."""
     keys_file: Text | None = None
@@ -90,11 +184,55 @@ class TierSpec:
     """Use only the first N keys (0 = all); embedded server: how many of its keys."""
 
     def promised(self) -> dict[str, Any]:
-        return {
+        """The promise as run.json's ``tiers.NAME`` holds it: requests, window_s and
+        concurrency always (what every reader knows); tokens, requests per day and models
+        only when promised, so a reader that predates them reads the same three."""
+        d: dict[str, Any] = {
             "requests": self.requests,
             "window_s": self.window_s,
             "concurrency": self.concurrency,
         }
+        if self.tokens is not None:
+            d.update(
+                tokens=self.tokens,
+                token_window_s=self.token_window_s,
+                token_counts=self.token_counts,
+            )
+        if self.requests_per_day is not None:
+            d.update(requests_per_day=self.requests_per_day, day_window_s=self.day_window_s)
+        if self.models:
+            d["models"] = {m: p.promised() for m, p in self.models.items()}
+        return d
+
+    def with_model_defaults(self) -> TierSpec:
+        """The tier with each model's missing windows and ``token_counts`` taken from the
+        tier's (what a model table leaves out is the tier's)."""
+        models = {}
+        for m, p in self.models.items():
+            given = {k: getattr(p, k) for k in PROMISE_OF}
+            models[m] = replace(
+                p,
+                **{
+                    k: getattr(self, k)
+                    for k, v in given.items()
+                    if v is None and getattr(p, PROMISE_OF[k]) is not None
+                },
+            )
+        return replace(self, models=models)
+
+    def token_promise(self, model: str | None) -> tuple[int, float, str] | None:
+        """(tokens, window_s, counts) that a request to ``model`` is judged by: the model's
+        own token promise, else the tier's; None when neither promises tokens."""
+        p = self.models.get(model) if model is not None else None
+        if p is not None and p.tokens is not None:
+            return (
+                p.tokens,
+                p.token_window_s if p.token_window_s is not None else self.token_window_s,
+                p.token_counts if p.token_counts is not None else self.token_counts,
+            )
+        if self.tokens is not None:
+            return self.tokens, self.token_window_s, self.token_counts
+        return None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, fields
 from typing import Any
 
-from loadkit.scenario.model import Dist, LoadSpec, Scenario
+from loadkit.scenario.model import PROMISE_OF, Dist, LoadSpec, Scenario, TierSpec
 from loadkit.scenario.tables import RunTable
 
 # Keys travel separately, never in a scenario: where a tier's keys come from stays behind.
@@ -22,10 +22,7 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
         "name": s.name,
         "target": _present(asdict(s.target)),
         "run": {"duration_s": 0 if math.isinf(s.duration_s) else s.duration_s, **_present(run)},
-        "tiers": {
-            n: _present({k: v for k, v in asdict(t).items() if k not in _KEY_SOURCES})
-            for n, t in s.tiers.items()
-        },
+        "tiers": {n: _tier_to_dict(t) for n, t in s.tiers.items()},
         "load": [_load_to_dict(ld) for ld in s.load],
         "slo": s.slo,
         "goodput": s.goodput,
@@ -36,6 +33,24 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
 def _present(d: dict[str, Any]) -> dict[str, Any]:
     """``d`` without its unset (None) entries: a file leaves them out."""
     return {k: v for k, v in d.items() if v is not None}
+
+
+def _tier_to_dict(t: TierSpec) -> dict[str, Any]:
+    d = _promises(asdict(t))
+    for k in _KEY_SOURCES:
+        d.pop(k, None)
+    if d.get("models"):
+        d["models"] = {m: _promises(p) for m, p in d["models"].items()}
+    else:
+        d.pop("models", None)
+    return d
+
+
+def _promises(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` without unset promises, nor the windows of promises not made (a file may
+    not give a window without its promise)."""
+    d = _present(d)
+    return {k: v for k, v in d.items() if k not in PROMISE_OF or PROMISE_OF[k] in d}
 
 
 def _load_to_dict(ld: LoadSpec) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from loadkit.scenario.model import (
     Scenario,
     TargetSpec,
     TierSpec,
+    check_tier_tables,
 )
 from loadkit.schema import (
     Count,
@@ -156,6 +157,12 @@ class LoadTable(Table):
     rate_per_min: Positive | None = None
     rate_factor: Positive | None = None
     """A multiple of the tier's promised ``requests / window_s``."""
+    token_factor: Positive | None = None
+    """Sizes each request from the token promise (the phase's model's, else the tier's):
+    the phase offers this multiple of the promised tokens per token window, per key."""
+    token_side: Literal["prompt", "completion"] | None = None
+    """Where ``token_factor`` puts the size: "prompt" (``prompt_tokens``) or "completion"
+    (``max_tokens``); default "completion" when the promise counts output, else "prompt"."""
     concurrency: NonNegativeInt = LoadSpec.concurrency
     """Closed loop: users per key."""
     think_s: NonNegative = LoadSpec.think_s
@@ -214,19 +221,92 @@ class LoadTable(Table):
             return self.rate_factor * tier.requests / tier.window_s
         return 0.0
 
-    def to_model(self, tier: TierSpec) -> LoadSpec:
+    @model_validator(mode="after")
+    def _token_side_needs_factor(self) -> Self:
+        if self.token_side is not None and self.token_factor is None:
+            raise problem("only with token_factor (it says where the size goes)", "token_side")
+        return self
+
+    def token_sizes(self, tier: TierSpec, model: str, at: str = "") -> tuple[Dist, Dist]:
+        """``prompt_tokens`` and ``max_tokens``, one of them sized by ``token_factor`` from
+        the token promise of ``model`` (else the tier's); the other as written. An error
+        names its field under ``at`` (the phase's path)."""
+        prompt, completion = self.prompt_tokens.to_model(), self.max_tokens.to_model()
+        if self.token_factor is None:
+            return prompt, completion
+        promise = tier.token_promise(model)
+        if promise is None:
+            raise problem(
+                f"needs a tokens promise in tiers.{tier.name} (or in "
+                f"tiers.{tier.name}.models.{model})",
+                f"{at}.token_factor".lstrip("."),
+            )
+        tokens, window_s, counts = promise
+        side = self.token_side or ("completion" if counts == "output" else "prompt")
+        if counts != "total" and side != {"input": "prompt", "output": "completion"}[counts]:
+            raise problem(
+                f"the promise counts {counts} tokens only: a {side} sized by token_factor "
+                "would not count",
+                f"{at}.token_side".lstrip("."),
+            )
+        sized = "prompt_tokens" if side == "prompt" else "max_tokens"
+        if sized in self.model_fields_set:
+            raise problem(
+                f"give {sized} or token_factor for the {side}, not both (the {side} "
+                "is where token_factor puts the size)",
+                f"{at}.{sized}".lstrip("."),
+            )
+        per_request = self.token_factor * tokens * self._share_of_window(tier, window_s)
+        if counts == "total":  # the other side counts too: the sized one gets the rest
+            per_request -= typical(completion if side == "prompt" else prompt)
+        size = round(per_request)
+        if size < 1:
+            raise problem(
+                f"sizes each request's {side} at {per_request:.3g} tokens: raise "
+                "token_factor, or send fewer requests per token window",
+                f"{at}.token_factor".lstrip("."),
+            )
+        fixed = Dist("fixed", size)
+        return (fixed, completion) if side == "prompt" else (prompt, fixed)
+
+    def _share_of_window(self, tier: TierSpec, window_s: float) -> float:
+        """One request's share of what the phase sends a key in one token window: 1 /
+        (requests per window) for open loops; for bursts, a burst carries the window's
+        whole share when bursts come less often than windows; for closed loops, the
+        users' requests in flight at once share it."""
+        if self.pattern == "burst":
+            return min(1.0, self.burst_period_s / window_s) / self.burst_size
+        if self.pattern == "closed":
+            return 1.0 / self.concurrency
+        return 1.0 / (self.rate_per_s_for(tier) * window_s)
+
+    def to_model(self, tier: TierSpec, model: str) -> LoadSpec:
+        rate = self.rate_per_s_for(tier)
+        prompt, completion = self.token_sizes(tier, model)
         return LoadSpec(
             **{k: getattr(self, k) for k in _COPIED},
-            rate_per_s=self.rate_per_s_for(tier),
+            rate_per_s=rate,
             mix=tuple((k, float(w)) for k, w in self.mix.items() if w > 0),
-            prompt_tokens=self.prompt_tokens.to_model(),
-            max_tokens=self.max_tokens.to_model(),
+            prompt_tokens=prompt,
+            max_tokens=completion,
             keys=tuple(self.keys),
         )
 
 
+def typical(d: Dist) -> float:
+    """A distribution's central value: what sizing by ``token_factor`` allows for the side
+    it does not size."""
+    if d.kind == "fixed":
+        return float(d.value)
+    if d.kind == "uniform":
+        return (d.min + d.max) / 2
+    if d.kind == "normal":
+        return d.mean
+    return sum(d.choices) / len(d.choices)
+
+
 # Every other field means the same in the file and in the model, and is copied by name.
-_FILE_ONLY = {"rate_per_min", "rate_factor"}
+_FILE_ONLY = {"rate_per_min", "rate_factor", "token_factor", "token_side"}
 _CONVERTED = {"rate_per_s", "mix", "prompt_tokens", "max_tokens", "keys"}
 _COPIED = set(LoadTable.model_fields) - _FILE_ONLY - _CONVERTED
 
@@ -259,12 +339,16 @@ def _one_or_many(v: Any) -> Any:
 
 
 def _named(tiers: Any) -> Any:
-    """Each tier table gets its name from its key (a ``name`` written in it is unknown)."""
+    """Each tier table gets its name from its key (a ``name`` written in it is unknown);
+    a window or ``token_counts`` is refused without the promise it qualifies."""
     if not isinstance(tiers, dict):
         return tiers
     for name, t in tiers.items():
-        if isinstance(t, dict) and "name" in t:
+        if not isinstance(t, dict):
+            continue
+        if "name" in t:
             raise problem("unknown field (a tier's name is its table's name)", at=f"{name}.name")
+        check_tier_tables(str(name), t)
     return {name: {**t, "name": name} if isinstance(t, dict) else t for name, t in tiers.items()}
 
 
@@ -300,6 +384,7 @@ class ScenarioFile(Table):
                     f"(tiers: {', '.join(sorted(self.tiers))})",
                     at=f"load[{i}].tier",
                 )
+            ld.token_sizes(self.tiers[ld.tier], ld.model or self.target.model, f"load[{i}]")
         return self
 
     def to_model(self, source: str, base_dir: Path | None) -> Scenario:
@@ -311,12 +396,13 @@ class ScenarioFile(Table):
             n: replace(t, keys_file=_beside(t.keys_file, base_dir)) if t.keys_file else t
             for n, t in self.tiers.items()
         }
+        tiers = {n: t.with_model_defaults() for n, t in tiers.items()}
         run = self.run.model_dump(exclude={"duration_s"})
         return Scenario(
             name=self.name if self.name is not None else Path(source).stem or "scenario",
             target=target,
             tiers=tiers,
-            load=tuple(ld.to_model(tiers[ld.tier]) for ld in self.load),
+            load=tuple(ld.to_model(tiers[ld.tier], ld.model or target.model) for ld in self.load),
             duration_s=self.run.duration_s or float("inf"),
             slo=self.slo,
             goodput=dict(self.goodput),

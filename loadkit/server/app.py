@@ -12,19 +12,18 @@ from pathlib import Path
 
 from aiohttp import web
 
+from loadkit.server import admission
 from loadkit.server import errors as E
 from loadkit.server.completion_handlers import chat_completions, completions
 from loadkit.server.config import ConfigError, ServerConfig, model_from_dict
 from loadkit.server.errors import ApiError
 from loadkit.server.keys import bearer_token
-from loadkit.server.limiter import RATE_LIMITED
 from loadkit.server.state import CTX, STATE, RequestCtx, ServerState
 from loadkit.server.truth import TruthRecord
 from loadkit.server.wire import (
     ClientGone,
     error_response,
     json_response,
-    rate_headers,
     read_json,
     xrid_headers,
 )
@@ -87,7 +86,6 @@ async def core_middleware(
     c = st.counters
     c.seen += 1
     st.in_progress += 1
-    held: str | None = None
     resp: web.StreamResponse | None = None
     gone = False
     try:
@@ -99,33 +97,22 @@ async def core_middleware(
                     c.rejected["unauthenticated"] += 1
                     raise E.unauthorized()
                 rec.key, rec.tier = key.label, key.tier
-                d = st.limiter.acquire(key.label, st.specs[key.label], time.perf_counter_ns())
-                ctx.headers = rate_headers(d)
-                if not d.admitted:
-                    assert d.reason is not None
-                    limited = d.reason == RATE_LIMITED
-                    rec.decision = "rate_limited" if limited else "concurrency_limited"
-                    c.rejected[d.reason] += 1
-                    what = "requests per window" if limited else "concurrent requests"
-                    raise ApiError(429, d.reason, f"limit of {what} reached for this key")
-                held = key.label
-                rec.decision, rec.admitted_ns = "admitted", d.now_ns
-                ctx.key = key
-                c.admitted += 1
+                admission.start(request, key, endpoint)  # the limits decide (429), or wait
             resp = await handler(request)
         except ApiError as e:
-            resp = error_response(e)
+            resp = error_response(admission.settle(request, e))
         except web.HTTPException as e:
             resp = _http_exception_response(e)
         except ClientGone:
             # Hung up mid-upload: nothing to answer, and nothing went wrong here.
+            admission.settle(request, E.internal_error())
             gone = True
             rec.disconnect = "client"
             resp = web.Response(status=400)
             resp.force_close()
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            resp = error_response(E.internal_error())
+            resp = error_response(admission.settle(request, E.internal_error()))
         if not resp.prepared:
             resp.headers.update(ctx.headers)
             resp.headers.update(xrid_headers(request))
@@ -142,8 +129,7 @@ async def core_middleware(
             ctx.finish_ns = time.perf_counter_ns()
     finally:
         rec.finish_ns = ctx.finish_ns if ctx.finish_ns is not None else time.perf_counter_ns()
-        if held is not None:
-            st.limiter.release(held, rec.finish_ns)
+        admission.release(request, rec.finish_ns)
         # Status and code of what was sent; none for a response that never left.
         if resp is not None and ctx.sent:
             rec.status = resp.status
@@ -269,6 +255,7 @@ def build_app(
     app = web.Application(middlewares=[core_middleware], client_max_size=config.max_body_bytes)
     st = state or ServerState(config, truth_path)
     app[STATE] = st
+    app[admission.GATE] = admission.Gate(config)
     r = app.router
     root = api_root(config.api)
     r.add_get(f"{root}/models", list_models, name="models", allow_head=False)

@@ -18,6 +18,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from loadkit.server import errors as E
+from loadkit.server.admission import admit_asking
 from loadkit.server.billing import Hold
 from loadkit.server.config import ModelConfig
 from loadkit.server.latency import itl_ns, ttft_ns
@@ -33,6 +34,7 @@ from loadkit.server.responses import (
     sse,
 )
 from loadkit.server.state import CTX, STATE, RequestCtx, ServerState
+from loadkit.server.token_limiter import Ask
 from loadkit.server.validation import (
     effective_max_tokens,
     parse_json_body,
@@ -98,6 +100,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     top_k = req.top_logprobs if req.logprobs else None
     check_output(st.config.limits, s.n, max_tokens, top_k)
+    admit_asking(request, Ask(req.prompt_tokens, max_tokens * s.n, s.model))
     _maybe_fail(st)
     faults = _draw_faults(st, s.stream)
     assert ctx.key is not None
@@ -128,6 +131,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     sequences = req.best_of * len(req.prompts)
     echoed = req.prompt_tokens * s.n if req.echo and req.logprobs is not None else 0
     check_output(st.config.limits, sequences, max_tokens, req.logprobs, echoed, "prompts x best_of")
+    admit_asking(request, Ask(req.prompt_tokens, max_tokens * sequences, s.model))
     _maybe_fail(st)
     faults = _draw_faults(st, s.stream)
     assert ctx.key is not None

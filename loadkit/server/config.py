@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Self, get_args
 from annotated_types import Ge, Gt, Le, MinLen
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, model_validator
 
+from loadkit.scenario.model import DAY_S, ModelPromise, TokenCounts, check_tier_tables
 from loadkit.schema import (
     DERIVED,
     Count,
@@ -40,6 +41,7 @@ from loadkit.schema import (
     validate,
 )
 from loadkit.server.limits import RequestLimits
+from loadkit.server.token_limiter import TokenMode
 
 ApiLayout = Literal["seed", "openai"]  # paths under /api/v1/ai (API.md), or OpenAI's /v1
 API_LAYOUTS: tuple[str, ...] = get_args(ApiLayout)
@@ -125,6 +127,20 @@ class TierConfig:
     """Generated keys, labelled NAME-1, NAME-2, ..."""
     balance: NonNegative | None = None
     """Per key; None: unlimited."""
+    # Token, per-day and per-model limits (``loadkit.server.token_limiter``): the same
+    # fields, meanings and defaults as a scenario's tier (``loadkit.scenario.model``).
+    tokens: Count | None = None
+    """Admitted tokens in any span of token_window_s."""
+    token_window_s: Positive = 60.0
+    token_counts: TokenCounts = "total"
+    """Which tokens count: "input" (the prompt), "output" (max_tokens x sequences,
+    reserved at admission) or "total"."""
+    requests_per_day: Count | None = None
+    """Admitted requests in any span of day_window_s."""
+    day_window_s: Positive = DAY_S
+    models: dict[Name, ModelPromise] = field(default_factory=dict)
+    """``[tiers.NAME.models.MODEL]``: limits per (key, model); a window or token_counts
+    left out is the tier's."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +168,11 @@ class AdminConfig:
 @dataclass(frozen=True)
 class LimiterConfig:
     mode: LimiterMode = "exact"
+    token_mode: TokenMode = "exact"
+    """Token, per-day and per-model limits: "exact", or wrong on purpose: "output_only"
+    (counts output tokens whatever the tier's token_counts says), "fixed_window" (windows
+    aligned to the clock)."""
+
     burst_factor: Annotated[Number, Gt(1)] = 2.0
     """token_bucket: capacity = ceil(requests * burst_factor)."""
     under_admit_fraction: Annotated[Number, Gt(0), Le(1)] = 0.8
@@ -372,6 +393,7 @@ def _tier_defaults(tiers: Any) -> Any:
 def _defaults(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
     if "name" in given:
         raise problem("unknown field (a tier's name is its table's name)", at=f"{name}.name")
+    check_tier_tables(name, given)
     if name in DEFAULT_TIERS:
         r, w, c, k = DEFAULT_TIERS[name]
         return {"requests": r, "window_s": w, "concurrency": c, "keys": k}

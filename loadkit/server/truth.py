@@ -30,7 +30,8 @@ class TruthRecord:
     finish_ns: int | None = None
     status: int | None = None  # None: no response was sent (the client had gone)
     error_code: str | None = None
-    # admitted | rate_limited | concurrency_limited | unauthenticated | unlimited
+    # admitted | rate_limited | concurrency_limited | token_limited | daily_limited |
+    # unauthenticated | unlimited
     decision: str = "unlimited"
     disconnect: str | None = None  # "server" | "client": who closed before the end
     tier: str | None = None
@@ -38,11 +39,18 @@ class TruthRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None  # handed to the client's connection
     schema: str = TRUTH_SCHEMA
+    # Token accounting at admission, for a tier with token, per-day or per-model limits
+    # (written only then; lines without them read as before):
+    input_tokens: int | None = None  # the prompt as the limiter counted it
+    reserved_tokens: int | None = None  # output reserved: max_tokens x sequences
+    charged: dict[str, int] | None = None  # admitted: units charged per rule (by its name)
+    limit: str | None = None  # refused: the rule that refused (tokens, models.M.tokens, ...)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["disconnect"] is None:
-            del d["disconnect"]
+        for optional in _OMITTED_WHEN_NONE:
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @classmethod
@@ -50,6 +58,9 @@ class TruthRecord:
         check_schema(data)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known and k != "schema"})
+
+
+_OMITTED_WHEN_NONE = ("disconnect", "input_tokens", "reserved_tokens", "charged", "limit")
 
 
 def check_schema(data: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ import pytest
 from loadkit.limit_signals import (
     CONCURRENCY,
     REQUESTS,
+    REQUESTS_PER_DAY,
     SIGNALS,
     TOKENS,
     Refusal,
@@ -113,6 +114,20 @@ CASES = [
         REQUESTS,
         "type=requests",
         "https://platform.openai.com/docs/guides/rate-limits",
+    ),
+    # A daily limit is not the per-minute one: the message tells them apart.
+    Case(
+        "OpenAI RPD",
+        {**JSON, "x-ratelimit-remaining-requests": "499"},
+        err(
+            "Rate limit reached for gpt-4o-mini-realtime in organization org-xx on requests "
+            "per day (RPD): Limit 1000, Used 1000, Requested 1. Please try again in 1m26.4s.",
+            "requests",
+            "rate_limit_exceeded",
+        ),
+        REQUESTS_PER_DAY,
+        "message: 'on requests per day'",
+        "https://github.com/openai/openai-agents-js/issues/1022",
     ),
     Case(
         "OpenAI-compatible TPM message only (no type)",
@@ -446,7 +461,7 @@ def test_the_first_naming_signal_in_table_order_wins():
 
 def test_every_signal_names_a_known_limit():
     for s in SIGNALS:
-        assert s.kind in (None, REQUESTS, CONCURRENCY, TOKENS), s
+        assert s.kind in (None, REQUESTS, CONCURRENCY, TOKENS, REQUESTS_PER_DAY), s
     with pytest.raises(ValueError, match="kind"):
         Signal("code", "x", "bananas", "nobody")
     with pytest.raises(ValueError, match="needs a kind"):

@@ -126,10 +126,10 @@ def test_valid_scenario_and_rate_factor() -> None:
         ("surprise", 1, "surprise: unknown field (expected one of target, run, tiers, load, slo, goodput, sweep, name, description)"),
         ("run.surprise", 1, "run.surprise: unknown field (expected one of duration_s, max_requests, warmup_s, drain_s, seed, engine, honour_retry_after, max_retries)"),
         ("target.url", "x", "target.url: unknown field (expected one of base_url, model, connect_timeout_s, request_timeout_s, read_timeout_s, server_config, api, paths, auth_header, auth_scheme, headers)"),
-        ("tiers.free.rpm", 60, "tiers.free.rpm: unknown field (expected one of requests, window_s, concurrency, keys_env, keys_file, keys)"),
+        ("tiers.free.rpm", 60, "tiers.free.rpm: unknown field (expected one of requests, window_s, concurrency, tokens, token_window_s, token_counts, requests_per_day, day_window_s, models, keys_env, keys_file, keys)"),
         ("tiers.free.name", "x", "tiers.free.name: unknown field (a tier's name is its table's name)"),
         ("load.0.max_tokens", {"dist": "uniform", "mean": 3}, "load[0].max_tokens.mean: unknown field (expected one of dist, min, max)"),
-        ("load.0.rps", 1, "load[0].rps: unknown field (expected one of tier, pattern, rate_per_s, rate_per_min, rate_factor, concurrency, think_s, burst_size, burst_period_s, phase_s, start_s, duration_s, mix, model, prompt_tokens, max_tokens, max_in_flight, keys, backoff_429_s)"),
+        ("load.0.rps", 1, "load[0].rps: unknown field (expected one of tier, pattern, rate_per_s, rate_per_min, rate_factor, token_factor, token_side, concurrency, think_s, burst_size, burst_period_s, phase_s, start_s, duration_s, mix, model, prompt_tokens, max_tokens, max_in_flight, keys, backoff_429_s)"),
         # required and bounded
         ("tiers.free.requests", ..., "tiers.free.requests: required (promised: admitted requests in any span of window_s)"),
         ("tiers", ..., "tiers: required (at least one [tiers.NAME] table: what the service promises)"),

@@ -36,7 +36,7 @@ def error_of(d: Any) -> str:
         ({"tiers": {"free": {"window_s": 0}}}, "tiers.free.window_s: must be a positive number, got 0"),
         ({"tiers": {"free": {"balance": -1}}}, "tiers.free.balance: must be >= 0, got -1"),
         ({"tiers": {"gold": {"requests": 5}}}, "tiers.gold.concurrency: required (the tier is not free/pro/enterprise)"),
-        ({"tiers": {"free": {"requets": 5}}}, "tiers.free.requets: unknown field (expected one of requests, window_s, concurrency, keys, balance)"),
+        ({"tiers": {"free": {"requets": 5}}}, "tiers.free.requets: unknown field (expected one of requests, window_s, concurrency, keys, balance, tokens, token_window_s, token_counts, requests_per_day, day_window_s, models)"),
         ({"tiers": {"free": {"name": "x"}}}, "tiers.free.name: unknown field (a tier's name is its table's name)"),
         ({"tiers": {"a b": {"requests": 1, "concurrency": 1}}}, "tiers.a b: expected a label: no spaces, 1 to 64 characters, got 'a b'"),
         ({"tiers": {}}, "tiers: must not be empty, got {}"),
