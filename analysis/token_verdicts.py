@@ -147,10 +147,10 @@ def explain(v: WindowVerdict, weights: WeightSources | None, reset: ResetCheck) 
     else:
         lines.append(f"Honoured {v.honoured.upper()}: no refusal for this limit.")
     if reset.broken:
-        ex = reset.examples[0]
+        rex = reset.examples[0]
         lines.append(
-            f"Reset promise broken {reset.broken} times (e.g. {ex.followup_id}, sent after "
-            f"{ex.source} {ex.delay_s:g} s of {ex.request_id}, was refused again)."
+            f"Reset promise broken {reset.broken} times (e.g. {rex.followup_id}, sent after "
+            f"{rex.source} {rex.delay_s:g} s of {rex.request_id}, was refused again)."
         )
     if v.reach:
         lines.append(f"This promise {v.reach}.")
@@ -162,6 +162,22 @@ def explain(v: WindowVerdict, weights: WeightSources | None, reset: ResetCheck) 
             "no response carried usage to compare it with."
         )
     return lines
+
+
+def scope_requests(cols: Columns, label: str, promise: WindowPromise) -> Requests | None:
+    """One key's requests under ``promise`` (its model's, for a model's promise), weighed
+    as the verdicts weigh them (the charts draw from it); None for a key without any."""
+    tc = cols.tokens
+    if tc is None or label not in cols.key.names:
+        return None
+    kv = key_view(cols, cols.key.names.index(label))
+    inference = cols.endpoint.isin(INFERENCE_ENDPOINTS)
+    mask = (
+        np.ones(kv.n, dtype=bool)
+        if promise.model is None
+        else tc.model_rows(promise.model)[kv.rows]
+    )
+    return _scope_requests(kv, tc, promise, _calibration(tc, inference), mask, False)
 
 
 def _unusable(e: TokenLimit, problem: str) -> TokenLimit:

@@ -410,7 +410,8 @@ class ResetExample(JsonRecord):
 class ResetCheck(JsonRecord):
     """After a 429's Retry-After (the room for that request) or a response's
     x-ratelimit-reset-tokens (the whole allowance), the next request of the scope, asking
-    no more, is not refused for this limit unless another admission came between.
+    no more, is not refused for this limit unless another admission came between (at the
+    same instant as either end counts: it may have come between)."""
 
     checked: int
     broken: int
