@@ -135,3 +135,20 @@ def test_each_wrong_token_mode_is_caught(tmp_path: Path, engine: str, token_mode
     assert bursts["verdict"]["observed_max"] > TOKENS
     assert "tpm-1 tokens: not enforced" in s["verdict_reasons"]
     assert s["verdict"] == "fail" and code == 1, (s["verdict_reasons"], err)
+
+
+def test_the_examples_embedded_server_promises_the_scenarios_tier() -> None:
+    from loadkit.scenario import load_scenario
+    from loadkit.server.config import load_config
+
+    scenario = load_scenario(EXAMPLE)
+    assert scenario.target.server_config is not None
+    server = load_config(scenario.target.server_config)
+    want = scenario.tiers["tpm"].promised()
+    got = server.tier("tpm")
+    assert {k: getattr(got, k) for k in want} == want
+    assert server.limiter.token_mode == "exact"
+    # the sizes the comments state: a burst carries the budget, 4 users share 1.5 x it
+    bursts, users = scenario.load
+    assert (bursts.prompt_tokens.value, bursts.max_tokens.value) == (1184, 16)
+    assert users.max_tokens.value == 3734
