@@ -10,6 +10,7 @@ import numpy as np
 
 from loadkit.analysis.summary import Analysis
 from loadkit.analysis.throughput import bin_width, failed
+from loadkit.analysis.token_charts import write_token_charts
 
 MAX_KEYS_CHARTED = 12
 DPI = 90
@@ -320,4 +321,5 @@ def write_charts(result: Analysis, out_dir: Path) -> list[str]:
     chart_window(result, out_dir, written, width, nbins)
     chart_arrival(result, out_dir, written)
     chart_status_time(result, out_dir, written, width, nbins)
+    write_token_charts(result, out_dir, written)
     return written

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from loadkit import records as _records
 from loadkit.analysis.outcome import Refused
+from loadkit.analysis.token_columns import TokenColumns, token_columns
 from loadkit.outcomes import Outcome, classify
 from loadkit.records import RequestRecord
 from loadkit.runmeta import RunMeta, read_run_meta
@@ -32,6 +33,7 @@ _KINDS = {
     "requests": Refused.REQUESTS,
     "concurrency": Refused.CONCURRENCY,
     "tokens": Refused.TOKENS,
+    "requests_per_day": Refused.DAILY,
 }
 # loadkit.records does not annotate it; the alias gives the call a type.
 _arrow_schema: Callable[[], pa.Schema] = _records.arrow_schema
@@ -93,6 +95,7 @@ class Columns:
     attempt: np.ndarray
     outcome: np.ndarray  # index into OUTCOMES (loadkit.outcomes.classify of each row)
     refused: np.ndarray  # a Refused value: which limit refused a 429 (0: not a 429)
+    tokens: TokenColumns | None = None  # what each request asked of token limits
 
     def outcome_in(self, outcomes: frozenset[Outcome] | set[Outcome]) -> np.ndarray:
         """Rows whose outcome is one of ``outcomes``."""
@@ -169,6 +172,7 @@ def columns_from_table(table: pa.Table) -> Columns:
         attempt=attempt,
         outcome=outcomes(status, error_code, content_type, transport),
         refused=refusals(status, error_code, _codes(table, "limit_kind"), _codes(table, "schema")),
+        tokens=token_columns(table),
     )
 
 

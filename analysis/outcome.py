@@ -77,3 +77,4 @@ class Refused(enum.IntEnum):
     CONCURRENCY = 2
     TOKENS = 3  # not judged until token limits have verdicts
     UNATTRIBUTED = 4  # judged against both limits
+    DAILY = 5  # requests per day: judged with the token verdicts (``token_verdicts``)

@@ -14,6 +14,8 @@ from loadkit.analysis.completeness import Completeness
 from loadkit.analysis.limits import Limit, RequestsLimit
 from loadkit.analysis.outcome import Effect, RunVerdict
 from loadkit.analysis.slo import SloResult
+from loadkit.analysis.token_verdicts import TokenLimit, token_reasons
+from loadkit.analysis.token_verdicts import fails as token_fails
 from loadkit.analysis.usability import KeyAnswers
 
 
@@ -45,7 +47,9 @@ def _judged(limits: Iterable[Limit]) -> list[Limit]:
     return [e for e in limits if e.verdict.enforced.effect is not Effect.ERROR]
 
 
-def overall_verdict(limits: Iterable[Limit], slo: SloResult) -> tuple[RunVerdict, list[str]]:
+def overall_verdict(
+    limits: Iterable[Limit], slo: SloResult, tokens: Sequence[TokenLimit] = ()
+) -> tuple[RunVerdict, list[str]]:
     """On what was recorded: fail on any violated verdict or missed SLO; pass when nothing
     failed and at least one limit verdict held (what could not be shown either way is
     listed with it); inconclusive when no limit verdict held, i.e. the load never provoked
@@ -57,6 +61,9 @@ def overall_verdict(limits: Iterable[Limit], slo: SloResult) -> tuple[RunVerdict
     for e in _judged(limits):
         judged = True
         held += _limit_reasons(e, fails, doubts)
+    token_held, token_judged = token_reasons(tokens, fails, doubts)
+    held += token_held
+    judged = judged or token_judged
     for c in slo.checks:
         if c.met is False:
             assert c.observed is not None
@@ -85,7 +92,9 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _recorded_text(verdict: RunVerdict, limits: Sequence[Limit], slo: SloResult) -> str:
+def _recorded_text(
+    verdict: RunVerdict, limits: Sequence[Limit], slo: SloResult, tokens: Sequence[TokenLimit] = ()
+) -> str:
     """What the verdicts on the recorded part say, in a few words."""
     if verdict is RunVerdict.FAIL:
         violated = sum(
@@ -98,6 +107,7 @@ def _recorded_text(verdict: RunVerdict, limits: Sequence[Limit], slo: SloResult)
                 e.retry_after.verdict.effect if isinstance(e, RequestsLimit) else None,
             )
         )
+        violated += sum(1 for e in tokens if token_fails(e))
         missed = sum(1 for c in slo.checks if c.met is False)
         parts = []
         if violated:
@@ -116,9 +126,10 @@ def headline(
     limits: Sequence[Limit],
     slo: SloResult,
     unusable: Sequence[KeyAnswers],
+    tokens: Sequence[TokenLimit] = (),
 ) -> str:
     """``INCOMPLETE — 1 limit violated on what was recorded``."""
-    what = _recorded_text(recorded, limits, slo)
+    what = _recorded_text(recorded, limits, slo, tokens)
     if verdict is RunVerdict.ERROR:
         names = ", ".join(k.key for k in unusable)
         text = f"ERROR — {_plural(len(unusable), 'key')} unusable ({names})"
@@ -139,11 +150,12 @@ def run_outcome(
     slo: SloResult,
     keys: Sequence[KeyAnswers],
     complete: Completeness,
+    tokens: Sequence[TokenLimit] = (),
 ) -> RunOutcome:
     """The overall verdict: error when a key is unusable, else incomplete when records are
     missing, else what the recorded part says. The reasons list the problems first (each
     unusable key, each gap in the records), then the recorded part's reasons."""
-    recorded, reasons = overall_verdict(limits, slo)
+    recorded, reasons = overall_verdict(limits, slo, tokens)
     unusable = [k for k in keys if not k.usable]
     problems = [k.problem or f"{k.key}: unusable" for k in unusable]
     problems += list(complete.reasons)
@@ -158,6 +170,6 @@ def run_outcome(
         reasons = [r for r in reasons if not r.startswith("no limit")]
     return RunOutcome(
         verdict=verdict,
-        headline=headline(verdict, recorded, limits, slo, unusable),
+        headline=headline(verdict, recorded, limits, slo, unusable, tokens),
         reasons=tuple(problems + reasons),
     )

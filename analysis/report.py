@@ -13,6 +13,7 @@ from loadkit.analysis.limits import Limit, RefusalCounts, RequestsLimit
 from loadkit.analysis.outcome import RunVerdict, Verdict
 from loadkit.analysis.stats import STATS, Stats
 from loadkit.analysis.summary import REPORT_FILE, Summary
+from loadkit.analysis.token_report import token_section
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
@@ -413,6 +414,7 @@ response named; one that named none against both. Concurrency counts a request a
 certainly in flight from its headers to its end minus {s.concurrency_margin_s * 1000:g} ms.
 Under-admission tolerance: {s.under_admission_tolerance:.0%}.</p>
 {_limits_table(summary)}
+{token_section(summary)}
 <h2>Service-level objectives</h2>
 {_slo_table(summary)}
 <h2>Latency</h2>

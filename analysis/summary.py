@@ -36,6 +36,7 @@ from loadkit.analysis.slo import (
     slos_from_run,
 )
 from loadkit.analysis.throughput import Errors, Throughput, errors_summary, throughput_summary
+from loadkit.analysis.token_verdicts import TokenLimit, token_limits
 from loadkit.analysis.usability import KeyAnswers, key_answers
 from loadkit.analysis.verdicts import (
     KeyView,
@@ -127,6 +128,8 @@ class Summary(JsonRecord):
     throughput: Throughput
     errors: Errors
     slo: SloResult
+    # Token and per-day promises (``token_verdicts``); absent from summaries before them.
+    tokens: tuple[TokenLimit, ...] | None = omit_none()
     charts: tuple[str, ...] | None = omit_none()
     report: str | None = None
 
@@ -366,6 +369,8 @@ def analyse(
     answers = sorted(key_answers(meta, cols, tiers), key=lambda k: key_order(meta, tiers)(k.key))
     unusable = {k.key: k.problem or "unusable" for k in answers if not k.usable}
     found = limit_verdicts(meta, cols, settings, unusable)
+    order = [k.key for k in answers]
+    tokens = token_limits(meta, cols, tiers, order, unusable, settings.max_examples)
     latency = latency_summary(cols, values)
     throughput = throughput_summary(cols, values, dict(meta.goodput or {}), warmup)
     errors = errors_summary(cols, warmup)
@@ -373,7 +378,7 @@ def analyse(
         merge_slos(run_slos, overrides or []), Observed(latency, throughput, errors)
     )
     complete = completeness(meta, cols)
-    outcome = run_outcome(found.limits, slo, answers, complete)
+    outcome = run_outcome(found.limits, slo, answers, complete, tokens)
     summary = Summary(
         schema=SUMMARY_SCHEMA,
         run=run_info(meta, cols),
@@ -390,6 +395,7 @@ def analyse(
         throughput=throughput,
         errors=errors,
         slo=slo,
+        tokens=tokens,
     )
     return Analysis(meta=meta, cols=cols, values=values, keys=found.keys, summary=summary)
 

@@ -410,7 +410,8 @@ class ResetExample(JsonRecord):
 class ResetCheck(JsonRecord):
     """After a 429's Retry-After (the room for that request) or a response's
     x-ratelimit-reset-tokens (the whole allowance), the next request of the scope, asking
-    no more, is not refused for this limit unless another admission came between."""
+    no more, is not refused for this limit unless another admission came between (at the
+    same instant as either end counts: it may have come between)."""
 
     checked: int
     broken: int
@@ -611,7 +612,7 @@ def reset_check(
     the first request of the scope sent at or after headers + delay is broken if refused
     for this limit while it asked no more (than the refused request; than the promise,
     after a reset to the whole allowance) and no other admitted-or-unknown request meets
-    (s_i, h_k)."""
+    [s_i, h_k] (closed: a tie may have come between)."""
     order = np.argsort(r.s, kind="stable")
     s_sorted = r.s[order]
     maybe = r.maybe
@@ -631,11 +632,13 @@ def reset_check(
         i_pos, k_pos = src[followed], order[nxt[followed]]
         keep = k_pos != i_pos
         i_pos, k_pos = i_pos[keep], k_pos[keep]
-        # others meeting (s_i, h_k): s_j < h_k and h_j > s_i, less i itself when it counts
-        others = np.searchsorted(sp, r.hi[k_pos], side="left") - np.searchsorted(
-            hp, r.s[i_pos], side="right"
+        # others meeting [s_i, h_k]: s_j <= h_k and h_j >= s_i, less i itself when it
+        # counts. Closed: one admitted at the same instant as i or k may have come after i
+        # (taking the room) or before k.
+        others = np.searchsorted(sp, r.hi[k_pos], side="right") - np.searchsorted(
+            hp, r.s[i_pos], side="left"
         )
-        others -= (maybe[i_pos] & (r.hi[i_pos] > r.s[i_pos])).astype(np.int64)
+        others -= maybe[i_pos].astype(np.int64)
         asks_no_more = ~np.isnan(r.up[k_pos]) & (r.up[k_pos] <= allowed[i_pos])
         bad = r.refused[k_pos] & (others <= 0) & asks_no_more
         checked += int(i_pos.size)

@@ -58,11 +58,32 @@ class PreparedRequest:
     stream: bool
     model: str | None
     body: bytes | None  # JSON, or None for GET
+    # What the request asks of a token limit, as the client counts it (recorded as
+    # sent_prompt_tokens / sent_max_tokens): the prompt's tokens and the output reserved.
+    prompt_tokens: int | None = None
+    max_tokens: int | None = None
 
 
 # A fixed pseudo-random text; each prompt is a window of it at a random offset, so prompts
 # differ (a server's prefix cache cannot flatter TTFT) at the cost of one slice per request.
 _TEXT = random.Random(20261125).choices(_WORDS, k=8192)
+
+
+# OpenAI's rule for chat prompts (and the reference server's): 3 tokens prime the reply,
+# each message costs 3 besides its content.
+CHAT_PRIMING_TOKENS = 3
+CHAT_MESSAGE_TOKENS = 3
+
+
+def counted_prompt_tokens(endpoint: str, n_words: int) -> int:
+    """The prompt tokens of a request whose prompt is ``prompt_text(n_words)``, as the
+    client counts them: one token a word, plus the chat framing. Exact for the reference
+    server's tokenizer; for another service an estimate that its ``usage`` corrects (the
+    analysis calibrates the two against each other, ``loadkit.analysis.token_columns``)."""
+    words = max(1, n_words)
+    if endpoint == "chat":
+        return words + CHAT_PRIMING_TOKENS + CHAT_MESSAGE_TOKENS
+    return words
 
 
 def prompt_text(n_words: int, rng: random.Random) -> str:
@@ -110,7 +131,17 @@ def prepare(
         return PreparedRequest(kind, "models", "GET", layout.models, False, None, None)
     path, endpoint, stream, template = _template(kind, model, max_tokens, layout)
     body = template % json.dumps(prompt_text(prompt_tokens, rng))
-    return PreparedRequest(kind, endpoint, "POST", path, stream, model, body.encode())
+    return PreparedRequest(
+        kind,
+        endpoint,
+        "POST",
+        path,
+        stream,
+        model,
+        body.encode(),
+        counted_prompt_tokens(endpoint, prompt_tokens),
+        max_tokens,
+    )
 
 
 class MixPicker:

@@ -83,6 +83,10 @@ class RequestRecord:
     transport_error: str | None = None  # one of TRANSPORT_ERRORS
     prompt_tokens: int | None = None  # from usage
     completion_tokens: int | None = None  # from usage
+    # v2, later: what the request asked of a token limit, as the client counted it (known
+    # for a 429 too, which has no usage)
+    sent_prompt_tokens: int | None = None
+    sent_max_tokens: int | None = None  # max_tokens x choices
     content_chunks: int = 0  # content-bearing chunks, all choices
     finish_reason: str | None = None
     content_type: str | None = None  # v2: media type of the response, parameters stripped
@@ -126,6 +130,8 @@ V2_FIELDS = (
     "limit_kind",
     "limit_signal",
     "pause_s",
+    "sent_prompt_tokens",
+    "sent_max_tokens",
 )
 _FIELD_SET = frozenset(RECORD_FIELDS)
 _READABLE = ", ".join(READABLE_SCHEMAS)
@@ -322,6 +328,8 @@ def arrow_schema() -> pa.Schema:
         "status": i64,
         "prompt_tokens": i64,
         "completion_tokens": i64,
+        "sent_prompt_tokens": i64,
+        "sent_max_tokens": i64,
         "content_chunks": i64,
         "rl_limit_requests": i64,
         "rl_remaining_requests": i64,

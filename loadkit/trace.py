@@ -62,6 +62,8 @@ class RequestInfo:
     model: str | None
     attempt: int = 1
     scheduled_s: float | None = None
+    sent_prompt_tokens: int | None = None  # the client's count of the prompt it sent
+    sent_max_tokens: int | None = None  # max_tokens x choices asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,8 @@ class RequestTrace:
             last_token_s=None,
             end_s=send_s,
             queued_s=queued_s,
+            sent_prompt_tokens=info.sent_prompt_tokens,
+            sent_max_tokens=info.sent_max_tokens,
         )
         self._decoder: SSEDecoder | None = None
         self._body: list[bytes] | None = []  # None: over max_body, no longer kept

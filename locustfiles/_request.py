@@ -141,6 +141,8 @@ def _attempt(
         req.model,
         attempt,
         scheduled,
+        req.prompt_tokens,
+        req.max_tokens,
     )
     if sem is None:
         return _exchange(user, a, ttft, key, req, info, 0.0)

@@ -459,6 +459,8 @@ class AsyncEngine:
             req.model,
             attempt,
             scheduled,
+            req.prompt_tokens,
+            req.max_tokens,
         )
         q0 = clock.now()
         queued = 0.0

@@ -253,6 +253,8 @@ def key_run_rows(kr: KeyRun, run_id: str, start_index: int = 0) -> list[dict[str
                 "transport_error": None,
                 "prompt_tokens": 10 if ok else None,
                 "completion_tokens": kr.tokens if ok else None,
+                "sent_prompt_tokens": 10,  # what the client asked, known for a 429 too
+                "sent_max_tokens": kr.tokens,
                 "content_chunks": len(chunks) if kr.stream else (1 if ok else 0),
                 "finish_reason": "length" if ok else None,
                 "rl_limit_requests": int(kr.rl_limit[i]),

@@ -107,6 +107,10 @@ def golden_run(run_dir: Path) -> Path:
         },
         goodput={"ttft_ms": 150, "e2e_ms": 400, "bogus_ms": 1},
     )
+    # Token and per-day promises: judged from each request's tokens (usage, or what the
+    # client asked: the refusals have no usage)
+    meta.tiers["free"].update(tokens=200, token_window_s=5.0, token_counts="total")
+    meta.tiers["paid"].update(requests_per_day=45, day_window_s=86_400.0)
     meta.started_unix = STARTED_UNIX
     meta.loadkit_version = "golden"
     rows = [json.loads(r.to_json()) for r in extra]
