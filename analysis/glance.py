@@ -24,7 +24,8 @@ GLANCE_CSS = """
 margin:4px 0}
 .fig{border:1px solid #d0d7de;border-radius:6px;padding:5px 10px;background:#f6f8fa}
 .fig .label{font-size:.74em;color:#57606a;text-transform:uppercase;letter-spacing:.03em}
-.fig .value{font-size:1.15em;font-weight:600;font-variant-numeric:tabular-nums}
+.fig .value{font-size:1.1em;font-weight:600;font-variant-numeric:tabular-nums;
+white-space:nowrap}
 .fig .sub{font-size:.76em;color:#57606a}
 .verdict .badge{font-size:1.05em;padding:3px 14px;text-transform:uppercase}
 .legend{font-size:.8em;margin:6px 0 0}.legend .badge{font-size:.85em;padding:0 7px}
