@@ -11,6 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from loadkit.analysis.series import (
+    bin_max,
+    binned_quantiles,
+    rolling_mean,
+    sliding_quantiles,
+    smooth_bins,
+    step_max_per_bin,
+)
 from loadkit.analysis.summary import Analysis, KeyAnalysis
 from loadkit.analysis.throughput import bin_width, failed
 
@@ -20,7 +28,6 @@ CDF_LEVELS = np.concatenate([np.linspace(0, 0.99, 397), 1 - np.geomspace(0.01, 1
 # A CDF whose values span less than this ratio (p99.9 / p0.1) is drawn on a linear axis:
 # a log axis over 50-120 ms only adds "6x10^1" ticks.
 LOG_AXIS_RATIO = 20.0
-SMOOTH_POINTS = 15  # a smoothed series averages over about 1/15 of the run
 RAW_ALPHA = 0.25
 TIER_STYLES = (
     ("tab:blue", "-", 3.4),
@@ -72,105 +79,6 @@ def _legend_outside(fig: Any, ax: Any | None = None, ncols: int | None = None) -
 
 def _tier_style(code: int) -> tuple[str, str, float]:
     return TIER_STYLES[code % len(TIER_STYLES)]
-
-
-def smooth_bins(nbins: int) -> int:
-    """How many bins a smoothed series spans: about 1/SMOOTH_POINTS of the run, at least 1."""
-    return max(1, int(round(nbins / SMOOTH_POINTS)))
-
-
-def rolling_mean(values: np.ndarray, k: int) -> np.ndarray:
-    """Centred mean over ``k`` bins, ignoring NaN (NaN where a window has no value); the
-    window is cut short at either end rather than padded with zeros."""
-    v = np.asarray(values, dtype=np.float64)
-    if k <= 1 or v.size == 0:
-        return v.copy()
-    ok = np.isfinite(v)
-    kernel = np.ones(k)
-    total = np.convolve(np.where(ok, v, 0.0), kernel, mode="same")
-    count = np.convolve(ok.astype(np.float64), kernel, mode="same")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def binned_quantiles(
-    times: np.ndarray, values: np.ndarray, width: float, nbins: int, qs: tuple[float, ...]
-) -> dict[float, np.ndarray]:
-    """Nearest-rank quantiles of ``values`` per time bin (NaN for empty bins), no Python loop
-    over bins."""
-    out = {q: np.full(nbins, np.nan) for q in qs}
-    if values.size == 0:
-        return out
-    b = np.clip((times // width).astype(np.int64), 0, nbins - 1)
-    order = np.lexsort((values, b))
-    counts = np.bincount(b, minlength=nbins)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    has = counts > 0
-    sv = values[order]
-    for q in qs:
-        pos = starts + np.floor(q * (counts - 1)).astype(np.int64)
-        out[q][has] = sv[pos[has]]
-    return out
-
-
-def sliding_quantiles(
-    times: np.ndarray,
-    values: np.ndarray,
-    width: float,
-    nbins: int,
-    k: int,
-    qs: tuple[float, ...],
-    stride: int = 1,
-) -> dict[float, np.ndarray]:
-    """Nearest-rank quantiles of ``values`` over ``k`` bins centred on bins 0, ``stride``,
-    2 ``stride``, ...: a p99 of ten seconds of requests instead of the noisy p99 of one
-    second's few. Each window costs a pass over its values, so a stride of about k/4 keeps
-    the total near four passes over the data whatever k is."""
-    centres = np.arange(0, nbins, max(1, stride))
-    out = {q: np.full(centres.size, np.nan) for q in qs}
-    if values.size == 0:
-        return out
-    b = np.clip((times // width).astype(np.int64), 0, nbins - 1)
-    order = np.argsort(b, kind="stable")
-    b, v = b[order], values[order]
-    lo = np.searchsorted(b, centres - k // 2, side="left")
-    hi = np.searchsorted(b, centres - k // 2 + k, side="left")
-    for i in np.flatnonzero(hi > lo):
-        part = v[lo[i] : hi[i]]
-        ranks = [int(np.floor(q * (part.size - 1))) for q in qs]
-        part = np.partition(part, ranks)
-        for q, r in zip(qs, ranks, strict=True):
-            out[q][i] = part[r]
-    return out
-
-
-def _bin_max(
-    times_sorted: np.ndarray, values: np.ndarray, width: float, nbins: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-bin max of ``values`` (times sorted ascending) and the index of each bin's first
-    event (``size`` when none); bins without events hold -inf."""
-    first = np.searchsorted(times_sorted, np.arange(nbins) * width, side="left")
-    out = np.full(nbins, -np.inf)
-    nxt = np.append(first[1:], times_sorted.size)
-    has = nxt > first
-    if has.any():
-        # each segment runs to the next non-empty bin's first event: exactly this bin's events
-        out[has] = np.maximum.reduceat(values, first[has])
-    return out, first
-
-
-def step_max_per_bin(starts: np.ndarray, ends: np.ndarray, width: float, nbins: int) -> np.ndarray:
-    """Most intervals [start, end) open at once within each time bin."""
-    keep = ends > starts
-    if not keep.any():
-        return np.zeros(nbins)
-    t = np.concatenate([starts[keep], ends[keep]])
-    d = np.concatenate([np.ones(keep.sum()), -np.ones(keep.sum())])
-    order = np.lexsort((d, t))  # ends before starts at the same instant
-    t, level = t[order], np.cumsum(d[order])
-    in_bin, first = _bin_max(t, level, width, nbins)
-    entry = np.where(first > 0, level[np.maximum(first - 1, 0)], 0.0)
-    return np.asarray(np.maximum(in_bin, entry))
 
 
 def cdf_axis_is_log(values: np.ndarray) -> bool:
@@ -427,7 +335,7 @@ def chart_window(
         mid = np.sort((kv.s[adm] + kv.hi[adm]) / 2.0)
         w = k.policy.window_s
         level = np.arange(mid.size) + 1 - np.searchsorted(mid, mid - w, side="right")
-        in_bin, _ = _bin_max(mid, level.astype(np.float64), width, nbins)
+        in_bin, _ = bin_max(mid, level.astype(np.float64), width, nbins)
         # the trailing count only rises at admissions: a bin's max is at its start or an event
         t0 = np.arange(nbins) * width
         entry = np.searchsorted(mid, t0, side="right") - np.searchsorted(mid, t0 - w, side="right")

@@ -1,6 +1,8 @@
 """report.html: one self-contained page (inline CSS, charts as base64 data URIs, no
-network) that someone who did not run the test can read: verdict, limit verdicts with
-plain-language evidence, SLOs, latency tables, throughput, errors and the charts."""
+network) that someone who did not run the test can read. It opens with one screen a planner
+acts on (``glance``: the verdict, the limits by key, the key figures), then the details, one
+section after another: the verdict's reasons, answers by key, limit verdicts with
+plain-language evidence, SLOs, latency tables, throughput and errors, the charts."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from loadkit.analysis import charts
+from loadkit.analysis import charts, series
 from loadkit.analysis.summary import analyse, load_run
 from tests.analysis.synthetic import Limiter, Timing, even_sends, run_meta, simulate_key, write_run
 
@@ -188,19 +188,19 @@ def test_latency_over_time_draws_smoothed_p99_over_the_faint_per_bin_one(drawn):
 def test_sliding_quantiles_take_each_window_of_bins():
     times = np.array([0.5, 1.5, 2.5, 3.5, 4.5])
     values = np.array([10.0, 50.0, 20.0, 40.0, 30.0])
-    q = charts.sliding_quantiles(times, values, 1.0, 5, 3, (0.0, 1.0))
+    q = series.sliding_quantiles(times, values, 1.0, 5, 3, (0.0, 1.0))
     # bin i spans bins i-1..i+1 (cut at the ends)
     assert q[1.0].tolist() == [50.0, 50.0, 50.0, 40.0, 40.0]
     assert q[0.0].tolist() == [10.0, 10.0, 20.0, 20.0, 30.0]
-    one = charts.sliding_quantiles(times, values, 1.0, 5, 1, (0.5,))
+    one = series.sliding_quantiles(times, values, 1.0, 5, 1, (0.5,))
     assert one[0.5].tolist() == values.tolist()
     # every second window: bins 0, 2 and 4
-    strided = charts.sliding_quantiles(times, values, 1.0, 5, 3, (1.0,), stride=2)
+    strided = series.sliding_quantiles(times, values, 1.0, 5, 3, (1.0,), stride=2)
     assert strided[1.0].tolist() == [50.0, 50.0, 40.0]
 
 
 def test_rolling_mean_skips_empty_bins_and_cuts_the_window_at_the_ends():
     v = np.array([1.0, np.nan, 3.0, 5.0, np.nan])
-    out = charts.rolling_mean(v, 3)
+    out = series.rolling_mean(v, 3)
     assert out.tolist() == pytest.approx([1.0, 2.0, 4.0, 4.0, 5.0])
-    assert np.isnan(charts.rolling_mean(np.array([np.nan, np.nan]), 3)).all()
+    assert np.isnan(series.rolling_mean(np.array([np.nan, np.nan]), 3)).all()
