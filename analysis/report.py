@@ -41,6 +41,7 @@ table.answers td:last-child{min-width:0}
 img{max-width:100%;border:1px solid #eee;margin:6px 0}
 details{margin:4px 0}code{font-size:.85em;word-break:break-all}.muted{color:#57606a}
 td:last-child{min-width:18em}td p{margin:2px 0 6px}
+.limits-detail td .badge{font-size:.86em;padding:0 8px}
 """
 
 METRIC_NAMES = {
@@ -413,7 +414,7 @@ answers were not the API's (nothing to judge). Each 429 is judged against the li
 response named; one that named none against both. Concurrency counts a request as
 certainly in flight from its headers to its end minus {s.concurrency_margin_s * 1000:g} ms.
 Under-admission tolerance: {s.under_admission_tolerance:.0%}.</p>
-{_limits_table(summary)}"""
+<div class=limits-detail>{_limits_table(summary)}</div>"""
 
 
 def _slo_section(summary: Summary) -> str:
