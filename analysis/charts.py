@@ -1,5 +1,8 @@
-"""PNG charts of a run (matplotlib, Agg backend). Everything is binned or reduced to a few
-hundred points before plotting, so a million records draw as fast as a thousand."""
+"""PNG charts of a run (matplotlib, Agg backend), drawn to be read at a glance: legends
+outside the axes, linear axes unless the range spans decades, one style per tier, x axes
+clipped to the run, per-bin series faint under a smoothed one, a unit on every axis.
+Everything is binned or reduced to a few hundred points before plotting, so a million
+records draw as fast as a thousand."""
 
 from __future__ import annotations
 
@@ -8,13 +11,40 @@ from typing import Any
 
 import numpy as np
 
-from loadkit.analysis.summary import Analysis
+from loadkit.analysis.series import (
+    bin_max,
+    binned_quantiles,
+    rolling_mean,
+    sliding_quantiles,
+    smooth_bins,
+    step_max_per_bin,
+)
+from loadkit.analysis.summary import Analysis, KeyAnalysis
 from loadkit.analysis.throughput import bin_width, failed
 from loadkit.analysis.token_charts import write_token_charts
 
 MAX_KEYS_CHARTED = 12
 DPI = 90
 CDF_LEVELS = np.concatenate([np.linspace(0, 0.99, 397), 1 - np.geomspace(0.01, 1e-5, 60), [1.0]])
+# A CDF whose values span less than this ratio (p99.9 / p0.1) is drawn on a linear axis:
+# a log axis over 50-120 ms only adds "6x10^1" ticks.
+LOG_AXIS_RATIO = 20.0
+RAW_ALPHA = 0.25
+TIER_STYLES = (
+    ("tab:blue", "-", 3.4),
+    ("tab:orange", "--", 2.2),
+    ("tab:green", ":", 1.8),
+    ("tab:purple", "-.", 1.2),
+)
+# Wide and pale under the data: a series running exactly at the limit leaves it visible as a
+# red halo instead of hiding it.
+LIMIT_STYLE: dict[str, Any] = {
+    "color": "red",
+    "linestyle": "--",
+    "linewidth": 2.6,
+    "alpha": 0.55,
+    "zorder": 0,
+}
 
 
 def _plt() -> Any:
@@ -32,178 +62,235 @@ def _save(fig: Any, out: Path, name: str, written: list[str]) -> None:
     written.append(name)
 
 
-def binned_quantiles(
-    times: np.ndarray, values: np.ndarray, width: float, nbins: int, qs: tuple[float, ...]
-) -> dict[float, np.ndarray]:
-    """Nearest-rank quantiles of ``values`` per time bin (NaN for empty bins), no Python loop
-    over bins."""
-    out = {q: np.full(nbins, np.nan) for q in qs}
-    if values.size == 0:
-        return out
-    b = np.clip((times // width).astype(np.int64), 0, nbins - 1)
-    order = np.lexsort((values, b))
-    counts = np.bincount(b, minlength=nbins)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    has = counts > 0
-    sv = values[order]
-    for q in qs:
-        pos = starts + np.floor(q * (counts - 1)).astype(np.int64)
-        out[q][has] = sv[pos[has]]
-    return out
-
-
-def _bin_max(
-    times_sorted: np.ndarray, values: np.ndarray, width: float, nbins: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-bin max of ``values`` (times sorted ascending) and the index of each bin's first
-    event (``size`` when none); bins without events hold -inf."""
-    first = np.searchsorted(times_sorted, np.arange(nbins) * width, side="left")
-    out = np.full(nbins, -np.inf)
-    nxt = np.append(first[1:], times_sorted.size)
-    has = nxt > first
-    if has.any():
-        # each segment runs to the next non-empty bin's first event: exactly this bin's events
-        out[has] = np.maximum.reduceat(values, first[has])
-    return out, first
-
-
-def step_max_per_bin(starts: np.ndarray, ends: np.ndarray, width: float, nbins: int) -> np.ndarray:
-    """Most intervals [start, end) open at once within each time bin."""
-    keep = ends > starts
-    if not keep.any():
-        return np.zeros(nbins)
-    t = np.concatenate([starts[keep], ends[keep]])
-    d = np.concatenate([np.ones(keep.sum()), -np.ones(keep.sum())])
-    order = np.lexsort((d, t))  # ends before starts at the same instant
-    t, level = t[order], np.cumsum(d[order])
-    in_bin, first = _bin_max(t, level, width, nbins)
-    entry = np.where(first > 0, level[np.maximum(first - 1, 0)], 0.0)
-    return np.asarray(np.maximum(in_bin, entry))
-
-
-def _cdf(ax: Any, values: np.ndarray, label: str) -> None:
-    if values.size == 0:
+def _legend_outside(fig: Any, ax: Any | None = None, ncols: int | None = None) -> None:
+    """One legend for the figure, outside the axes below the x label, so it covers neither
+    data, limit lines nor the title."""
+    handles, labels = (ax or fig.axes[0]).get_legend_handles_labels()
+    if not handles:
         return
-    ax.plot(np.quantile(values, CDF_LEVELS), CDF_LEVELS, label=f"{label} (n={values.size})")
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=ncols or min(len(handles), 4),
+        fontsize="small",
+        frameon=False,
+    )
+
+
+def _tier_style(code: int) -> tuple[str, str, float]:
+    return TIER_STYLES[code % len(TIER_STYLES)]
+
+
+def cdf_axis_is_log(values: np.ndarray) -> bool:
+    """Log only when the values are positive and span more than LOG_AXIS_RATIO."""
+    if values.size == 0 or values.min() <= 0:
+        return False
+    lo, hi = np.quantile(values, [0.001, 0.999])
+    return bool(lo > 0 and hi / lo > LOG_AXIS_RATIO)
+
+
+def _plain_ticks(ax: Any) -> None:
+    """Log-axis ticks as plain numbers (50, 100, 200), not 6x10^1."""
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(fmt)
+    ax.xaxis.set_minor_formatter(_plt().NullFormatter())
 
 
 def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
     plt = _plt()
     cols = result.cols
-    for metric, title in (("ttft_ms", "Time to first token"), ("itl_ms", "Inter-token latency")):
+    for metric, title, unit in (
+        ("ttft_ms", "Time to first token", "requests"),
+        ("itl_ms", "Inter-token latency", "gaps between chunks"),
+    ):
         mv = result.values[metric]
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
         tiers = cols.tier.codes[mv.rows]
         for code, name in enumerate(cols.tier.names):
-            _cdf(ax, mv.values[tiers == code], name)
-        if mv.values.size and mv.values.min() > 0:
-            ax.set_xscale("log")
-        ax.set_xlabel(f"{metric.replace('_ms', '')} (ms)")
-        ax.set_ylabel("fraction of requests" if metric == "ttft_ms" else "fraction of gaps")
-        ax.set_title(f"{title}: CDF per tier")
-        ax.grid(alpha=0.3)
+            v = mv.values[tiers == code]
+            if v.size == 0:
+                continue
+            color, style, lw = _tier_style(code)
+            p50, p99 = np.percentile(v, [50, 99])
+            # Each tier its own colour, dash and width: a tier whose curve lies on another's
+            # still shows (the wider line under the narrower), and the legend states its
+            # p50 and p99 in figures.
+            ax.plot(
+                np.quantile(v, CDF_LEVELS),
+                CDF_LEVELS,
+                color=color,
+                linestyle=style,
+                linewidth=lw,
+                alpha=0.85,
+                zorder=2 + code,
+                label=f"{name}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms (n={v.size:,})",
+            )
+        xlabel = f"{title.lower()} (ms)"
         if mv.values.size:
-            ax.legend(loc="lower right")
-        fig.tight_layout()
+            # The last 0.1 % would stretch the axis over an empty flat top: cut it, and say so.
+            top, peak = float(np.quantile(mv.values, 0.999)), float(mv.values.max())
+            if peak > top * 1.1:
+                ax.set_xlim(right=top * 1.05)
+                xlabel += f"; axis ends at p99.9 = {top:,.0f} ms, max {peak:,.0f} ms"
+        if cdf_axis_is_log(mv.values):
+            ax.set_xscale("log")
+            _plain_ticks(ax)
+        elif mv.values.size and mv.values.min() >= 0:
+            ax.set_xlim(left=0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"fraction of {unit}")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{title}: cumulative distribution per tier")
+        ax.grid(alpha=0.3)
+        _legend_outside(fig, ax, ncols=1)
         _save(fig, out, f"{metric.replace('_ms', '')}_cdf.png", written)
 
 
+def _faint_and_smooth(
+    ax: Any, x: np.ndarray, raw: np.ndarray, smooth: np.ndarray, color: str, label: str
+) -> None:
+    ax.plot(x, raw, color=color, alpha=RAW_ALPHA, linewidth=0.8)
+    ax.plot(x, smooth, color=color, linewidth=2.0, label=label)
+
+
 def chart_latency_time(
-    result: Analysis, out: Path, written: list[str], width: float, nbins: int
+    result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
 ) -> None:
     plt = _plt()
     cols = result.cols
-    fig, ax = plt.subplots(figsize=(9, 4))
-    x = np.arange(nbins) * width
-    for metric in ("ttft_ms", "e2e_ms"):
+    k = smooth_bins(nbins)
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True, layout="constrained")
+    x = (np.arange(nbins) + 0.5) * width
+    stride = max(1, k // 4)
+    xs = (np.arange(0, nbins, stride) + 0.5) * width
+    for ax, metric, name in (
+        (axes[0], "ttft_ms", "time to first token"),
+        (axes[1], "e2e_ms", "end-to-end latency"),
+    ):
         mv = result.values[metric]
-        q = binned_quantiles(cols.send[mv.rows], mv.values, width, nbins, (0.5, 0.99))
-        ax.plot(x, q[0.5], label=f"{metric} p50")
-        ax.plot(x, q[0.99], label=f"{metric} p99", linestyle="--")
-    ax.set_xlabel("run time (s), by send time")
-    ax.set_ylabel("ms (log scale)")
-    ax.set_yscale("log")  # TTFT (tens of ms) and e2e (seconds) on one readable axis
-    ax.set_title(f"Latency over time ({width:g} s bins)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
+        t = cols.send[mv.rows]
+        raw = binned_quantiles(t, mv.values, width, nbins, (0.5, 0.99))
+        smooth = sliding_quantiles(t, mv.values, width, nbins, k, (0.5, 0.99), stride)
+        for q, color in ((0.99, "tab:red"), (0.5, "tab:blue")):
+            ax.plot(x, raw[q], color=color, alpha=RAW_ALPHA, linewidth=0.8)
+            ax.plot(
+                xs,
+                smooth[q],
+                color=color,
+                linewidth=2.0,
+                label=f"p{q * 100:g} over {k * width:g} s",
+            )
+        ax.set_ylabel(f"{name} (ms)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].set_xlim(0, t_end)
+    axes[1].set_xlabel("run time (s), by send time")
+    fig.suptitle(f"Latency over time (faint: per {width:g} s bin)")
+    _legend_outside(fig, axes[0])
     _save(fig, out, "latency_over_time.png", written)
 
 
-def chart_throughput_time(result: Analysis, out: Path, written: list[str]) -> None:
+def chart_throughput_time(
+    result: Analysis, out: Path, written: list[str], nbins: int, t_end: float
+) -> None:
     plt = _plt()
     tl = result.summary.throughput.timeline
     w = tl.bin_s
-    x = np.array(tl.start_s)
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot(x, np.array(tl.completed) / w, label="completed req/s")
-    ax.plot(x, np.array(tl.sent) / w, label="sent req/s", alpha=0.7)
-    ax.plot(x, np.array(tl.throttled) / w, label="429/s", alpha=0.7)
-    ax.set_xlabel("run time (s)")
-    ax.set_ylabel("requests/s")
-    ax2 = ax.twinx()
-    ax2.plot(
-        x, np.array(tl.output_tokens) / w, color="tab:purple", alpha=0.5, label="output tokens/s"
+    x = np.array(tl.start_s) + w / 2
+    k = smooth_bins(len(tl.start_s) or nbins)
+    fig, axes = plt.subplots(3, 1, figsize=(9, 6.4), sharex=True, layout="constrained")
+    panels = (
+        (
+            axes[0],
+            "requests/s",
+            (("completed", "tab:blue", "2xx responses"), ("sent", "tab:gray", "requests sent")),
+        ),
+        (axes[1], "429 refusals\n(per s)", (("throttled", "tab:red", "429 responses"),)),
+        (axes[2], "output tokens/s", (("output_tokens", "tab:purple", "output tokens"),)),
     )
-    ax2.set_ylabel("output tokens/s")
-    ax.set_title(f"Throughput over time ({w:g} s bins)")
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    for ax, ylabel, series in panels:
+        for field, color, label in series:
+            rate = np.array(getattr(tl, field), dtype=np.float64) / w
+            _faint_and_smooth(ax, x, rate, rolling_mean(rate, k), color, label)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
+    axes[0].set_xlim(0, t_end)
+    axes[-1].set_xlabel("run time (s)")
+    fig.suptitle(f"Throughput over time (faint: per {w:g} s bin; solid: mean over {k * w:g} s)")
     _save(fig, out, "throughput_over_time.png", written)
 
 
 def chart_status_time(
-    result: Analysis, out: Path, written: list[str], width: float, nbins: int
+    result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
 ) -> None:
     plt = _plt()
     cols = result.cols
     st = cols.status
     classes = [
-        ("2xx", (st >= 200) & (st < 300)),
-        ("429", st == 429),
-        ("other 4xx", (st >= 400) & (st < 500) & (st != 429)),
-        ("5xx", st >= 500),
-        ("no response", st == 0),
+        ("2xx", (st >= 200) & (st < 300), "tab:green"),
+        ("429", st == 429, "tab:orange"),
+        ("other 4xx", (st >= 400) & (st < 500) & (st != 429), "tab:purple"),
+        ("5xx", st >= 500, "tab:red"),
+        ("no response", st == 0, "black"),
     ]
-    x = np.arange(nbins) * width
-    fig, ax = plt.subplots(figsize=(9, 4))
-    bottom = np.zeros(nbins)
-    b = np.clip((cols.end // width).astype(np.int64), 0, nbins - 1)
-    for name, mask in classes:
-        counts = np.bincount(b[mask], minlength=nbins) / width
+    # Stacked bars a few seconds wide: one-second bars of a long run are a noisy comb.
+    k = max(1, smooth_bins(nbins) // 2)
+    bw, nb = width * k, max(1, int(np.ceil(nbins / k)))
+    x = np.arange(nb) * bw
+    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
+    bottom = np.zeros(nb)
+    b = np.clip((cols.end // bw).astype(np.int64), 0, nb - 1)
+    for name, mask, color in classes:
+        counts = np.bincount(b[mask], minlength=nb) / bw
         if counts.any():
-            ax.fill_between(x, bottom, bottom + counts, step="post", label=name, alpha=0.8)
+            ax.bar(x, counts, width=bw, bottom=bottom, align="edge", color=color, label=name)
         bottom = bottom + counts
-    cut = np.bincount(b[failed(cols) & (st == 200)], minlength=nbins) / width
+    cut = np.bincount(b[failed(cols) & (st == 200)], minlength=nb) / bw
     if cut.any():
-        ax.plot(x, cut, color="black", drawstyle="steps-post", label="200 cut by transport error")
+        ax.step(x, cut, where="post", color="black", label="200 cut by transport error")
+    ax.set_xlim(0, t_end)
     ax.set_xlabel("run time (s), by end time")
     ax.set_ylabel("responses/s")
-    ax.set_title("Status codes over time")
-    ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    ax.set_title(f"Status codes over time ({bw:g} s bars)")
+    ax.grid(alpha=0.3, axis="y")
+    _legend_outside(fig, ax, ncols=6)
     _save(fig, out, "status_over_time.png", written)
 
 
 def _key_axes(n: int, title: str) -> tuple[Any, list[Any]]:
     plt = _plt()
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.4 * n + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        n, 1, figsize=(9, 1.75 * n + 1.2), squeeze=False, sharex=True, layout="constrained"
+    )
     fig.suptitle(title)
     return fig, [a[0] for a in axes]
 
 
+def _integer_y(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+
+
+def _key_label(k: KeyAnalysis, unit: str) -> str:
+    return f"{k.label} ({k.tier})\n{unit}"
+
+
 def chart_inflight(
-    result: Analysis, out: Path, written: list[str], width: float, nbins: int
+    result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
 ) -> None:
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
         return
     margin = result.summary.settings.concurrency_margin_s
-    fig, axes = _key_axes(len(keys), f"In-flight requests per key (max per {width:g} s bin)")
+    fig, axes = _key_axes(len(keys), f"In-flight requests per key (most in each {width:g} s)")
     x = np.arange(nbins) * width
     for ax, k in zip(axes, keys, strict=True):
         kv = k.view
@@ -212,32 +299,36 @@ def chart_inflight(
             x,
             step_max_per_bin(kv.s[maybe], kv.e[maybe], width, nbins),
             drawstyle="steps-post",
-            label="possibly in flight",
-            alpha=0.6,
+            color="tab:blue",
+            label="possibly in flight (send to end)",
+            alpha=0.45,
         )
         ax.plot(
             x,
             step_max_per_bin(kv.hi[adm], kv.e[adm] - margin, width, nbins),
             drawstyle="steps-post",
-            label="certainly in flight",
+            color="tab:blue",
+            label="certainly in flight (headers to end)",
         )
         # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
-        ax.axhline(
-            k.policy.concurrency, color="red", linestyle="--", label="promised cap", zorder=0
-        )
+        ax.axhline(k.policy.concurrency, label="promised cap", **LIMIT_STYLE)
         ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.concurrency * 1.25))
-        ax.set_ylabel(k.label)
-        ax.legend(loc="upper right", fontsize="small")
+        ax.set_ylabel(_key_label(k, "requests"))
+        _integer_y(ax)
+        ax.grid(alpha=0.3)
+    axes[0].set_xlim(0, t_end)
     axes[-1].set_xlabel("run time (s)")
-    fig.tight_layout()
+    _legend_outside(fig, axes[0], ncols=3)
     _save(fig, out, "inflight_per_key.png", written)
 
 
-def chart_window(result: Analysis, out: Path, written: list[str], width: float, nbins: int) -> None:
+def chart_window(
+    result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
+) -> None:
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
         return
-    fig, axes = _key_axes(len(keys), "Admitted requests in the trailing window (point estimate)")
+    fig, axes = _key_axes(len(keys), "Admitted requests in the trailing window, per key")
     x = np.arange(nbins) * width
     for ax, k in zip(axes, keys, strict=True):
         kv = k.view
@@ -245,45 +336,54 @@ def chart_window(result: Analysis, out: Path, written: list[str], width: float, 
         mid = np.sort((kv.s[adm] + kv.hi[adm]) / 2.0)
         w = k.policy.window_s
         level = np.arange(mid.size) + 1 - np.searchsorted(mid, mid - w, side="right")
-        in_bin, _ = _bin_max(mid, level.astype(np.float64), width, nbins)
+        in_bin, _ = bin_max(mid, level.astype(np.float64), width, nbins)
         # the trailing count only rises at admissions: a bin's max is at its start or an event
         t0 = np.arange(nbins) * width
         entry = np.searchsorted(mid, t0, side="right") - np.searchsorted(mid, t0 - w, side="right")
         per_bin = np.maximum(in_bin, entry)
-        ax.plot(x, per_bin, drawstyle="steps-post", label=f"admitted in trailing {w:g} s")
-        ax.axhline(k.policy.requests, color="red", linestyle="--", label="promised limit", zorder=0)
+        ax.plot(
+            x,
+            per_bin,
+            drawstyle="steps-post",
+            color="tab:blue",
+            label="admitted in the trailing window (midpoint of send and headers)",
+        )
+        ax.axhline(k.policy.requests, label="promised limit", **LIMIT_STYLE)
         ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.requests * 1.15))
-        ax.set_ylabel(k.label)
-        ax.legend(loc="upper right", fontsize="small")
+        ax.set_ylabel(_key_label(k, f"requests / {w:g} s"))
+        ax.grid(alpha=0.3)
+    axes[0].set_xlim(0, t_end)
     axes[-1].set_xlabel("run time (s)")
-    fig.tight_layout()
+    _legend_outside(fig, axes[0], ncols=2)
     _save(fig, out, "window_per_key.png", written)
 
 
-def chart_arrival(result: Analysis, out: Path, written: list[str]) -> None:
+def chart_arrival(result: Analysis, out: Path, written: list[str], t_end: float) -> None:
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
         return
     arrival = result.summary.arrival
     fig, axes = _key_axes(len(keys), "Arrival curve: most admissions in any span of length t")
+    drawn = None
     for ax, k in zip(axes, keys, strict=True):
         curve = arrival.get(k.label)
+        ax.set_ylabel(_key_label(k, "requests"))
+        ax.grid(alpha=0.3)
         if not curve:
             continue
         w, n_lim = k.policy.window_s, k.policy.requests
-        horizon = 3 * w
+        # No span is longer than the run: the axis ends with it, three windows at most.
+        horizon = max(min(3 * w, t_end), 1e-3)
         spans = np.array([p.span_s for p in curve.points])
         ks = np.array([p.k for p in curve.points])
         sel = spans <= horizon
         xs, ys = spans[sel], ks[sel]
         if ys.size and ks.size and ys[-1] == ks[-1]:  # every admission seen: flat from here on
             xs, ys = np.append(xs, horizon), np.append(ys, ys[-1])
-        ax.step(xs, ys, where="post", label="observed (midpoint estimate)")
+        ax.step(xs, ys, where="post", color="tab:blue", label="observed (midpoint estimate)")
         t = np.linspace(1e-9, horizon, 600)
-        ax.plot(
-            t, n_lim * np.ceil(t / w), color="red", linestyle="--", label="promised N*ceil(t/W)"
-        )
-        b = curve.bounds
+        ax.plot(t, n_lim * np.ceil(t / w), label="promised N·ceil(t/W)", **LIMIT_STYLE)
+        b = [x for x in curve.bounds if x.t_s <= horizon]
         ax.scatter(
             [x.t_s for x in b],
             [x.certain for x in b],
@@ -301,10 +401,11 @@ def chart_arrival(result: Analysis, out: Path, written: list[str]) -> None:
             zorder=3,
         )
         ax.set_xlim(0, horizon)
-        ax.set_ylabel(k.label)
-        ax.legend(loc="lower right", fontsize="small")
+        ax.set_ylim(bottom=0)
+        drawn = drawn or ax
     axes[-1].set_xlabel("span length t (s)")
-    fig.tight_layout()
+    if drawn is not None:
+        _legend_outside(fig, drawn, ncols=4)
     _save(fig, out, "arrival_per_key.png", written)
 
 
@@ -312,14 +413,15 @@ def write_charts(result: Analysis, out_dir: Path) -> list[str]:
     """Write every chart into ``out_dir``; returns the file names."""
     written: list[str] = []
     t_end = float(np.max(result.cols.end)) if result.cols.n else 1.0
+    t_end = max(t_end, 1e-3)
     width = bin_width(t_end)
     nbins = max(1, int(np.ceil(t_end / width)))
     chart_cdfs(result, out_dir, written)
-    chart_latency_time(result, out_dir, written, width, nbins)
-    chart_throughput_time(result, out_dir, written)
-    chart_inflight(result, out_dir, written, width, nbins)
-    chart_window(result, out_dir, written, width, nbins)
-    chart_arrival(result, out_dir, written)
-    chart_status_time(result, out_dir, written, width, nbins)
+    chart_latency_time(result, out_dir, written, width, nbins, t_end)
+    chart_throughput_time(result, out_dir, written, nbins, t_end)
+    chart_inflight(result, out_dir, written, width, nbins, t_end)
+    chart_window(result, out_dir, written, width, nbins, t_end)
+    chart_arrival(result, out_dir, written, t_end)
+    chart_status_time(result, out_dir, written, width, nbins, t_end)
     write_token_charts(result, out_dir, written)
     return written

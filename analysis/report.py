@@ -1,6 +1,8 @@
 """report.html: one self-contained page (inline CSS, charts as base64 data URIs, no
-network) that someone who did not run the test can read: verdict, limit verdicts with
-plain-language evidence, SLOs, latency tables, throughput, errors and the charts."""
+network) that someone who did not run the test can read. It opens with one screen a planner
+acts on (``glance``: the verdict, the limits by key, the key figures), then the details, one
+section after another: the verdict's reasons, answers by key, limit verdicts with
+plain-language evidence, SLOs, latency tables, throughput and errors, the charts."""
 
 from __future__ import annotations
 
@@ -9,10 +11,14 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
+from loadkit.analysis.glance import GLANCE_CSS, at_a_glance, verdict_line
+from loadkit.analysis.glance import badge as _badge
+from loadkit.analysis.glance import num as _num
 from loadkit.analysis.limits import Limit, RefusalCounts, RequestsLimit
 from loadkit.analysis.outcome import RunVerdict, Verdict
 from loadkit.analysis.stats import STATS, Stats
 from loadkit.analysis.summary import REPORT_FILE, Summary
+from loadkit.analysis.token_charts import CAPTIONS as TOKEN_CAPTIONS
 from loadkit.analysis.token_report import token_section
 
 CSS = """
@@ -24,7 +30,7 @@ th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;padding:2px 10px;border-radius:12px;font-weight:600;color:#fff}
 .pass,.held,.met,.agrees{background:#1a7f37}.fail,.violated,.missed,.disagrees{background:#cf222e}
-.inconclusive,.possible,.nodata{background:#9a6700}
+.possible{background:#9a6700}.inconclusive,.nodata{background:#6e7781}
 .error,.unusable{background:#82071e}.incomplete{background:#bc4c00}
 .banner{padding:10px 14px;border-radius:6px;margin:12px 0;background:#fff8c5;
 border:1px solid #d4a72c}
@@ -37,6 +43,7 @@ table.answers td:last-child{min-width:0}
 img{max-width:100%;border:1px solid #eee;margin:6px 0}
 details{margin:4px 0}code{font-size:.85em;word-break:break-all}.muted{color:#57606a}
 td:last-child{min-width:18em}td p{margin:2px 0 6px}
+.limits-detail td .badge{font-size:.86em;padding:0 8px}
 """
 
 METRIC_NAMES = {
@@ -62,21 +69,8 @@ CHART_CAPTIONS = {
     "against the promise N·ceil(t/W). A curve above the dashed staircase "
     "is a burst the promise does not allow.",
     "status_over_time.png": "Response status classes per second.",
+    **TOKEN_CAPTIONS,
 }
-
-
-def _badge(word: str | None) -> str:
-    w = word or "n/a"
-    cls = "nodata" if w in ("no data", "n/a") else w
-    return f'<span class="badge {escape(cls)}">{escape(w)}</span>'
-
-
-def _num(x: float | None, digits: int = 1) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:,.{digits}f}"
-    return escape(str(x))
 
 
 def _ids(ids: Sequence[str], limit: int = 40) -> str:
@@ -381,28 +375,38 @@ def _charts(summary: Summary, out_dir: Path) -> str:
     return "".join(parts) or "<p class=muted>No charts.</p>"
 
 
-def render_report(summary: Summary, out_dir: Path) -> str:
+def _header(summary: Summary) -> str:
     run = summary.run
-    banner = _banner(summary)
-    # The banner lists the problems already; below the verdict, the rest of its reasons.
-    in_banner = set(_problems(summary)) if banner else set()
-    reasons = "".join(
-        f"<li>{escape(r)}</li>" for r in summary.verdict_reasons if r not in in_banner
+    return (
+        "<h1>loadkit report</h1>"
+        f"<div class=muted>run <b>{escape(run.run_id)}</b> · engine {escape(str(run.engine))} · "
+        f"target {escape(str(run.target))} · started {escape(str(run.started_at))} · "
+        f"{run.records:,} requests · warm-up {run.warmup_s:g} s</div>"
     )
-    headline = escape((summary.headline or "").partition(" — ")[2])
+
+
+def _opening_screen(summary: Summary) -> str:
+    """What a planner reads first, on one screen: the error or incomplete banner when there
+    is one, the verdict, the limits by key, the key figures."""
+    return (
+        f"<section id=summary>{_banner(summary)}{verdict_line(summary)}"
+        f"{at_a_glance(summary)}</section>"
+    )
+
+
+def _reasons_section(summary: Summary) -> str:
+    # The banner lists the problems already; here the rest of the verdict's reasons.
+    in_banner = set(_problems(summary)) if _banner(summary) else set()
+    reasons = [r for r in summary.verdict_reasons if r not in in_banner]
+    if not reasons:
+        return ""
+    items = "".join(f"<li>{escape(r)}</li>" for r in reasons)
+    return f"<h2>Why this verdict</h2><ul class=reasons>{items}</ul>"
+
+
+def _limits_section(summary: Summary) -> str:
     s = summary.settings
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>loadkit report {escape(run.run_id)}</title>
-<style>{CSS}</style></head><body>
-<h1>loadkit report</h1>
-<div class=muted>run <b>{escape(run.run_id)}</b> · engine {escape(str(run.engine))} ·
-target {escape(str(run.target))} · started {escape(str(run.started_at))} ·
-{run.records} requests · warm-up {run.warmup_s:g} s</div>
-{banner}
-<div class=verdict>Verdict: {_badge(summary.verdict)} {headline}</div>
-<ul class=reasons>{reasons}</ul>
-{_keys_table(summary)}
-<h2>Rate limits: promised vs observed</h2>
+    return f"""<h2>Rate limits: promised vs observed</h2>
 <p>Each key is judged against its tier's promise. <b>Enforced</b>: the server never admitted
 more than promised. <b>Honoured</b>: it never refused a request the promise allowed.
 The client only knows a request was admitted somewhere between sending it and receiving the
@@ -413,20 +417,57 @@ answers were not the API's (nothing to judge). Each 429 is judged against the li
 response named; one that named none against both. Concurrency counts a request as
 certainly in flight from its headers to its end minus {s.concurrency_margin_s * 1000:g} ms.
 Under-admission tolerance: {s.under_admission_tolerance:.0%}.</p>
-{_limits_table(summary)}
-{token_section(summary)}
-<h2>Service-level objectives</h2>
-{_slo_table(summary)}
-<h2>Latency</h2>
-<p class=muted>Successful (status 200, no transport error) chat and completion requests sent
-after warm-up; exact percentiles of the raw values.</p>
-{_latency_tables(summary)}
-<h2>Throughput and errors</h2>
-{_throughput(summary)}
-<h2>Charts</h2>
-{_charts(summary, out_dir)}
-<p class=muted>Definitions: docs/metrics.md and docs/verdicts.md in loadkit.
-summary.json in this directory holds every figure on this page.</p>
+<div class=limits-detail>{_limits_table(summary)}</div>"""
+
+
+def _slo_section(summary: Summary) -> str:
+    return f"<h2>Service-level objectives</h2>{_slo_table(summary)}"
+
+
+def _latency_section(summary: Summary) -> str:
+    return (
+        "<h2>Latency</h2><p class=muted>Successful (status 200, no transport error) chat and "
+        "completion requests sent after warm-up; exact percentiles of the raw values.</p>"
+        + _latency_tables(summary)
+    )
+
+
+def _throughput_section(summary: Summary) -> str:
+    return f"<h2>Throughput and errors</h2>{_throughput(summary)}"
+
+
+def _charts_section(summary: Summary, out_dir: Path) -> str:
+    return f"<h2>Charts</h2>{_charts(summary, out_dir)}"
+
+
+FOOTER = (
+    "<p class=muted>Definitions: docs/metrics.md, docs/verdicts.md and docs/report.md in "
+    "loadkit. summary.json in this directory holds every figure on this page.</p>"
+)
+
+
+def render_report(summary: Summary, out_dir: Path) -> str:
+    """The page: the opening screen, then the details, one section after another."""
+    sections = (
+        _header(summary),
+        _opening_screen(summary),
+        _reasons_section(summary),
+        _keys_table(summary),
+        _limits_section(summary),
+        token_section(summary),
+        _slo_section(summary),
+        _latency_section(summary),
+        _throughput_section(summary),
+        _charts_section(summary, out_dir),
+        FOOTER,
+    )
+    body = "\n".join(s for s in sections if s)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>loadkit report {escape(summary.run.run_id)}</title>
+<style>{CSS}{GLANCE_CSS}</style></head><body>
+{body}
 </body></html>
 """
 
