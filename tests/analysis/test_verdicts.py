@@ -119,13 +119,23 @@ def test_under_loaded_is_inconclusive():
     assert req.offered.max_in_window == 10
 
 
-def test_possible_versus_violated_at_the_uncertainty_edge():
+def test_held_within_the_timing_tolerance_possible_beyond_it_violated_when_proven():
     policy = Policy(2, 10.0, 100)
-    # three admissions: the third may fall in the first one's window, but need not
+    # three admissions: the third may fall in the first one's window, but need not; the
+    # shortfall (0.15 s) is within the two widest intervals (0.1 s + 0.1 s)
     maybe = [rec(0.0, 0.1), rec(5.0, 5.1), rec(9.95, 10.05)]
     _, _, req, _ = judge(maybe, policy)
-    assert req.enforced == "possible"
+    assert req.enforced == "held"
     assert (req.observed_max, req.observed_max_possible) == (2, 3)
+    tol = req.tolerance
+    assert tol is not None
+    assert tol.timing_uncertainty_s == 0.2
+    assert tol.margin_s == -0.15  # 3 could fall in a span of 9.85 s at the shortest
+    # the same shape on a 2 s window: 0.2 s of uncertainty is more than 5 % of it
+    short = Policy(2, 2.0, 100)
+    _, _, req, _ = judge([rec(0.0, 0.1), rec(1.0, 1.1), rec(1.95, 2.05)], short)
+    assert req.enforced == "possible"
+    assert req.tolerance is not None and req.tolerance.margin_s == -0.15
     # move the third one 0.15 s earlier: now all three certainly fit in < 10 s
     sure = [rec(0.0, 0.1), rec(5.0, 5.1), rec(9.8, 9.9)]
     _, _, req, _ = judge(sure, policy)
