@@ -188,9 +188,7 @@ def test_summary_matches_the_golden_file(analysed: Path) -> None:
     assert all(k["usable"] for k in want["keys"])
 
 
-@pytest.mark.parametrize(
-    "path", [GOLDEN_V1, GOLDEN_V2_EARLY, GOLDEN], ids=["v1", "v2-early", "v2"]
-)
+@pytest.mark.parametrize("path", [GOLDEN_V1, GOLDEN_V2_EARLY, GOLDEN], ids=["v1", "v2-early", "v2"])
 def test_every_golden_file_reads_back_byte_for_byte(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     summary = read_summary(path)
