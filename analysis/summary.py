@@ -93,6 +93,9 @@ class SummarySettings(JsonRecord):
     burst_window_s: float
     latency_records: str = LATENCY_RECORDS
     percentile_method: str = PERCENTILE_METHOD
+    # summary/2, added with the limits' ``tolerance``: the largest timing tolerance, as a
+    # fraction of the window, at which a requests limit may read held
+    max_tolerance_fraction: float | None = omit_none()
 
     @classmethod
     def of(cls, settings: VerdictSettings) -> SummarySettings:
@@ -100,6 +103,7 @@ class SummarySettings(JsonRecord):
             concurrency_margin_s=settings.concurrency_margin_s,
             under_admission_tolerance=settings.under_admission_tolerance,
             burst_window_s=settings.burst_window_s,
+            max_tolerance_fraction=settings.max_tolerance_fraction,
         )
 
 

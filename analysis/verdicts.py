@@ -75,7 +75,7 @@ class VerdictSettings:
     max_examples: int = 20  # refusals / disagreements listed as examples
     # A requests limit is decided ``held`` at a timing tolerance only while the tolerance is
     # this small a part of the window; beyond it the client's clock is too coarse to say.
-    max_tolerance_fraction: float = 0.05
+    max_tolerance_fraction: float = 0.1
 
 
 @dataclass(frozen=True)
