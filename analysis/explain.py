@@ -55,7 +55,10 @@ def held_concurrency_text(c: int, tol: Tolerance | None) -> str:
     if tol is None or tol.margin_s is None or tol.margin_s > 0:
         text = f"held: never more than {c} in flight at once, whatever the timing"
     else:
-        text = f"held: never more than {c} in flight at once, to within {duration(-tol.margin_s)}"
+        text = (
+            f"held: never more than {c} in flight at once ({c + 1} could only look open "
+            f"together for {duration(-tol.margin_s)})"
+        )
     if tol is not None and tol.timing_uncertainty_s is not None:
         text += f"; timing uncertainty {duration(tol.timing_uncertainty_s)}"
     return text

@@ -182,9 +182,10 @@ def shortest_touching_span(s: np.ndarray, h: np.ndarray, k: int) -> tuple[float,
     [t, t + w) exactly when w > G, and the t that achieves it (inf and nan when there are
     fewer than k). ``touching_max(s, h, w) >= k`` iff ``w > G``.
 
-    The span can start at the earliest h of the k (t = h_(r), the r-th smallest h); the
-    k intervals with the smallest s among those with h >= t then fit when
-    s_(r + k - 1) < t + w, since every interval with h < t has s < t as well."""
+    Exact when no k intervals share an instant; otherwise some G < 0 (any span then
+    meets k of them). The span can start at the earliest h of the k (t = h_(r), the r-th
+    smallest h); the k intervals with the smallest s among those with h >= t then fit
+    when s_(r + k - 1) < t + w, since every interval with h < t has s < t as well."""
     n = s.size
     if k < 1 or n < k:
         return float("inf"), float("nan")
