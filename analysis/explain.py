@@ -220,8 +220,8 @@ def _requests_beyond(e: RequestsVerdict) -> str:
     if -tol.margin_s <= tol.timing_uncertainty_s:
         return (
             f" The possible excess ({e.promised + 1} within {short} less than the window) "
-            f"is within the timing uncertainty ({unc}), but that is too coarse for a "
-            f"{_window(e.window_s)} window to decide."
+            f"is within the timing uncertainty ({unc}), but too large a part of the "
+            f"{_window(e.window_s)} window for a held verdict."
         )
     return (
         f" {e.promised + 1} could fall in a span {short} shorter than the window: more "

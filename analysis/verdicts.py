@@ -73,9 +73,10 @@ class VerdictSettings:
     under_admission_tolerance: float = 0.05  # honoured needs >= (1 - tol) * N admitted
     burst_window_s: float = 1.0  # "largest burst" = most requests sent within this span
     max_examples: int = 20  # refusals / disagreements listed as examples
-    # A requests limit is decided ``held`` at a timing tolerance only while the tolerance is
-    # this small a part of the window; beyond it the client's clock is too coarse to say.
-    max_tolerance_fraction: float = 0.1
+    # A requests limit reads ``held`` with a possible excess only while the shortfall of the
+    # span is at most this part of the window (and within the timing uncertainty): a cap on
+    # what a held verdict accepts, so a coarse clock can only weaken a verdict.
+    max_shortfall_fraction: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -377,8 +378,8 @@ def requests_tolerance(
     looks short of W by at most two requests' [send, headers] widths. The sum of the two
     longest widths measured on the key bounds that for every N + 1 at once: a correct
     limiter always reads held, and the statement it reads ("never more than N in any
-    W + margin span") is proven by the timestamps whatever the tolerance. Accepted only up
-    to ``max_tolerance_fraction`` of W."""
+    W + margin span") is proven by the timestamps whatever the tolerance. A shortfall is
+    accepted only up to ``max_shortfall_fraction`` of W, however coarse the timing."""
     w = policy.window_s
     maybe = kv.maybe
     gap, _ = shortest_touching_span(kv.s[maybe], kv.hi[maybe], policy.requests + 1)
@@ -390,8 +391,11 @@ def requests_tolerance(
         margin_s=None if margin is None else rounded_s(margin),
         basis=REQUESTS_BASIS,
     )
-    usable = tau == tau and tau <= settings.max_tolerance_fraction * w
-    within = margin is None or margin >= 0 or (usable and -margin <= tau)
+    within = (
+        margin is None
+        or margin >= 0
+        or (-margin <= tau and -margin <= settings.max_shortfall_fraction * w)
+    )
     return tol, within
 
 

@@ -138,7 +138,7 @@ def test_held_within_the_timing_tolerance_possible_beyond_it_violated_when_prove
     assert tol is not None
     assert tol.timing_uncertainty_s == 0.2
     assert tol.margin_s == -0.15  # 3 could fall in a span of 9.85 s at the shortest
-    # the same shape on a 2 s window: 0.2 s of uncertainty is more than 5 % of it
+    # the same shape on a 2 s window: a shortfall of 0.15 s is more than 5 % of it
     short = Policy(2, 2.0, 100)
     _, _, req, _ = judge([rec(0.0, 0.1), rec(1.0, 1.1), rec(1.95, 2.05)], short)
     assert req.enforced == "possible"
