@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import math
+
 from loadkit.analysis.limits import (
     ConcurrencyVerdict,
     RemainingHeaderCheck,
     RequestsVerdict,
     RetryAfterCheck,
+    Tolerance,
 )
 from loadkit.analysis.outcome import HeaderAgreement, Verdict
 
@@ -18,6 +21,47 @@ def _s(x: float | None) -> str:
 
 def _window(w: float) -> str:
     return f"{w:g} s"
+
+
+def duration(x: float | None) -> str:
+    """A timing figure as a reader wants it: ms under a second, else seconds."""
+    if x is None:
+        return "?"
+    if abs(x) < 1.0:
+        return f"{x * 1000:.3g} ms"
+    return f"{x:.3g} s"
+
+
+def _floor_s(x: float) -> str:
+    """A span the statement must not overstate: rounded down to the millisecond."""
+    v = math.floor(x * 1000 + 1e-6) / 1000
+    return f"{v:.3f}".rstrip("0").rstrip(".") + " s"
+
+
+def held_requests_text(n: int, w: float, tol: Tolerance | None) -> str:
+    """``held: never more than 60 in any 59.95 s span; timing uncertainty 50 ms``: what a
+    held requests verdict proves, at the tolerance it was decided at."""
+    if tol is None or tol.margin_s is None or tol.margin_s >= 0:
+        text = f"held: never more than {n} in any {_window(w)} span, whatever the timing"
+    else:
+        text = f"held: never more than {n} in any {_floor_s(w + tol.margin_s)} span"
+    if tol is not None and tol.timing_uncertainty_s is not None:
+        text += f"; timing uncertainty {duration(tol.timing_uncertainty_s)}"
+    return text
+
+
+def held_concurrency_text(c: int, tol: Tolerance | None) -> str:
+    """``held: never more than 3 in flight at once; timing uncertainty 200 ms``."""
+    if tol is None or tol.margin_s is None or tol.margin_s > 0:
+        text = f"held: never more than {c} in flight at once, whatever the timing"
+    else:
+        text = (
+            f"held: never more than {c} in flight at once ({c + 1} could only look open "
+            f"together for {duration(-tol.margin_s)})"
+        )
+    if tol is not None and tol.timing_uncertainty_s is not None:
+        text += f"; timing uncertainty {duration(tol.timing_uncertainty_s)}"
+    return text
 
 
 def explain_requests(
@@ -42,18 +86,15 @@ def explain_requests(
         out.append(
             f"Possibly exceeded: timing uncertainty allows {e.observed_max_possible} "
             f"admissions in one span, but at most {e.observed_max} are certain, so no "
-            "violation can be proven (not a failure)."
+            "violation can be proven (not a failure)." + _requests_beyond(e)
         )
     elif enf == Verdict.INCONCLUSIVE:
         out.append(
-            f"Enforcement not tested: the client never offered more than {n} requests in "
-            f"a {_window(w)} span."
+            f"Enforcement not tested by this scenario: the client never offered more than "
+            f"{n} requests in a {_window(w)} span."
         )
     else:
-        out.append(
-            f"Enforced: at most {e.observed_max_possible} admissions could fall in any "
-            f"{_window(w)} span."
-        )
+        out.append("Enforced, " + held_requests_text(n, w, e.tolerance) + "." + _within(e))
     h = e.honoured
     if h == Verdict.VIOLATED:
         parts = []
@@ -76,8 +117,8 @@ def explain_requests(
         out.append("NOT HONOURED: " + "; ".join(parts) + ".")
     elif h == Verdict.INCONCLUSIVE:
         out.append(
-            "Honouring not tested: the offered load never exceeded the limit, and no "
-            "refusal was unjustified."
+            "Honouring not tested by this scenario: the offered load never exceeded the "
+            "limit, and no refusal was unjustified."
         )
     else:
         out.append(
@@ -123,12 +164,18 @@ def explain_concurrency(e: ConcurrencyVerdict) -> list[str]:
     elif enf == Verdict.POSSIBLE:
         out.append(
             f"Possibly exceeded: up to {e.observed_max_possible} may have been in "
-            f"flight, {e.observed_max} certainly (not a failure)."
+            f"flight, {e.observed_max} certainly (not a failure)." + _concurrency_beyond(e)
         )
     elif enf == Verdict.INCONCLUSIVE:
-        out.append(f"Enforcement not tested: the client never had more than {c} requests open.")
+        out.append(
+            f"Enforcement not tested by this scenario: the client never had more than {c} "
+            "requests open."
+        )
     else:
-        out.append(f"Enforced: never more than {e.observed_max_possible} possibly in flight.")
+        out.append("Enforced, " + held_concurrency_text(c, e.tolerance) + "." + _within(e))
+    tol = e.tolerance
+    if tol is not None and tol.limitation and enf != Verdict.VIOLATED:
+        out.append(f"This key cannot decide a concurrency overrun: {tol.limitation}.")
     h = e.honoured
     if h == Verdict.VIOLATED:
         out.append(
@@ -137,7 +184,57 @@ def explain_concurrency(e: ConcurrencyVerdict) -> list[str]:
             "flight."
         )
     elif h == Verdict.INCONCLUSIVE:
-        out.append("Honouring not tested: the client never offered more than the cap.")
-    else:
+        out.append(
+            f"Honouring not tested by this scenario: the client never had {c} requests "
+            "open at once."
+        )
+    elif hon.concurrency_429s or hon.offered_max_concurrent > c:
         out.append("Honoured: every concurrency refusal was justified.")
+    else:
+        out.append(
+            f"Honoured: driven at its cap ({c} open at once), the key was never refused "
+            "for concurrency."
+        )
     return out
+
+
+def _within(e: RequestsVerdict | ConcurrencyVerdict) -> str:
+    """Why a held verdict with a shortfall inside the tolerance is still held."""
+    tol = e.tolerance
+    if tol is None or tol.margin_s is None or tol.margin_s > 0:
+        return ""
+    if tol.margin_s == 0 and isinstance(e, RequestsVerdict):
+        return ""
+    return (
+        " Only the timing uncertainty allows more: a correct limiter looks like this, and "
+        "any excess would be smaller than it."
+    )
+
+
+def _requests_beyond(e: RequestsVerdict) -> str:
+    tol = e.tolerance
+    if tol is None or tol.margin_s is None or tol.timing_uncertainty_s is None:
+        return ""
+    short = duration(-tol.margin_s)
+    unc = duration(tol.timing_uncertainty_s)
+    if -tol.margin_s <= tol.timing_uncertainty_s:
+        return (
+            f" The possible excess ({e.promised + 1} within {short} less than the window) "
+            f"is within the timing uncertainty ({unc}), but too large a part of the "
+            f"{_window(e.window_s)} window for a held verdict."
+        )
+    return (
+        f" {e.promised + 1} could fall in a span {short} shorter than the window: more "
+        f"than the timing uncertainty ({unc}) explains."
+    )
+
+
+def _concurrency_beyond(e: ConcurrencyVerdict) -> str:
+    tol = e.tolerance
+    if tol is None or tol.margin_s is None or tol.limitation:
+        return ""
+    unc = duration(tol.timing_uncertainty_s)
+    return (
+        f" {e.promised + 1} could have been open together for {duration(-tol.margin_s)}, "
+        f"more than the timing uncertainty ({unc}) explains."
+    )

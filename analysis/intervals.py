@@ -4,6 +4,8 @@ sorting plus ``searchsorted``, with a Fenwick-tree sweep for the rare 2-D case."
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 _BRUTE_CELLS = 4_000_000  # above this many (point, query) pairs, sweep with a Fenwick tree
@@ -173,3 +175,46 @@ def min_span_for_counts(points_sorted: np.ndarray, ks: np.ndarray) -> np.ndarray
         if 1 <= k <= n:
             out[i] = float(np.min(points_sorted[k - 1 :] - points_sorted[: n - k + 1]))
     return out
+
+
+def shortest_touching_span(s: np.ndarray, h: np.ndarray, k: int) -> tuple[float, float]:
+    """The tightest k intervals [s, h]: G such that k of them meet one half-open span
+    [t, t + w) exactly when w > G, and the t that achieves it (inf and nan when there are
+    fewer than k). ``touching_max(s, h, w) >= k`` iff ``w > G``.
+
+    Exact when no k intervals share an instant; otherwise some G < 0 (any span then
+    meets k of them). The span can start at the earliest h of the k (t = h_(r), the r-th
+    smallest h); the k intervals with the smallest s among those with h >= t then fit
+    when s_(r + k - 1) < t + w, since every interval with h < t has s < t as well."""
+    n = s.size
+    if k < 1 or n < k:
+        return float("inf"), float("nan")
+    s_sorted, h_sorted = np.sort(s), np.sort(h)
+    gaps = s_sorted[k - 1 :] - h_sorted[: n - k + 1]
+    r = int(np.argmin(gaps))
+    return float(gaps[r]), float(h_sorted[r])
+
+
+def longest_common_overlap(starts: np.ndarray, ends: np.ndarray, k: int) -> tuple[float, float]:
+    """The longest time k closed intervals [start, end] all hold together, min(end) -
+    max(start) over every k of them, and the latest start of that k (-inf and nan with
+    fewer than k). Negative: no k share an instant, and the best k missed by that much.
+    ``overlap_max(starts, ends, closed=True) >= k`` iff the result is >= 0."""
+    n = starts.size
+    if k < 1 or n < k:
+        return float("-inf"), float("nan")
+    order = np.argsort(starts, kind="stable")
+    st, en = starts[order].tolist(), ends[order].tolist()
+    best, at = float("-inf"), float("nan")
+    heap: list[float] = []  # the k - 1 latest ends among the intervals started so far
+    for x, y in zip(st, en, strict=True):
+        if len(heap) == k - 1:
+            o = min(y, heap[0] if heap else y) - x
+            if o > best:
+                best, at = o, x
+        if k > 1:
+            if len(heap) < k - 1:
+                heapq.heappush(heap, y)
+            elif y > heap[0]:
+                heapq.heapreplace(heap, y)
+    return best, at

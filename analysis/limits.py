@@ -129,6 +129,24 @@ class ConcurrencyEvidence(JsonRecord):
     honoured: ConcurrencyHonouredEvidence
 
 
+@dataclass(frozen=True)
+class Tolerance(JsonRecord):
+    """How finely a limit verdict was decided (summary/2, added): the client's timing
+    uncertainty, measured on the key's own requests, and how close the key came to the
+    limit. ``docs/verdicts.md``, "Decided at a tolerance", derives both.
+
+    ``margin_s``: for requests, the shortest span that could hold N + 1 admissions minus W;
+    for concurrency, minus the longest time C + 1 requests could all have been in flight.
+    At 0 or above the limit held whatever the timing; below 0 it may have been exceeded by
+    that much, which the verdict accepts (``held``) only within ``timing_uncertainty_s``.
+    None when the key never had N + 1 (C + 1) requests that could have been admitted."""
+
+    timing_uncertainty_s: float | None  # None: nothing measured it (no accepted tolerance)
+    margin_s: float | None
+    basis: str  # which measured intervals the uncertainty comes from
+    limitation: str | None = omit_none()  # why this key's traffic cannot decide a bug class
+
+
 @dataclass(frozen=True, kw_only=True)
 class RequestsVerdict(JsonRecord):
     """Requests per window: was the promise enforced and honoured?"""
@@ -142,6 +160,7 @@ class RequestsVerdict(JsonRecord):
     honoured: Verdict
     evidence: RequestsEvidence
     offered: Offered
+    tolerance: Tolerance | None = omit_none()  # None in summaries written before it
 
     @property
     def offered_max(self) -> int:
@@ -163,6 +182,7 @@ class ConcurrencyVerdict(JsonRecord):
     margin_s: float
     evidence: ConcurrencyEvidence
     offered: Offered
+    tolerance: Tolerance | None = omit_none()  # None in summaries written before it
 
     @property
     def offered_max(self) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from loadkit.analysis.completeness import Completeness
 from loadkit.analysis.limits import Limit, RequestsLimit
-from loadkit.analysis.outcome import Effect, RunVerdict
+from loadkit.analysis.outcome import Effect, RunVerdict, Verdict
 from loadkit.analysis.slo import SloResult
 from loadkit.analysis.token_verdicts import TokenLimit, token_reasons
 from loadkit.analysis.token_verdicts import fails as token_fails
@@ -26,8 +26,12 @@ class RunOutcome:
     reasons: tuple[str, ...]
 
 
-def _limit_reasons(e: Limit, fails: list[str], doubts: list[str]) -> int:
-    """Adds the entry's failures and doubts; returns how many of its verdicts held."""
+UNTESTED = "not tested by this scenario (the load never provoked them):"
+
+
+def _limit_reasons(e: Limit, fails: list[str], doubts: list[str], untested: list[str]) -> int:
+    """Adds the entry's failures, doubts and untested verdicts; returns how many of its
+    verdicts held."""
     who = f"{e.key} {e.kind}"
     held = 0
     for aspect, v in (("enforced", e.verdict.enforced), ("honoured", e.verdict.honoured)):
@@ -35,6 +39,8 @@ def _limit_reasons(e: Limit, fails: list[str], doubts: list[str]) -> int:
             fails.append(f"{who}: not {aspect}")
         elif v.effect is Effect.SHOWN:
             held += 1
+        elif v is Verdict.INCONCLUSIVE:
+            untested.append(f"{who} {aspect}: {v}")
         else:
             doubts.append(f"{who} {aspect}: {v}")
     if isinstance(e, RequestsLimit) and e.retry_after.verdict.effect is Effect.FAILS:
@@ -56,11 +62,12 @@ def overall_verdict(
     any promise. Unusable keys' entries are left out. Returns the verdict and the reasons."""
     fails: list[str] = []
     doubts: list[str] = []
+    untested: list[str] = []
     held = 0
     judged = False
     for e in _judged(limits):
         judged = True
-        held += _limit_reasons(e, fails, doubts)
+        held += _limit_reasons(e, fails, doubts, untested)
     token_held, token_judged = token_reasons(tokens, fails, doubts)
     held += token_held
     judged = judged or token_judged
@@ -72,18 +79,28 @@ def overall_verdict(
             doubts.append(f"SLO {c.name}: no data")
     if not judged:
         doubts.append("no limit could be judged (no requests to limited endpoints with a promise)")
+    # Verdicts the scenario did not set out to provoke are listed apart from the ones it
+    # provoked but could not decide.
+    apart = [UNTESTED, *untested] if untested else []
     if fails:
-        return RunVerdict.FAIL, fails + doubts
+        return RunVerdict.FAIL, fails + doubts + apart
     if not held:
         return RunVerdict.INCONCLUSIVE, [
             "no limit verdict held: the offered load never provoked a promise",
             *doubts,
+            *untested,
         ]
     if doubts:
         return RunVerdict.PASS, [
             f"no violation and every SLO met; {held} verdicts held, "
             f"{len(doubts)} could not be shown either way:",
             *doubts,
+            *apart,
+        ]
+    if untested:
+        return RunVerdict.PASS, [
+            f"no violation and every SLO met; {held} verdicts held, {len(untested)} {UNTESTED}",
+            *untested,
         ]
     return RunVerdict.PASS, ["every limit verdict held and every SLO was met"]
 

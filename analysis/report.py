@@ -80,8 +80,34 @@ def _ids(ids: Sequence[str], limit: int = 40) -> str:
 
 
 def _evidence(e: Limit) -> str:
+    from loadkit.analysis.explain import duration  # imported here: report.py is shared
+
     parts = []
     v = e.verdict
+    tol = v.tolerance
+    if tol is not None and tol.margin_s is not None:
+        if isinstance(e, RequestsLimit):
+            closest = (
+                f"The shortest span that could hold {v.promised + 1} admissions: "
+                f"{_num(e.verdict.window_s + tol.margin_s, 3)} s (margin "
+                f"{duration(tol.margin_s)} against the {e.verdict.window_s:g} s window)"
+            )
+        elif tol.margin_s > 0:
+            closest = (
+                f"{v.promised + 1} requests never shared an instant: the closest came "
+                f"{duration(tol.margin_s)} apart (margin)"
+            )
+        else:
+            closest = (
+                f"The longest {v.promised + 1} requests could have been open together: "
+                f"{duration(-tol.margin_s)} (margin {duration(tol.margin_s)})"
+            )
+        parts.append(
+            f"<li>{closest}; timing uncertainty {duration(tol.timing_uncertainty_s)}, "
+            f"from {escape(tol.basis)}</li>"
+        )
+    if tol is not None and tol.limitation:
+        parts.append(f"<li>Cannot be decided on this key: {escape(tol.limitation)}</li>")
     if isinstance(e, RequestsLimit):
         ev_e = e.verdict.evidence.enforced
         if ev_e.certain_span_s is not None:
@@ -250,8 +276,12 @@ def _limits_table(summary: Summary) -> str:
             "<p>No limit could be judged: no requests to the limited endpoints with a promise.</p>"
         )
     rows = []
+    untested: list[Limit] = []
     for e in summary.limits:
         v = e.verdict
+        if v.enforced == v.honoured == Verdict.INCONCLUSIVE:
+            untested.append(e)
+            continue
         extra = ""
         if isinstance(e, RequestsLimit):
             promise = f"{v.promised} per {e.verdict.window_s:g} s"
@@ -270,13 +300,52 @@ def _limits_table(summary: Summary) -> str:
             f"<td>{e.kind}</td>"
             f"<td>{promise}</td><td class=num>{v.observed_max}</td>"
             f"<td class=num>{v.observed_max_possible}</td><td class=num>{v.offered_max}</td>"
-            f"<td>{_badge(v.enforced)}</td><td>{_badge(v.honoured)}{extra}</td>"
+            f"<td>{_badge(v.enforced)}{_decided_at(e)}</td><td>{_badge(v.honoured)}{extra}</td>"
             f"<td>{text}{_evidence(e)}</td></tr>"
         )
+    table = ""
+    if rows:
+        table = (
+            "<table><tr><th>key</th><th>tier</th><th>limit</th><th>promised</th>"
+            "<th>observed (certain)</th><th>observed (possible)</th><th>most offered</th>"
+            "<th>enforced</th><th>honoured</th><th>what happened</th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
+    return table + _untested_table(untested)
+
+
+def _decided_at(e: Limit) -> str:
+    """Under a held enforced badge: what it proves, at the timing tolerance it was decided
+    at."""
+    from loadkit.analysis.explain import held_concurrency_text, held_requests_text
+
+    v = e.verdict
+    if v.enforced != Verdict.HELD:
+        return ""
+    if isinstance(e, RequestsLimit):
+        text = held_requests_text(v.promised, e.verdict.window_s, v.tolerance)
+    else:
+        text = held_concurrency_text(v.promised, v.tolerance)
+    return f"<br><span class=muted>{escape(text.removeprefix('held: '))}</span>"
+
+
+def _untested_table(entries: Sequence[Limit]) -> str:
+    """The limits the scenario did not set out to provoke, apart from the verdicts."""
+    if not entries:
+        return ""
+    rows = "".join(
+        f"<tr><td class=key>{escape(e.key)}</td><td>{escape(e.tier)}</td><td>{e.kind}</td>"
+        f"<td class=num>{e.verdict.promised}</td><td class=num>{e.verdict.offered_max}</td>"
+        f"<td>{escape(' '.join(e.explanation[1:]))}</td></tr>"
+        for e in entries
+    )
     return (
+        "<h3>Not tested by this scenario</h3><p class=muted>The load never provoked these "
+        "limits, so they were neither shown to hold nor to fail (<code>inconclusive</code>): "
+        "the scenario did not set out to test them.</p>"
         "<table><tr><th>key</th><th>tier</th><th>limit</th><th>promised</th>"
-        "<th>observed (certain)</th><th>observed (possible)</th><th>most offered</th>"
-        "<th>enforced</th><th>honoured</th><th>what happened</th></tr>" + "".join(rows) + "</table>"
+        "<th>most offered</th><th>why</th></tr>" + rows + "</table>"
     )
 
 

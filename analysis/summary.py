@@ -94,6 +94,9 @@ class SummarySettings(JsonRecord):
     burst_window_s: float
     latency_records: str = LATENCY_RECORDS
     percentile_method: str = PERCENTILE_METHOD
+    # summary/2, added with the limits' ``tolerance``: the largest shortfall of the span,
+    # as a fraction of the window, that a held requests verdict accepts
+    max_shortfall_fraction: float | None = omit_none()
 
     @classmethod
     def of(cls, settings: VerdictSettings) -> SummarySettings:
@@ -101,6 +104,7 @@ class SummarySettings(JsonRecord):
             concurrency_margin_s=settings.concurrency_margin_s,
             under_admission_tolerance=settings.under_admission_tolerance,
             burst_window_s=settings.burst_window_s,
+            max_shortfall_fraction=settings.max_shortfall_fraction,
         )
 
 

@@ -16,7 +16,9 @@ from loadkit.analysis.columns import INFERENCE_ENDPOINTS, OUTCOMES, Codes, Colum
 from loadkit.analysis.intervals import (
     contained_counts,
     holding_mask,
+    longest_common_overlap,
     overlap_max,
+    shortest_touching_span,
     span_max,
     touching_mask,
     touching_max,
@@ -33,6 +35,7 @@ from loadkit.analysis.limits import (
     RequestsEvidence,
     RequestsHonouredEvidence,
     RequestsVerdict,
+    Tolerance,
     WindowRefusal,
 )
 from loadkit.analysis.outcome import Refused, Verdict
@@ -70,6 +73,10 @@ class VerdictSettings:
     under_admission_tolerance: float = 0.05  # honoured needs >= (1 - tol) * N admitted
     burst_window_s: float = 1.0  # "largest burst" = most requests sent within this span
     max_examples: int = 20  # refusals / disagreements listed as examples
+    # A requests limit reads ``held`` with a possible excess only while the shortfall of the
+    # span is at most this part of the window (and within the timing uncertainty): a cap on
+    # what a held verdict accepts, so a coarse clock can only weaken a verdict.
+    max_shortfall_fraction: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class KeyView:
     rl_limit: np.ndarray
     rl_remaining: np.ndarray
     signal: Codes  # limit_signal: what in a 429 named its limit
+    stream: np.ndarray  # streamed: the headers came before the body
 
     @property
     def n(self) -> int:
@@ -156,6 +164,7 @@ def view_of_rows(cols: Columns, rows: np.ndarray) -> KeyView:
         rl_limit=cols.rl_limit[rows],
         rl_remaining=cols.rl_remaining[rows],
         signal=Codes(cols.limit_signal.codes[rows], cols.limit_signal.names),
+        stream=cols.stream[rows],
     )
 
 
@@ -263,7 +272,8 @@ def requests_verdict(
             )
 
     offered = offered_load(kv, policy, settings)
-    enforced = _enforced(certain, possible, offered.max_in_window, n_lim)
+    tolerance, within = requests_tolerance(kv, policy, settings)
+    enforced = _enforced(certain, possible, offered.max_in_window, n_lim, within)
 
     honoured, ev_hon = _requests_honoured(kv, policy, settings, possible, ids)
     return RequestsVerdict(
@@ -275,6 +285,7 @@ def requests_verdict(
         honoured=honoured,
         evidence=RequestsEvidence(enforced=ev_enf, honoured=ev_hon),
         offered=offered,
+        tolerance=tolerance,
     )
 
 
@@ -318,16 +329,102 @@ def _flight_examples(
     )
 
 
-def _enforced(certain: int, possible: int, offered_max: int, limit: int) -> Verdict:
-    """violated when proven, possible when only timing uncertainty allows it, inconclusive
-    when the load never exceeded the limit, held otherwise (both kinds of limit)."""
+def _enforced(certain: int, possible: int, offered_max: int, limit: int, within: bool) -> Verdict:
+    """violated when proven; possible when only timing uncertainty allows it and more than
+    the measured tolerance (``within``: the possible excess fits in it); inconclusive when
+    the load never exceeded the limit; held otherwise (both kinds of limit)."""
     if certain > limit:
         return Verdict.VIOLATED
-    if possible > limit:
+    if possible > limit and not within:
         return Verdict.POSSIBLE
     if offered_max <= limit:
         return Verdict.INCONCLUSIVE
     return Verdict.HELD
+
+
+REQUESTS_BASIS = (
+    "the two longest [send, headers] intervals of the key's admitted requests: N + 1 "
+    "admissions of a correct limiter, W apart, can look closer by at most the first one's "
+    "(admitted at its send, seen at its headers) and the last one's (sent before it was "
+    "admitted)"
+)
+CONCURRENCY_BASIS = (
+    "twice the longest [send, headers] interval of the key's refusals and streamed "
+    "requests, whose headers are the limiter's answer: a request can have been admitted "
+    "that long after it was sent, and the end of the one it replaced seen that long after"
+)
+NOT_STREAMED = (
+    "none of this key's admitted requests was streamed: a non-streamed response's headers "
+    "come with its last byte, so the client never knows such a request was in flight before "
+    "it ended, and a cap set too high can never be proven from its timestamps (at most "
+    "possible)"
+)
+
+
+def _longest_two(x: np.ndarray) -> float:
+    if x.size == 0:
+        return float("nan")
+    top = np.sort(x)[-2:]
+    return float(top.sum())
+
+
+def requests_tolerance(
+    kv: KeyView, policy: Policy, settings: VerdictSettings
+) -> tuple[Tolerance, bool]:
+    """The requests limit's timing tolerance and margin, and whether the possible excess
+    (if any) lies within it. A correct limiter admits the N + 1 requests closest together
+    at least W apart: a_last - a_first >= W. The client can only place them as close as
+    s_last - h_first >= W - (h_first - a_first) - (a_last - s_last), so a correct limiter
+    looks short of W by at most two requests' [send, headers] widths. The sum of the two
+    longest widths measured on the key bounds that for every N + 1 at once: a correct
+    limiter always reads held, and the statement it reads ("never more than N in any
+    W + margin span") is proven by the timestamps whatever the tolerance. A shortfall is
+    accepted only up to ``max_shortfall_fraction`` of W, however coarse the timing."""
+    w = policy.window_s
+    maybe = kv.maybe
+    gap, _ = shortest_touching_span(kv.s[maybe], kv.hi[maybe], policy.requests + 1)
+    margin = gap - w if np.isfinite(gap) else None
+    adm = kv.admitted
+    tau = _longest_two(kv.hi[adm] - kv.s[adm])
+    tol = Tolerance(
+        timing_uncertainty_s=rounded_s(tau),
+        margin_s=None if margin is None else rounded_s(margin),
+        basis=REQUESTS_BASIS,
+    )
+    within = (
+        margin is None
+        or margin >= 0
+        or (-margin <= tau and -margin <= settings.max_shortfall_fraction * w)
+    )
+    return tol, within
+
+
+def concurrency_tolerance(
+    kv: KeyView, policy: Policy, settings: VerdictSettings
+) -> tuple[Tolerance, bool]:
+    """The concurrency limit's timing tolerance and margin, and whether the possible excess
+    (if any) lies within it. C + 1 requests of a correct limiter are never in flight
+    together: one (x) was admitted after another (y) ended. The client may still see all
+    C + 1 open together for up to (a_x - s_x) + (e_y - r_y): x's wait for its decision and
+    the delay before y's end reached it. Both are bounded by the longest round trip in
+    which the key heard the limiter's own answer (a refusal, or a stream's headers).
+    Applied to non-streamed requests this assumes they were decided as fast; a key with
+    none streamed is therefore never decided by a tolerance (``limitation``)."""
+    maybe = kv.maybe
+    overlap, _ = longest_common_overlap(kv.s[maybe], kv.e[maybe], policy.concurrency + 1)
+    margin = -overlap if np.isfinite(overlap) else None
+    decisive = (kv.status == 429) | (kv.admitted & kv.stream)
+    widths = kv.hi[decisive] - kv.s[decisive]
+    tau = 2.0 * float(widths.max()) if widths.size else float("nan")
+    streamed = bool((kv.admitted & kv.stream).any())
+    tol = Tolerance(
+        timing_uncertainty_s=rounded_s(tau),
+        margin_s=None if margin is None else rounded_s(margin),
+        basis=CONCURRENCY_BASIS,
+        limitation=None if streamed or not kv.admitted.any() else NOT_STREAMED,
+    )
+    within = margin is None or margin > 0 or (streamed and tau == tau and -margin <= tau)
+    return tol, within
 
 
 def _uncoded_unjustified(kv: KeyView, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
@@ -408,7 +505,8 @@ def concurrency_verdict(
                 ev_enf, possible_request_ids=tuple(ids(kv.rows[maybe][held][: c_lim + 1]))
             )
     offered = offered_load(kv, policy, settings)
-    enforced = _enforced(certain, possible, offered.max_concurrent, c_lim)
+    tolerance, within = concurrency_tolerance(kv, policy, settings)
+    enforced = _enforced(certain, possible, offered.max_concurrent, c_lim, within)
 
     conc_pos = _pick(kv.conc429)
     in_flight = in_flight_upper(kv, conc_pos)
@@ -432,7 +530,9 @@ def concurrency_verdict(
     )
     if bad.any() or unc_pos.size:
         honoured = Verdict.VIOLATED
-    elif eligible_max <= c_lim:
+    elif eligible_max < c_lim:
+        # Driven at its cap (C open at once) the key tested honouring: a request sent with
+        # C - 1 in flight must be admitted (a slot freed late refuses it).
         honoured = Verdict.INCONCLUSIVE
     else:
         honoured = Verdict.HELD
@@ -445,4 +545,5 @@ def concurrency_verdict(
         margin_s=settings.concurrency_margin_s,
         evidence=ConcurrencyEvidence(enforced=ev_enf, honoured=ev_hon),
         offered=offered,
+        tolerance=tolerance,
     )

@@ -120,6 +120,19 @@ def test_exact_limiter_is_not_accused(tmp_path: Path) -> None:
     at_cap = got[("free-5", "concurrency")]
     assert at_cap["observed_max"] == C  # driven exactly at its cap...
     assert at_cap["evidence"]["honoured"]["concurrency_429s"] == 0  # ...and never refused
+    assert at_cap["honoured"] == "held"  # which tests honouring
+    # a held verdict is decided at the timing uncertainty it states: any shortfall of the
+    # margin lies within it
+    for e in s["limits"]:
+        tol = e["tolerance"]
+        if e["enforced"] == "held" and tol["margin_s"] is not None and tol["margin_s"] < 0:
+            assert -tol["margin_s"] <= tol["timing_uncertainty_s"], (e["key"], e["kind"])
+    # the burst keys send non-streamed requests only: their concurrency entries say that
+    # such traffic cannot decide an overrun of the cap
+    for key in ("free-1", "free-4"):
+        assert "cannot decide a concurrency overrun" in " ".join(
+            got[(key, "concurrency")]["explanation"]
+        )
 
 
 def check_fixed_window(s: dict[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -90,3 +92,34 @@ def test_contained_counts_with_long_intervals():
 def test_min_span_for_counts(k, expected):
     p = np.array([0.0, 0.5, 2.0, 2.5, 10.0])
     assert intervals.min_span_for_counts(p, np.array([k]))[0] == pytest.approx(expected)
+
+
+@given(interval_sets(max_size=8), st.integers(min_value=1, max_value=4))
+@settings(max_examples=150, deadline=None)
+def test_shortest_touching_span_matches_brute_force(iv, k):
+    # the tightest k intervals: the smallest (latest send - earliest headers) over every k
+    s, h = iv
+    gap, _ = intervals.shortest_touching_span(s, h, k)
+    combos = list(itertools.combinations(range(s.size), k))
+    want = min((max(s[list(c)]) - min(h[list(c)]) for c in combos), default=np.inf)
+    if want >= 0:
+        assert gap == want
+    else:  # k intervals share an instant: only the sign is promised
+        assert gap < 0
+    # and it is where touching_max crosses k: more than it holds k, it does not
+    if np.isfinite(gap):
+        assert intervals.touching_max(s, h, gap + 0.125)[0] >= k
+        assert intervals.touching_max(s, h, gap)[0] < k or gap <= 0
+
+
+@given(interval_sets(max_size=8), st.integers(min_value=1, max_value=4))
+@settings(max_examples=150, deadline=None)
+def test_longest_common_overlap_matches_brute_force(iv, k):
+    s, e = iv
+    overlap, _ = intervals.longest_common_overlap(s, e, k)
+    combos = list(itertools.combinations(range(s.size), k))
+    want = max((min(e[list(c)]) - max(s[list(c)]) for c in combos), default=-np.inf)
+    assert overlap == want
+    # k share an instant exactly when the overlap is not negative
+    if s.size:
+        assert (intervals.overlap_max(s, e, closed=True)[0] >= k) == (overlap >= 0)

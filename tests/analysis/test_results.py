@@ -40,8 +40,10 @@ def test_every_verdict_value_has_an_effect_and_every_outcome_an_exit_status() ->
 
 
 def test_overall_verdict_is_decided_on_the_typed_summary(golden: Summary) -> None:
-    verdict, reasons = overall_verdict(golden.limits, golden.slo)
-    assert (verdict, tuple(reasons)) == (golden.verdict, golden.verdict_reasons)
+    # the reasons as this loadkit writes them (the version-1 file has an older wording)
+    current = read_summary(GOLDEN.with_name("summary-v2.json"))
+    verdict, reasons = overall_verdict(current.limits, current.slo)
+    assert (verdict, tuple(reasons)) == (current.verdict, current.verdict_reasons)
     assert exit_status(golden) == 1
 
 

@@ -3,13 +3,20 @@ verdict counts against brute-force definitions."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadkit.analysis.columns import columns_from_records
-from loadkit.analysis.outcome import Verdict
+from loadkit.analysis.explain import explain_concurrency, explain_requests
+from loadkit.analysis.limits import ConcurrencyLimit, RequestsLimit
+from loadkit.analysis.outcome import RunVerdict, Verdict
 from loadkit.analysis.promises import remaining_bounds, remaining_header_check, retry_after_check
+from loadkit.analysis.report import _limits_table
+from loadkit.analysis.summary import overall_verdict, read_summary
 from loadkit.analysis.verdicts import (
     Policy,
     VerdictSettings,
@@ -119,13 +126,23 @@ def test_under_loaded_is_inconclusive():
     assert req.offered.max_in_window == 10
 
 
-def test_possible_versus_violated_at_the_uncertainty_edge():
+def test_held_within_the_timing_tolerance_possible_beyond_it_violated_when_proven():
     policy = Policy(2, 10.0, 100)
-    # three admissions: the third may fall in the first one's window, but need not
+    # three admissions: the third may fall in the first one's window, but need not; the
+    # shortfall (0.15 s) is within the two widest intervals (0.1 s + 0.1 s)
     maybe = [rec(0.0, 0.1), rec(5.0, 5.1), rec(9.95, 10.05)]
     _, _, req, _ = judge(maybe, policy)
-    assert req.enforced == "possible"
+    assert req.enforced == "held"
     assert (req.observed_max, req.observed_max_possible) == (2, 3)
+    tol = req.tolerance
+    assert tol is not None
+    assert tol.timing_uncertainty_s == 0.2
+    assert tol.margin_s == -0.15  # 3 could fall in a span of 9.85 s at the shortest
+    # the same shape on a 2 s window: a shortfall of 0.15 s is more than 5 % of it
+    short = Policy(2, 2.0, 100)
+    _, _, req, _ = judge([rec(0.0, 0.1), rec(1.0, 1.1), rec(1.95, 2.05)], short)
+    assert req.enforced == "possible"
+    assert req.tolerance is not None and req.tolerance.margin_s == -0.15
     # move the third one 0.15 s earlier: now all three certainly fit in < 10 s
     sure = [rec(0.0, 0.1), rec(5.0, 5.1), rec(9.8, 9.9)]
     _, _, req, _ = judge(sure, policy)
@@ -294,3 +311,147 @@ def test_cancelled_requests_are_not_service_errors():
     err = errors_summary(columns_from_records(recs), 0.0)
     assert err.errors == 1 and err.cancelled == 1
     assert err.error_rate == 0.25
+
+
+def sliding_log_records(rng, n_lim, w, sends, up_max, down_max, stream=True):
+    """A correct sliding log (admit iff fewer than n_lim admissions in (a - w, a]) seen by a
+    client whose requests take up to ``up_max`` to reach it and whose answers take up to
+    ``down_max`` to come back: the admission instants are known to the test, not to the
+    analysis."""
+    sends = np.sort(sends)
+    admit_at = sends + rng.uniform(0.0, up_max, sends.size)
+    log: list[float] = []
+    recs = []
+    for i in np.argsort(admit_at, kind="stable"):
+        a = float(admit_at[i])
+        ok = sum(1 for x in log if x > a - w) < n_lim
+        if ok:
+            log.append(a)
+        h = a + float(rng.uniform(0.0, down_max))
+        recs.append(
+            rec(
+                float(sends[i]),
+                h,
+                h + 0.05,
+                stream=stream,
+                status=200 if ok else 429,
+                code=None if ok else "rate_limit_exceeded",
+            )
+        )
+    return recs, np.array(sorted(log))
+
+
+def test_a_correct_limiter_under_sustained_overload_reads_held_at_its_tolerance():
+    rng = np.random.default_rng(13)
+    n_lim, w = 20, 10.0
+    # 3x the allowed rate for 6 windows: the limiter admits each request the instant the
+    # oldest one leaves the window, so the client's timing always allows one too many
+    sends = rng.uniform(0.0, 60.0, 360)
+    recs, truth = sliding_log_records(rng, n_lim, w, sends, up_max=0.03, down_max=0.05)
+    assert max(np.searchsorted(truth, truth + w, side="left") - np.arange(truth.size)) == n_lim
+    _, _, req, _ = judge(recs, Policy(n_lim, w, 100))
+    assert req.observed_max_possible > n_lim  # the old rule read "possible" here
+    assert req.enforced == "held" and req.honoured == "held"
+    tol = req.tolerance
+    assert tol is not None and tol.margin_s is not None and tol.timing_uncertainty_s
+    assert 0 < -tol.margin_s <= tol.timing_uncertainty_s <= 2 * (0.03 + 0.05)
+    explained = " ".join(explain_requests(req, None, None))
+    assert f"never more than {n_lim} in any {w + tol.margin_s:.3f}"[:-1] in explained
+    assert "timing uncertainty" in explained
+
+
+def test_a_window_shorter_than_promised_is_not_held():
+    # a limiter that lets the 21st request in 0.5 s early, seen through tight timing: the
+    # excess is far beyond the timing uncertainty (and proven)
+    rng = np.random.default_rng(14)
+    recs, _ = sliding_log_records(
+        rng, 20, 9.5, rng.uniform(0.0, 40.0, 240), up_max=0.002, down_max=0.002
+    )
+    _, _, req, _ = judge(recs, Policy(20, 10.0, 100))
+    assert req.enforced == "violated"
+    assert req.tolerance is not None and req.tolerance.margin_s < -0.4
+
+
+def test_concurrency_overlap_within_the_tolerance_is_held_beyond_it_possible():
+    policy = Policy(100, 60.0, 2)
+    a, b = rec(0.0, 0.01, 1.0), rec(0.5, 0.51, 2.0)
+    # a third stream sent 5 ms before the first one's end reached the client, admitted after
+    near = [a, b, rec(0.995, 1.02, 2.5)]
+    _, _, _, conc = judge(near, policy)
+    assert (conc.observed_max, conc.observed_max_possible) == (2, 3)
+    assert conc.enforced == "held"
+    tol = conc.tolerance
+    assert tol is not None and tol.timing_uncertainty_s == 0.05  # 2 x its 25 ms headers
+    assert tol.margin_s == -0.005
+    text = " ".join(explain_concurrency(conc))
+    assert "3 could only look open together for 5 ms" in text
+    # a non-streamed third request open 200 ms before that end: its own interval is its
+    # whole response, so it is not a measure of the decision; 200 ms is beyond 2 x 10 ms
+    far = [a, b, rec(0.8, 2.5, 2.5, stream=False)]
+    _, _, _, conc = judge(far, policy)
+    assert conc.enforced == "possible"
+    assert "more than the timing uncertainty (20 ms) explains" in " ".join(
+        explain_concurrency(conc)
+    )
+
+
+def test_non_streamed_concurrency_says_it_cannot_be_decided():
+    policy = Policy(100, 60.0, 2)
+    # a cap one too high on non-streamed traffic: 3 open together for 0.4 s, never proven
+    recs = [rec(t, t + 1.0, t + 1.0, stream=False) for t in (0.0, 0.3, 0.6)]
+    _, _, _, conc = judge(recs, policy)
+    assert conc.enforced == "possible"
+    assert conc.tolerance is not None and conc.tolerance.limitation
+    text = " ".join(explain_concurrency(conc))
+    assert "cannot decide a concurrency overrun" in text
+    assert "headers come with its last byte" in text
+
+
+def test_a_key_driven_exactly_at_its_cap_tests_honouring():
+    policy = Policy(100, 60.0, 3)
+    # 3 closed-loop users, each sending its next stream the moment the last one ended
+    recs = [
+        rec(start + 1.01 * i, start + 1.01 * i + 0.01, start + 1.01 * i + 1.0)
+        for start in (0.0, 0.3, 0.6)
+        for i in range(5)
+    ]
+    _, _, _, conc = judge(recs, policy)
+    assert conc.offered.max_concurrent == 3
+    assert conc.enforced == "inconclusive"  # never above the cap: enforcement not tested
+    assert conc.honoured == "held"
+    assert "driven at its cap (3 open at once)" in " ".join(explain_concurrency(conc))
+    # a slot freed late: the next stream of one user is refused with 2 in flight
+    late = [*recs, rec(5.06, 5.07, 5.08, status=429, code="concurrency_limit_exceeded")]
+    _, _, _, conc = judge(late, policy)
+    assert conc.honoured == "violated"
+
+
+def test_limits_the_scenario_did_not_provoke_are_listed_apart():
+    golden = read_summary(Path(__file__).parent / "golden" / "summary-v2.json")
+    ok_slo = replace(golden.slo, met=True, checks=golden.slo.checks[:1])
+    req = next(e for e in golden.limits if isinstance(e, RequestsLimit) and e.key == "free-1")
+    conc = next(e for e in golden.limits if isinstance(e, ConcurrencyLimit) and e.key == "free-1")
+    req = replace(
+        req,
+        verdict=replace(req.verdict, enforced=Verdict.HELD, honoured=Verdict.HELD),
+        retry_after=replace(req.retry_after, verdict=Verdict.HELD),
+    )
+    conc = replace(
+        conc,
+        verdict=replace(conc.verdict, enforced=Verdict.INCONCLUSIVE, honoured=Verdict.INCONCLUSIVE),
+    )
+    assert overall_verdict([req, conc], ok_slo) == (
+        RunVerdict.PASS,
+        [
+            "no violation and every SLO met; 2 verdicts held, 2 not tested by this scenario "
+            "(the load never provoked them):",
+            "free-1 concurrency enforced: inconclusive",
+            "free-1 concurrency honoured: inconclusive",
+        ],
+    )
+    page = _limits_table(replace(golden, limits=(req, conc)))
+    tested, untested = page.split("Not tested by this scenario")
+    assert "<td>requests</td>" in tested and "<td>concurrency</td>" not in tested
+    assert "<td>concurrency</td>" in untested and "<td>requests</td>" not in untested
+    # the held enforcement says what it proves, at which timing uncertainty
+    assert "never more than 10 in any" in tested and "timing uncertainty 8 ms" in tested
