@@ -286,6 +286,13 @@ async def _stream(
             now = time.perf_counter_ns()
             if (timed or f.stall_after is not None) and deadline > now:
                 await asyncio.sleep((deadline - now) / _NS)
+            else:
+                # Late (or untimed): still one step per pass of the event loop. aiohttp's
+                # write returns without yielding until the socket pushes back, so a late
+                # stream would write all it owes in one go, and a server behind schedule
+                # would stop reading its sockets (new requests, admin stats) until every
+                # stream had caught up.
+                await asyncio.sleep(0)
             if f.due(f.cut_after, step, last):
                 outcome = "cut"
                 break
@@ -297,8 +304,6 @@ async def _stream(
                 lateness.add(time.perf_counter_ns() - deadline)
             await write(data, n)
             st.counters.tokens_written += n
-            if not timed:
-                await asyncio.sleep(0)  # a zero-latency stream: one step per loop pass
         if outcome == "cut":
             if client_gone(request):
                 ctx.rec.disconnect = "client"
