@@ -416,9 +416,10 @@ def _one_rep(
             if "error" in row:
                 print(f"  rep {rep + 1} {arm.name} K={k}: {row['error']}", flush=True)
                 continue
+            p99 = "n/a" if row["late_p99"] is None else f"{row['late_p99']:.2f} ms"
             print(
                 f"  rep {rep + 1} {arm.name} K={k}: {row['server_tok_s']:.0f} tok/s, lateness "
-                f"p99 {row['late_p99']:.2f} ms, server CPU {row['server_cpu']:.0%} "
+                f"p99 {p99}, server CPU {row['server_cpu']:.0%} "
                 f"(waiting for its core {row['server_wait']:.0%}), "
                 f"{row['cpu_us_per_token']:.1f} µs/token, client unread "
                 f"{row['unread_kib']:.0f} KiB, admin {row['admin_ms']:.0f} ms, "
@@ -565,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(
                 f"profile at K={a.profile} ({a.profile_seconds:g} s, load {loadavg_text()}): "
-                f"lateness p99 {row['late_p99']:.2f} ms, server CPU {row['server_cpu']:.0%}, "
+                f"lateness p99 {row['late_p99'] or float('nan'):.2f} ms, server CPU {row['server_cpu']:.0%}, "
                 f"{row['cpu_us_per_token']:.1f} µs/token (py-spy pauses the process to "
                 f"sample: lateness while profiled is not the benchmark's); raw stacks in {raw}"
             )
