@@ -115,6 +115,7 @@ def _profile_while(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
         "--rate",
         "250",
         "--idle",
+        "--nonblocking",
         "--format",
         "raw",
         "--output",
@@ -500,7 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         "its own, not the share of the core it got",
     )
     p.add_argument(
-        "--loop", choices=("auto", "asyncio", "uvloop"), help="loadkit serve --loop (this tree)"
+        "--loop",
+        default="auto",
+        help="loadkit serve --loop for this tree: auto, asyncio, uvloop, or a comma list "
+        "(one interleaved arm each: --loop asyncio,uvloop)",
     )
     p.add_argument(
         "--against",
@@ -512,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     desc = machine()  # before pinning this process: it lists the usable CPUs
     ks = [int(x) for x in a.ks.split(",")]
-    arms = [Arm("this", None, ("--loop", a.loop) if a.loop else ())]
+    loops = a.loop.split(",")
+    arms = [Arm("this" if len(loops) == 1 else f"this, {x}", None, ("--loop", x)) for x in loops]
     if a.against:
         arms.append(Arm(f"against {a.against}", str(Path(a.against).resolve())))
     raise_fd_limit(2 * max([*ks, a.profile or 0]) + 256)  # the server inherits the limit
@@ -536,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
                 by_arm[arm.name][row["k"]].append(row)
     for arm in arms:
         _table(a, arm, ks, by_arm[arm.name])
-    if len(arms) == 2:
-        mine, theirs = (by_arm[x.name] for x in arms)
+    for other in arms[1:]:
+        mine, theirs = by_arm[arms[0].name], by_arm[other.name]
         ratios = [
             statistics.median(r["cpu_us_per_token"] for r in mine[k] if "error" not in r)
             / statistics.median(r["cpu_us_per_token"] for r in theirs[k] if "error" not in r)
@@ -546,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if ratios:
             print(
-                "CPU per token, this / against (median per K): "
+                f"CPU per token, {arms[0].name} / {other.name} (median per K): "
                 + ", ".join(f"{r:.2f}" for r in ratios)
             )
     print(
@@ -566,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(
                 f"profile at K={a.profile} ({a.profile_seconds:g} s, load {loadavg_text()}): "
-                f"lateness p99 {row['late_p99'] or float('nan'):.2f} ms, server CPU {row['server_cpu']:.0%}, "
+                f"lateness p99 {row['late_p99'] or float('nan'):.2f} ms, "
+                f"server CPU {row['server_cpu']:.0%}, "
                 f"{row['cpu_us_per_token']:.1f} µs/token (py-spy pauses the process to "
                 f"sample: lateness while profiled is not the benchmark's); raw stacks in {raw}"
             )
