@@ -34,6 +34,7 @@ from loadkit.server.responses import (
     sse,
 )
 from loadkit.server.state import CTX, STATE, RequestCtx, ServerState
+from loadkit.server.stream_pump import DONE, Pump
 from loadkit.server.token_limiter import Ask
 from loadkit.server.validation import (
     effective_max_tokens,
@@ -269,6 +270,20 @@ async def _stream(
     inline = step_units <= INLINE_UNITS
     faulty = f.cut_after is not None or f.error_after is not None or f.stall_after is not None
     fixed_itl = fixed_itl_ns(prof)
+
+    def next_itl() -> int:
+        if fixed_itl is not None:
+            return fixed_itl
+        return itl_ns(prof, st.active[model.id], st.rng)
+
+    def on_written(tokens: int) -> None:
+        nonlocal written
+        ctx.sent = True
+        written += tokens
+        st.counters.tokens_written += tokens
+
+    # The common stream goes to the timer-driven pump once its first write is out.
+    pumped = timed and inline and not faulty
     lateness = st.counters.lateness
     clock = time.perf_counter_ns
     st.active[model.id] += live.sequences
@@ -282,13 +297,13 @@ async def _stream(
         deadline = (ctx.rec.admitted_ns or clock()) + ttft_ns(prof, live.prompt_tokens, st.rng)
         while not live.done:
             step = live.step
+            if step and pumped:
+                await _pump(request, live, deadline + next_itl(), next_itl, on_written)
+                break
             # whether this step is the last: only a fault due "by the last step" asks
             last = faulty and await _run(st, live.next_is_last_work(), step_units)
             if step:
-                if fixed_itl is not None:
-                    deadline += fixed_itl
-                else:
-                    deadline += itl_ns(prof, st.active[model.id], st.rng)
+                deadline += next_itl()
             if faulty and f.due(f.stall_after, step, last):
                 deadline += f.stall_ns
             now = clock()
@@ -352,6 +367,26 @@ async def _stream(
         ctx.rec.completion_tokens = done
         st.ledger.settle(hold, live.prompt_tokens, done)
     return resp
+
+
+async def _pump(
+    request: web.Request,
+    live: LiveStream,
+    deadline: int,
+    next_itl: Callable[[], int],
+    on_written: Callable[[int], None],
+) -> None:
+    """The rest of the stream from the pump, draining whenever the socket pushes back."""
+    lateness = request.app[STATE].counters.lateness
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        pump = Pump(live, transport, request.writer, deadline, next_itl, lateness, on_written)
+        if await pump.run() == DONE:
+            return
+        deadline = pump.deadline
+        await request.writer.drain()
 
 
 async def _flushed_tokens(request: web.Request, marks: list[tuple[int, int]]) -> int:

@@ -189,7 +189,9 @@ def test_templated_stream_bytes_equal_json_dumps_of_each_chunk(  # type: ignore[
     chat, prompt, n, max_tokens, stop, echo, suffix, usage, model
 ) -> None:
     common = {"model": model, "n": n, "max_tokens": max_tokens, "stream": True,
-              "stream_options": {"include_usage": usage}, **({"stop": stop} if stop else {})}  # fmt: skip
+              "stream_options": {"include_usage": usage}}  # fmt: skip
+    if stop:
+        common["stop"] = stop
     if chat:
         req = validate_chat({**common, "messages": [{"role": "user", "content": prompt}]})
         fast, ref = (live_chat(req, max_tokens, 7, 123, "chatcmpl-x") for _ in range(2))
