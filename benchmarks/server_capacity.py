@@ -10,19 +10,33 @@ decode-capacity limit), ramps them in over one second, then measures a steady wi
   deadline) p50/p99/max, from ``GET /ai/admin/stats``,
 * the client-measured inter-chunk gap minus the profile's ITL, p50/p99 (this includes
   the client's own lateness: at high K the single client core is a bottleneck too),
-* the server process's CPU use during the window.
+* the server's CPU time per token written (from ``/proc/PID/schedstat``: it does not
+  depend on the share of the core the server got) and its CPU use,
+* what separates the server from its surroundings: the share of the window the server
+  was runnable but another process held its core ("waiting for its core"), bytes the
+  client had not read yet (> 0 for long: the client, not the server, is behind), how
+  long the admin requests took (a server whose loop stops reading sockets answers
+  late), and listen-queue drops.
 
-The answer is the largest K whose median (over repetitions) server lateness p99 is
-<= 2 ms. Each repetition starts a fresh server and steps through every K, in ascending
-order on even repetitions and descending on odd ones, so drift in the shared machine's
-load falls on every K alike; figures are medians (min–max) over repetitions.
+A step whose admin request is not answered within 30 s is reported as unanswered, and
+stream connects time out after 10 s: a step never hangs. The answer is the largest K
+whose median (over repetitions) server lateness p99 is <= 2 ms. Each repetition starts
+a fresh server and steps through every K, in ascending order on even repetitions and
+descending on odd ones, so drift in the shared machine's load falls on every K alike;
+figures are medians (min–max) over repetitions.
 
+On a shared machine the server's lateness is mostly the share of its core it gets;
+``--realtime`` (root) runs it SCHED_FIFO so the lateness is its own. ``--loop
+asyncio,uvloop`` runs one interleaved arm per event loop; ``--against DIR`` runs another
+checkout's server as a second interleaved arm (an A/B), with the ratio of CPU per token.
 ``--profile K`` then runs py-spy (``pip install py-spy``) on a fresh server holding K
-streams for the steady window and prints its top costs (own time and inclusive time).
+streams and prints its top costs (own time and inclusive time).
 
-    .venv/bin/python benchmarks/server_capacity.py                       # K = 50 .. 1600
-    .venv/bin/python benchmarks/server_capacity.py --ks 100,200 --steady 5 --reps 5
-    .venv/bin/python benchmarks/server_capacity.py --ks 200,300 --profile 250
+    .venv/bin/python benchmarks/server_capacity.py                       # K = 100 .. 800
+    .venv/bin/python benchmarks/server_capacity.py --ks 200,500 --reps 3 --realtime
+    .venv/bin/python benchmarks/server_capacity.py --ks 200,400 --against ../main --realtime
+    .venv/bin/python benchmarks/server_capacity.py --ks 100 --loop asyncio,uvloop
+    .venv/bin/python benchmarks/server_capacity.py --ks 50 --reps 1 --profile 300
 """
 
 from __future__ import annotations
@@ -115,7 +129,7 @@ def _profile_while(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
         "--rate",
         "250",
         "--idle",
-        "--nonblocking",
+        "--nonblocking",  # sampling without pausing the server
         "--format",
         "raw",
         "--output",
@@ -573,8 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"profile at K={a.profile} ({a.profile_seconds:g} s, load {loadavg_text()}): "
                 f"lateness p99 {row['late_p99'] or float('nan'):.2f} ms, "
                 f"server CPU {row['server_cpu']:.0%}, "
-                f"{row['cpu_us_per_token']:.1f} µs/token (py-spy pauses the process to "
-                f"sample: lateness while profiled is not the benchmark's); raw stacks in {raw}"
+                f"{row['cpu_us_per_token']:.1f} µs/token (py-spy reads the process 250 times "
+                f"a second: figures while profiled are not the benchmark's); raw stacks in {raw}"
             )
         if raw.exists():
             for line in _top_costs(raw):
