@@ -413,7 +413,10 @@ class LiveStream:
 
     @property
     def done(self) -> bool:
-        return all(c.done for c in self.choices)
+        for c in self.choices:  # asked once per token: no generator
+            if not c.done:
+                return False
+        return True
 
     def next_is_last_work(self) -> Work[bool]:
         """Whether the next step is the stream's last (draws at most one token ahead)."""

@@ -58,8 +58,9 @@ def test_a_late_stream_lets_other_requests_in() -> None:
     status, written = asyncio.run(main())
     overdue = BLOCK_S * 1000 / ITL_MS  # 500 tokens
     assert status == 200
-    # Answered after a handful of loop passes, not after the stream wrote all it owed.
-    assert written < overdue / 5, f"{written} of {overdue:.0f} overdue tokens went first"
+    # Answered after a handful of loop passes (a late stream writes at most MAX_BATCH
+    # steps per pass), not after the stream wrote all it owed.
+    assert written < overdue / 2, f"{written} of {overdue:.0f} overdue tokens went first"
 
 
 @pytest.mark.slow
