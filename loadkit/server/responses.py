@@ -413,7 +413,7 @@ class LiveStream:
 
     @property
     def done(self) -> bool:
-        for c in self.choices:  # asked once per token: no generator
+        for c in self.choices:  # noqa: SIM110 - asked once per token: no generator
             if not c.done:
                 return False
         return True
