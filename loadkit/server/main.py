@@ -1,7 +1,7 @@
 """``loadkit serve``: load the config, write the keys file, listen, print a banner (labels
 and tiers, never keys), write the ready file, and run until SIGINT/SIGTERM. The event
 loop is uvloop when it is installed (``pip install 'loadkit[uvloop]'``: the server then
-spends about a third less CPU per streamed token), else asyncio's own; ``--loop`` picks."""
+spends about a sixth less CPU per streamed token), else asyncio's own; ``--loop`` picks."""
 
 from __future__ import annotations
 
