@@ -10,25 +10,41 @@ decode-capacity limit), ramps them in over one second, then measures a steady wi
   deadline) p50/p99/max, from ``GET /ai/admin/stats``,
 * the client-measured inter-chunk gap minus the profile's ITL, p50/p99 (this includes
   the client's own lateness: at high K the single client core is a bottleneck too),
-* the server process's CPU use during the window.
+* the server's CPU time per token written (from ``/proc/PID/schedstat``: it does not
+  depend on the share of the core the server got) and its CPU use,
+* what separates the server from its surroundings: the share of the window the server
+  was runnable but another process held its core ("waiting for its core"), bytes the
+  client had not read yet (> 0 for long: the client, not the server, is behind), how
+  long the admin requests took (a server whose loop stops reading sockets answers
+  late), and listen-queue drops.
 
-The answer is the largest K whose median (over repetitions) server lateness p99 is
-<= 2 ms. Each repetition starts a fresh server and steps through every K, in ascending
-order on even repetitions and descending on odd ones, so drift in the shared machine's
-load falls on every K alike; figures are medians (min–max) over repetitions.
+A step whose admin request is not answered within 30 s is reported as unanswered, and
+stream connects time out after 10 s: a step never hangs. The answer is the largest K
+whose median (over repetitions) server lateness p99 is <= 2 ms. Each repetition starts
+a fresh server and steps through every K, in ascending order on even repetitions and
+descending on odd ones, so drift in the shared machine's load falls on every K alike;
+figures are medians (min–max) over repetitions.
 
+On a shared machine the server's lateness is mostly the share of its core it gets;
+``--realtime`` (root) runs it SCHED_FIFO so the lateness is its own. ``--loop
+asyncio,uvloop`` runs one interleaved arm per event loop; ``--against DIR`` runs another
+checkout's server as a second interleaved arm (an A/B), with the ratio of CPU per token.
 ``--profile K`` then runs py-spy (``pip install py-spy``) on a fresh server holding K
-streams for the steady window and prints its top costs (own time and inclusive time).
+streams and prints its top costs (own time and inclusive time).
 
-    .venv/bin/python benchmarks/server_capacity.py                       # K = 50 .. 1600
-    .venv/bin/python benchmarks/server_capacity.py --ks 100,200 --steady 5 --reps 5
-    .venv/bin/python benchmarks/server_capacity.py --ks 200,300 --profile 250
+    .venv/bin/python benchmarks/server_capacity.py                       # K = 100 .. 800
+    .venv/bin/python benchmarks/server_capacity.py --ks 200,500 --reps 3 --realtime
+    .venv/bin/python benchmarks/server_capacity.py --ks 200,400 --against ../main --realtime
+    .venv/bin/python benchmarks/server_capacity.py --ks 100 --loop asyncio,uvloop
+    .venv/bin/python benchmarks/server_capacity.py --ks 50 --reps 1 --profile 300
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
+import fcntl
 import json
 import os
 import shutil
@@ -36,8 +52,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,10 +78,39 @@ def _config(itl_ms: float) -> dict[str, Any]:
     }
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _schedstat(pid: int | str) -> tuple[int, int]:
+    """(CPU ns, ns spent runnable but waiting for a CPU) of a process's main thread: the
+    second is the time other processes held its core (a shared machine's share)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        cpu, wait, _ = f.read().split()
+    return int(cpu), int(wait)
+
+
+def _tcp_ext(*names: str) -> list[int]:
+    """Machine-wide TcpExt counters (``ListenOverflows``, ``TCPSynRetrans``, ...)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:"):
+            table = dict(zip(head.split()[1:], vals.split()[1:], strict=True))
+            return [int(table.get(n, 0)) for n in names]
+    return [0 for _ in names]
+
+
+def _unread_bytes(clients: list[_StreamClient]) -> int:
+    """Bytes sitting unread in the client sockets' receive queues: > 0 for long means the
+    client, not the server, is behind (and its full queues push back on the server)."""
+    total = 0
+    buf = array.array("i", [0])
+    for c in clients:
+        sock = c.transport.get_extra_info("socket") if c.transport is not None else None
+        if sock is None or sock.fileno() < 0:
+            continue
+        try:
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+        except OSError:
+            continue
+        total += buf[0]
+    return total
 
 
 def _profile_while(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
@@ -80,6 +129,7 @@ def _profile_while(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
         "--rate",
         "250",
         "--idle",
+        "--nonblocking",  # sampling without pausing the server
         "--format",
         "raw",
         "--output",
@@ -146,13 +196,20 @@ class _Sink:
         self.failures = 0
 
 
+ADMIN_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+
+
 async def _admin(host: str, port: int, method: str, path: str, admin_key: str) -> Any:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(
-        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {admin_key}\r\n"
-        f"Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
-    )
-    raw = await reader.read()
+    """One admin request on a new connection, bounded by ``ADMIN_TIMEOUT_S`` (a server
+    whose event loop stops reading sockets answers late or never)."""
+    async with asyncio.timeout(ADMIN_TIMEOUT_S):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {admin_key}\r\n"
+            f"Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+        )
+        raw = await reader.read()
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), raw[:300]
@@ -185,56 +242,88 @@ async def run_step(
     sink = _Sink()
     loop = asyncio.get_running_loop()
     clients: list[_StreamClient] = []
+    drops0, syn0 = _tcp_ext("ListenDrops", "TCPSynRetrans")
 
     async def stream(i: int) -> None:
         await asyncio.sleep(ramp_s * i / k)
         try:
-            _, proto = await loop.create_connection(
-                lambda: _StreamClient(request, sink, itl_ms), host, port
-            )
-        except OSError:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                _, proto = await loop.create_connection(
+                    lambda: _StreamClient(request, sink, itl_ms), host, port
+                )
+        except (OSError, TimeoutError):
             sink.failures += 1
             return
         clients.append(proto)
         await proto.done
 
     tasks = [asyncio.create_task(stream(i)) for i in range(k)]
-    await asyncio.sleep(ramp_s + warm_s)
-    await _admin(host, port, "POST", u.path + "/ai/admin/stats/reset", admin_key)
-    cpu0 = _cpu_seconds(pid)
-    t0 = time.perf_counter()
-    sink.start, sink.end = t0, t0 + steady_s
-    spy = _profile_while(pid, steady_s, profile) if profile else None
-    await asyncio.sleep(steady_s)
-    stats = await _admin(host, port, "GET", u.path + "/ai/admin/stats", admin_key)
-    elapsed = time.perf_counter() - t0
-    cpu = (_cpu_seconds(pid) - cpu0) / elapsed
-    if spy is not None:
-        # py-spy stops after its duration; awaited off the loop so streams keep flowing
-        await asyncio.get_running_loop().run_in_executor(None, spy.wait)
-    for c in clients:
-        if c.transport is not None:
-            c.transport.close()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    row: dict[str, Any] = {"k": k, "ideal_tok_s": k * 1000 / itl_ms, "failures": 0}
+    spy = None
+    try:
+        await asyncio.sleep(ramp_s + warm_s)
+        t_ask = time.perf_counter()
+        await _admin(host, port, "POST", u.path + "/ai/admin/stats/reset", admin_key)
+        t0 = time.perf_counter()
+        cpu0, wait0 = _schedstat(pid)
+        ccpu0, cwait0 = _schedstat("self")
+        sink.start, sink.end = t0, t0 + steady_s
+        spy = _profile_while(pid, steady_s, profile) if profile else None
+        await asyncio.sleep(steady_s / 2)
+        unread_mid = _unread_bytes(clients)
+        await asyncio.sleep(steady_s / 2)
+        cpu1, wait1 = _schedstat(pid)
+        ccpu1, cwait1 = _schedstat("self")
+        t1 = time.perf_counter()
+        unread_end = _unread_bytes(clients)
+        stats = await _admin(host, port, "GET", u.path + "/ai/admin/stats", admin_key)
+        t2 = time.perf_counter()
+    except TimeoutError:
+        # The server did not answer an admin request in time: its loop is not reading
+        # sockets. Nothing measured in this step can be trusted.
+        row["failures"] = k
+        row["error"] = f"an admin request took over {ADMIN_TIMEOUT_S:g} s"
+        return row
+    finally:
+        if spy is not None:
+            # py-spy stops after its duration; awaited off the loop so streams keep flowing
+            await asyncio.get_running_loop().run_in_executor(None, spy.wait)
+        for c in clients:
+            if c.transport is not None:
+                c.transport.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    elapsed = t1 - t0
+    drops1, syn1 = _tcp_ext("ListenDrops", "TCPSynRetrans")
     lat = stats["lateness"]
-    return {
-        "k": k,
-        "server_tok_s": stats["tokens_written"] / elapsed,
-        "client_tok_s": sink.events / elapsed,
-        "late_p50": lat["p50_ms"],
-        "late_p99": lat["p99_ms"],
-        "late_max": lat["max_ms"],
-        "client_p50": _pct(sink.gaps, 50),
-        "client_p99": _pct(sink.gaps, 99),
-        "server_cpu": cpu,
-        # CPU seconds the server spent per token written: how many streams one whole core
-        # could drive, whatever share of its core this run got on a shared machine
-        "cpu_us_per_token": cpu * elapsed * 1e6 / max(1, stats["tokens_written"]),
-        "failures": sink.failures,
-        "ideal_tok_s": k * 1000 / itl_ms,
-    }
+    tokens = stats["tokens_written"]
+    row.update(
+        {
+            "server_tok_s": tokens / elapsed,
+            "client_tok_s": sink.events / elapsed,
+            "late_p50": lat["p50_ms"],
+            "late_p99": lat["p99_ms"],
+            "late_max": lat["max_ms"],
+            "client_p50": _pct(sink.gaps, 50),
+            "client_p99": _pct(sink.gaps, 99),
+            "server_cpu": (cpu1 - cpu0) / 1e9 / elapsed,
+            # the share of the window the server was ready to run but another process
+            # held its core: lateness then measures the machine, not the server
+            "server_wait": (wait1 - wait0) / 1e9 / elapsed,
+            "client_cpu": (ccpu1 - ccpu0) / 1e9 / elapsed,
+            "client_wait": (cwait1 - cwait0) / 1e9 / elapsed,
+            # CPU seconds the server spent per token written: how many streams one whole
+            # core could drive, whatever share of its core this run got on a shared machine
+            "cpu_us_per_token": (cpu1 - cpu0) / 1e3 / max(1, tokens),
+            "unread_kib": max(unread_mid, unread_end) / 1024,
+            "admin_ms": max(t0 - t_ask, t2 - t1) * 1000,
+            "listen_drops": drops1 - drops0,
+            "syn_retrans": syn1 - syn0,
+            "failures": sink.failures,
+        }
+    )
+    return row
 
 
 def streams_per_core(cpu_us_per_token: float, itl_ms: float) -> float:
@@ -279,41 +368,139 @@ def _top_costs(raw: Path, n: int = 15) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One server build under test: this checkout, or another one (``--against``), with
+    extra ``loadkit serve`` arguments (``--loop``)."""
+
+    name: str
+    src: str | None = None  # a checkout's root: the server imports loadkit from there
+    args: tuple[str, ...] = ()
+
+
+@contextmanager
+def _server(a: argparse.Namespace, arm: Arm, server_cpu: int | None) -> Iterator[Any]:
+    here = os.getcwd()
+    if arm.src is not None:
+        # ``python -m loadkit`` imports from its working directory first (ahead of the
+        # editable install): the server subprocess inherits this one's.
+        os.chdir(arm.src)
+    try:
+        srv = start_server_process(
+            config_dict=_config(a.itl_ms), cpu=server_cpu, extra_args=list(arm.args)
+        )
+    finally:
+        os.chdir(here)
+    with srv:
+        if a.realtime:
+            # SCHED_FIFO: the server runs whenever it is ready, whatever else shares its
+            # core, so its lateness is its own; the kernel still keeps 5 % for the others.
+            os.sched_setscheduler(srv.pid, os.SCHED_FIFO, os.sched_param(10))
+        yield srv
+
+
+def _step(a: argparse.Namespace, srv: Any, k: int, seconds: float, profile: Path | None = None):
+    return asyncio.run(
+        run_step(
+            srv.base_url,
+            srv.key("bench-1"),
+            srv.admin_key,
+            srv.pid,
+            k,
+            a.ramp,
+            a.warm,
+            seconds,
+            a.itl_ms,
+            profile=profile,
+        )
+    )
+
+
 def _one_rep(
-    a: argparse.Namespace, ks: list[int], server_cpu: int | None, rep: int
+    a: argparse.Namespace, arm: Arm, ks: list[int], server_cpu: int | None, rep: int
 ) -> list[dict[str, Any]]:
     rows = []
     order = ks if rep % 2 == 0 else list(reversed(ks))
-    with start_server_process(config_dict=_config(a.itl_ms), cpu=server_cpu) as srv:
+    with _server(a, arm, server_cpu) as srv:
         for k in order:
             la = loadavg_text()
-            row = asyncio.run(
-                run_step(
-                    srv.base_url,
-                    srv.key("bench-1"),
-                    srv.admin_key,
-                    srv.pid,
-                    k,
-                    a.ramp,
-                    a.warm,
-                    a.steady,
-                    a.itl_ms,
-                )
-            )
+            row = _step(a, srv, k, a.steady)
             row["load"] = la
+            row["arm"] = arm.name
             rows.append(row)
+            if "error" in row:
+                print(f"  rep {rep + 1} {arm.name} K={k}: {row['error']}", flush=True)
+                continue
+            p99 = "n/a" if row["late_p99"] is None else f"{row['late_p99']:.2f} ms"
             print(
-                f"  rep {rep + 1} K={k}: {row['server_tok_s']:.0f} tok/s, lateness p99 "
-                f"{row['late_p99']:.2f} ms, server CPU {row['server_cpu']:.0%}, "
+                f"  rep {rep + 1} {arm.name} K={k}: {row['server_tok_s']:.0f} tok/s, lateness "
+                f"p99 {p99}, server CPU {row['server_cpu']:.0%} "
+                f"(waiting for its core {row['server_wait']:.0%}), "
+                f"{row['cpu_us_per_token']:.1f} µs/token, client unread "
+                f"{row['unread_kib']:.0f} KiB, admin {row['admin_ms']:.0f} ms, "
                 f"failures {row['failures']}, load {la}",
                 flush=True,
             )
     return rows
 
 
+def _table(a: argparse.Namespace, arm: Arm, ks: list[int], by_k: dict[int, list[dict[str, Any]]]):
+    print()
+    print(f"{arm.name}:")
+    print(
+        "| K streams | ideal tok/s | server tok/s | lateness p50 (ms) | lateness p99 (ms) "
+        "| lateness max (ms) | client ITL−profile p99 (ms) | server CPU | waiting for its "
+        "core | CPU µs per token | streams one whole core could drive | client unread (KiB) "
+        "| admin reply (ms) | listen drops | failures |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for k in ks:
+        rs = [r for r in by_k[k] if "error" not in r]
+        bad = len(by_k[k]) - len(rs)
+        if not rs:
+            print(f"| {k:,} | {bad} of {len(by_k[k])} repetitions: no answer from the server |")
+            continue
+
+        def col(f: str, fmt: str, scale: float = 1.0, rs: list[dict[str, Any]] = rs) -> str:
+            return med_range([float(r[f]) * scale for r in rs if r[f] is not None], fmt)
+
+        per_core = [streams_per_core(r["cpu_us_per_token"], a.itl_ms) for r in rs]
+        unanswered = f" ({bad} steps unanswered)" if bad else ""
+        print(
+            f"| {k:,} | {k * 1000 / a.itl_ms:,.0f} | {col('server_tok_s', '{:,.0f}')} "
+            f"| {col('late_p50', '{:.3f}')} | {col('late_p99', '{:.2f}')} "
+            f"| {col('late_max', '{:.1f}')} | {col('client_p99', '{:.2f}')} "
+            f"| {col('server_cpu', '{:.0f}', 100)} % | {col('server_wait', '{:.0f}', 100)} % "
+            f"| {col('cpu_us_per_token', '{:.1f}')} | {med_range(per_core, '{:,.0f}')} "
+            f"| {col('unread_kib', '{:.0f}')} | {col('admin_ms', '{:.0f}')} "
+            f"| {sum(int(r['listen_drops']) for r in rs)} "
+            f"| {sum(int(r['failures']) for r in rs)}{unanswered} |"
+        )
+    ok = [
+        k
+        for k in ks
+        if by_k[k]
+        and all("error" not in r and r["late_p99"] is not None for r in by_k[k])
+        and statistics.median(r["late_p99"] for r in by_k[k]) <= LATENESS_BUDGET_MS
+        and not any(r["failures"] for r in by_k[k])
+    ]
+    if ok:
+        k = max(ok)
+        held = sum(1 for r in by_k[k] if r["late_p99"] <= LATENESS_BUDGET_MS)
+        print(
+            f"answer ({arm.name}): largest K with median server lateness p99 <= "
+            f"{LATENESS_BUDGET_MS:g} ms: {k} (held in {held} of {len(by_k[k])} repetitions)"
+        )
+    else:
+        print(
+            f"answer ({arm.name}): no K kept median server lateness p99 <= "
+            f"{LATENESS_BUDGET_MS:g} ms"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ks", default="50,100,200,400,800,1600", help="concurrent streams per step")
+    p.add_argument("--ks", default="100,200,300,500,800", help="concurrent streams per step")
     p.add_argument("--reps", type=int, default=3, help="repetitions (a fresh server each)")
     p.add_argument("--ramp", type=float, default=1.0, help="seconds to open the K streams")
     p.add_argument("--warm", type=float, default=2.0, help="seconds after the ramp, unmeasured")
@@ -321,11 +508,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--itl-ms", type=float, default=ITL_MS)
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run the server SCHED_FIFO (root): on a shared machine its lateness is then "
+        "its own, not the share of the core it got",
+    )
+    p.add_argument(
+        "--loop",
+        default="auto",
+        help="loadkit serve --loop for this tree: auto, asyncio, uvloop, or a comma list "
+        "(one interleaved arm each: --loop asyncio,uvloop)",
+    )
+    p.add_argument(
+        "--against",
+        metavar="DIR",
+        help="also run the server of another checkout (its root), interleaved: an A/B",
+    )
     p.add_argument("--profile", type=int, help="then profile the server at this K (py-spy)")
     p.add_argument("--profile-seconds", type=float, default=10.0)
     a = p.parse_args(argv)
     desc = machine()  # before pinning this process: it lists the usable CPUs
     ks = [int(x) for x in a.ks.split(",")]
+    loops = a.loop.split(",")
+    arms = [Arm("this" if len(loops) == 1 else f"this, {x}", None, ("--loop", x)) for x in loops]
+    if a.against:
+        arms.append(Arm(f"against {a.against}", str(Path(a.against).resolve())))
     raise_fd_limit(2 * max([*ks, a.profile or 0]) + 256)  # the server inherits the limit
     cpus = os.sched_getaffinity(0)
     server_cpu = a.server_cpu if a.server_cpu in cpus else None
@@ -335,81 +543,53 @@ def main(argv: list[str] | None = None) -> int:
     for line in desc:
         print(line)
     print(
-        f"server pinned to CPU {server_cpu}, client to CPU {a.client_cpu}; profile ITL "
-        f"{a.itl_ms:g} ms, no TTFT, no jitter, no capacity limit; "
-        f"ramp {a.ramp:g} s, warm "
-        f"{a.warm:g} s, steady {a.steady:g} s; {a.reps} repetitions"
+        f"server pinned to CPU {server_cpu}{' SCHED_FIFO' if a.realtime else ''}, client to "
+        f"CPU {a.client_cpu}; profile ITL {a.itl_ms:g} ms, no TTFT, no jitter, no capacity "
+        f"limit; ramp {a.ramp:g} s, warm {a.warm:g} s, steady {a.steady:g} s; "
+        f"{a.reps} repetitions; arms: {', '.join(x.name for x in arms)}"
     )
-    by_k: dict[int, list[dict[str, Any]]] = {k: [] for k in ks}
+    by_arm: dict[str, dict[int, list[dict[str, Any]]]] = {x.name: {k: [] for k in ks} for x in arms}
     for rep in range(a.reps):
-        for row in _one_rep(a, ks, server_cpu, rep):
-            by_k[row["k"]].append(row)
-    print()
-    print(
-        "| K streams | ideal tok/s | server tok/s | lateness p50 (ms) | lateness p99 (ms) "
-        "| lateness max (ms) | client ITL−profile p99 (ms) | server CPU | CPU µs per token "
-        "| streams one whole core could drive | failures |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for k in ks:
-        rs = by_k[k]
-        col = {
-            f: [float(r[f]) for r in rs if r[f] is not None] for f in rs[0] if f not in ("load",)
-        }
-        per_core = [streams_per_core(c, a.itl_ms) for c in col["cpu_us_per_token"]]
-        print(
-            f"| {k:,} | {k * 1000 / a.itl_ms:,.0f} | {med_range(col['server_tok_s'], '{:,.0f}')} "
-            f"| {med_range(col['late_p50'], '{:.3f}')} | {med_range(col['late_p99'], '{:.2f}')} "
-            f"| {med_range(col['late_max'], '{:.1f}')} | {med_range(col['client_p99'], '{:.2f}')} "
-            f"| {med_range([c * 100 for c in col['server_cpu']], '{:.0f}')} % "
-            f"| {med_range(col['cpu_us_per_token'], '{:.1f}')} "
-            f"| {med_range(per_core, '{:,.0f}')} "
-            f"| {sum(int(r['failures']) for r in rs)} |"
-        )
-    ok = [
-        k
-        for k in ks
-        if all(r["late_p99"] is not None for r in by_k[k])
-        and statistics.median(r["late_p99"] for r in by_k[k]) <= LATENESS_BUDGET_MS
-        and not any(r["failures"] for r in by_k[k])
-    ]
+        for arm in arms if rep % 2 == 0 else list(reversed(arms)):
+            for row in _one_rep(a, arm, ks, server_cpu, rep):
+                by_arm[arm.name][row["k"]].append(row)
+    for arm in arms:
+        _table(a, arm, ks, by_arm[arm.name])
+    for other in arms[1:]:
+        mine, theirs = by_arm[arms[0].name], by_arm[other.name]
+        ratios = [
+            statistics.median(r["cpu_us_per_token"] for r in mine[k] if "error" not in r)
+            / statistics.median(r["cpu_us_per_token"] for r in theirs[k] if "error" not in r)
+            for k in ks
+            if any("error" not in r for r in mine[k]) and any("error" not in r for r in theirs[k])
+        ]
+        if ratios:
+            print(
+                f"CPU per token, {arms[0].name} / {other.name} (median per K): "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+            )
     print(
         "(lateness = the server's write hand-off minus the token's deadline; client "
-        "ITL−profile includes the client's own lateness)"
+        "ITL−profile includes the client's own lateness; waiting for its core = the share "
+        "of the window the server was runnable while another process held its CPU; client "
+        "unread = bytes the client had not read yet, the larger of two samples; admin reply "
+        "= the slower of the stats reset and stats requests)"
     )
-    if ok:
-        k = max(ok)
-        held = sum(1 for r in by_k[k] if r["late_p99"] <= LATENESS_BUDGET_MS)
-        print(
-            f"answer: largest K with median server lateness p99 <= "
-            f"{LATENESS_BUDGET_MS:g} ms: {k} (held in {held} of {a.reps} repetitions)"
-        )
-    else:
-        print(f"answer: no K kept median server lateness p99 <= {LATENESS_BUDGET_MS:g} ms")
     if a.profile:
         raw = Path(tempfile.mkdtemp(prefix="loadkit-spy-")) / "server.txt"
-        with start_server_process(config_dict=_config(a.itl_ms), cpu=server_cpu) as srv:
-            row = asyncio.run(
-                run_step(
-                    srv.base_url,
-                    srv.key("bench-1"),
-                    srv.admin_key,
-                    srv.pid,
-                    a.profile,
-                    a.ramp,
-                    a.warm,
-                    a.profile_seconds,
-                    a.itl_ms,
-                    profile=raw,
-                )
-            )
+        with _server(a, arms[0], server_cpu) as srv:
+            row = _step(a, srv, a.profile, a.profile_seconds, profile=raw)
         print()
-        print(
-            f"profile at K={a.profile} ({a.profile_seconds:g} s, load {loadavg_text()}): "
-            f"lateness p99 {row['late_p99']:.2f} ms, server CPU {row['server_cpu']:.0%} "
-            f"(py-spy pauses the process to sample: lateness while profiled is not the "
-            f"benchmark's); raw stacks in {raw}"
-        )
+        if "error" in row:
+            print(f"profile at K={a.profile}: {row['error']}")
+        else:
+            print(
+                f"profile at K={a.profile} ({a.profile_seconds:g} s, load {loadavg_text()}): "
+                f"lateness p99 {row['late_p99'] or float('nan'):.2f} ms, "
+                f"server CPU {row['server_cpu']:.0%}, "
+                f"{row['cpu_us_per_token']:.1f} µs/token (py-spy reads the process 250 times "
+                f"a second: figures while profiled are not the benchmark's); raw stacks in {raw}"
+            )
         if raw.exists():
             for line in _top_costs(raw):
                 print(line)

@@ -44,6 +44,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--quiet", action="store_true", help="print nothing at start-up")
     s.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop when installed (auto, the default), or asyncio's own",
+    )
+    s.add_argument(
         "--parent-pid",
         type=int,
         metavar="PID",

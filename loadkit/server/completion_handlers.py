@@ -21,7 +21,7 @@ from loadkit.server import errors as E
 from loadkit.server.admission import admit_asking
 from loadkit.server.billing import Hold
 from loadkit.server.config import ModelConfig
-from loadkit.server.latency import itl_ns, ttft_ns
+from loadkit.server.latency import fixed_itl_ns, itl_ns, ttft_ns
 from loadkit.server.limits import check_output
 from loadkit.server.responses import (
     LiveStream,
@@ -34,6 +34,7 @@ from loadkit.server.responses import (
     sse,
 )
 from loadkit.server.state import CTX, STATE, RequestCtx, ServerState
+from loadkit.server.stream_pump import DONE, Pump
 from loadkit.server.token_limiter import Ask
 from loadkit.server.validation import (
     effective_max_tokens,
@@ -250,8 +251,9 @@ async def _stream(
         },
     )
     writer = request.writer
-    # (bytes handed to the transport, tokens in them so far), after each write
-    marks: list[tuple[int, int]] = []
+    # (bytes handed to the transport, tokens in them so far) after each write: what a cut
+    # counts as delivered
+    marks: list[tuple[int, int]] | None = [] if f.cut_after is not None else None
     written = 0  # tokens handed to the transport
 
     async def write(data: bytes, tokens: int = 0) -> None:
@@ -259,12 +261,31 @@ async def _stream(
         await resp.write(data)
         ctx.sent = True
         written += tokens
-        marks.append((writer.output_size, written))
+        if marks is not None:
+            marks.append((writer.output_size, written))
 
     prof = model.latency
     timed = not prof.is_zero
     step_units = len(live.choices) * (1 + (live.logprobs or 0))
+    inline = step_units <= INLINE_UNITS
+    faulty = f.cut_after is not None or f.error_after is not None or f.stall_after is not None
+    fixed_itl = fixed_itl_ns(prof)
+
+    def next_itl() -> int:
+        if fixed_itl is not None:
+            return fixed_itl
+        return itl_ns(prof, st.active[model.id], st.rng)
+
+    def on_written(tokens: int) -> None:
+        nonlocal written
+        ctx.sent = True
+        written += tokens
+        st.counters.tokens_written += tokens
+
+    # The common stream goes to the timer-driven pump once its first write is out.
+    pumped = timed and inline and not faulty
     lateness = st.counters.lateness
+    clock = time.perf_counter_ns
     st.active[model.id] += live.sequences
     delivered: int | None = None
     try:
@@ -273,36 +294,48 @@ async def _stream(
         if head:
             await write(b"".join(sse(ch) for ch in head))
         outcome = "done"
-        deadline = (ctx.rec.admitted_ns or time.perf_counter_ns()) + ttft_ns(
-            prof, live.prompt_tokens, st.rng
-        )
+        deadline = (ctx.rec.admitted_ns or clock()) + ttft_ns(prof, live.prompt_tokens, st.rng)
         while not live.done:
             step = live.step
-            last = await _run(st, live.next_is_last_work(), step_units)
+            if step and pumped:
+                await _pump(request, live, deadline + next_itl(), next_itl, on_written)
+                break
+            # whether this step is the last: only a fault due "by the last step" asks
+            last = faulty and await _run(st, live.next_is_last_work(), step_units)
             if step:
-                deadline += itl_ns(prof, st.active[model.id], st.rng)
-            if f.due(f.stall_after, step, last):
+                deadline += next_itl()
+            if faulty and f.due(f.stall_after, step, last):
                 deadline += f.stall_ns
-            now = time.perf_counter_ns()
+            now = clock()
             if (timed or f.stall_after is not None) and deadline > now:
                 await asyncio.sleep((deadline - now) / _NS)
-            if f.due(f.cut_after, step, last):
-                outcome = "cut"
-                break
-            if f.due(f.error_after, step, last):
-                outcome = "error"
-                break
-            data, n = await _run(st, live.step_work(), step_units)
+            else:
+                # Late (or untimed): still one step per pass of the event loop. aiohttp's
+                # write returns without yielding until the socket pushes back, so a late
+                # stream would write all it owes in one go, and a server behind schedule
+                # would stop reading its sockets (new requests, admin stats) until every
+                # stream had caught up.
+                await asyncio.sleep(0)
+            if faulty:
+                if f.due(f.cut_after, step, last):
+                    outcome = "cut"
+                    break
+                if f.due(f.error_after, step, last):
+                    outcome = "error"
+                    break
+            if inline:
+                data, n = live.step_bytes()
+            else:
+                data, n = await st.lane.run(live.step_work())
             if timed:
-                lateness.add(time.perf_counter_ns() - deadline)
+                lateness.add(clock() - deadline)
             await write(data, n)
             st.counters.tokens_written += n
-            if not timed:
-                await asyncio.sleep(0)  # a zero-latency stream: one step per loop pass
         if outcome == "cut":
             if client_gone(request):
                 ctx.rec.disconnect = "client"
             else:
+                assert marks is not None
                 delivered = await _flushed_tokens(request, marks)
                 ctx.rec.disconnect = "server"
                 assert request.transport is not None
@@ -334,6 +367,26 @@ async def _stream(
         ctx.rec.completion_tokens = done
         st.ledger.settle(hold, live.prompt_tokens, done)
     return resp
+
+
+async def _pump(
+    request: web.Request,
+    live: LiveStream,
+    deadline: int,
+    next_itl: Callable[[], int],
+    on_written: Callable[[int], None],
+) -> None:
+    """The rest of the stream from the pump, draining whenever the socket pushes back."""
+    lateness = request.app[STATE].counters.lateness
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        pump = Pump(live, transport, request.writer, deadline, next_itl, lateness, on_written)
+        if await pump.run() == DONE:
+            return
+        deadline = pump.deadline
+        await request.writer.drain()
 
 
 async def _flushed_tokens(request: web.Request, marks: list[tuple[int, int]]) -> int:

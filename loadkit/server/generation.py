@@ -37,6 +37,11 @@ def request_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
 
 
+# ``rng.uniform(0.005, 3.0)`` as uniform computes it (a + (b - a) * random()), without
+# the call: the same draw and value, once per token.
+_LP_LOW, _LP_SPAN = 0.005, 3.0 - 0.005
+
+
 def _next_token(rng: random.Random, sentence_start: bool, space: bool = True) -> str:
     r = rng.random()
     if not sentence_start and r < 0.06:
@@ -67,7 +72,7 @@ class ChoiceStream:
         self._space = leading_space
         self._sentence_start = True
         self._drawn = 0
-        self._text_len = 0  # characters drawn so far
+        self._text_len = 0  # characters drawn so far (kept with stop sequences only)
         self._tail = ""  # the last (longest - 1) characters: where a stop may begin
         self._held: deque[tuple[str, float, int]] = deque()  # (token, logprob, end)
         self._ready: deque[tuple[str, float]] = deque()
@@ -77,19 +82,23 @@ class ChoiceStream:
     def _draw(self) -> None:
         tok = _next_token(self._rng, self._sentence_start, self._space or self._drawn > 0)
         self._sentence_start = tok == "."
-        lp = -round(self._rng.uniform(0.005, 3.0), 4)
+        lp = -round(_LP_LOW + _LP_SPAN * self._rng.random(), 4)  # uniform(0.005, 3.0)
         self._drawn += 1
         self._left -= 1
+        if not self._stops:  # nothing can cut a token: it is ready at once
+            self._ready.append((tok, lp))
+            if self._left <= 0:
+                self.finish_reason = "length"
+            return
         before = self._text_len
         self._text_len += len(tok)
-        if self._stops:
-            window = self._tail + tok  # the text from max(0, before - longest + 1)
-            start = before - len(self._tail)
-            hits = [i for i in (window.find(s) for s in self._stops) if i >= 0]
-            if hits:
-                self._finish_at(start + min(hits), tok, lp, before)
-                return
-            self._tail = window[-(self._longest - 1) :] if self._longest > 1 else ""
+        window = self._tail + tok  # the text from max(0, before - longest + 1)
+        start = before - len(self._tail)
+        hits = [i for i in (window.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self._finish_at(start + min(hits), tok, lp, before)
+            return
+        self._tail = window[-(self._longest - 1) :] if self._longest > 1 else ""
         self._held.append((tok, lp, self._text_len))
         # A stop found later begins at or after (text length - longest + 1): tokens ending
         # by then can no longer be cut.

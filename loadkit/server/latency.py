@@ -31,6 +31,14 @@ def itl_ns(p: LatencyProfile, active_sequences: int, rng: random.Random) -> int:
     return ns
 
 
+def fixed_itl_ns(p: LatencyProfile) -> int | None:
+    """The ITL when nothing varies it (no jitter, no decode capacity): what ``itl_ns``
+    returns whatever the load, without drawing; else None."""
+    if p.itl_jitter_ms > 0 or p.decode_capacity_tps > 0:
+        return None
+    return max(0, round(p.itl_ms * _MS))
+
+
 def knee_streams(p: LatencyProfile) -> float | None:
     """Concurrent single-choice streams beyond which capacity, not ``itl_ms``, sets ITL."""
     if p.decode_capacity_tps <= 0 or p.itl_ms <= 0:

@@ -28,6 +28,9 @@ from loadkit.server.validation import ChatRequest, CompletionRequest, Sampling
 from loadkit.server.work import Work, drive
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+# What ``_encode`` makes of a str (it escapes to ASCII): a token's JSON string.
+_json_str = json.encoder.encode_basestring_ascii
+_HOLE = "\x00loadkit-token\x00"  # where a template's token goes
 _BATCH = 64  # array items encoded per C call and per pause
 
 
@@ -405,10 +408,15 @@ class LiveStream:
     chat_logprobs: bool = False
     step: int = 0  # the next step to render
     tokens: int = field(default=0)  # tokens rendered so far, all choices
+    # per choice: its chunk's bytes before and after the text (``step_bytes``)
+    _templates: list[tuple[bytes, bytes]] | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
-        return all(c.done for c in self.choices)
+        for c in self.choices:  # noqa: SIM110 - asked once per token: no generator
+            if not c.done:
+                return False
+        return True
 
     def next_is_last_work(self) -> Work[bool]:
         """Whether the next step is the stream's last (draws at most one token ahead)."""
@@ -454,6 +462,88 @@ class LiveStream:
         chunks, tokens = yield from self.step_chunks_work()
         return b"".join(map(sse, chunks)), tokens
 
+    @property
+    def templated(self) -> bool:
+        """Whether ``step_bytes`` renders from pre-encoded templates (no logprobs asked)."""
+        return self.logprobs is None and not self.chat_logprobs
+
+    def step_bytes(self) -> tuple[bytes, int]:
+        """``drive(self.step_work())``, the same bytes, cheaper: a stream without logprobs
+        (the common case) fills each choice's pre-encoded chunk with the token's JSON
+        string instead of encoding a chunk object per token."""
+        if not self.templated:
+            return drive(self.step_work())
+        if self._templates is None:
+            self._templates = [self._template(c) for c in self.choices]
+        parts = []
+        tokens = 0
+        first = self.step == 0
+        for c, (pre, post) in zip(self.choices, self._templates, strict=True):
+            if c.done:
+                continue
+            text, lp, last, finish = self._advance(c)
+            if lp is not None:
+                tokens += 1
+            if last:  # once per choice: its finish_reason, maybe its suffix
+                parts.append(sse(self._chunk([self._render(c, text, lp, first, finish)])))
+            else:
+                piece = (c.prefix + text) if first and c.prefix else text
+                parts.append(pre + _json_str(piece).encode() + post)
+            self._moved(c, text, lp)
+        self.step += 1
+        self.tokens += tokens
+        return b"".join(parts), tokens
+
+    def _template(self, c: LiveChoice) -> tuple[bytes, bytes]:
+        """A choice's chunk (finish_reason null) split around its text's JSON string."""
+        hole = _encode(_HOLE)
+        frame = sse(self._chunk([self._render(c, _HOLE, None, False, None)]))
+        pre, mid, post = frame.partition(hole.encode())
+        # The id and the model come from the request and the config: should either
+        # hold the marker, the first one found would be the wrong one.
+        assert mid and hole.encode() not in post and hole.encode() not in pre, "template"
+        return pre, post
+
+    @staticmethod
+    def _advance(c: LiveChoice) -> tuple[str, float | None, bool, str | None]:
+        """Take a choice's next token: (text, logprob or None, last, finish_reason)."""
+        got = c.stream.next_token()
+        last = c.stream.available(1) == 0
+        c.done = last
+        finish = c.stream.finish_reason if last else None
+        text, lp = got if got is not None else ("", None)
+        return text, lp, last, finish
+
+    @staticmethod
+    def _moved(c: LiveChoice, text: str, lp: float | None) -> None:
+        """A choice's counters moved past a rendered token."""
+        if lp is not None:
+            c.sent += 1
+        c.offset += len(text)
+
+    def _render(
+        self, c: LiveChoice, text: str, lp: float | None, first: bool, finish: str | None
+    ) -> dict[str, Any]:
+        """A choice's entry in this step's chunk (``c.sent``, ``c.offset``: before it)."""
+        last = finish is not None
+        if self.kind == "chat":
+            ch: dict[str, Any] = {
+                "index": c.index,
+                "delta": {"content": text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            if self.chat_logprobs and lp is not None:
+                ch["logprobs"] = materialize(
+                    _chat_logprobs([text], [lp], self.logprobs or 0, c.stream.seed, c.sent)
+                )
+        else:
+            full = (c.prefix if first else "") + text + (c.suffix if last else "")
+            ch = {"text": full, "index": c.index, "logprobs": None, "finish_reason": finish}
+            if self.logprobs is not None:
+                ch["logprobs"] = self._legacy_step(c, text, lp, first)
+        return ch
+
     def step_chunks_work(self) -> Work[tuple[list[dict[str, Any]], int]]:
         """The next step: one chunk per unfinished choice (its last carries the
         ``finish_reason``; a choice cut to nothing by a stop sends one empty chunk), and
@@ -464,33 +554,11 @@ class LiveStream:
         for c in self.choices:
             if c.done:
                 continue
-            got = c.stream.next_token()
-            last = c.stream.available(1) == 0
-            c.done = last
-            finish = c.stream.finish_reason if last else None
-            text, lp = got if got is not None else ("", None)
-            if got is not None:
+            text, lp, _, finish = self._advance(c)
+            if lp is not None:
                 tokens += 1
-            if self.kind == "chat":
-                ch: dict[str, Any] = {
-                    "index": c.index,
-                    "delta": {"content": text},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-                if self.chat_logprobs and lp is not None:
-                    ch["logprobs"] = materialize(
-                        _chat_logprobs([text], [lp], self.logprobs or 0, c.stream.seed, c.sent)
-                    )
-            else:
-                full = (c.prefix if first else "") + text + (c.suffix if last else "")
-                ch = {"text": full, "index": c.index, "logprobs": None, "finish_reason": finish}
-                if self.logprobs is not None:
-                    ch["logprobs"] = self._legacy_step(c, text, lp, first)
-            if got is not None:
-                c.sent += 1
-            c.offset += len(text)
-            out.append(self._chunk([ch]))
+            out.append(self._chunk([self._render(c, text, lp, first, finish)]))
+            self._moved(c, text, lp)
             yield
         self.step += 1
         self.tokens += tokens

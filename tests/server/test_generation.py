@@ -165,3 +165,55 @@ def test_a_stream_draws_no_more_than_it_sends() -> None:
         drive(live.step_work())
     assert live.tokens == 6 and not live.done
     assert all(c.stream._drawn <= 4 for c in live.choices)  # three sent, one looked ahead
+
+
+def _sse_reference(chunks: list[dict]) -> bytes:  # type: ignore[type-arg]
+    return b"".join(
+        b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n" for c in chunks
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    chat=st.booleans(),
+    prompt=st.text(max_size=12),
+    n=st.integers(1, 3),
+    max_tokens=st.integers(1, 40),
+    stop=st.lists(st.sampled_from([".", ",", " the", "e", "\u00e9"]), max_size=2),
+    echo=st.booleans(),
+    suffix=st.one_of(st.none(), st.text(max_size=4)),
+    usage=st.booleans(),
+    model=st.sampled_from(["m", "gpt-4o", 'we"ird/\u00fcmodel']),
+)
+def test_templated_stream_bytes_equal_json_dumps_of_each_chunk(  # type: ignore[no-untyped-def]
+    chat, prompt, n, max_tokens, stop, echo, suffix, usage, model
+) -> None:
+    common = {"model": model, "n": n, "max_tokens": max_tokens, "stream": True,
+              "stream_options": {"include_usage": usage}}  # fmt: skip
+    if stop:
+        common["stop"] = stop
+    if chat:
+        req = validate_chat({**common, "messages": [{"role": "user", "content": prompt}]})
+        fast, ref = (live_chat(req, max_tokens, 7, 123, "chatcmpl-x") for _ in range(2))
+    else:
+        body = {**common, "prompt": prompt or "x", "echo": echo}
+        if suffix is not None:
+            body["suffix"] = suffix
+        req = validate_completion(body)
+        fast, ref = (live_completion(req, max_tokens, 7, 123, "cmpl-x") for _ in range(2))
+    assert fast.templated
+    while not ref.done:
+        want_chunks, want_tokens = drive(ref.step_chunks_work())
+        assert fast.step_bytes() == (_sse_reference(want_chunks), want_tokens)
+    assert fast.done and fast.tokens == ref.tokens
+    assert fast.usage_chunk() == ref.usage_chunk()
+
+
+def test_a_stream_with_logprobs_takes_the_chunk_objects() -> None:
+    req = validate_completion({"model": "m", "prompt": "a b", "logprobs": 2, "max_tokens": 5,
+                               "echo": True, "n": 2})  # fmt: skip
+    fast, ref = (live_completion(req, 5, 7, 0, "cmpl-x") for _ in range(2))
+    assert not fast.templated
+    while not ref.done:
+        chunks, tokens = drive(ref.step_chunks_work())
+        assert fast.step_bytes() == (_sse_reference(chunks), tokens)

@@ -56,7 +56,7 @@ def test_banner_names_labels_never_keys(tmp_path: Path) -> None:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         info = json.loads(ready.read_text())
-        assert set(info) == {"host", "port", "base_url", "api", "keys_file", "pid"}
+        assert set(info) == {"host", "port", "base_url", "api", "keys_file", "pid", "loop"}
         assert info["api"] == "seed"
         assert info["keys_file"] == str(keys_file.resolve())
     finally:
@@ -166,3 +166,41 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def _uvloop_installed() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_serve_streams_on_either_event_loop(loop: str) -> None:
+    if loop == "uvloop" and not _uvloop_installed():
+        pytest.skip("uvloop is not installed (pip install 'loadkit[uvloop]')")
+    cfg = {"models": [{"id": "timed", "itl_ms": 5}]}
+    with start_server_process(config_dict=cfg, extra_args=["--loop", loop]) as srv:
+        assert srv.ready["loop"] == loop
+        raw = Raw(srv.base_url)
+        body = {"model": "timed", "prompt": "x", "max_tokens": 6, "stream": True}
+        status, _, data = raw.request("POST", "/ai/completions", body, srv.key("free-1"))
+        assert status == 200 and data.endswith(b"data: [DONE]\n\n")
+        assert data.count(b"data: {") == 6
+        assert srv.stats()["lateness"]["count"] == 6
+
+
+def test_serve_auto_loop_is_uvloop_when_installed() -> None:
+    with start_server_process() as srv:
+        assert srv.ready["loop"] == ("uvloop" if _uvloop_installed() else "asyncio")
+
+
+def test_loop_uvloop_without_uvloop_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadkit.server.main import loop_factory
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now fails
+    assert loop_factory("auto") == ("asyncio", None)
+    assert loop_factory("asyncio") == ("asyncio", None)
+    with pytest.raises(ImportError):
+        loop_factory("uvloop")

@@ -22,7 +22,7 @@ from loadkit.server.config import (
 from loadkit.server.errors import ApiError
 from loadkit.server.generation import generate
 from loadkit.server.keys import KeyStore, bearer_token, resolve_keys
-from loadkit.server.latency import itl_ns, knee_streams, ttft_ns
+from loadkit.server.latency import fixed_itl_ns, itl_ns, knee_streams, ttft_ns
 from loadkit.server.responses import (
     full_body,
     live_chat,
@@ -260,6 +260,16 @@ def test_latency_profile_maths() -> None:
         assert 15e6 <= itl_ns(j, 1, rng) <= 25e6
         assert 10e6 <= ttft_ns(j, 0, rng) <= 14e6
     assert LatencyProfile().is_zero and ttft_ns(LatencyProfile(), 1000, rng) == 0
+
+
+def test_a_fixed_itl_is_what_itl_ns_gives_at_any_load() -> None:
+    rng = random.Random(1)
+    p = LatencyProfile(ttft_ms=50, itl_ms=20.0000004)
+    assert fixed_itl_ns(p) == 20_000_000
+    assert all(itl_ns(p, n, rng) == fixed_itl_ns(p) for n in (0, 1, 10_000))
+    assert rng.random() == random.Random(1).random()  # and it drew nothing
+    assert fixed_itl_ns(LatencyProfile(itl_ms=20, itl_jitter_ms=1)) is None
+    assert fixed_itl_ns(LatencyProfile(itl_ms=20, decode_capacity_tps=1000)) is None
 
 
 # --- billing -----------------------------------------------------------------------------
