@@ -1,17 +1,20 @@
 """The asyncio engine's transport over aiohttp: explicit connection and timeout settings,
 bodies read as they arrive and never decompressed, aiohttp's failures translated into the
-seam's typed errors (``transport.py``)."""
+seam's typed errors (``transport.py``), and aiohttp's trace hooks reporting when a request's
+connection was ready and when its headers left (``Milestones``)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
+from typing import Any
 
 import aiohttp
 
 from loadkit.engine.transport import (
     Incomplete,
+    Milestones,
     Refused,
     Reset,
     Response,
@@ -49,6 +52,30 @@ def translate(exc: BaseException) -> TransportError:
     return TransportError(type(exc).__name__)
 
 
+async def _connected(session: Any, ctx: SimpleNamespace, params: Any) -> None:
+    m = ctx.trace_request_ctx
+    if m is not None:
+        m.connected()
+
+
+async def _sent(session: Any, ctx: SimpleNamespace, params: Any) -> None:
+    m = ctx.trace_request_ctx
+    if m is not None:
+        m.sent()
+
+
+def milestone_trace() -> aiohttp.TraceConfig:
+    """aiohttp's hooks for a request's milestones; the request's ``trace_request_ctx`` is
+    its :class:`Milestones` (or None). A new connection is ready at ``connection_create_end``
+    (DNS, TCP, TLS done), a pooled one at ``connection_reuseconn``; ``request_headers_sent``
+    comes as the headers are handed to the socket (with the body, when it is small)."""
+    tc = aiohttp.TraceConfig()
+    tc.on_connection_create_end.append(_connected)
+    tc.on_connection_reuseconn.append(_connected)
+    tc.on_request_headers_sent.append(_sent)
+    return tc
+
+
 class AiohttpTransport:
     """One ``aiohttp.ClientSession`` for the run, with no connection cap and only the
     timeouts the scenario sets."""
@@ -71,6 +98,7 @@ class AiohttpTransport:
             auto_decompress=False,
             headers={"Accept-Encoding": "identity"},
             skip_auto_headers=("User-Agent",),
+            trace_configs=[milestone_trace()],
         )
 
     async def close(self) -> None:
@@ -79,11 +107,20 @@ class AiohttpTransport:
             self._session = None
 
     def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        milestones: Milestones | None = None,
     ) -> _Exchange:
         if self._session is None:
             raise RuntimeError("AiohttpTransport.send before open()")
-        return _Exchange(self._session.request(method, url, data=body, headers=headers))
+        return _Exchange(
+            self._session.request(
+                method, url, data=body, headers=headers, trace_request_ctx=milestones
+            )
+        )
 
 
 class _Exchange:
