@@ -100,10 +100,9 @@ class RequestRecord:
     limit_signal: str | None = None  # v2: what in the response decided limit_kind
     queued_s: float = 0.0  # time spent waiting for a client-side slot before send
     pause_s: float | None = None  # v2: closed loop: the pause taken after it (think, backoff)
-    # Optional (absent: not measured): when a connection was ready for it (new or reused),
-    # and when its request headers were written to it. The asyncio engine records both.
+    # Optional (null: not measured): when a connection was ready for it, new or reused from
+    # the pool. The asyncio engine records it; the Locust engine does not.
     conn_s: float | None = None
-    sent_s: float | None = None
     schema: str = RECORD_SCHEMA
 
     def to_json(self) -> str:
@@ -145,7 +144,7 @@ class RequestRecord:
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
 # Optional fields added within version 2: absent from files written before them (and never
 # written by an engine that does not measure them), read as null: "not measured".
-OPTIONAL_FIELDS = ("conn_s", "sent_s")
+OPTIONAL_FIELDS = ("conn_s",)
 # Fields version 2 added: absent from version-1 files, read as null.
 V2_FIELDS = (
     "error_type",
@@ -164,7 +163,6 @@ _TIME_FIELDS = (
     "scheduled_s",
     "send_s",
     "conn_s",
-    "sent_s",
     "headers_s",
     "first_token_s",
     "last_token_s",
@@ -187,7 +185,6 @@ INSTANT_FIELDS = (
     "scheduled_s",
     "send_s",
     "conn_s",
-    "sent_s",
     "headers_s",
     "first_token_s",
     "last_token_s",

@@ -587,8 +587,8 @@ class AsyncEngine:
 
 class _Marks:
     """A request's milestones (``transport.Milestones``) stamped on the run's clock into its
-    record: ``conn_s`` when a connection was ready, ``sent_s`` when the headers left. The
-    transport's retry on a fresh connection stamps again: the last one is the one used."""
+    record: ``conn_s`` when a connection was ready. The transport's retry on a fresh
+    connection stamps again: the last one is the one used."""
 
     __slots__ = ("_rec", "_clock")
 
@@ -598,9 +598,6 @@ class _Marks:
 
     def connected(self) -> None:
         self._rec.conn_s = self._clock.now()
-
-    def sent(self) -> None:
-        self._rec.sent_s = self._clock.now()
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float, early: float) -> None:

@@ -51,15 +51,12 @@ class Response(NamedTuple):
 
 
 class Milestones(Protocol):
-    """Told by a transport, as they happen, of the points of a request that only the HTTP
-    client sees (each may come more than once if the client retries on a new connection:
-    the last one counts). A transport that cannot see them never calls them."""
+    """Told by a transport, as it happens, of a point of a request that only the HTTP
+    client sees (again if the client retries on a new connection: the last one counts). A
+    transport that cannot see it never calls it."""
 
     def connected(self) -> None:
         """A connection is ready for the request: newly made, or reused from the pool."""
-
-    def sent(self) -> None:
-        """The request's headers have been written to that connection."""
 
 
 class Transport(Protocol):

@@ -129,15 +129,10 @@ class Connected:
     """A connection is ready for the request (the transport's ``Milestones.connected``)."""
 
 
-class HeadersSent:
-    """The request's headers are written (``Milestones.sent``)."""
-
-
 CONNECTED = Connected()
-HEADERS_SENT = HeadersSent()
 
 # bytes: these body bytes arrive (in one read).
-Step = Wait | Head | Fail | Hang | Connected | HeadersSent | bytes
+Step = Wait | Head | Fail | Hang | Connected | bytes
 Steps = Sequence[Step]
 
 
@@ -216,12 +211,9 @@ class _ScriptedExchange:
                     return Response(step.status, step.headers, self._read)
                 if isinstance(step, bytes):
                     raise ScriptError("body bytes before the headers")
-                if isinstance(step, Connected | HeadersSent):
+                if isinstance(step, Connected):
                     if self._milestones is not None:
-                        if isinstance(step, Connected):
-                            self._milestones.connected()
-                        else:
-                            self._milestones.sent()
+                        self._milestones.connected()
                     continue
                 await _play(step)
             raise ScriptError("the script ended before its headers")
@@ -235,8 +227,8 @@ class _ScriptedExchange:
                 return step
             if isinstance(step, Head):
                 raise ScriptError("a second status line")
-            if isinstance(step, Connected | HeadersSent):
-                raise ScriptError("a milestone after the headers")
+            if isinstance(step, Connected):
+                raise ScriptError("a connection ready after the headers")
             await _play(step)
         return b""
 
