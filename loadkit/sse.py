@@ -3,6 +3,8 @@
 Follows the WHATWG event-stream rules that matter for OpenAI-style streams: LF, CRLF and
 CR line endings; ``data:`` lines joined with newlines; comment lines (``:``) ignored;
 ``event:`` and ``id:`` fields; an empty line dispatches the event. No I/O, no clock.
+``feed`` returns events with their data decoded; ``feed_data`` only their data, as bytes
+(what a JSON parser reads), and splits a read of whole one-line events without a line loop.
 
 A line is at most ``max_line`` bytes (1 MiB by default; the largest OpenAI chunk is a few
 KB). A longer line is never buffered: its bytes are dropped as they arrive, the event it
