@@ -95,6 +95,7 @@ class Columns:
     attempt: np.ndarray
     outcome: np.ndarray  # index into OUTCOMES (loadkit.outcomes.classify of each row)
     refused: np.ndarray  # a Refused value: which limit refused a 429 (0: not a 429)
+    conn: np.ndarray  # conn_s: the connection was ready (NaN: not measured)
     tokens: TokenColumns | None = None  # what each request asked of token limits
 
     def outcome_in(self, outcomes: frozenset[Outcome] | set[Outcome]) -> np.ndarray:
@@ -146,6 +147,7 @@ def columns_from_table(table: pa.Table) -> Columns:
     return Columns(
         n=n,
         send=_floats(table, "send_s"),
+        conn=_floats(table, "conn_s"),
         headers=_floats(table, "headers_s"),
         first_token=_floats(table, "first_token_s"),
         end=_floats(table, "end_s"),

@@ -1,6 +1,6 @@
 """Latency metrics derived from raw record timestamps (TTFT, ITL, TPOT, end-to-end, time
-to headers, send lateness, client queueing), exact percentiles overall, per tier and per
-(tier, key, endpoint, stream) group. ``docs/metrics.md`` defines each one."""
+to headers, send lateness, client queueing, connect wait), exact percentiles overall, per
+tier and per (tier, key, endpoint, stream) group. ``docs/metrics.md`` defines each one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
 from loadkit.analysis.stats import Stats, describe
 
 LATENCY_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "headers_ms")
-CLIENT_METRICS = ("send_lateness_ms", "queued_ms")
+CLIENT_METRICS = ("send_lateness_ms", "queued_ms", "connect_wait_ms")
+# Measured by some engines only (records with conn_s): absent from a run that has none.
+OPTIONAL_METRICS = ("connect_wait_ms",)
 METRICS = LATENCY_METRICS + CLIENT_METRICS  # the order of summary.json's latency tables
 
 
@@ -70,7 +72,7 @@ def metric_values(cols: Columns, warmup_s: float) -> dict[str, MetricValues]:
     denom = np.where(tpot_mask, tokens - 1, 1)
     after_warmup = cols.send >= warmup_s
     late_mask = after_warmup & ~np.isnan(cols.scheduled)
-    return {
+    out = {
         "ttft_ms": _mv(cols.first_token - cols.send, ttft_mask),
         "itl_ms": itl_values(cols, ok & cols.stream),
         "tpot_ms": _mv((cols.end - cols.first_token) / denom, tpot_mask),
@@ -79,6 +81,12 @@ def metric_values(cols: Columns, warmup_s: float) -> dict[str, MetricValues]:
         "send_lateness_ms": _mv(cols.send - cols.scheduled, late_mask),
         "queued_ms": _mv(cols.queued, after_warmup),
     }
+    has_conn = ~np.isnan(cols.conn)
+    if has_conn.any():
+        # Waiting for a connection (new, or free in the pool) after the send: with many new
+        # connections, the lateness at the server that send_lateness_ms does not show.
+        out["connect_wait_ms"] = _mv(cols.conn - cols.send, after_warmup & has_conn)
+    return out
 
 
 def _grouped(values: np.ndarray, gid: np.ndarray, n_groups: int) -> list[np.ndarray]:
@@ -124,6 +132,7 @@ class GroupLatency(JsonRecord):
     headers_ms: Stats | None = omit_none()
     send_lateness_ms: Stats | None = omit_none()
     queued_ms: Stats | None = omit_none()
+    connect_wait_ms: Stats | None = omit_none()
 
     def stats(self, metric: str) -> Stats | None:
         if metric not in METRICS:
@@ -144,12 +153,14 @@ class Latency(JsonRecord):
     send_lateness_ms: MetricLatency
     queued_ms: MetricLatency
     groups: tuple[GroupLatency, ...]
+    connect_wait_ms: MetricLatency | None = omit_none()  # None: no record measured conn_s
 
     def table(self, metric: str) -> MetricLatency:
+        """One metric's table; a metric the run did not measure has no values."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
-        m: MetricLatency = getattr(self, metric)
-        return m
+        m: MetricLatency | None = getattr(self, metric)
+        return m if m is not None else MetricLatency("ms", describe(np.zeros(0)), {})
 
 
 def group_ids(cols: Columns) -> tuple[np.ndarray, list[GroupLabels]]:
@@ -186,7 +197,9 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
     tables: dict[str, MetricLatency] = {}
     per_group: list[dict[str, Stats]] = [{} for _ in labels]
     for name in METRICS:
-        mv = values[name]
+        mv = values.get(name)
+        if mv is None:  # an optional metric nothing measured
+            continue
         inf = inference[mv.rows]
         v = mv.values[inf]
         tier_codes = cols.tier.codes[mv.rows][inf]

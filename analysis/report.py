@@ -54,6 +54,7 @@ METRIC_NAMES = {
     "headers_ms": "time to response headers",
     "send_lateness_ms": "send lateness (actual − scheduled send)",
     "queued_ms": "client-side queueing before send",
+    "connect_wait_ms": "connect wait (connection ready − send; asyncio engine)",
 }
 CHART_CAPTIONS = {
     "ttft_cdf.png": "Time to first token, cumulative distribution per tier.",

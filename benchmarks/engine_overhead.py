@@ -21,9 +21,10 @@ Sections (``--only``):
   imports cancel out. Deterministic enough for a shared, loaded machine.
 * ``lateness``: open loop, constant rate against nginx; ``send_s − scheduled_s``.
 * ``arrival``: high connection churn (the streaming target closes every connection, so
-  each request opens a new one): the recorded ``send_s − scheduled_s`` beside when the
-  request reached the server (its own read, and the kernel's receive timestamp, on the
-  same monotonic clock) minus the schedule.
+  each request opens a new one): the recorded ``send_s − scheduled_s`` and
+  ``conn_s − scheduled_s`` (when the connection was ready) beside when the request reached
+  the server (its own read, and the kernel's receive timestamp, on the same monotonic
+  clock) minus the schedule.
 * ``accuracy``: against the reference server's fixed, jitter-free profile, TTFT and ITL
   minus the profile at 1, 100 and 1,000 streams, bare loop vs engine.
 
@@ -233,6 +234,7 @@ def _engine(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
         out["mono_anchor_ns"] = clock.mono_anchor_ns
         out["records"] = [
             [r["request_id"], r["scheduled_s"], r["send_s"], r["headers_s"], r["end_s"]]
+            + [r.get("conn_s")]
             for r in recs
         ]
     return out
@@ -535,13 +537,15 @@ def arrival(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
         f"connection after its response ({a.churn_gap_ms:g} ms gap, 16 chunks), so every "
         f"request opens a new one; open loop for {a.seconds:g} s, {a.reps} repetitions. "
         "Per request, minus its scheduled time, in ms: `send` = the engine's recorded "
-        "send_s; `kernel rx` = the kernel's receive timestamp of the request's first bytes "
+        "send_s; `conn` = its recorded conn_s (the connection was ready); `kernel rx` = the "
+        "kernel's receive timestamp of the request's first bytes "
         "at the server (SO_TIMESTAMPNS); `server read` = when the server read them. Median "
         "(min–max) over repetitions of each percentile:",
         "",
-        "| load | requests | send p50 | send p99 | kernel rx p50 | kernel rx p99 "
-        "| server read p50 | server read p99 | server read max | load avg before → after |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| load | requests | send p50 | send p99 | conn p50 | conn p99 | kernel rx p50 "
+        "| kernel rx p99 | server read p50 | server read p99 | server read max "
+        "| load avg before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, load in cases:
         la0 = loadavg_text()
@@ -559,23 +563,31 @@ def arrival(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
             for line in log.read_text().splitlines():
                 rid, krx, _acc, first, _done = line.split()
                 srv[rid] = (int(krx), int(first))
-            send, krx_late, read_late = [], [], []
-            for rid, sched, sent, _h, _e in res["records"]:
+            send, conn, krx_late, read_late = [], [], [], []
+            for rid, sched, sent, _h, _e, conn_s in res["records"]:
                 if rid not in srv:
                     raise Invalid(f"request {rid} never reached the server")
                 k, f = srv[rid]
                 send.append((sent - sched) * 1e3)
+                if conn_s is not None:  # a record of this loadkit: when the connection was ready
+                    conn.append((conn_s - sched) * 1e3)
                 read_late.append(((f - anchor) / 1e9 - sched) * 1e3)
                 if k:
                     krx_late.append(((k - anchor) / 1e9 - sched) * 1e3)
             nreq.append(len(send))
-            for label, vals in (("send", send), ("krx", krx_late), ("read", read_late)):
+            for label, vals in (
+                ("send", send),
+                ("conn", conn),
+                ("krx", krx_late),
+                ("read", read_late),
+            ):
                 for q in (50, 99, 100):
                     cols.setdefault(f"{label}{q}", []).append(pct(vals, q))
         f3 = "{:.2f}"
         out.append(
             f"| {name} | {med_range(nreq, '{:,.0f}')} | {med_range(cols['send50'], f3)} | "
-            f"{med_range(cols['send99'], f3)} | {med_range(cols['krx50'], f3)} | "
+            f"{med_range(cols['send99'], f3)} | {med_range(cols['conn50'], f3)} | "
+            f"{med_range(cols['conn99'], f3)} | {med_range(cols['krx50'], f3)} | "
             f"{med_range(cols['krx99'], f3)} | {med_range(cols['read50'], f3)} | "
             f"{med_range(cols['read99'], f3)} | {med_range(cols['read100'], f3)} | "
             f"{la0} → {loadavg_text()} |"

@@ -11,7 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 DONE = "[DONE]"
+_DONE_BYTES = b"[DONE]"
 
 
 class MalformedChunk(ValueError):
@@ -42,12 +45,26 @@ _DONE_CHUNK = Chunk()
 _DONE_CHUNK.done = True
 
 
-def parse_event_data(data: str) -> Chunk:
-    """Interpret the data of one SSE event. Raises MalformedChunk for garbage."""
-    if data == DONE:
+def loads(data: str | bytes) -> Any:
+    """``json.loads``, the same values, faster: orjson parses what it can (valid UTF-8,
+    integers within 64 bits, nesting within its limit) and anything it refuses goes to
+    ``json.loads`` (bytes decoded as UTF-8 with invalid sequences replaced, as a decoder
+    of text would), which decides. Raises ValueError or RecursionError for garbage."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        if isinstance(data, bytes | bytearray | memoryview):
+            data = bytes(data).decode("utf-8", "replace")
+        return json.loads(data)
+
+
+def parse_event_data(data: str | bytes) -> Chunk:
+    """Interpret the data of one SSE event (text, or the bytes as received). Raises
+    MalformedChunk for garbage."""
+    if data in (DONE, _DONE_BYTES):
         return _DONE_CHUNK
     try:
-        obj = json.loads(data)
+        obj = loads(data)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser
         raise MalformedChunk(f"event data is not JSON: {data[:80]!r}") from None
     if not isinstance(obj, dict):
@@ -117,7 +134,7 @@ class Body:
 def parse_body(raw: bytes) -> Body:
     """Interpret a complete JSON response body (success or error). Never raises."""
     try:
-        obj = json.loads(raw)
+        obj = _loads_body(raw)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser
         return Body(malformed=True)
     if not isinstance(obj, dict):
@@ -145,6 +162,15 @@ def parse_body(raw: bytes) -> Body:
             if isinstance(c, dict) and c.get("index", 0) == 0:
                 out.finish_reason = _text(c.get("finish_reason"))
     return out
+
+
+def _loads_body(raw: bytes) -> Any:
+    # A body is bytes in any encoding json.loads detects (UTF-16 and -32 included): orjson
+    # reads the UTF-8 ones, json.loads the rest, exactly as before.
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 _SHORT = 100  # codes, types, finish reasons: no real one is longer

@@ -3,6 +3,8 @@
 Follows the WHATWG event-stream rules that matter for OpenAI-style streams: LF, CRLF and
 CR line endings; ``data:`` lines joined with newlines; comment lines (``:``) ignored;
 ``event:`` and ``id:`` fields; an empty line dispatches the event. No I/O, no clock.
+``feed`` returns events with their data decoded; ``feed_data`` only their data, as bytes
+(what a JSON parser reads), and splits a read of whole one-line events without a line loop.
 
 A line is at most ``max_line`` bytes (1 MiB by default; the largest OpenAI chunk is a few
 KB). A longer line is never buffered: its bytes are dropped as they arrive, the event it
@@ -52,7 +54,7 @@ class SSEDecoder:
         self._discard = False  # inside an over-long line: drop bytes up to its end
         self._skip = False  # the current event had an over-long line: drop it
         self._odd = False  # _discard or _skip: feed takes the general path
-        self._data: list[str] = []
+        self._data: list[bytes] = []  # the current event's data lines, undecoded
         self._event: str | None = None
         self._id: str | None = None
         self._has_data = False
@@ -60,6 +62,38 @@ class SSEDecoder:
         self.long_lines = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """The events this chunk completes, their data decoded (invalid UTF-8 replaced)."""
+        return [
+            SSEEvent(data.decode("utf-8", "replace"), event, id_)
+            for data, event, id_ in self._events(chunk)
+        ]
+
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        """The data of each event this chunk completes, as the bytes received (lines joined
+        with LF, not decoded): what a consumer that parses JSON from bytes needs, without
+        the event and id fields. The same events as :meth:`feed`, cheaper: a chunk of whole
+        single-line ``data:`` events, the common case, is split once and never decoded."""
+        if (
+            chunk[-2:] == b"\n\n"
+            and not self._parts
+            and not self._has_data
+            and not self._odd
+            and not self._pending_cr
+            and len(chunk) <= self.max_line
+            and b"\r" not in chunk
+        ):
+            out: list[bytes] = []
+            for ev in chunk[:-2].split(b"\n\n"):
+                if ev[:6] == b"data: " and b"\n" not in ev:
+                    out.append(ev[6:])
+                    self._event = None
+                else:  # comments, other fields, several lines: the general path
+                    out += [e[0] for e in self._events(ev + b"\n\n")]
+            return out
+        return [e[0] for e in self._events(chunk)]
+
+    def _events(self, chunk: bytes) -> list[tuple[bytes, str | None, str | None]]:
+        """(data, event, id) of each event the chunk completes."""
         if not chunk:
             return []
         if self._pending_cr:
@@ -95,21 +129,19 @@ class SSEDecoder:
         if tail:
             self._parts.append(tail)
             self._plen = len(tail)
-        events: list[SSEEvent] = []
+        events: list[tuple[bytes, str | None, str | None]] = []
         for raw in lines:
             if not raw:
                 if self._has_data:
                     data = self._data
                     events.append(
-                        SSEEvent(
-                            data[0] if len(data) == 1 else "\n".join(data), self._event, self._id
-                        )
+                        (data[0] if len(data) == 1 else b"\n".join(data), self._event, self._id)
                     )
                     self._data = []
                     self._has_data = False
                 self._event = None
             elif raw[:6] == b"data: ":  # the common case, without the general parse
-                self._data.append(raw[6:].decode("utf-8", "replace"))
+                self._data.append(raw[6:])
                 self._has_data = True
             else:
                 self._line(raw)
@@ -127,7 +159,7 @@ class SSEDecoder:
         self._discard = discard
         self._odd = True
 
-    def _feed_odd(self, chunk: bytes) -> list[SSEEvent]:
+    def _feed_odd(self, chunk: bytes) -> list[tuple[bytes, str | None, str | None]]:
         """The general path (LF line endings already): over-long lines, the rest of an
         over-long line being dropped, the rest of its event being dropped."""
         if self._discard:
@@ -143,14 +175,14 @@ class SSEDecoder:
             self._plen = 0
         lines = chunk.split(b"\n")
         tail = lines.pop()
-        events: list[SSEEvent] = []
+        events: list[tuple[bytes, str | None, str | None]] = []
         limit = self.max_line
         for raw in lines:
             if len(raw) > limit:
                 self._too_long(discard=False)
             elif not raw:
                 if self._has_data and not self._skip:
-                    events.append(SSEEvent("\n".join(self._data), self._event, self._id))
+                    events.append((b"\n".join(self._data), self._event, self._id))
                 self._data = []
                 self._has_data = False
                 self._event = None
@@ -166,20 +198,19 @@ class SSEDecoder:
         return events
 
     def _line(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace")
-        if line[0] == ":":
+        if raw[:1] == b":":
             self.comments += 1
             return
-        field, sep, value = line.partition(":")
-        if sep and value[:1] == " ":
+        field, sep, value = raw.partition(b":")
+        if sep and value[:1] == b" ":
             value = value[1:]
-        if field == "data":
+        if field == b"data":
             self._data.append(value)
             self._has_data = True
-        elif field == "event":
-            self._event = value
-        elif field == "id":
-            self._id = value
+        elif field == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif field == b"id":
+            self._id = value.decode("utf-8", "replace")
         # "retry" and unknown fields are ignored, as the spec says.
 
     @property

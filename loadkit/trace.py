@@ -206,11 +206,11 @@ class RequestTrace:
         decoder = self._decoder
         if decoder is None:
             return
-        for ev in decoder.feed(chunk):
+        for data in decoder.feed_data(chunk):
             if self._done:
                 continue
             try:
-                c = parse_event_data(ev.data)
+                c = parse_event_data(data)
             except MalformedChunk:
                 if rec.transport_error is None:
                     rec.transport_error = R.MALFORMED_EVENT

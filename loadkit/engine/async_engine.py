@@ -532,7 +532,8 @@ class AsyncEngine:
         self._open += 1
         self.result.sent += 1
         try:
-            async with self.transport.send(req.method, url, headers, req.body) as resp:
+            marks = _Marks(trace.rec, clock)
+            async with self.transport.send(req.method, url, headers, req.body, marks) as resp:
                 trace.response(clock.now(), resp.status, resp.headers)
                 read = resp.read
                 while chunk := await read():
@@ -584,6 +585,21 @@ class AsyncEngine:
         )
         end = "\n" if final or not sys.stderr.isatty() else "\r"
         print(line, end=end, file=sys.stderr, flush=True)
+
+
+class _Marks:
+    """A request's milestones (``transport.Milestones``) stamped on the run's clock into its
+    record: ``conn_s`` when a connection was ready. The transport's retry on a fresh
+    connection stamps again: the last one is the one used."""
+
+    __slots__ = ("_rec", "_clock")
+
+    def __init__(self, rec: RequestRecord, clock: RunClock) -> None:
+        self._rec = rec
+        self._clock = clock
+
+    def connected(self) -> None:
+        self._rec.conn_s = self._clock.now()
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float, early: float) -> None:

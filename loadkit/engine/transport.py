@@ -50,6 +50,15 @@ class Response(NamedTuple):
     read: Callable[[], Awaitable[bytes]]
 
 
+class Milestones(Protocol):
+    """Told by a transport, as it happens, of a point of a request that only the HTTP
+    client sees (again if the client retries on a new connection: the last one counts). A
+    transport that cannot see it never calls it."""
+
+    def connected(self) -> None:
+        """A connection is ready for the request: newly made, or reused from the pool."""
+
+
 class Transport(Protocol):
     """Sends requests for one run: ``open()`` once, any number of concurrent ``send``,
     then ``close()``. No retries, no redirects, no caps: the engine decides all of that."""
@@ -59,9 +68,15 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
     def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        milestones: Milestones | None = None,
     ) -> AbstractAsyncContextManager[Response]:
         """Entering sends the request and waits for the status and headers (raising a
-        :class:`TransportError` if none come); leaving releases the connection, and
-        translates a failure raised while the body was read."""
+        :class:`TransportError` if none come), calling ``milestones`` on the way; leaving
+        releases the connection, and translates a failure raised while the body was
+        read."""
         ...

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from loadkit.engine.async_engine import REQUEST_ID_HEADER, AsyncEngine, EngineResult, RunClock
-from loadkit.engine.transport import Response, TransportError
+from loadkit.engine.transport import Milestones, Response, TransportError
 from loadkit.records import RequestRecord
 from loadkit.scenario import Key, Scenario
 
@@ -124,8 +124,15 @@ class Hang:
 
 HANG = Hang()
 
+
+class Connected:
+    """A connection is ready for the request (the transport's ``Milestones.connected``)."""
+
+
+CONNECTED = Connected()
+
 # bytes: these body bytes arrive (in one read).
-Step = Wait | Head | Fail | Hang | bytes
+Step = Wait | Head | Fail | Hang | Connected | bytes
 Steps = Sequence[Step]
 
 
@@ -173,18 +180,26 @@ class ScriptedTransport:
         self.closed = True
 
     def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        milestones: Milestones | None = None,
     ) -> _ScriptedExchange:
         sent = Sent(len(self.sent), self.clock.now(), method, url, dict(headers), body)
         self.sent.append(sent)
         steps = self.script(sent) if callable(self.script) else self.script
-        return _ScriptedExchange(self, iter(steps))
+        return _ScriptedExchange(self, iter(steps), milestones)
 
 
 class _ScriptedExchange:
-    def __init__(self, transport: ScriptedTransport, steps: Iterator[Step]) -> None:
+    def __init__(
+        self, transport: ScriptedTransport, steps: Iterator[Step], milestones: Milestones | None
+    ) -> None:
         self._t = transport
         self._steps = steps
+        self._milestones = milestones
 
     async def __aenter__(self) -> Response:
         t = self._t
@@ -196,6 +211,10 @@ class _ScriptedExchange:
                     return Response(step.status, step.headers, self._read)
                 if isinstance(step, bytes):
                     raise ScriptError("body bytes before the headers")
+                if isinstance(step, Connected):
+                    if self._milestones is not None:
+                        self._milestones.connected()
+                    continue
                 await _play(step)
             raise ScriptError("the script ended before its headers")
         except BaseException:
@@ -208,6 +227,8 @@ class _ScriptedExchange:
                 return step
             if isinstance(step, Head):
                 raise ScriptError("a second status line")
+            if isinstance(step, Connected):
+                raise ScriptError("a connection ready after the headers")
             await _play(step)
         return b""
 

@@ -130,6 +130,11 @@ def test_request_count_bounds_the_run(tmp_path):
     recs = iter_records(out)
     assert len(recs) == 40 and all(r.status == 200 for r in recs)
     assert {r.request_id for r in recs} == set(truth(out / "truth.jsonl"))
+    # Each request's connection (new for the first of each user, then reused) was ready
+    # between its send and its answer.
+    for r in recs:
+        assert r.conn_s is not None and r.headers_s is not None
+        assert r.send_s <= r.conn_s <= r.headers_s
     assert meta.stop_reason == "request count reached"
     assert meta.duration_s < 20
 

@@ -95,3 +95,35 @@ def test_body_success_and_error():
     )
     assert e.error_code == "rate_limit_exceeded"
     assert parse_body(b"<html>").malformed
+
+
+def _chunk_fields(c: object) -> dict[str, object]:
+    return dict(vars(c))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"choices": [{"index": 0, "delta": {"content": "caf\xc3\xa9"}}]}',
+        # invalid UTF-8 in the text: replaced, as a text decoder would, not malformed
+        b'{"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}',
+        # what the fast parser refuses and json.loads takes: a lone surrogate, NaN, 2**70
+        b'{"choices": [{"index": 0, "delta": {"content": "\\ud800"}}], "x": NaN}',
+        b'{"usage": {"prompt_tokens": 1180591620717411303424, "completion_tokens": 3}}',
+    ],
+)
+def test_event_data_as_bytes_means_what_the_decoded_text_means(raw: bytes):
+    as_text = parse_event_data(raw.decode("utf-8", "replace"))
+    assert _chunk_fields(parse_event_data(raw)) == _chunk_fields(as_text)
+
+
+def test_event_data_as_bytes_done_and_garbage():
+    assert parse_event_data(b"[DONE]").done
+    for bad in (b"{nope", b"[" * 100_000, b"\xff", b"[1, 2]"):
+        with pytest.raises(MalformedChunk):
+            parse_event_data(bad)
+
+
+def test_body_in_utf16_still_reads():
+    body = json.dumps({"error": {"code": "rate_limit_exceeded"}}).encode("utf-16")
+    assert parse_body(body).error_code == "rate_limit_exceeded"

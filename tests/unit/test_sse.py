@@ -159,3 +159,64 @@ def test_a_giant_line_under_the_bound_decodes_whole():
 def test_max_line_must_be_positive():
     with pytest.raises(ValueError, match="max_line"):
         SSEDecoder(max_line=0)
+
+
+def decode_data(parts: list[bytes], max_line: int = 1024 * 1024) -> list[bytes]:
+    d = SSEDecoder(max_line=max_line)
+    return [x for p in parts for x in d.feed_data(p)]
+
+
+def test_feed_data_gives_each_events_data_as_received_bytes():
+    assert decode_data([STREAM]) == [e.data.encode() for e in EXPECTED]
+    # not decoded: invalid UTF-8 reaches the JSON parser as sent
+    assert decode_data([b"data: \xff ok\n\n"]) == [b"\xff ok"]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12),
+    st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    st.integers(min_value=0, max_value=3),
+)
+def test_feed_data_every_split_mixed_with_feed_gives_the_same_events(
+    cuts: list[int], eol: bytes, switch: int
+):
+    # Whole-event reads take the fast path, the others the general one, and a decoder fed
+    # both ways keeps one state: every split gives the same data.
+    stream = (STREAM + b'data: {"b": 2}\n\ndata: {"c": 3}\n\n').replace(b"\n", eol)
+    expected = [e.data.encode() for e in EXPECTED] + [b'{"b": 2}', b'{"c": 3}']
+    cuts = sorted(min(c, len(stream)) for c in cuts)
+    parts = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    d = SSEDecoder()
+    out: list[bytes] = []
+    for i, p in enumerate(parts):
+        if i % 4 == switch:
+            out += [e.data.encode() for e in d.feed(p)]
+        else:
+            out += d.feed_data(p)
+    assert out == expected
+    assert not d.pending
+
+
+def test_feed_data_whole_events_with_comments_blank_lines_and_fields():
+    reads = [
+        b'data: {"a": 1}\n\ndata: {"b": 2}\n\n',  # whole events, the fast path
+        b": ping\n\n\n\nevent: x\ndata: one\ndata: two\n\n",  # comments, fields, 2 lines
+        b"data:  lead\n\n",  # one space is the separator, the second is data
+        b'data: {"c"',  # a partial event, then its end with a whole one
+        b': 3}\n\ndata: {"d": 4}\n\n',
+    ]
+    d = SSEDecoder()
+    assert [d.feed_data(r) for r in reads] == [
+        [b'{"a": 1}', b'{"b": 2}'],
+        [b"one\ntwo"],
+        [b" lead"],
+        [],
+        [b'{"c": 3}', b'{"d": 4}'],
+    ]
+    assert d.comments == 1
+
+
+def test_feed_data_drops_an_over_long_line_with_its_event():
+    assert decode_data([b"data: a\n\n" + LONG + b"data: b\n\n"], max_line=64) == [b"a", b"b"]
+    assert decode_data([LONG[:50], LONG[50:], b"data: c\n\n"], max_line=64) == [b"c"]
