@@ -42,7 +42,7 @@ def test_every_verdict_value_has_an_effect_and_every_outcome_an_exit_status() ->
 def test_overall_verdict_is_decided_on_the_typed_summary(golden: Summary) -> None:
     # the reasons as this loadkit writes them (the version-1 file has an older wording)
     current = read_summary(GOLDEN.with_name("summary-v2.json"))
-    verdict, reasons = overall_verdict(current.limits, current.slo)
+    verdict, reasons = overall_verdict(current.limits, current.slo, current.tokens)
     assert (verdict, tuple(reasons)) == (current.verdict, current.verdict_reasons)
     assert exit_status(golden) == 1
 
