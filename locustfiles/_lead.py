@@ -267,6 +267,11 @@ class Lead:
         )
         self.written.set()
 
+    def run_time(self) -> float:
+        """Seconds since the run's t=0 on this machine (0 before it)."""
+        origin = self.coord.origin
+        return origin.local_clock().now() if origin is not None else 0.0
+
     def farewell(self) -> str:
         """Where the run's records are, said last (after Locust's summary)."""
         coord = self.coord
