@@ -204,3 +204,48 @@ def test_ctrl_c_in_plain_mode_stops_cleanly_with_every_record(tmp_path: Path) ->
     meta = read_run_meta(out)
     assert [(w.status, w.sent, w.records) for w in meta.workers] == [("ok", len(recs), len(recs))]
     assert f"{len(recs)} records in {out}" in log
+
+
+def test_run_time_counts_from_the_start_however_slow_the_start_up(tmp_path: Path) -> None:
+    """gevent's loop reads the clock once per turn: a start-up that keeps it from turning
+    (imports on a busy machine; here a 3 s sleep) must not come off --run-time."""
+    out = tmp_path / "run"
+    slow = Path(__file__).with_name("slow_start.py")
+    users = [{"user_class_name": "FreeTierUser", "fixed_count": 1}]
+    with ScriptedServer() as srv:
+        env = clean_env(
+            LOADKIT_FREE_KEYS=key_for("ok"),
+            LOADKIT_OUT=str(out),
+            LOADKIT_MIX="chat=1",
+            LOADKIT_WAIT_S="0.2",
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                f"{locustfile()},{slow}",
+                "--headless",
+                "--host",
+                srv.base,
+                "-u",
+                "1",
+                "-r",
+                "1",
+                "--run-time",
+                "4s",
+                "--config-users",
+                json.dumps(users),
+            ],  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The timer can fire late on a busy machine, never early: 4 s from t=0 (it read 0.1 s
+    # before the fix).
+    duration = read_run_meta(out).duration_s
+    assert duration is not None and duration >= 3.9, duration
+    assert max(r.send_s for r in iter_records(out)) >= 3.0
