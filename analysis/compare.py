@@ -399,13 +399,14 @@ def compare_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "was recorded"
         for f in result.flagged
     ]
+    differs: list[str] = []
     if result.differs:
-        warnings.append(
+        differs.append(
             "WARNING: the runs differ in "
             + "; ".join(result.differs)
             + ": a change may come from that, not from the target"
         )
-    for w in warnings:
+    for w in warnings + differs:
         print(w, file=out)
         print(f"loadkit compare: {w}", file=sys.stderr)
     print(render(result.metrics, result.verdicts), file=out)
@@ -421,7 +422,7 @@ def compare_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         except OSError as exc:
             print(f"loadkit compare: cannot write {junit}: {exc}", file=sys.stderr)
             return EXIT_INPUT
-    for w in warnings:
+    for w in differs + warnings:
         print(w, file=out)  # again below the tables, where the eye lands last
     if result.regressions:
         print("REGRESSION: " + ", ".join(result.regressions), file=out)
