@@ -101,7 +101,10 @@ def interrupt_is_quiet(again: Callable[[], None] | None) -> None:
     grace, every record is written, Locust's summary and ``--html`` report — without the
     traceback gevent prints when the interrupt lands in its hub: the KeyboardInterrupt is
     handed to the main greenlet, where Locust waits for it. ``again``: what a second
-    Ctrl-C does (the master: stop at once)."""
+    Ctrl-C does (the master: stop at once). A process started with SIGINT ignored (a
+    background job of a script) keeps ignoring it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        return
     hub = gevent.get_hub()
     seen: list[bool] = []
 
