@@ -159,6 +159,26 @@ def console_table(summary: Summary, run_dir: str | os.PathLike[str] | None = Non
     return "\n".join(lines)
 
 
+QUIET_REASONS = 3  # verdict reasons ``--quiet`` prints
+
+
+def quiet_line(summary: Summary, run_dir: str | os.PathLike[str] | None = None) -> str:
+    """``--quiet``'s one line for a run that did not pass: the verdict, its first reasons,
+    and how many it left out (and where they are)."""
+    reasons = list(summary.verdict_reasons)
+    line = f"loadkit analyze: {summary.headline or summary.verdict}"
+    if reasons:
+        line += ": " + "; ".join(reasons[:QUIET_REASONS])
+    left = len(reasons) - QUIET_REASONS
+    if left > 0:
+        where = f"{Path(run_dir) / 'summary.json'}" if run_dir is not None else "summary.json"
+        line += (
+            f" (and {left} more reason{'s' if left > 1 else ''}: in {where}, "
+            "or run without --quiet)"
+        )
+    return line
+
+
 def exit_status(summary: Summary) -> int:
     return EXIT_STATUS[summary.verdict]
 
@@ -189,11 +209,7 @@ def analyze_and_report(
     if not quiet:
         print(console_table(summary, run_dir=run_dir), file=out)
     elif summary.verdict != RunVerdict.PASS:
-        print(
-            f"loadkit analyze: {summary.headline or summary.verdict}: "
-            + "; ".join(summary.verdict_reasons[:3]),
-            file=sys.stderr,
-        )
+        print(quiet_line(summary, run_dir), file=sys.stderr)
     return exit_status(summary)
 
 

@@ -2,7 +2,9 @@
 interval on the raw values, limit verdicts that got worse, JUnit XML; exit 1 on a
 regression (worse beyond its threshold AND statistically significant). A run that is
 incomplete or an error stands for nothing: it is refused (exit 2) unless
-``--allow-incomplete``, which compares it with a loud warning and a failing JUnit case."""
+``--allow-incomplete``, which compares it with a loud warning and a failing JUnit case.
+Two runs of different scenarios, targets or engines, or of different completeness, are
+compared with a warning saying so."""
 
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ class Comparison(JsonRecord):
     verdicts: tuple[VerdictChange, ...]
     regressions: tuple[str, ...]
     flagged: tuple[str, ...] = ()  # sides compared although incomplete or an error
+    differs: tuple[str, ...] = ()  # what the runs do not share (``differences``)
 
 
 class IncompleteRun(UnusableInput):
@@ -103,6 +106,31 @@ def side_problem(side: str, sample: RunSample) -> str | None:
     what = "an error" if sample.summary.verdict == RunVerdict.ERROR else "incomplete"
     more = f" (and {len(gaps) - 1} more)" if len(gaps) > 1 else ""
     return f"{side} {sample.path} is {what} ({gaps[0]}{more})"
+
+
+def _completeness(summary: Summary) -> str:
+    if not summary.gaps():
+        return "complete"
+    return "an error" if summary.verdict == RunVerdict.ERROR else "incomplete"
+
+
+#: What two runs must share for their figures to compare like with like.
+SAMENESS: tuple[tuple[str, Callable[[Summary], str]], ...] = (
+    ("scenario", lambda s: s.run.scenario),
+    ("target", lambda s: s.run.target),
+    ("engine", lambda s: s.run.engine),
+    ("completeness", _completeness),
+)
+
+
+def differences(base: Summary, new: Summary) -> tuple[str, ...]:
+    """``engine (BASE async, NEW locust)`` for each of SAMENESS the two runs differ in."""
+    out = []
+    for what, of in SAMENESS:
+        b, n = of(base), of(new)
+        if b != n:
+            out.append(f"{what} (BASE {b or '-'}, NEW {n or '-'})")
+    return tuple(out)
 
 
 def parse_thresholds(items: list[str]) -> dict[str, float]:
@@ -349,6 +377,7 @@ def compare_runs(
         verdicts=verdicts,
         regressions=tuple(regressions),
         flagged=flagged,
+        differs=differences(base.summary, new.summary),
     )
 
 
@@ -370,7 +399,14 @@ def compare_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "was recorded"
         for f in result.flagged
     ]
-    for w in warnings:
+    differs: list[str] = []
+    if result.differs:
+        differs.append(
+            "WARNING: the runs differ in "
+            + "; ".join(result.differs)
+            + ": a change may come from that, not from the target"
+        )
+    for w in warnings + differs:
         print(w, file=out)
         print(f"loadkit compare: {w}", file=sys.stderr)
     print(render(result.metrics, result.verdicts), file=out)
@@ -386,7 +422,7 @@ def compare_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         except OSError as exc:
             print(f"loadkit compare: cannot write {junit}: {exc}", file=sys.stderr)
             return EXIT_INPUT
-    for w in warnings:
+    for w in differs + warnings:
         print(w, file=out)  # again below the tables, where the eye lands last
     if result.regressions:
         print("REGRESSION: " + ", ".join(result.regressions), file=out)

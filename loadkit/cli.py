@@ -5,7 +5,95 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
+
+# What each command's --help says about its exit status and the environment it reads.
+ANALYSIS_EXIT = (
+    "0 pass (or inconclusive: the load never provoked a limit), 1 a limit violated or an "
+    "SLO missed, 2 error (a key's answers are not the API's: wrong URL or layout, refused "
+    "key, no answer) or input that cannot be analysed, 3 incomplete (interrupted, killed, "
+    "a worker lost, or records missing)"
+)
+EPILOGS = {
+    "": "exit status: each command's --help says; 2 for a command line that does not "
+    "parse.\n\nenvironment: keys come from the variables a scenario's tiers name "
+    "(keys_env, e.g. LOADKIT_FREE_KEYS=k1,k2), never from the command line; "
+    "LOADKIT_HISTORY_DB is the history database. `loadkit COMMAND --help` for the rest.",
+    "serve": "exit status: 0 stopped (Ctrl-C, SIGTERM, its parent gone), 1 cannot listen on "
+    "the address, 2 a config that does not load.\n\nThe keys it accepts are written to "
+    "--keys-file (mode 0600), never printed.",
+    "run": f"exit status: {ANALYSIS_EXIT}; 2 also for a scenario that does not load or a "
+    "pre-flight check that fails (nothing sent), and when --history cannot store the run; "
+    "with --no-analyze 0, or 130 when interrupted.\n\nenvironment: each tier's keys "
+    "from the variable its keys_env names (e.g. LOADKIT_FREE_KEYS=k1,k2) or its "
+    "keys_file; ${VAR} in [target] headers is read "
+    "from the environment; --history's database defaults to LOADKIT_HISTORY_DB. Ctrl-C "
+    "stops gracefully (open requests get the drain, every record is kept); a second "
+    "Ctrl-C stops at once.",
+    "analyze": f"exit status: {ANALYSIS_EXIT}",
+    "compare": "exit status: 0 no regression, 1 a regression (worse beyond its threshold "
+    "and statistically significant, or a limit that held in BASE violated in NEW), 2 input "
+    "that cannot be compared (a run incomplete or an error without --allow-incomplete, a "
+    "bad --threshold, a folder that is not an analysable run). Runs that differ in "
+    "scenario, target, engine or completeness are compared with a warning.",
+    "sweep": "exit status: 0 the sweep ran (its capacity report says where the SLO broke), "
+    "2 a scenario that does not load or has no [sweep] table.",
+    "locustfile": "exit status: 0.\n\nThe locustfile reads keys from LOADKIT_<TIER>_KEYS "
+    "or --loadkit-keys-file; `locust -f $(loadkit locustfile) --help` lists its options.",
+    "history": "exit status: 0 done, 1 (check) a regression or a broken limit, 2 bad input "
+    "or an unreachable database.\n\nenvironment: LOADKIT_HISTORY_DB (the database), "
+    "LOADKIT_TAGS (tags for add), LOADKIT_GIT_COMMIT / LOADKIT_GIT_BRANCH and CI "
+    "variables (the commit and branch under test).",
+}
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's default shown where it has one (not for flags, unset options or help
+    that already names it); descriptions and epilogs wrapped paragraph by paragraph."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(
+            textwrap.fill(para, width, initial_indent=indent, subsequent_indent=indent)
+            for para in text.split("\n\n")
+        )
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default in (None, False, "", [], argparse.SUPPRESS)
+            or action.nargs == 0
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _document(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give ``parser`` and every subcommand under it the help formatter and their epilog
+    (a subcommand without one of its own says its command's)."""
+    parser.formatter_class = _Help
+    if parser.epilog is None:
+        parser.epilog = EPILOGS.get(path) or EPILOGS.get(path.split(" ")[0])
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None and helps.get(name):
+                    sub.description = f"{name}: {helps[name]}"
+                _document(sub, f"{path} {name}".strip())
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loadkit")
+    except PackageNotFoundError:
+        from loadkit import __version__
+
+        return __version__
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -13,12 +101,13 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="loadkit",
         description="Load-test OpenAI-compatible AI APIs and prove whether their rate limits hold.",
     )
+    p.add_argument("--version", action="version", version=f"loadkit {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser(
         "serve", help="run the reference server (implements API.md, limits included)"
     )
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     s.add_argument(
         "--config", metavar="FILE", help="server TOML config (tiers, keys, models, faults)"
@@ -64,7 +153,12 @@ def _build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "run", help="run a scenario (default: the built-in one on the embedded server)"
     )
-    r.add_argument("scenario", nargs="?", help="scenario TOML file; omit for the built-in default")
+    r.add_argument(
+        "scenario",
+        nargs="?",
+        help="scenario TOML file; omit for the built-in default (the embedded reference "
+        "server, every limit probed)",
+    )
     r.add_argument(
         "--engine",
         choices=("async", "locust"),
@@ -92,7 +186,12 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write the records as records.parquet at the end",
     )
-    r.add_argument("--quiet", action="store_true", help="no progress line")
+    r.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress line and no console table; a run that did not pass still gets "
+        "one line with its first reasons and how many more there are",
+    )
     r.add_argument(
         "--history",
         nargs="?",
@@ -110,7 +209,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "wrong URL or layout, refused key, no answer) or input that cannot be analysed, "
         "3 incomplete (interrupted, killed, a worker lost, or records missing)",
     )
-    a.add_argument("run_dir", metavar="DIR")
+    a.add_argument("run_dir", metavar="DIR", help="a run folder (run.json and records)")
     a.add_argument(
         "--slo",
         action="append",
@@ -119,17 +218,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help="an SLO such as ttft_ms.p99=800 or error_rate=0.01 (repeatable)",
     )
     a.add_argument("--no-charts", action="store_true", help="skip PNG charts and the HTML report")
-    a.add_argument("--quiet", action="store_true", help="no console table")
+    a.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no console table; a run that did not pass gets one line on stderr with its "
+        "first reasons and how many more there are",
+    )
 
     c = sub.add_parser("compare", help="compare two analysed runs; exit 1 on a regression")
-    c.add_argument("base", metavar="BASE")
-    c.add_argument("new", metavar="NEW")
+    c.add_argument("base", metavar="BASE", help="the reference run's folder")
+    c.add_argument("new", metavar="NEW", help="the run to judge against BASE")
     c.add_argument(
         "--threshold",
         action="append",
         default=[],
         metavar="METRIC.STAT=PCT",
-        help="allowed worsening in percent, e.g. ttft_ms.p99=10 (repeatable)",
+        help="allowed worsening in percent, e.g. ttft_ms.p99=10 or default=15 "
+        "(repeatable; 10 for every metric not named)",
     )
     c.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per check)")
     c.add_argument(
@@ -143,9 +248,9 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "scenario", nargs="?", help="scenario TOML with a [sweep] table; omit for a demo"
     )
-    w.add_argument("--out", metavar="DIR")
-    w.add_argument("--engine", choices=("async",), default="async")
-    w.add_argument("--quiet", action="store_true")
+    w.add_argument("--out", metavar="DIR", help="output folder (default: runs/sweep-<run id>)")
+    w.add_argument("--engine", choices=("async",), default="async", help="load engine")
+    w.add_argument("--quiet", action="store_true", help="no progress line")
 
     from loadkit.history.cli import add_history_parser
 
@@ -155,6 +260,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "locustfile",
         help="print the path of the installed locustfile (for `locust -f $(loadkit locustfile)`)",
     )
+    _document(p)
     return p
 
 

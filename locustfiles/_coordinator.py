@@ -103,6 +103,7 @@ class Coordinator:
         self.last_claim: float | None = None
         self.share = 0  # each process's share of the scenario's max_requests (0 = none)
         self.problems: list[str] = []
+        self.on_record: Callable[[RequestRecord], None] | None = None  # e.g. the web UI's
         self._files: set[str] = set()
 
     # -- messages from the processes that send load --------------------------------------
@@ -173,6 +174,8 @@ class Coordinator:
                 p.writer = RecordWriter(self.out / self._file_for(p))
             p.writer.write(rec)
             written += 1
+            if self.on_record is not None:
+                self.on_record(rec)
         p.received += written
         return written
 

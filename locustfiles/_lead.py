@@ -82,6 +82,7 @@ class Lead:
                 )
             self._setup_scenario(scenario, user_classes)
         out.mkdir(parents=True, exist_ok=True)
+        log.info("loadkit: run %s: records and run.json go to %s", out.name, out)
         self.coord = Coordinator(out, out.name, keys, scenario, opts.loadkit_paid_tier or None)
         opts.loadkit_run_id = out.name
         self._register()
@@ -265,6 +266,20 @@ class Lead:
             self.new_meta,
         )
         self.written.set()
+
+    def run_time(self) -> float:
+        """Seconds since the run's t=0 on this machine (0 before it)."""
+        origin = self.coord.origin
+        return origin.local_clock().now() if origin is not None else 0.0
+
+    def farewell(self) -> str:
+        """Where the run's records are, said last (after Locust's summary)."""
+        coord = self.coord
+        n = sum(p.received for p in coord.peers.values())
+        return (
+            f"loadkit: run {coord.run_id}: {n} records in {coord.out} "
+            f"(analyse them with: loadkit analyze {coord.out})"
+        )
 
     def new_meta(self) -> RunMeta:
         """run.json for a run started by hand (``loadkit run`` writes its own first)."""

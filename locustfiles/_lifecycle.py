@@ -96,14 +96,41 @@ def hangup_is_terminate() -> None:
     on_signal(signal.SIGHUP, lambda: os.kill(os.getpid(), signal.SIGTERM))
 
 
+def interrupt_is_quiet(again: Callable[[], None] | None) -> None:
+    """Ctrl-C (SIGINT) ends the run as Locust's own Ctrl-C does — open requests get the
+    grace, every record is written, Locust's summary and ``--html`` report — without the
+    traceback gevent prints when the interrupt lands in its hub: the KeyboardInterrupt is
+    handed to the main greenlet, where Locust waits for it. ``again``: what a second
+    Ctrl-C does (the master: stop at once). A process started with SIGINT ignored (a
+    background job of a script) keeps ignoring it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        return
+    hub = gevent.get_hub()
+    seen: list[bool] = []
+
+    def on_interrupt() -> None:
+        if seen:
+            if again is not None:
+                again()
+            return
+        seen.append(True)
+        log.warning("loadkit: interrupted: stopping (Ctrl-C again to stop at once)")
+        hub.loop.run_callback(hub.parent.throw, KeyboardInterrupt)
+
+    on_signal(signal.SIGINT, on_interrupt)
+
+
 def end_with_the_run(
     lead: Lead | None, agent: Callable[[], Agent | None], options: Any, forked_worker: bool
 ) -> None:
-    """Every process ends with the run: SIGHUP is a graceful stop as SIGTERM is; the
-    master (``lead``) stops at once on STOP_NOW (a second interrupt of ``loadkit run``);
-    and when ``loadkit run`` itself is gone, every process stops sending at once and
-    exits."""
+    """Every process ends with the run: SIGHUP is a graceful stop as SIGTERM is, Ctrl-C
+    one without a traceback; the master (``lead``) stops at once on STOP_NOW (a second
+    interrupt of ``loadkit run``) or a second Ctrl-C; and when ``loadkit run`` itself is
+    gone, every process stops sending at once and exits."""
     hangup_is_terminate()
+    interrupt_is_quiet(
+        (lambda: lead.stop_now("stopped at once (interrupted again)")) if lead else None
+    )
     run_pid = int(getattr(options, "loadkit_parent_pid", 0) or 0)
     told: list[bool] = []
 

@@ -11,6 +11,7 @@ import: the user is passed in."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,8 @@ from loadkit.payloads import PreparedRequest
 from loadkit.records import RequestRecord
 from loadkit.scenario import Key, LoadSpec
 from loadkit.trace import RequestInfo, RequestTrace
+
+log = logging.getLogger("loadkit")
 
 REQUEST_ID_HEADER = "x-loadkit-request-id"
 # A request cancelled while it waited for a client-side slot: never sent.
@@ -192,7 +195,13 @@ def _exchange(
             rec = ex.run(headers)
         except RequestDeadline:  # no answer within the bound (connect, send, headers)
             rec = ex.ended(R.TIMEOUT)
-        except gevent.GreenletExit:  # stopped while open: recorded, then the stop goes on
+        except Exception as exc:
+            # Whatever the HTTP client raised beyond the failures Locust catches: the
+            # request may have reached the target, so it is recorded, never lost with
+            # the task Locust would abandon.
+            log.warning("loadkit: request %s failed in the client: %r", info.request_id, exc)
+            rec = ex.ended(error_kind(exc, answered=ex.answered()))
+        except BaseException:  # a stop (GreenletExit) or the process ending while open
             a.emit(ex.ended(R.CANCELLED))
             raise
         finally:
@@ -255,6 +264,10 @@ class _Exchange:
             assert self.rec is not None
             self._report(resp, self.rec)
         return self.rec
+
+    def answered(self) -> bool:
+        """Whether the status line had arrived."""
+        return bool(self.trace.rec.status)
 
     def ended(self, kind: str) -> RequestRecord:
         """The record of an attempt ended by ``kind`` (a stop, the request's deadline),

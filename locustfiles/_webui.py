@@ -1,15 +1,18 @@
 """Locust's web UI for loadkit: a password login (``--web-login``, credentials from the
-environment) and the TTFT table, a separate ``RequestStats`` so Locust's totals stay clean,
-as a tab, in ``/stats/requests`` and as a CSV download."""
+environment); the TTFT table, a separate ``RequestStats`` so Locust's totals stay clean, as
+a tab, in ``/stats/requests`` and as a CSV download; and the tables by tier and by key
+(``_board``) as tabs."""
 
 from __future__ import annotations
 
 import hmac
 import json
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loadkit.locustfiles._board import TierBoard
 from loadkit.locustfiles._options import WebLogin
 
 
@@ -46,6 +49,18 @@ def require_login(web_ui: Any, login: WebLogin, base_path: str) -> None:
     web_ui.auth_args = {"username_password_callback": f"{base_path}/loadkit/login"}
 
 
+TTFT_COLUMNS = (
+    ("name", "Request kind"),
+    ("count", "Streams"),
+    ("median", "TTFT median (ms)"),
+    ("p95", "p95"),
+    ("p99", "p99"),
+    ("avg", "Average"),
+    ("min", "Min"),
+    ("max", "Max"),
+)
+
+
 def ttft_rows(stats: Any) -> list[dict[str, Any]]:
     rows = []
     for e in sorted(stats.entries.values(), key=lambda e: e.name):
@@ -79,33 +94,69 @@ def write_ttft_csv(stats: Any, path: str) -> None:
     Path(path).write_text(ttft_csv(stats))
 
 
-def add_ttft_tab(web_ui: Any, stats: Any) -> None:
+TIER_COLUMNS = (
+    ("tier", "Tier"),
+    ("keys", "Keys"),
+    ("rps", "Requests/s (last 10 s)"),
+    ("ttft_p50", "TTFT median (ms, last 10 s)"),
+    ("ttft_p95", "TTFT p95 (ms)"),
+    ("requests", "Requests"),
+    ("ok", "2xx"),
+    ("limited", "429"),
+    ("failed", "Other failures"),
+    ("cancelled", "Stopped"),
+)
+KEY_COLUMNS = (
+    ("key", "Key"),
+    ("tier", "Tier"),
+    ("status", "Status now"),
+    ("rps", "Requests/s (last 10 s)"),
+    ("ttft_p50", "TTFT median (ms)"),
+    ("requests", "Requests"),
+    ("ok", "2xx"),
+    ("limited", "429"),
+    ("failed", "Other failures"),
+)
+
+
+def _structure(columns: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    return [{"key": k, "title": t} for k, t in columns]
+
+
+def add_tabs(
+    web_ui: Any, stats: Any, board: TierBoard | None, now: Callable[[], float] | None
+) -> None:
+    """Locust's web UI gets the TTFT tab (``stats``: TTFT's own RequestStats) and, on the
+    process that leads the run, the tabs by tier and by key (``board``, read at run time
+    ``now()``), each in ``/stats/requests``; TTFT also as a CSV download."""
     from flask import make_response, request
 
-    structure = [
-        {"key": k, "title": t}
-        for k, t in (
-            ("name", "Request kind"),
-            ("count", "Streams"),
-            ("median", "TTFT median (ms)"),
-            ("p95", "p95"),
-            ("p99", "p99"),
-            ("avg", "Average"),
-            ("min", "Min"),
-            ("max", "Max"),
-        )
-    ]
-    web_ui.template_args["extended_tabs"] = [{"title": "TTFT", "key": "ttft"}]
-    web_ui.template_args["extended_tables"] = [{"key": "ttft", "structure": structure}]
+    tabs = [{"title": "TTFT", "key": "ttft"}]
+    tables = [{"key": "ttft", "structure": _structure(TTFT_COLUMNS)}]
+    if board is not None:
+        tabs += [{"title": "By tier", "key": "tiers"}, {"title": "By key", "key": "keys"}]
+        tables += [
+            {"key": "tiers", "structure": _structure(TIER_COLUMNS)},
+            {"key": "keys", "structure": _structure(KEY_COLUMNS)},
+        ]
+    web_ui.template_args["extended_tabs"] = tabs
+    web_ui.template_args["extended_tables"] = tables
     web_ui.template_args["extended_csv_files"] = [
         {"href": "/loadkit/ttft.csv", "title": "Download time-to-first-token statistics CSV"}
     ]
 
     @web_ui.app.after_request
-    def _add_ttft(response: Any) -> Any:
+    def _add_tables(response: Any) -> Any:
         if request.path.endswith("/stats/requests") and response.is_json:
             data = response.get_json()
-            data["extended_stats"] = [{"key": "ttft", "data": ttft_rows(stats)}]
+            extended = [{"key": "ttft", "data": ttft_rows(stats)}]
+            if board is not None and now is not None:
+                t = now()
+                extended += [
+                    {"key": "tiers", "data": board.tier_rows(t)},
+                    {"key": "keys", "data": board.key_rows(t)},
+                ]
+            data["extended_stats"] = extended
             response.set_data(json.dumps(data))
         return response
 

@@ -32,6 +32,7 @@ import os
 import random
 from typing import Any, cast
 
+import gevent
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 from locust import FastHttpUser, events, task
@@ -44,6 +45,7 @@ from loadkit.locustfiles import _lifecycle as L
 from loadkit.locustfiles import _options as O
 from loadkit.locustfiles import _roles, _webui
 from loadkit.locustfiles._agent import Agent, Policy
+from loadkit.locustfiles._board import TierBoard
 from loadkit.locustfiles._lead import STOP_GRACE_S, Lead, fail
 from loadkit.locustfiles._request import PauseRule, PhaseBackoff, UserBackoff, send
 from loadkit.outcomes import Backoff
@@ -339,7 +341,16 @@ def _on_init(environment: Any, web_ui: Any = None, **_: Any) -> None:
                 p.ttft.entries[key].extend(entry)
 
     if web_ui is not None:
-        _webui.add_ttft_tab(web_ui, p.ttft)
+        board, now = None, None
+        if p.lead is not None:
+            board = TierBoard((k.label, k.tier) for k in p.lead.keys)
+            p.lead.coord.on_record = board.add
+            now = p.lead.run_time
+        _webui.add_tabs(web_ui, p.ttft, board, now)
+    # gevent's loop reads the clock once per turn and has not turned since it was created
+    # (imports, this set-up): Locust's --run-time timer, started next, would count from
+    # then and end a run on a busy machine seconds early.
+    gevent.get_hub().loop.update_now()
 
 
 def _check_addressing(lead: Lead, environment: Any, distributed: bool) -> None:
@@ -424,6 +435,13 @@ def _on_quitting_sender(environment: Any, **_: Any) -> None:
         a.drain(grace)
     except Exception as exc:  # the master is gone already: nothing left to tell it
         log.debug("loadkit: final report not sent (%s)", exc)
+
+
+@events.quit.add_listener
+def _on_quit(**_: Any) -> None:
+    lead = proc().lead
+    if lead is not None:
+        log.info(lead.farewell())
 
 
 @events.quitting.add_listener

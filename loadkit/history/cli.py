@@ -71,7 +71,7 @@ def add_history_parser(sub: Any) -> None:
     hs = h.add_subparsers(dest="history_command", metavar="SUBCOMMAND")
 
     a = hs.add_parser("add", help="store analysed run folders (the same run twice: no-op)")
-    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="analysed run folders")
     a.add_argument("--db", metavar="URL", help=DB_HELP)
     a.add_argument(
         "--tag",
