@@ -72,7 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="locust engine: worker processes (0 = one local process)",
+        help="worker processes (0 or 1 = one process); async engine: default one per "
+        "available core, each worker owning whole keys; locust engine: default 0",
     )
     r.add_argument("--target", metavar="URL", help="override the scenario's target base URL")
     r.add_argument(

@@ -17,6 +17,7 @@ from typing import Any
 
 from loadkit import __version__
 from loadkit.api import TargetApi
+from loadkit.engine.worker_plan import WorkerPlan, available_cores, default_workers, split_plan
 from loadkit.records import RecordWriter, RequestRecord, shifted
 from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id
 from loadkit.scenario import EMBEDDED, Key, Scenario, ScenarioError, load_scenario, resolve_keys
@@ -140,6 +141,9 @@ def run_scenario(
     if engine == "async":
         import loadkit.engine.async_engine  # noqa: F401  (imported before the clock starts)
     with _stop_signals(), open_target(scenario, out_dir, cpu=server_cpu) as target:
+        wplan = None
+        if engine == "async":
+            wplan = _async_workers(scenario, target, workers, server_cpu, progress)
         clock = Clock()
         meta = new_meta(scenario, engine, target.base_url, target.keys, run_id, clock)
         meta.target_api = target.api.describe()
@@ -149,14 +153,19 @@ def run_scenario(
         meta.write(out_dir)
         if progress:
             print(
-                f"loadkit: {scenario.name}: {engine} engine, {len(target.keys)} keys, "
+                f"loadkit: {scenario.name}: {engine} engine"
+                f"{f', {len(wplan.shares)} workers' if wplan else ''}, {len(target.keys)} keys, "
                 f"{_duration_text(scenario)} against {target.base_url}"
                 f"{' (loadkit reference server)' if target.embedded else ''}",
                 file=sys.stderr,
             )
         anchor_ns = clock.mono_anchor_ns
         try:
-            if engine == "async":
+            if engine == "async" and wplan is not None:
+                from loadkit.engine.workers import run_workers
+
+                run_workers(scenario, target, out_dir, clock, meta, wplan, progress)
+            elif engine == "async":
                 _run_async(scenario, target, out_dir, clock, meta, progress)
             else:
                 from loadkit.locust_engine import run_locust
@@ -252,6 +261,36 @@ def _stop_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _async_workers(
+    scenario: Scenario,
+    target: Target,
+    workers: int | None,
+    server_cpu: int | None,
+    progress: bool,
+) -> WorkerPlan | None:
+    """The asyncio engine's worker processes for this run, or None for one process (the
+    engine in this process, as it always ran). ``workers``: None = one per available core
+    (less the embedded server's); 0 or 1 = one process."""
+    if workers is None:
+        pinned = target.embedded and server_cpu is not None
+        workers = default_workers(available_cores(), pinned)
+    if workers <= 1:
+        return None
+    if scenario.max_requests:
+        # A run-wide request count is decided on one clock, by one process.
+        _say(progress, f"one worker, not {workers}: max_requests counts the run's arrivals")
+        return None
+    wplan = split_plan(scenario, target.keys, workers)
+    if wplan.note:
+        _say(progress, wplan.note)
+    return wplan if len(wplan.shares) > 1 else None
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"loadkit: {text}", file=sys.stderr)
+
+
 def _run_async(
     scenario: Scenario, target: Target, out_dir: Path, clock: Clock, meta: RunMeta, progress: bool
 ) -> None:
@@ -304,6 +343,8 @@ def run_main(args: Any) -> int:
         print(f"loadkit run: {scenario.source}: slo: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else Path("runs") / new_run_id()
+    from loadkit.engine.workers import WorkersFailed
+
     _say_if_embedded(scenario, args)
     created = not out_dir.exists()
     try:
@@ -316,6 +357,9 @@ def run_main(args: Any) -> int:
             preflight=not getattr(args, "no_preflight", False),
         )
     except ScenarioError as exc:
+        print(f"loadkit run: {exc}", file=sys.stderr)
+        return 2
+    except WorkersFailed as exc:
         print(f"loadkit run: {exc}", file=sys.stderr)
         return 2
     except PreflightFailed as exc:
