@@ -125,10 +125,16 @@ def _job_base(scenario: Scenario, target: Target, out_dir: Path, run_id: str) ->
 
 
 def _worker_env(scenario: Scenario) -> dict[str, str]:
-    """This process's environment without loadkit's own variables (keys above all), but
-    with those the scenario's header values name (read where requests are sent)."""
+    """This process's environment without the keys (loadkit's own variables, each tier's
+    ``keys_env``): a worker gets its keys through its pipe. Variables the scenario's header
+    values name stay (they are read where requests are sent)."""
     named = {n for v in scenario.target.headers.values() for n in _ENV_REF.findall(v)}
-    return {k: v for k, v in os.environ.items() if not k.startswith("LOADKIT_") or k in named}
+    keys_envs = {t.keys_env for t in scenario.tiers.values() if t.keys_env}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k in named or not (k.startswith("LOADKIT_") or k in keys_envs)
+    }
 
 
 def _start(
