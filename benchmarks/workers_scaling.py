@@ -9,7 +9,10 @@ then N 1, ...); each repetition's ratio is ``rate(N) / (N × rate(1))`` from the
 next to each other, reported as the median and range (min–max), ratios first. Rates are
 completions per second over each run's own measured span (after ``--warmup``), from the
 records of every worker. A run with any status but 200 or any transport error is invalid
-and stops the benchmark.
+and stops the benchmark. Beside the rates: CPU milliseconds per stream of every process of
+each run (``loadkit run`` and its workers, start-up included), which does not depend on
+how many free cores the machine had: their ratio says whether N workers each cost what one
+process does, the condition for N free cores to give N times the rate.
 
 The target is single-threaded C (``targets/sse_target.c``); by default it is not pinned,
 so on a machine with fewer than N + 1 cores it shares cores with the workers, and the
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -88,7 +92,15 @@ def run_arm(workers: int, url: str, a: argparse.Namespace, tmp: Path, tag: str) 
         "--no-preflight", "--no-analyze", "--quiet",
     ]  # fmt: skip
     env = {**os.environ, "BENCH_KEYS": ",".join(f"bench-key-{i}" for i in range(a.keys))}
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise Invalid(
+            f"--workers {workers} run {tag}: exit {proc.returncode}: {proc.stderr[-2000:]}"
+        )
+    # Every process of the run (loadkit run, its workers) ended and was waited for.
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     recs = [
         json.loads(line)
         for f in sorted(out.glob("records-*.jsonl"))
@@ -109,6 +121,7 @@ def run_arm(workers: int, url: str, a: argparse.Namespace, tmp: Path, tag: str) 
         "requests": len(recs),
         "rate": rate_over_span([r["send_s"] for r in recs], [r["end_s"] for r in recs], a.warmup),
         "load": load,
+        "cpu_ms_per_req": cpu * 1e3 / len(recs),
     }
 
 
@@ -148,7 +161,8 @@ def main() -> int:
             res = run_arm(int(arm), url, a, Path(tmp), f"r{rep}")
             print(
                 f"  rep {rep}: --workers {arm}: {res['workers']} process(es), "
-                f"{res['rate']:,.0f} streams/s ({res['requests']:,} requests; "
+                f"{res['rate']:,.0f} streams/s ({res['requests']:,} requests, "
+                f"{res['cpu_ms_per_req']:.2f} CPU ms each; "
                 f"load average before {res['load']})",
                 flush=True,
             )
@@ -166,6 +180,18 @@ def main() -> int:
         f"speed-up rate(N) / rate(1): {med_range(speedups, '{:.2f}')}",
         f"streams/s, --workers 1: {med_range(one, '{:,.0f}')}",
         f"streams/s, --workers {a.workers}: {med_range(many, '{:,.0f}')}",
+        "CPU per stream, --workers 1 / --workers N (1.00: each worker costs what one "
+        "process does, so N free cores give N times): "
+        + med_range(
+            [
+                o["cpu_ms_per_req"] / m["cpu_ms_per_req"]
+                for o, m in zip(got["1"], got[arms[1]], strict=True)
+            ],
+            "{:.2f}",
+        ),
+        f"CPU ms per stream (all processes, start-up included), --workers 1: "
+        f"{med_range([r['cpu_ms_per_req'] for r in got['1']], '{:.3f}')}; --workers "
+        f"{a.workers}: {med_range([r['cpu_ms_per_req'] for r in got[arms[1]]], '{:.3f}')}",
         f"load average at the end: {loadavg_text()}",
     ]
     print("\n".join(out))

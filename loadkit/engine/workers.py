@@ -89,14 +89,16 @@ def run_workers(
         try:
             for share in wplan.shares:
                 workers.append(_start(share, job, [secrets[lb] for lb in share.labels], scenario))
-            _await_ready(workers)
-            if caught:  # stopped before any load: nothing to drain
+            _await_ready(workers, caught)
+            if caught:  # stopped before any load: nothing sent, nothing to drain
                 for w in workers:
                     link.send(w.control, link.ABORT)
                 meta.interrupted = True
                 meta.stop_reason = f"interrupted ({stop_signals.signal_label(caught[0])})"
                 _wait_all(workers, deadline=time.monotonic() + STOP_GRACE_S)
-                meta.workers = [_info(w, "interrupted") for w in workers]
+                meta.workers = [
+                    WorkerInfo(w.name, status="interrupted", sent=0, in_flight=0) for w in workers
+                ]
                 return
             origin = Origin.now(START_LEAD_S)
             for w in workers:
@@ -107,6 +109,8 @@ def run_workers(
             _follow(workers, scenario, clock, meta, caught, progress)
         finally:
             _end_all(workers)
+    # A worker interrupted by a signal sent to it alone interrupted the run.
+    meta.interrupted = meta.interrupted or any(w.result and w.result.interrupted for w in workers)
     meta.workers = [_info(w, "interrupted" if meta.interrupted else "ok") for w in workers]
     if not meta.stop_reason:
         meta.stop_reason = _run_stop_reason(workers)
@@ -226,10 +230,11 @@ def _pump(sel: selectors.DefaultSelector, timeout: float) -> list[_Worker]:
     return closed
 
 
-def _await_ready(workers: list[_Worker]) -> None:
+def _await_ready(workers: list[_Worker], caught: list[signal.Signals]) -> None:
+    """Until every worker is ready, or a stop signal came first."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     with _selector(workers) as sel:
-        while not all(w.ready for w in workers):
+        while not all(w.ready for w in workers) and not caught:
             for w in _pump(sel, 0.2):
                 if not w.ready:
                     raise WorkersFailed(
