@@ -80,14 +80,14 @@ def test_two_workers_make_one_run_with_the_verdicts_of_one(tmp_path: Path) -> No
 # -- processes ---------------------------------------------------------------------------
 
 
-def scenario_file(tmp_path: Path, base_url: str, duration_s: float = 60) -> Path:
+def scenario_file(tmp_path: Path, base_url: str, max_tokens: int = 30) -> Path:
     p = tmp_path / "s.json"
     p.write_text(
         json.dumps(
             {
                 "name": "workers",
                 "target": {"base_url": base_url},
-                "run": {"duration_s": duration_s, "drain_s": 5},
+                "run": {"duration_s": 60, "drain_s": 5},
                 "tiers": {"free": {"requests": 600, "concurrency": 3, "keys_env": "LK_TEST_KEYS"}},
                 "load": [
                     {
@@ -95,7 +95,7 @@ def scenario_file(tmp_path: Path, base_url: str, duration_s: float = 60) -> Path
                         "pattern": "constant",
                         "rate_per_s": 10,
                         "mix": {"chat_stream": 1},
-                        "max_tokens": 30,
+                        "max_tokens": max_tokens,
                     }
                 ],
             }
@@ -105,13 +105,14 @@ def scenario_file(tmp_path: Path, base_url: str, duration_s: float = 60) -> Path
 
 
 def start_run(
-    tmp_path: Path, srv: ServerThread, workers: int = 2
+    tmp_path: Path, srv: ServerThread, max_tokens: int = 30
 ) -> tuple[subprocess.Popen[str], Path]:
     out = tmp_path / "run"
     keys = ",".join(srv.key(label) for label in srv.labels("free")[:2])
+    spec = scenario_file(tmp_path, srv.base_url, max_tokens)
     cmd = [
-        sys.executable, "-m", "loadkit", "run", str(scenario_file(tmp_path, srv.base_url)),
-        "--engine", "async", "--workers", str(workers), "--out", str(out), "--no-preflight",
+        sys.executable, "-m", "loadkit", "run", str(spec),
+        "--engine", "async", "--workers", "2", "--out", str(out), "--no-preflight",
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
@@ -195,6 +196,24 @@ def test_sigterm_drains_every_worker_and_leaves_no_process(tmp_path: Path) -> No
     assert len(recs) == sum(w.sent or 0 for w in meta.workers)
     assert not [r for r in recs if r.transport_error == "cancelled"]
     assert "INCOMPLETE" in stdout
+
+
+def test_a_second_sigterm_cuts_every_drain_short(tmp_path: Path) -> None:
+    with ServerThread() as srv:
+        # Streams of 400 tokens (seconds each): many are open at any moment.
+        proc, out = start_run(tmp_path, srv, max_tokens=400)
+        wait_for_records_from_each(out, 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # two signals, as a user pressing Ctrl-C twice
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    meta = read_run_meta(out)
+    assert meta.stop_reason == "interrupted (SIGTERM); drain cut short"
+    recs = iter_records(out)
+    assert len(recs) == sum(w.sent or 0 for w in meta.workers)
+    cancelled = {r.worker for r in recs if r.transport_error == "cancelled"}
+    assert cancelled == {"async-0", "async-1"}, "every worker's drain was cut"
 
 
 def test_a_killed_parent_leaves_no_worker_and_no_load(tmp_path: Path) -> None:

@@ -297,6 +297,8 @@ def _follow(
                     kill_at = time.monotonic() + scenario.drain_s + STOP_GRACE_S
                 if handled <= 2:
                     _tell(workers, link.INTERRUPT, reason)
+                    if handled == 2:
+                        meta.stop_reason += "; drain cut short"
                 else:
                     kill_at = time.monotonic()
             if kill_at is not None and time.monotonic() >= kill_at:
