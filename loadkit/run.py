@@ -124,8 +124,11 @@ def run_scenario(
     preflight: bool = True,
 ) -> RunMeta:
     """Run a scenario and write records and run.json into ``out_dir``; returns the
-    metadata (``interrupted`` set if a signal stopped it). Raises PreflightFailed (nothing
-    written, no load sent) when the target fails the pre-flight check."""
+    metadata (``interrupted`` set if a signal stopped it). ``workers``: processes that send
+    load (asyncio engine: None, 0 or 1 is this process, N > 1 that many worker processes
+    owning whole keys; Locust engine: local worker processes, None or 0 none). Raises
+    PreflightFailed (nothing written, no load sent) when the target fails the pre-flight
+    check, WorkersFailed (no load sent) when a worker process cannot start."""
     used = [p.name for p in (out_dir / "run.json", *out_dir.glob("records-*.jsonl")) if p.exists()]
     if used:
         # Records of two runs in one directory would be analysed as one run (two clocks,
@@ -137,13 +140,13 @@ def run_scenario(
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = out_dir.name if out_dir.name else new_run_id()
     # Pin the embedded server and the generator to different cores when there are two.
-    server_cpu = 0 if (os.cpu_count() or 1) >= 2 else None
+    server_cpu = _server_cpu()
     if engine == "async":
         import loadkit.engine.async_engine  # noqa: F401  (imported before the clock starts)
     with _stop_signals(), open_target(scenario, out_dir, cpu=server_cpu) as target:
         wplan = None
         if engine == "async":
-            wplan = _async_workers(scenario, target, workers, server_cpu, progress)
+            wplan = _async_workers(scenario, target, workers or 1, progress)
         clock = Clock()
         meta = new_meta(scenario, engine, target.base_url, target.keys, run_id, clock)
         meta.target_api = target.api.describe()
@@ -261,19 +264,24 @@ def _stop_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _server_cpu() -> int | None:
+    """The core the embedded server is pinned to: the generator gets the others."""
+    return 0 if (os.cpu_count() or 1) >= 2 else None
+
+
+def default_async_workers(scenario: Scenario) -> int:
+    """``loadkit run --engine async`` without ``--workers``: one worker per available core,
+    less the one the embedded reference server is pinned to."""
+    pinned = scenario.target.base_url == EMBEDDED and _server_cpu() is not None
+    return default_workers(available_cores(), pinned)
+
+
 def _async_workers(
-    scenario: Scenario,
-    target: Target,
-    workers: int | None,
-    server_cpu: int | None,
-    progress: bool,
+    scenario: Scenario, target: Target, workers: int, progress: bool
 ) -> WorkerPlan | None:
     """The asyncio engine's worker processes for this run, or None for one process (the
-    engine in this process, as it always ran). ``workers``: None = one per available core
-    (less the embedded server's); 0 or 1 = one process."""
-    if workers is None:
-        pinned = target.embedded and server_cpu is not None
-        workers = default_workers(available_cores(), pinned)
+    engine in this process, as it always ran): ``workers`` 1 (or a plan that leaves one
+    worker)."""
     if workers <= 1:
         return None
     if scenario.max_requests:
@@ -345,6 +353,9 @@ def run_main(args: Any) -> int:
     out_dir = Path(args.out) if args.out else Path("runs") / new_run_id()
     from loadkit.engine.workers import WorkersFailed
 
+    workers = args.workers
+    if workers is None and engine == "async":
+        workers = default_async_workers(scenario)
     _say_if_embedded(scenario, args)
     created = not out_dir.exists()
     try:
@@ -352,7 +363,7 @@ def run_main(args: Any) -> int:
             scenario,
             out_dir,
             engine=engine,
-            workers=args.workers,
+            workers=workers,
             progress=not args.quiet,
             preflight=not getattr(args, "no_preflight", False),
         )

@@ -103,3 +103,14 @@ def test_messages_survive_being_cut_anywhere() -> None:
             {"kind": "ready"},
             {"kind": "go", "origin": {"wall": 1.5, "mono_ns": 7}},
         ]
+
+
+def test_loadkit_run_defaults_to_every_core_but_the_embedded_servers(monkeypatch) -> None:
+    import loadkit.run as run
+
+    monkeypatch.setattr(run, "available_cores", lambda: 4)
+    monkeypatch.setattr(run, "_server_cpu", lambda: 0)
+    embedded = run.builtin_scenario()
+    assert run.default_async_workers(embedded) == 3
+    real = embedded.with_overrides(base_url="http://127.0.0.1:9/v1")
+    assert run.default_async_workers(real) == 4
