@@ -176,6 +176,9 @@ async def _serve(
     try:
         for sig in early:
             on_signal(sig)
+        backlog, reader.backlog = reader.backlog, []
+        for msg in backlog:  # sent right behind the job (an abort, say)
+            on_message(msg)
         link.send(status, link.READY)
         if not await go:
             return None

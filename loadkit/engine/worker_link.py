@@ -43,6 +43,8 @@ class LineReader:
 
     def __init__(self) -> None:
         self._buf = b""
+        # Messages read with the one ``read_message`` asked for, to be handled next.
+        self.backlog: list[dict[str, Any]] = []
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         self._buf += data
@@ -57,16 +59,14 @@ class LineReader:
 
 
 def read_message(fd: int, reader: LineReader) -> dict[str, Any] | None:
-    """The next message on a blocking pipe; None at its end."""
-    pending: list[dict[str, Any]] = []
-    while not pending:
+    """The next message on a blocking pipe (any that came with it go to
+    ``reader.backlog``); None at its end."""
+    while not reader.backlog:
         data = os.read(fd, 65536)
         if not data:
             return None
-        pending = reader.feed(data)
-    if len(pending) > 1:  # the parent writes one message and waits: never happens
-        raise ValueError("worker link: more than one message at once before the run")
-    return pending[0]
+        reader.backlog += reader.feed(data)
+    return reader.backlog.pop(0)
 
 
 @dataclass
