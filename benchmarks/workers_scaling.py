@@ -10,9 +10,11 @@ next to each other, reported as the median and range (min–max), ratios first. 
 completions per second over each run's own measured span (after ``--warmup``), from the
 records of every worker. A run with any status but 200 or any transport error is invalid
 and stops the benchmark. Beside the rates: CPU milliseconds per stream of every process of
-each run (``loadkit run`` and its workers, start-up included), which does not depend on
-how many free cores the machine had: their ratio says whether N workers each cost what one
-process does, the condition for N free cores to give N times the rate.
+each run (``loadkit run`` and its workers), which does not depend on how many free cores
+the machine had; marginal = (CPU of the run − CPU of a ``--short-seconds`` run of the same
+arm) / (its requests − the short run's), so each process's start-up cancels out. Their
+ratio says whether a worker costs per stream what one process does, the condition for N
+free cores to give N times the rate.
 
 The target is single-threaded C (``targets/sse_target.c``); by default it is not pinned,
 so on a machine with fewer than N + 1 cores it shares cores with the workers, and the
@@ -80,10 +82,12 @@ def scenario(url: str, keys: int, concurrency: int, seconds: float) -> dict[str,
     }
 
 
-def run_arm(workers: int, url: str, a: argparse.Namespace, tmp: Path, tag: str) -> dict[str, Any]:
+def run_arm(
+    workers: int, url: str, a: argparse.Namespace, tmp: Path, tag: str, seconds: float
+) -> dict[str, Any]:
     d = Path(tempfile.mkdtemp(prefix=f"w{workers}-{tag}-", dir=tmp))
     spec = d / "scenario.json"
-    spec.write_text(json.dumps(scenario(url, a.keys, a.concurrency, a.seconds)))
+    spec.write_text(json.dumps(scenario(url, a.keys, a.concurrency, seconds)))
     out = d / "run"
     load = loadavg_text()
     cmd = [
@@ -121,6 +125,7 @@ def run_arm(workers: int, url: str, a: argparse.Namespace, tmp: Path, tag: str) 
         "requests": len(recs),
         "rate": rate_over_span([r["send_s"] for r in recs], [r["end_s"] for r in recs], a.warmup),
         "load": load,
+        "cpu_s": cpu,
         "cpu_ms_per_req": cpu * 1e3 / len(recs),
     }
 
@@ -132,6 +137,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="interleaved pairs")
     ap.add_argument("--seconds", type=float, default=8.0, help="duration of each run")
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured start of each run")
+    ap.add_argument(
+        "--short-seconds", type=float, default=4.0, help="the short run of the CPU difference"
+    )
     ap.add_argument("--keys", type=int, default=0, help="keys (default: 2 per worker)")
     ap.add_argument("--concurrency", type=int, default=256, help="streams in all")
     ap.add_argument("--gap-ms", type=float, default=2.0, help="the target's inter-chunk gap")
@@ -158,12 +166,17 @@ def main() -> int:
         url = f"{tgt.base}/v1"
 
         def run(arm: str, rep: int) -> dict[str, Any]:
-            res = run_arm(int(arm), url, a, Path(tmp), f"r{rep}")
+            res = run_arm(int(arm), url, a, Path(tmp), f"r{rep}", a.seconds)
+            short = run_arm(int(arm), url, a, Path(tmp), f"r{rep}s", a.short_seconds)
+            # Start-up (imports, one per process) cancels out of the difference.
+            res["marginal_cpu_ms"] = (
+                (res["cpu_s"] - short["cpu_s"]) * 1e3 / (res["requests"] - short["requests"])
+            )
             print(
                 f"  rep {rep}: --workers {arm}: {res['workers']} process(es), "
                 f"{res['rate']:,.0f} streams/s ({res['requests']:,} requests, "
-                f"{res['cpu_ms_per_req']:.2f} CPU ms each; "
-                f"load average before {res['load']})",
+                f"{res['cpu_ms_per_req']:.2f} CPU ms each, {res['marginal_cpu_ms']:.3f} "
+                f"marginal; load average before {res['load']})",
                 flush=True,
             )
             return res
@@ -180,16 +193,19 @@ def main() -> int:
         f"speed-up rate(N) / rate(1): {med_range(speedups, '{:.2f}')}",
         f"streams/s, --workers 1: {med_range(one, '{:,.0f}')}",
         f"streams/s, --workers {a.workers}: {med_range(many, '{:,.0f}')}",
-        "CPU per stream, --workers 1 / --workers N (1.00: each worker costs what one "
-        "process does, so N free cores give N times): "
+        "marginal CPU per stream, --workers 1 / --workers N (1.00: a worker costs per "
+        "stream what one process does, so N free cores give N times the rate): "
         + med_range(
             [
-                o["cpu_ms_per_req"] / m["cpu_ms_per_req"]
+                o["marginal_cpu_ms"] / m["marginal_cpu_ms"]
                 for o, m in zip(got["1"], got[arms[1]], strict=True)
             ],
             "{:.2f}",
         ),
-        f"CPU ms per stream (all processes, start-up included), --workers 1: "
+        f"marginal CPU ms per stream (long run − short run, every process), --workers 1: "
+        f"{med_range([r['marginal_cpu_ms'] for r in got['1']], '{:.3f}')}; --workers "
+        f"{a.workers}: {med_range([r['marginal_cpu_ms'] for r in got[arms[1]]], '{:.3f}')}",
+        f"CPU ms per stream, start-up included, --workers 1: "
         f"{med_range([r['cpu_ms_per_req'] for r in got['1']], '{:.3f}')}; --workers "
         f"{a.workers}: {med_range([r['cpu_ms_per_req'] for r in got[arms[1]]], '{:.3f}')}",
         f"load average at the end: {loadavg_text()}",
