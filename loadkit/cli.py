@@ -172,7 +172,9 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="locust engine: worker processes (0 = one local process)",
+        help="async engine: worker processes, each owning whole keys (default: one per "
+        "available core; 0 or 1: one process); locust engine: local worker processes "
+        "(default 0: one local process)",
     )
     r.add_argument("--target", metavar="URL", help="override the scenario's target base URL")
     r.add_argument(

@@ -17,6 +17,7 @@ from typing import Any
 
 from loadkit import __version__
 from loadkit.api import TargetApi
+from loadkit.engine.worker_plan import WorkerPlan, available_cores, default_workers, split_plan
 from loadkit.records import RecordWriter, RequestRecord, shifted
 from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id
 from loadkit.scenario import EMBEDDED, Key, Scenario, ScenarioError, load_scenario, resolve_keys
@@ -123,8 +124,11 @@ def run_scenario(
     preflight: bool = True,
 ) -> RunMeta:
     """Run a scenario and write records and run.json into ``out_dir``; returns the
-    metadata (``interrupted`` set if a signal stopped it). Raises PreflightFailed (nothing
-    written, no load sent) when the target fails the pre-flight check."""
+    metadata (``interrupted`` set if a signal stopped it). ``workers``: processes that send
+    load (asyncio engine: None, 0 or 1 is this process, N > 1 that many worker processes
+    owning whole keys; Locust engine: local worker processes, None or 0 none). Raises
+    PreflightFailed (nothing written, no load sent) when the target fails the pre-flight
+    check, WorkersFailed (no load sent) when a worker process cannot start."""
     used = [p.name for p in (out_dir / "run.json", *out_dir.glob("records-*.jsonl")) if p.exists()]
     if used:
         # Records of two runs in one directory would be analysed as one run (two clocks,
@@ -136,10 +140,13 @@ def run_scenario(
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = out_dir.name if out_dir.name else new_run_id()
     # Pin the embedded server and the generator to different cores when there are two.
-    server_cpu = 0 if (os.cpu_count() or 1) >= 2 else None
+    server_cpu = _server_cpu()
     if engine == "async":
         import loadkit.engine.async_engine  # noqa: F401  (imported before the clock starts)
     with _stop_signals(), open_target(scenario, out_dir, cpu=server_cpu) as target:
+        wplan = None
+        if engine == "async":
+            wplan = _async_workers(scenario, target, workers or 1, progress)
         clock = Clock()
         meta = new_meta(scenario, engine, target.base_url, target.keys, run_id, clock)
         meta.target_api = target.api.describe()
@@ -149,14 +156,19 @@ def run_scenario(
         meta.write(out_dir)
         if progress:
             print(
-                f"loadkit: {scenario.name}: {engine} engine, {len(target.keys)} keys, "
+                f"loadkit: {scenario.name}: {engine} engine"
+                f"{f', {len(wplan.shares)} workers' if wplan else ''}, {len(target.keys)} keys, "
                 f"{_duration_text(scenario)} against {target.base_url}"
                 f"{' (loadkit reference server)' if target.embedded else ''}",
                 file=sys.stderr,
             )
         anchor_ns = clock.mono_anchor_ns
         try:
-            if engine == "async":
+            if engine == "async" and wplan is not None:
+                from loadkit.engine.workers import run_workers
+
+                run_workers(scenario, target, out_dir, clock, meta, wplan, progress)
+            elif engine == "async":
                 _run_async(scenario, target, out_dir, clock, meta, progress)
             else:
                 from loadkit.locust_engine import run_locust
@@ -252,6 +264,41 @@ def _stop_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _server_cpu() -> int | None:
+    """The core the embedded server is pinned to: the generator gets the others."""
+    return 0 if (os.cpu_count() or 1) >= 2 else None
+
+
+def default_async_workers(scenario: Scenario) -> int:
+    """``loadkit run --engine async`` without ``--workers``: one worker per available core,
+    less the one the embedded reference server is pinned to."""
+    pinned = scenario.target.base_url == EMBEDDED and _server_cpu() is not None
+    return default_workers(available_cores(), pinned)
+
+
+def _async_workers(
+    scenario: Scenario, target: Target, workers: int, progress: bool
+) -> WorkerPlan | None:
+    """The asyncio engine's worker processes for this run, or None for one process (the
+    engine in this process, as it always ran): ``workers`` 1 (or a plan that leaves one
+    worker)."""
+    if workers <= 1:
+        return None
+    if scenario.max_requests:
+        # A run-wide request count is decided on one clock, by one process.
+        _say(progress, f"one worker, not {workers}: max_requests counts the run's arrivals")
+        return None
+    wplan = split_plan(scenario, target.keys, workers)
+    if wplan.note:
+        _say(progress, wplan.note)
+    return wplan if len(wplan.shares) > 1 else None
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"loadkit: {text}", file=sys.stderr)
+
+
 def _run_async(
     scenario: Scenario, target: Target, out_dir: Path, clock: Clock, meta: RunMeta, progress: bool
 ) -> None:
@@ -304,6 +351,11 @@ def run_main(args: Any) -> int:
         print(f"loadkit run: {scenario.source}: slo: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else Path("runs") / new_run_id()
+    from loadkit.engine.workers import WorkersFailed
+
+    workers = args.workers
+    if workers is None and engine == "async":
+        workers = default_async_workers(scenario)
     _say_if_embedded(scenario, args)
     created = not out_dir.exists()
     try:
@@ -311,11 +363,14 @@ def run_main(args: Any) -> int:
             scenario,
             out_dir,
             engine=engine,
-            workers=args.workers,
+            workers=workers,
             progress=not args.quiet,
             preflight=not getattr(args, "no_preflight", False),
         )
     except ScenarioError as exc:
+        print(f"loadkit run: {exc}", file=sys.stderr)
+        return 2
+    except WorkersFailed as exc:
         print(f"loadkit run: {exc}", file=sys.stderr)
         return 2
     except PreflightFailed as exc:

@@ -18,6 +18,7 @@ import random
 import signal
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -141,13 +142,16 @@ class AsyncEngine:
         handle_signals: bool = True,
         trace_limits: TraceLimits = DEFAULT_LIMITS,
         watch: FailureWatch | None = None,
+        pairs: Sequence[tuple[int, Key, LoadSpec]] | None = None,
     ) -> None:
         """``wake_early_s``: how long before a scheduled send to stop sleeping and spin
         (0 on a loop whose timers are exact, such as the tests' virtual-time loop).
         ``api``: the target's layout and auth style (None: the scenario's, with
         ``${NAME}`` in header values read from the environment). ``handle_signals``:
         SIGINT, SIGTERM and SIGHUP stop the run while it lasts (when on the main thread).
-        ``watch``: decides when a target that fails everything ends the run."""
+        ``watch``: decides when a target that fails everything ends the run.
+        ``pairs``: the (plan index, key, load phase) pairs this engine drives, when it
+        drives only part of the run's plan (one worker of several); None: the whole plan."""
         self.scenario = scenario
         self.keys = keys
         self.base_url = base_url.rstrip("/")
@@ -162,6 +166,7 @@ class AsyncEngine:
         self.handle_signals = handle_signals
         self.trace_limits = trace_limits
         self.watch = watch if watch is not None else FailureWatch()
+        self.pairs = pairs
         self.result = EngineResult()
         self._seq = 0
         self._inflight: set[asyncio.Future[Any]] = set()  # open-loop requests, users
@@ -240,10 +245,10 @@ class AsyncEngine:
     async def _run_load(self) -> None:
         """Every (key, phase) driven until the end, then the drain."""
         s = self.scenario
-        drivers = [
-            asyncio.ensure_future(self._drive(key, load, i))
-            for i, (key, load) in enumerate(plan(s, self.keys))
-        ]
+        pairs = self.pairs
+        if pairs is None:
+            pairs = [(i, key, load) for i, (key, load) in enumerate(plan(s, self.keys))]
+        drivers = [asyncio.ensure_future(self._drive(key, load, i)) for i, key, load in pairs]
         progress = asyncio.ensure_future(self._progress()) if self.progress else None
         try:
             await self._wait_end(drivers)
