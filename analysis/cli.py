@@ -165,7 +165,10 @@ QUIET_REASONS = 3  # verdict reasons ``--quiet`` prints
 def quiet_line(summary: Summary, run_dir: str | os.PathLike[str] | None = None) -> str:
     """``--quiet``'s one line for a run that did not pass: the verdict, its first reasons,
     and how many it left out (and where they are)."""
-    reasons = list(summary.verdict_reasons)
+    from loadkit.analysis.overall import UNTESTED
+
+    # A group's heading is not a reason of its own.
+    reasons = [r for r in summary.verdict_reasons if r != UNTESTED]
     line = f"loadkit analyze: {summary.headline or summary.verdict}"
     if reasons:
         line += ": " + "; ".join(reasons[:QUIET_REASONS])

@@ -136,7 +136,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
-        help="event loop: uvloop when installed (auto, the default), or asyncio's own",
+        help="event loop: auto (uvloop when installed, else asyncio), asyncio or uvloop",
     )
     s.add_argument(
         "--parent-pid",
