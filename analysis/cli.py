@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -15,6 +15,7 @@ from loadkit.analysis.outcome import HeaderAgreement, RunVerdict, Verdict
 
 if TYPE_CHECKING:
     from loadkit.analysis.summary import Summary
+    from loadkit.analysis.token_verdicts import TokenLimit
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
 EXIT_STATUS: dict[RunVerdict, int] = {
@@ -54,9 +55,12 @@ def status_table(summary: Summary) -> list[str]:
         return []
     other = any(k.other_status for k in keys)
     cancelled = any(k.cancelled for k in keys)
+    models = any(k.limited.models for k in keys)
     head = (
         f"{'requests by key':<16} {'tier':<10} {'2xx':>8} {'429 req':>8} {'429 conc':>9} "
-        f"{'429 tok':>8} {'429 ?':>7} {'4xx':>8} {'5xx':>7} {'no resp':>8}"
+        f"{'429 tok':>8}"
+        + (f" {'429 model':>9}" if models else "")
+        + f" {'429 ?':>7} {'4xx':>8} {'5xx':>7} {'no resp':>8}"
         + (f" {'other':>7}" if other else "")
         + (f" {'cancelled':>9}" if cancelled else "")
     )
@@ -65,13 +69,47 @@ def status_table(summary: Summary) -> list[str]:
         lim = k.limited
         row = (
             f"{k.key:<16} {k.tier or '-':<10} {k.ok:>8} {lim.requests:>8} "
-            f"{lim.concurrency:>9} {lim.tokens:>8} {lim.unattributed:>7} "
+            f"{lim.concurrency:>9} {lim.tokens:>8}"
+            + (f" {lim.models or 0:>9}" if models else "")
+            + f" {lim.unattributed:>7} "
             f"{k.client_error:>8} {k.server_error:>7} {k.no_response:>8}"
             + (f" {k.other_status:>7}" if other else "")
             + (f" {k.cancelled:>9}" if cancelled else "")
             + ("  UNUSABLE" if not k.usable else "")
         )
         lines.append(row)
+    return lines
+
+
+def _volume(x: float) -> str:
+    """A token volume as the table shows it: whole, or to one decimal when a bound is not."""
+    return f"{x:.0f}" if x == int(x) else f"{x:.1f}"
+
+
+def token_rows(tokens: Sequence[TokenLimit], width: int = 12) -> list[str]:
+    """The verdict table's rows of the token and per-day promises (summary.json
+    ``tokens``), in the request rows' columns, each followed by what the service
+    advertised where it broke its word (a reset that did not come, remaining tokens that
+    disagree) and, for a promise the run could not reach, why."""
+    lines = []
+    for t in tokens:
+        v = t.verdict
+        lines.append(
+            f"{t.key:<16} {t.tier:<10} {t.kind:<{width}} {v.promise.limit:>9} "
+            f"{_volume(v.observed_max):>9} {_volume(v.observed_max_possible):>9} "
+            f"{_volume(v.offered_max):>8}  {v.enforced:<12} {v.honoured:<12}"
+        )
+        r = t.reset
+        if r.verdict not in (Verdict.INCONCLUSIVE, Verdict.UNUSABLE):
+            lines.append(f"{'':<16} reset: {r.verdict} ({r.checked} checked, {r.broken} broken)")
+        rh = t.remaining_header
+        if rh is not None and rh.verdict == HeaderAgreement.DISAGREES:
+            lines.append(
+                f"{'':<16} x-ratelimit-remaining-tokens: disagrees on "
+                f"{rh.disagreements}/{rh.checked}"
+            )
+        if v.reach and v.enforced is not Verdict.UNUSABLE:
+            lines.append(f"{'':<16} {v.reach}")
     return lines
 
 
@@ -92,16 +130,19 @@ def console_table(summary: Summary, run_dir: str | os.PathLike[str] | None = Non
     if table:
         lines.append("")
         lines.extend(table)
-    if summary.limits:
+    tokens = summary.tokens or ()
+    if summary.limits or tokens:
+        names = [e.kind for e in summary.limits] + [t.kind for t in tokens]
+        width = max(12, *(len(k) for k in names))
         lines.append("")
         lines.append(
-            f"{'key':<16} {'tier':<10} {'kind':<12} {'promised':>9} {'observed':>9} "
+            f"{'key':<16} {'tier':<10} {'kind':<{width}} {'promised':>9} {'observed':>9} "
             f"{'possible':>9} {'offered':>8}  {'enforced':<12} {'honoured':<12}"
         )
         for e in summary.limits:
             v = e.verdict
             lines.append(
-                f"{e.key:<16} {e.tier:<10} {e.kind:<12} {v.promised:>9} "
+                f"{e.key:<16} {e.tier:<10} {e.kind:<{width}} {v.promised:>9} "
                 f"{v.observed_max:>9} {v.observed_max_possible:>9} {v.offered_max:>8}  "
                 f"{v.enforced:<12} {v.honoured:<12}"
             )
@@ -113,10 +154,11 @@ def console_table(summary: Summary, run_dir: str | os.PathLike[str] | None = Non
                     f"{'':<16} retry-after: {ra.verdict} ({ra.checked} checked, {ra.broken} broken)"
                 )
             rh = e.remaining_header
-            if rh.verdict == HeaderAgreement.DISAGREES:
+            if rh is not None and rh.verdict == HeaderAgreement.DISAGREES:
                 lines.append(
                     f"{'':<16} x-ratelimit-remaining: disagrees on {rh.disagreements}/{rh.checked}"
                 )
+        lines.extend(token_rows(tokens, width))
     lines.append("")
     lines.append(
         f"{'latency (ms)':<14} {'p50':>9} {'p90':>9} {'p99':>9} {'p99.9':>9} {'max':>9} "

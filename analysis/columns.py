@@ -34,6 +34,8 @@ _KINDS = {
     "concurrency": Refused.CONCURRENCY,
     "tokens": Refused.TOKENS,
     "requests_per_day": Refused.DAILY,
+    "model_requests": Refused.MODEL_REQUESTS,
+    "model_concurrency": Refused.MODEL_CONCURRENCY,
 }
 # loadkit.records does not annotate it; the alias gives the call a type.
 _arrow_schema: Callable[[], pa.Schema] = _records.arrow_schema

@@ -65,8 +65,13 @@ def held_concurrency_text(c: int, tol: Tolerance | None) -> str:
 
 
 def explain_requests(
-    e: RequestsVerdict, ra: RetryAfterCheck | None, rh: RemainingHeaderCheck | None
+    e: RequestsVerdict,
+    ra: RetryAfterCheck | None,
+    rh: RemainingHeaderCheck | None,
+    refusals: str = "rate_limit_exceeded",
 ) -> list[str]:
+    """``refusals``: what the limit's refusals are called (a model's own window:
+    ``model_rate_limit_exceeded``)."""
     n, w, off = e.promised, e.window_s, e.offered
     ev, hon = e.evidence.enforced, e.evidence.honoured
     out = [
@@ -101,7 +106,7 @@ def explain_requests(
         if hon.unjustified_429s:
             parts.append(
                 f"{hon.unjustified_429s} of {hon.rate_limit_429s} "
-                "rate_limit_exceeded refusals came when fewer than "
+                f"{refusals} refusals came when fewer than "
                 f"{n} requests could have been admitted in their window"
             )
         if hon.unjustified_uncoded_429s:

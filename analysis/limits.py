@@ -4,7 +4,7 @@ key's requests-per-window and concurrency promises, with the offered load and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import ClassVar
 
 from loadkit.analysis.codec import JsonRecord, flatten, omit_none
@@ -45,6 +45,10 @@ class RefusalCounts(JsonRecord):
     tokens: int  # judged by neither limit until token limits have verdicts
     unattributed: int  # judged against both limits
     signals: dict[str, int]
+    # A model's own request window or concurrency (``model_requests``,
+    # ``model_concurrency``): judged per (key, model), never against the key's limits.
+    # Absent when there were none (and from summaries written before them).
+    models: int | None = omit_none()
 
 
 @dataclass(frozen=True)
@@ -235,38 +239,50 @@ class RemainingHeaderCheck(JsonRecord):
     limit_mismatches: int
 
 
+def scoped_kind(kind: LimitKind, model: str | None) -> str:
+    """How the run's reasons and tables name a limit: ``requests``, or
+    ``models.MODEL.requests`` for a model's own (as the token entries name theirs)."""
+    return kind if model is None else f"models.{model}.{kind.value}"
+
+
 @dataclass(frozen=True)
 class RequestsLimit(JsonRecord):
-    """One key's requests-per-window entry in ``limits``."""
+    """One key's requests-per-window entry in ``limits``: the key's promise, or (``model``
+    set) a model's own promise, judged on the key's requests to that model."""
 
     json_tag: ClassVar[tuple[str, str]] = ("kind", LimitKind.REQUESTS.value)
 
     tier: str
     key: str
+    _: KW_ONLY
+    model: str | None = omit_none()
     verdict: RequestsVerdict = flatten()
-    retry_after: RetryAfterCheck = field(kw_only=True)
-    remaining_header: RemainingHeaderCheck = field(kw_only=True)
-    explanation: tuple[str, ...] = field(kw_only=True)
+    retry_after: RetryAfterCheck
+    # None for a model's entry: x-ratelimit-*-requests describe the key's limit.
+    remaining_header: RemainingHeaderCheck | None = omit_none()
+    explanation: tuple[str, ...]
 
     @property
-    def kind(self) -> LimitKind:
-        return LimitKind.REQUESTS
+    def kind(self) -> str:
+        return scoped_kind(LimitKind.REQUESTS, self.model)
 
 
 @dataclass(frozen=True)
 class ConcurrencyLimit(JsonRecord):
-    """One key's concurrency entry in ``limits``."""
+    """One key's concurrency entry in ``limits`` (``model`` set: a model's own promise)."""
 
     json_tag: ClassVar[tuple[str, str]] = ("kind", LimitKind.CONCURRENCY.value)
 
     tier: str
     key: str
+    _: KW_ONLY
+    model: str | None = omit_none()
     verdict: ConcurrencyVerdict = flatten()
-    explanation: tuple[str, ...] = field(kw_only=True)
+    explanation: tuple[str, ...]
 
     @property
-    def kind(self) -> LimitKind:
-        return LimitKind.CONCURRENCY
+    def kind(self) -> str:
+        return scoped_kind(LimitKind.CONCURRENCY, self.model)
 
 
 Limit = RequestsLimit | ConcurrencyLimit

@@ -78,3 +78,7 @@ class Refused(enum.IntEnum):
     TOKENS = 3  # not judged until token limits have verdicts
     UNATTRIBUTED = 4  # judged against both limits
     DAILY = 5  # requests per day: judged with the token verdicts (``token_verdicts``)
+    # A model's own request window / concurrency (the record's ``model`` names it): judged
+    # per (key, model), never against the key's limits.
+    MODEL_REQUESTS = 6
+    MODEL_CONCURRENCY = 7

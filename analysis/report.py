@@ -160,7 +160,7 @@ def _evidence(e: Limit) -> str:
                 f"{_num(r.retry_after_s, 3)} s; <code>{escape(r.followup_id)}"
                 f"</code> sent at {_num(r.followup_send_s, 3)} s was refused again</li>"
             )
-        for m in e.remaining_header.examples[:10]:
+        for m in e.remaining_header.examples[:10] if e.remaining_header else ():
             parts.append(
                 f"<li>x-ratelimit-remaining on <code>{escape(m.request_id)}</code> "
                 f"implies {m.reported_used} used; the count was between {m.lower} "
@@ -172,7 +172,7 @@ def _evidence(e: Limit) -> str:
 
 
 def _refused(r: RefusalCounts) -> int:
-    return r.requests + r.concurrency + r.tokens + r.unattributed
+    return r.requests + r.concurrency + r.tokens + r.unattributed + (r.models or 0)
 
 
 def _attribution(r: RefusalCounts) -> str:
@@ -180,6 +180,8 @@ def _attribution(r: RefusalCounts) -> str:
     parts = [f"{r.requests} by the requests limit", f"{r.concurrency} by the concurrency limit"]
     if r.tokens:
         parts.append(f"{r.tokens} refused for tokens (not judged: no token limit is promised)")
+    if r.models:
+        parts.append(f"{r.models} by a model's own limit (judged per model)")
     if r.unattributed:
         parts.append(f"{r.unattributed} unattributed (judged against both limits)")
     signals = ", ".join(f"<code>{escape(k)}</code> ×{n}" for k, n in r.signals.items())
@@ -239,6 +241,7 @@ def _keys_table(summary: Summary) -> str:
     if not keys:
         return ""
     other = any(k.other_status for k in keys)
+    models = any(k.limited.models for k in keys)
     rows = []
     for k in keys:
         lim = k.limited
@@ -248,14 +251,16 @@ def _keys_table(summary: Summary) -> str:
             f"<tr{cls}><td class=key>{escape(k.key)}</td><td>{escape(k.tier or '–')}</td>"
             f"<td class=num>{k.requests:,}</td><td class=num>{k.ok:,}</td>"
             f"<td class=num>{lim.requests:,}</td><td class=num>{lim.concurrency:,}</td>"
-            f"<td class=num>{lim.tokens:,}</td><td class=num>{lim.unattributed:,}</td>"
+            f"<td class=num>{lim.tokens:,}</td>"
+            + (f"<td class=num>{lim.models or 0:,}</td>" if models else "")
+            + f"<td class=num>{lim.unattributed:,}</td>"
             f"<td class=num>{k.client_error:,}</td><td class=num>{k.server_error:,}</td>"
             f"<td class=num>{k.no_response:,}</td>"
             + (f"<td class=num>{k.other_status:,}</td>" if other else "")
             + f"<td class=num>{k.cancelled:,}</td><td>{usable}</td></tr>"
         )
         if k.problem:
-            span = 14 if other else 13
+            span = 13 + other + models
             rows.append(f"<tr{cls}><td colspan={span}>{escape(k.problem)}</td></tr>")
     return (
         "<h2>Answers by key</h2><p class=muted>Chat and completion requests of each key by "
@@ -263,7 +268,8 @@ def _keys_table(summary: Summary) -> str:
         "signal: error code, type, message or headers).</p>"
         "<table class=answers><tr><th>key</th><th>tier</th><th>requests</th><th>2xx</th>"
         "<th>429 requests</th><th>429 concurrency</th><th>429 tokens</th>"
-        "<th>429 unattributed</th><th>other 4xx</th><th>5xx</th><th>no response</th>"
+        + ("<th>429 a model's limit</th>" if models else "")
+        + "<th>429 unattributed</th><th>other 4xx</th><th>5xx</th><th>no response</th>"
         + ("<th>other status</th>" if other else "")
         + "<th>cancelled</th><th>usable?</th></tr>"
         + "".join(rows)
@@ -286,10 +292,9 @@ def _limits_table(summary: Summary) -> str:
         extra = ""
         if isinstance(e, RequestsLimit):
             promise = f"{v.promised} per {e.verdict.window_s:g} s"
-            extra = (
-                f"<br>Retry-After {_badge(e.retry_after.verdict)} "
-                f"remaining header {_badge(e.remaining_header.verdict)}"
-            )
+            extra = f"<br>Retry-After {_badge(e.retry_after.verdict)}"
+            if e.remaining_header is not None:
+                extra += f" remaining header {_badge(e.remaining_header.verdict)}"
         else:
             promise = f"{v.promised} at once"
         text = "".join(f"<p>{escape(s)}</p>" for s in e.explanation)
@@ -298,7 +303,7 @@ def _limits_table(summary: Summary) -> str:
             extra = ""
         rows.append(
             f"<tr{unusable}><td class=key>{escape(e.key)}</td><td>{escape(e.tier)}</td>"
-            f"<td>{e.kind}</td>"
+            f"<td>{escape(e.kind)}</td>"
             f"<td>{promise}</td><td class=num>{v.observed_max}</td>"
             f"<td class=num>{v.observed_max_possible}</td><td class=num>{v.offered_max}</td>"
             f"<td>{_badge(v.enforced)}{_decided_at(e)}</td><td>{_badge(v.honoured)}{extra}</td>"
@@ -336,7 +341,8 @@ def _untested_table(entries: Sequence[Limit]) -> str:
     if not entries:
         return ""
     rows = "".join(
-        f"<tr><td class=key>{escape(e.key)}</td><td>{escape(e.tier)}</td><td>{e.kind}</td>"
+        f"<tr><td class=key>{escape(e.key)}</td><td>{escape(e.tier)}</td>"
+        f"<td>{escape(e.kind)}</td>"
         f"<td class=num>{e.verdict.promised}</td><td class=num>{e.verdict.offered_max}</td>"
         f"<td>{escape(' '.join(e.explanation[1:]))}</td></tr>"
         for e in entries

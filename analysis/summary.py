@@ -8,7 +8,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,13 @@ from loadkit.analysis.token_verdicts import TokenLimit, token_limits
 from loadkit.analysis.usability import KeyAnswers, key_answers
 from loadkit.analysis.verdicts import (
     KeyView,
+    ModelPolicy,
     Policy,
     VerdictSettings,
     concurrency_verdict,
     key_view,
+    model_policies,
+    model_view,
     requests_verdict,
 )
 from loadkit.runmeta import RunMeta
@@ -243,8 +246,8 @@ def key_order(
 @dataclass(frozen=True)
 class LimitFindings:
     """What ``limit_verdicts`` found: the ``limits`` entries (two per key: requests,
-    concurrency), arrival curves by key, the per-key views, and notes about keys that could
-    not be judged."""
+    concurrency; then one per model's own request window or concurrency), arrival curves
+    by key, the per-key views, and notes about keys that could not be judged."""
 
     limits: tuple[Limit, ...]
     arrival: dict[str, ArrivalCurve]
@@ -270,6 +273,53 @@ def _unusable(e: Limit, problem: str) -> Limit:
     return replace(e, verdict=replace(e.verdict, enforced=u, honoured=u), explanation=explanation)
 
 
+def model_limits(
+    cols: Columns,
+    code: int,
+    label: str,
+    tier: str,
+    models: Sequence[ModelPolicy],
+    settings: VerdictSettings,
+) -> list[Limit]:
+    """The entries of each model's own request window and concurrency for one key: the
+    key's verdicts, computed on its requests to the model (``model_view``), whose own
+    refusals are the model-scoped 429s. No remaining-header check: the
+    ``x-ratelimit-*-requests`` headers describe the key's limit."""
+    out: list[Limit] = []
+    for mp in models:
+        mv = model_view(cols, code, mp.model)
+        scope = (
+            f"Model {mp.model}'s own promise (tiers.{tier}.models.{mp.model}), judged on "
+            f"this key's {mv.n} requests to it."
+        )
+        if mp.requests:
+            req = requests_verdict(mv, mp.policy, settings, cols.ids)
+            ra = retry_after_check(mv, settings.max_examples, cols.ids)
+            why = explain_requests(req, ra, None, refusals="model_rate_limit_exceeded")
+            out.append(
+                RequestsLimit(
+                    tier,
+                    label,
+                    model=mp.model,
+                    verdict=req,
+                    retry_after=ra,
+                    explanation=(scope, *why),
+                )
+            )
+        if mp.concurrency:
+            conc = concurrency_verdict(mv, mp.policy, settings, cols.ids)
+            out.append(
+                ConcurrencyLimit(
+                    tier,
+                    label,
+                    model=mp.model,
+                    verdict=conc,
+                    explanation=(scope, *explain_concurrency(conc)),
+                )
+            )
+    return out
+
+
 def limit_verdicts(
     meta: RunMeta,
     cols: Columns,
@@ -282,9 +332,11 @@ def limit_verdicts(
     unusable = unusable or {}
     tiers = _tier_of_keys(meta, cols)
     policies: dict[str, Policy] = {}
+    by_model: dict[str, tuple[ModelPolicy, ...]] = {}
     for t, d in meta.tiers.items():
         try:
             policies[t] = Policy.from_dict(t, d)
+            by_model[t] = model_policies(t, d, policies[t])
         except ValueError as exc:
             raise UnusableInput(str(exc)) from None
     entries: list[Limit] = []
@@ -308,21 +360,24 @@ def limit_verdicts(
         ra = retry_after_check(kv, settings.max_examples, cols.ids)
         rh = remaining_header_check(kv, policy, settings.max_examples, cols.ids)
         conc = concurrency_verdict(kv, policy, settings, cols.ids)
-        pair: tuple[Limit, Limit] = (
+        mine: list[Limit] = [
             RequestsLimit(
                 tier,
                 label,
-                req,
+                verdict=req,
                 retry_after=ra,
                 remaining_header=rh,
                 explanation=tuple(explain_requests(req, ra, rh)),
             ),
-            ConcurrencyLimit(tier, label, conc, explanation=tuple(explain_concurrency(conc))),
-        )
+            ConcurrencyLimit(
+                tier, label, verdict=conc, explanation=tuple(explain_concurrency(conc))
+            ),
+        ]
+        mine += model_limits(cols, code, label, tier, by_model[tier], settings)
         problem = unusable.get(label)
         if problem is not None:
-            pair = (_unusable(pair[0], problem), _unusable(pair[1], problem))
-        entries.extend(pair)
+            mine = [_unusable(e, problem) for e in mine]
+        entries.extend(mine)
         arrival[label] = arrival_curve(kv, policy)
     for k in meta.keys:
         if k.get("label") not in cols.key.names:

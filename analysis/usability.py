@@ -203,6 +203,9 @@ def key_answers(meta: RunMeta, cols: Columns, tiers: Mapping[str, str]) -> list[
                     concurrency=refused[Refused.CONCURRENCY][code],
                     tokens=refused[Refused.TOKENS][code],
                     unattributed=refused[Refused.UNATTRIBUTED][code],
+                    models=refused[Refused.MODEL_REQUESTS][code]
+                    + refused[Refused.MODEL_CONCURRENCY][code]
+                    or None,
                     signals=signal_counts(
                         Codes(cols.limit_signal.codes[mine], cols.limit_signal.names)
                     ),

@@ -66,6 +66,47 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class ModelPolicy:
+    """A model's own request window and/or concurrency promise in a tier (run.json
+    ``tiers.T.models.M``), judged on each key's requests to the model. ``policy`` holds
+    them; a promise the model does not make is the tier's there, and is not judged."""
+
+    model: str
+    policy: Policy
+    requests: bool
+    concurrency: bool
+
+
+def model_policies(tier: str, d: Mapping[str, Any], base: Policy) -> tuple[ModelPolicy, ...]:
+    """The models of run.json's ``tiers.TIER`` that promise a request window or a
+    concurrency cap of their own (a window left out is the tier's)."""
+    models = d.get("models") or {}
+    if not isinstance(models, Mapping):
+        raise ValueError(f"run.json tiers.{tier}.models: expected a table, got {models!r}")
+    out = []
+    for m, md in models.items():
+        where = f"run.json tiers.{tier}.models.{m}"
+        if not isinstance(md, Mapping):
+            raise ValueError(f"{where}: expected a table, got {md!r}")
+        req, conc = md.get("requests"), md.get("concurrency")
+        if req is None and conc is None:
+            continue
+        try:
+            window = md.get("window_s")
+            p = Policy(
+                base.requests if req is None else int(req),
+                base.window_s if window is None else float(window),
+                base.concurrency if conc is None else int(conc),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if p.requests < 1 or p.window_s <= 0 or p.concurrency < 1:
+            raise ValueError(f"{where}: limits must be positive, got {dict(md)}")
+        out.append(ModelPolicy(str(m), p, req is not None, conc is not None))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class VerdictSettings:
     """Tolerances of the verdicts; all are stated in summary.json."""
 
@@ -81,12 +122,16 @@ class VerdictSettings:
 
 @dataclass(frozen=True)
 class KeyView:
-    """One key's requests to the limited endpoints, as arrays aligned by position.
+    """One key's requests to the limited endpoints (all of them, or those to one model for
+    a model's own promise: ``model``), as arrays aligned by position.
 
     ``hi`` is the latest instant the request can have been admitted: headers_s, or end_s
-    when no headers arrived. A 429 is in exactly one of ``rate429`` (refused by the
-    requests limit), ``conc429`` (the concurrency limit), ``tok429`` (a token limit: judged
-    by neither) and ``other429`` (unattributed: judged against both)."""
+    when no headers arrived. ``rate429`` and ``conc429`` are the refusals of the requests
+    and concurrency limits the view judges (the key's, or the model's own); ``other429``
+    the unattributed ones (judged against both of the key's limits, and by no model's:
+    ``judge_unattributed``); ``elsewhere429`` those of a limit neither verdict judges
+    (tokens, per day, the other scope's limits), which never reached these limits.
+    ``tok429`` and ``model429`` count the token and model-scoped refusals."""
 
     rows: np.ndarray
     s: np.ndarray
@@ -99,12 +144,16 @@ class KeyView:
     conc429: np.ndarray
     tok429: np.ndarray
     other429: np.ndarray
+    elsewhere429: np.ndarray
+    model429: np.ndarray
     auth: np.ndarray  # the key was not accepted (401, a 403 that is not the API's)
     retry_after: np.ndarray
     rl_limit: np.ndarray
     rl_remaining: np.ndarray
     signal: Codes  # limit_signal: what in a 429 named its limit
     stream: np.ndarray  # streamed: the headers came before the body
+    model: str | None = None
+    judge_unattributed: bool = True
 
     @property
     def n(self) -> int:
@@ -128,12 +177,30 @@ def key_view(cols: Columns, key_code: int) -> KeyView:
     return view_of_rows(cols, rows)
 
 
+def model_view(cols: Columns, key_code: int, model: str) -> KeyView:
+    """The key's requests to ``model``, for that model's own promise: the same verdicts
+    on the subset, judging the model-scoped refusals (``model_requests``,
+    ``model_concurrency``) as the key's view judges the key's."""
+    sel = (cols.key.codes == key_code) & cols.endpoint.isin(INFERENCE_ENDPOINTS)
+    if cols.tokens is None:
+        sel = np.zeros(cols.n, dtype=bool)
+    else:
+        sel &= cols.tokens.model_rows(model)
+    return view_of_rows(cols, np.flatnonzero(sel), model)
+
+
 _ADMITTED = [OUTCOMES.index(o) for o in ADMITTED]
 _NO_RESPONSE = OUTCOMES.index(Outcome.NO_RESPONSE)
 _AUTH = OUTCOMES.index(Outcome.AUTH)
 
 
-def view_of_rows(cols: Columns, rows: np.ndarray) -> KeyView:
+_MODEL_KINDS = (Refused.MODEL_REQUESTS, Refused.MODEL_CONCURRENCY)
+# Refusals of limits that no requests/concurrency verdict of a key's view judges.
+_KEY_ELSEWHERE = (Refused.TOKENS, Refused.DAILY, *_MODEL_KINDS)
+
+
+def view_of_rows(cols: Columns, rows: np.ndarray, model: str | None = None) -> KeyView:
+    """``rows``' view; ``model`` set: judged against that model's own limits."""
     s = cols.send[rows]
     e = cols.end[rows]
     hdr = cols.headers[rows]
@@ -147,6 +214,16 @@ def view_of_rows(cols: Columns, rows: np.ndarray) -> KeyView:
     # have been admitted.
     no_answer = (out == _NO_RESPONSE) & (te != cols.transport_error.code_of("refused"))
     cancelled_open = (st == 0) & (te == cols.transport_error.code_of("cancelled"))
+    unattributed = refused == Refused.UNATTRIBUTED
+    if model is None:
+        rate, conc = refused == Refused.REQUESTS, refused == Refused.CONCURRENCY
+        elsewhere = np.isin(refused, _KEY_ELSEWHERE)
+    else:
+        rate, conc = refused == Refused.MODEL_REQUESTS, refused == Refused.MODEL_CONCURRENCY
+        # The key's refusals, tokens, per day, and the unattributed (judged by the key's
+        # verdicts, as ever: a client that cannot tell the limits apart cannot judge a
+        # model's by them).
+        elsewhere = (refused != Refused.NOT_REFUSED) & ~rate & ~conc
     return KeyView(
         rows=rows,
         s=s,
@@ -155,16 +232,20 @@ def view_of_rows(cols: Columns, rows: np.ndarray) -> KeyView:
         status=st,
         admitted=np.isin(out, _ADMITTED),
         possible=no_answer | cancelled_open,
-        rate429=refused == Refused.REQUESTS,
-        conc429=refused == Refused.CONCURRENCY,
+        rate429=rate,
+        conc429=conc,
         tok429=refused == Refused.TOKENS,
-        other429=refused == Refused.UNATTRIBUTED,
+        other429=unattributed,
+        elsewhere429=elsewhere,
+        model429=np.isin(refused, _MODEL_KINDS),
         auth=out == _AUTH,
         retry_after=cols.retry_after[rows],
         rl_limit=cols.rl_limit[rows],
         rl_remaining=cols.rl_remaining[rows],
         signal=Codes(cols.limit_signal.codes[rows], cols.limit_signal.names),
         stream=cols.stream[rows],
+        model=model,
+        judge_unattributed=model is None,
     )
 
 
@@ -188,6 +269,7 @@ def refusal_counts(kv: KeyView) -> RefusalCounts:
         tokens=int(kv.tok429.sum()),
         unattributed=int(kv.other429.sum()),
         signals=signal_counts(Codes(kv.signal.codes[refused], kv.signal.names)),
+        models=int(kv.model429.sum()) or None,
     )
 
 
@@ -428,7 +510,7 @@ def concurrency_tolerance(
 
 
 def _uncoded_unjustified(kv: KeyView, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
-    pos = _pick(kv.other429)
+    pos = _pick(kv.other429 & kv.judge_unattributed)
     if pos.size == 0:
         return pos, pos
     by_req = justified_by_requests(kv, pos, policy)
@@ -448,8 +530,8 @@ def _requests_honoured(
     # Load that the requests limiter had to decide on: what reached the target, less the
     # refusals of the other limits (an unattributed 429 that the concurrency cap could
     # explain counts as one of those).
-    eligible = kv.reached & ~kv.conc429 & ~kv.tok429
-    other_pos = _pick(kv.other429)
+    eligible = kv.reached & ~kv.conc429 & ~kv.elsewhere429
+    other_pos = _pick(kv.other429 & kv.judge_unattributed)
     if other_pos.size:
         eligible[other_pos[in_flight_upper(kv, other_pos) >= policy.concurrency]] = False
     eligible_max, _ = span_max(kv.s[eligible], policy.window_s)
@@ -513,7 +595,7 @@ def concurrency_verdict(
     bad = in_flight < c_lim
     unc_pos, _ = _uncoded_unjustified(kv, policy)
     unc_flight = in_flight_upper(kv, unc_pos)
-    eligible = kv.reached & ~kv.rate429 & ~kv.tok429
+    eligible = kv.reached & ~kv.rate429 & ~kv.elsewhere429
     eligible_max, _ = overlap_max(kv.s[eligible], kv.e[eligible], closed=True)
     ev_hon = ConcurrencyHonouredEvidence(
         concurrency_429s=int(conc_pos.size),

@@ -1,6 +1,7 @@
-"""Which limit refused a 429: ``requests`` (per window), ``concurrency``, ``tokens`` or
-``requests_per_day``, read from what
-the response itself says (error code, type and message; headers). Pure.
+"""Which limit refused a 429: ``requests`` (per window), ``concurrency``, ``tokens``,
+``requests_per_day``, or a model's own request window or concurrency (``model_requests``,
+``model_concurrency``: the record's ``model`` says which model), read from what the
+response itself says (error code, type and message; headers). Pure.
 
 :data:`SIGNALS` is an ordered table, one line per thing a server is known to send: a new
 provider is one more line. Signals that *name* the limit (loadkit's codes, an error type or
@@ -21,6 +22,8 @@ from typing import Literal, NamedTuple
 __all__ = [
     "CONCURRENCY",
     "LIMIT_KINDS",
+    "MODEL_CONCURRENCY",
+    "MODEL_REQUESTS",
     "REQUESTS",
     "REQUESTS_PER_DAY",
     "SIGNALS",
@@ -36,7 +39,10 @@ CONCURRENCY = "concurrency"
 TOKENS = "tokens"
 # Apart from REQUESTS: a day's refusal says nothing about the per-window limit.
 REQUESTS_PER_DAY = "requests_per_day"
-LIMIT_KINDS = (REQUESTS, CONCURRENCY, TOKENS, REQUESTS_PER_DAY)
+# A limit kept per (key, model) apart from the key's: judged apart from the key's promise.
+MODEL_REQUESTS = "model_requests"
+MODEL_CONCURRENCY = "model_concurrency"
+LIMIT_KINDS = (REQUESTS, CONCURRENCY, TOKENS, REQUESTS_PER_DAY, MODEL_REQUESTS, MODEL_CONCURRENCY)
 
 Where = Literal["code", "type", "message", "header", "header_zero", "header_present"]
 
@@ -99,6 +105,9 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("code", "concurrency_limit_exceeded", CONCURRENCY, "loadkit"),
     Signal("code", "token_limit_exceeded", TOKENS, "loadkit"),
     Signal("code", "daily_limit_exceeded", REQUESTS_PER_DAY, "loadkit"),
+    # A model's request window and concurrency (docs/server.md; never the key's limits).
+    Signal("code", "model_rate_limit_exceeded", MODEL_REQUESTS, "loadkit"),
+    Signal("code", "model_concurrency_limit_exceeded", MODEL_CONCURRENCY, "loadkit"),
     # OpenAI's daily request limit: type "requests" like its per-minute one; the message
     # ("... on requests per day (RPD): Limit 1000, Used 1000, Requested 1") tells them apart.
     Signal("message", r"on requests per day\b", REQUESTS_PER_DAY, "OpenAI"),

@@ -7,7 +7,11 @@ per-day or per-model limits (``token_limiter``) needs the request's tokens and m
 chat and completions requests are admitted by their handler once the body is validated
 (``admit_asking``), all limits at once, the token limits first. A request of such a tier
 that fails before its tokens are known (a bad body, an unknown model) is admitted with
-none (``settle``): its error keeps the place API.md gives it, after the limiter."""
+none (``settle``): its error keeps the place API.md gives it, after the limiter.
+
+A model's request window and concurrency refuse with codes of their own
+(``model_rate_limit_exceeded``, ``model_concurrency_limit_exceeded``) and every limit kept
+per (key, model) names ``param: "model"``: the request limiter's codes stay the key's."""
 
 from __future__ import annotations
 
@@ -129,7 +133,10 @@ def _admit(request: web.Request, a: Admission, ask: Ask | None) -> None:
         ctx.headers = _token_headers(gate, a, ask, now)
         if refusal.retry_after_ns is not None:
             ctx.headers.update(_retry_headers(refusal.retry_after_ns))
-        raise ApiError(429, refusal.code, _message(refusal, ask))
+        # ``param`` names what scoped the limit, as OpenAI's error object names a field:
+        # "model" for a limit kept per (key, model), None for the key's own.
+        scoped = "model" if refusal.rule.startswith("models.") else None
+        raise ApiError(429, refusal.code, _message(refusal, ask), scoped)
     d = st.limiter.acquire(key.label, st.specs[key.label], now)
     ctx.headers = rate_headers(d)
     if not d.admitted:

@@ -171,7 +171,9 @@ class LimiterConfig:
     token_mode: TokenMode = "exact"
     """Token, per-day and per-model limits: "exact", or wrong on purpose: "output_only"
     (counts output tokens whatever the tier's token_counts says), "fixed_window" (windows
-    aligned to the clock)."""
+    aligned to the clock), "models_per_key" (a model's requests window and concurrency
+    count the key's requests to every model), "models_off" (a model's requests window and
+    concurrency are not enforced)."""
 
     burst_factor: Annotated[Number, Gt(1)] = 2.0
     """token_bucket: capacity = ceil(requests * burst_factor)."""

@@ -2,7 +2,8 @@
 integer nanoseconds): each promise of a tier is a *window rule* (at most N units admitted
 in any span of W, per key or per (key, model)) kept as an exact sliding log of
 (admission time, units), plus per-model concurrency caps; and the deliberately wrong
-modes that loadkit must catch (``output_only``, ``fixed_window``).
+modes that loadkit must catch (``output_only``, ``fixed_window``, ``models_per_key``,
+``models_off``).
 
 What a request weighs is known when it is admitted (``Ask``): its prompt tokens, counted
 by the server's tokenizer, and its output tokens reserved as ``max_tokens`` x sequences.
@@ -25,13 +26,20 @@ from typing import Literal, Protocol
 
 from loadkit.scenario.model import ModelPromise, TokenCounts
 
-TokenMode = Literal["exact", "output_only", "fixed_window"]
+TokenMode = Literal["exact", "output_only", "fixed_window", "models_per_key", "models_off"]
+# The wrong modes of a model's request window and concurrency: counted over the key's
+# requests to every model (a per-model limit kept per key), or not enforced at all.
+MODELS_PER_KEY = "models_per_key"
+MODELS_OFF = "models_off"
 
 TOKEN_LIMITED = "token_limit_exceeded"
 DAILY_LIMITED = "daily_limit_exceeded"
-# Per-model request windows and concurrency refuse with the request limiter's own codes.
-RATE_LIMITED = "rate_limit_exceeded"
-CONCURRENCY_LIMITED = "concurrency_limit_exceeded"
+# A model's request window and concurrency refuse with codes of their own: the request
+# limiter's (``rate_limit_exceeded``, ``concurrency_limit_exceeded``) mean the key's limits
+# (API.md), and a client that read a model's refusal as the key's would judge it against
+# the wrong promise.
+MODEL_RATE_LIMITED = "model_rate_limit_exceeded"
+MODEL_CONCURRENCY_LIMITED = "model_concurrency_limit_exceeded"
 
 TOKENS = "tokens"
 REQUESTS_PER_DAY = "requests_per_day"
@@ -41,8 +49,8 @@ CONCURRENCY = "concurrency"
 _CODE = {
     TOKENS: TOKEN_LIMITED,
     REQUESTS_PER_DAY: DAILY_LIMITED,
-    REQUESTS: RATE_LIMITED,
-    CONCURRENCY: CONCURRENCY_LIMITED,
+    REQUESTS: MODEL_RATE_LIMITED,  # only a model has a request window here
+    CONCURRENCY: MODEL_CONCURRENCY_LIMITED,
 }
 
 
@@ -304,7 +312,7 @@ class TokenLimiter:
         """The first rule that refuses the request now (rules in order, caps last), or
         None: every rule admits it. Counts nothing."""
         for rule in rules.windows:
-            if not rule.applies(ask):
+            if not rule.applies(ask) or self._off(rule.model, rule.kind):
                 continue
             log = self._log(key, rule)
             units = rule.units(ask, self.mode)
@@ -321,7 +329,7 @@ class TokenLimiter:
                     wait,
                     rule.counts,
                 )
-        if ask is not None:
+        if ask is not None and not self._off(ask.model, CONCURRENCY):
             for model, cap in rules.concurrency:
                 held = self._in_flight.get((key, model), 0)
                 if model == ask.model and held >= cap:
@@ -329,7 +337,7 @@ class TokenLimiter:
                     return Refusal(
                         f"models.{model}.{CONCURRENCY}",
                         CONCURRENCY,
-                        CONCURRENCY_LIMITED,
+                        MODEL_CONCURRENCY_LIMITED,
                         cap,
                         held,
                         1,
@@ -343,24 +351,38 @@ class TokenLimiter:
         rule was charged (by rule name; a model's concurrency slot counts 1)."""
         charged = {}
         for rule in rules.windows:
-            if rule.applies(ask):
+            if rule.applies(ask) or self._shared(rule.model, rule.kind, ask):
                 units = rule.units(ask, self.mode)
                 self._log(key, rule).admit(now_ns, units)
                 charged[rule.name] = units
         if ask is not None:
             for model, _ in rules.concurrency:
-                if model == ask.model:
+                if model == ask.model or self._shared(model, CONCURRENCY, ask):
                     slot = (key, model)
                     self._in_flight[slot] = self._in_flight.get(slot, 0) + 1
                     charged[f"models.{model}.{CONCURRENCY}"] = 1
         return charged
+
+    def _off(self, model: str | None, kind: str) -> bool:
+        """``models_off``: a model's request window or concurrency is never checked."""
+        return self.mode == MODELS_OFF and model is not None and kind in (REQUESTS, CONCURRENCY)
+
+    def _shared(self, model: str | None, kind: str, ask: Ask | None) -> bool:
+        """``models_per_key``: a model's request window and concurrency count the key's
+        requests to every model (they still refuse only requests to their model)."""
+        return (
+            self.mode == MODELS_PER_KEY
+            and ask is not None
+            and model is not None
+            and kind in (REQUESTS, CONCURRENCY)
+        )
 
     def release(self, key: str, rules: Rules, ask: Ask | None) -> None:
         """Free the model's concurrency slot a committed request took (if it took one)."""
         if ask is None:
             return
         for model, _ in rules.concurrency:
-            if model == ask.model:
+            if model == ask.model or self._shared(model, CONCURRENCY, ask):
                 slot = (key, model)
                 if self._in_flight.get(slot, 0) <= 0:
                     raise RuntimeError(f"release without commit for key {key!r}, model {model!r}")

@@ -327,7 +327,8 @@ def test_per_model_tokens_and_requests(serve: Any) -> None:
     status, h, _ = c.ask(30, 1, model="loadkit-small")  # another model: its own limits
     assert status == 200 and "x-ratelimit-limit-tokens" not in h
     status, _, body = c.ask(1, 1, model="loadkit-small")
-    assert (status, body["error"]["code"]) == (429, "rate_limit_exceeded")
+    assert (status, body["error"]["code"]) == (429, "model_rate_limit_exceeded")
+    assert body["error"]["param"] == "model"
     assert "this key and model loadkit-small on requests per 60s" in body["error"]["message"]
     lines = truth_of(srv)
     assert [x.get("limit") for x in lines] == [
@@ -357,7 +358,7 @@ def test_per_model_concurrency_holds_a_slot_until_the_stream_ends(serve: Any) ->
     stream = held.getresponse()  # headers only: the stream runs for about 0.6 s
     assert stream.status == 200
     status, _, refused = c.ask(1, 1, model="loadkit-small")
-    assert (status, refused["error"]["code"]) == (429, "concurrency_limit_exceeded")
+    assert (status, refused["error"]["code"]) == (429, "model_concurrency_limit_exceeded")
     assert refused["error"]["message"] == (
         "limit of concurrent requests reached for this key and model loadkit-small"
     )

@@ -461,7 +461,8 @@ def test_the_first_naming_signal_in_table_order_wins():
 
 def test_every_signal_names_a_known_limit():
     for s in SIGNALS:
-        assert s.kind in (None, REQUESTS, CONCURRENCY, TOKENS, REQUESTS_PER_DAY), s
+        known = (None, REQUESTS, CONCURRENCY, TOKENS, REQUESTS_PER_DAY)
+        assert s.kind in (*known, "model_requests", "model_concurrency"), s
     with pytest.raises(ValueError, match="kind"):
         Signal("code", "x", "bananas", "nobody")
     with pytest.raises(ValueError, match="needs a kind"):
