@@ -79,15 +79,17 @@ def limits_by_key(limits: Sequence[Limit]) -> str:
             f"<table id={LIMITS_ID}><tr><td>No limit could be judged: no requests to the "
             "limited endpoints with a promise.</td></tr></table>"
         )
-    by_key: dict[str, list[Limit]] = {}
+    # A model's own limits get a row of their own under the key's.
+    by_key: dict[tuple[str, str | None], list[Limit]] = {}
     for lim in limits:
-        by_key.setdefault(lim.key, []).append(lim)
+        by_key.setdefault((lim.key, lim.model), []).append(lim)
     rows = []
-    for key, lims in by_key.items():
+    for (key, model), lims in by_key.items():
         req = next((x for x in lims if isinstance(x, RequestsLimit)), None)
         conc = next((x for x in lims if isinstance(x, ConcurrencyLimit)), None)
+        who = escape(key) if model is None else f"{escape(key)} · model {escape(model)}"
         rows.append(
-            f"<tr><td class=key>{escape(key)}</td><td>{escape(lims[0].tier)}</td>"
+            f"<tr><td class=key>{who}</td><td>{escape(lims[0].tier)}</td>"
             f"{_limit_cells(req, True)}{_limit_cells(conc, False)}</tr>"
         )
     return (

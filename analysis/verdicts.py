@@ -269,7 +269,8 @@ def refusal_counts(kv: KeyView) -> RefusalCounts:
         tokens=int(kv.tok429.sum()),
         unattributed=int(kv.other429.sum()),
         signals=signal_counts(Codes(kv.signal.codes[refused], kv.signal.names)),
-        models=int(kv.model429.sum()) or None,
+        # A model's view counts its own as requests / concurrency.
+        models=(int(kv.model429.sum()) or None) if kv.model is None else None,
     )
 
 

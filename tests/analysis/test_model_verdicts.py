@@ -181,3 +181,22 @@ def test_only_the_promises_a_model_makes_get_entries_and_they_read_back() -> Non
     (model,) = [e for e in summary_of([rec(0.0)], tier).limits if e.kind == "models.m.requests"]
     assert isinstance(model, RequestsLimit) and model.verdict.window_s == 10.0
     assert model.remaining_header is None
+
+
+def test_the_report_shows_a_models_limits_beside_the_keys() -> None:
+    from loadkit.analysis.glance import limits_by_key
+    from loadkit.analysis.report import _keys_table, _limits_table
+
+    recs = [rec(0.0, 0.01, 0.1), model_refusal(1.0), rec(2.0, 2.01, 2.1, model="other")]
+    s = summary_of(recs)
+    first_screen = limits_by_key(s.limits)
+    assert first_screen.count("<tr><td class=key>") == 2
+    assert "<td class=key>k1 · model m</td><td>free</td><td class=num>2 / 10 s</td>" in (
+        first_screen
+    )
+    assert '<span class="badge violated">violated</span>' in first_screen
+    detail = _limits_table(s)
+    assert "<td>models.m.requests</td><td>2 per 10 s</td>" in detail
+    # the model's entry counts its own refusals as its requests limit's
+    assert "429 refusals: 1 by the requests limit, 0 by the concurrency limit; what " in detail
+    assert "<th>429 a model's limit</th>" in _keys_table(s)
