@@ -18,7 +18,9 @@ Sections (``--only``):
 * ``instructions``: the same, counted in instructions (valgrind, ``--tool=cachegrind``)
   instead of wall-clock: each client runs twice (short and long); instructions per
   request = the difference in instructions / the difference in requests, so start-up and
-  imports cancel out. Deterministic enough for a shared, loaded machine.
+  imports cancel out. Deterministic enough for a shared, loaded machine. Last figures
+  (2026-12-01, ``--only instructions``, bare ÷ engine): nginx stream 0.95, nginx JSON 0.68,
+  C stream 0.93 (the README's benchmark section has the table and what remains).
 * ``lateness``: open loop, constant rate against nginx; ``send_s − scheduled_s``.
 * ``arrival``: high connection churn (the streaming target closes every connection, so
   each request opens a new one): the recorded ``send_s − scheduled_s`` and

@@ -55,17 +55,33 @@ def parse_limit_headers(headers: Mapping[str, str]) -> LimitHeaders:
     return limit_headers_from(header_getter(headers))
 
 
+_NO_LIMIT_HEADERS = LimitHeaders()
+
+
 def limit_headers_from(get: Callable[[str], str | None]) -> LimitHeaders:
     """The same from a ``get`` of lower-case names (see :func:`header_getter`)."""
-    ms = _seconds(get("retry-after-ms"))
-    retry = ms / 1000.0 if ms is not None else parse_retry_after(get("retry-after"), get("date"))
+    lr, rr, sr = (
+        get("x-ratelimit-limit-requests"),
+        get("x-ratelimit-remaining-requests"),
+        get("x-ratelimit-reset-requests"),
+    )
+    lt, rt, st = (
+        get("x-ratelimit-limit-tokens"),
+        get("x-ratelimit-remaining-tokens"),
+        get("x-ratelimit-reset-tokens"),
+    )
+    ra_ms, ra = get("retry-after-ms"), get("retry-after")
+    if lr is rr is sr is lt is rt is st is ra_ms is ra is None:
+        return _NO_LIMIT_HEADERS  # the common answer of a server without limit headers
+    ms = _seconds(ra_ms)
+    retry = ms / 1000.0 if ms is not None else parse_retry_after(ra, get("date"))
     return LimitHeaders(
-        limit_requests=parse_count(get("x-ratelimit-limit-requests")),
-        remaining_requests=parse_count(get("x-ratelimit-remaining-requests")),
-        reset_requests_s=_duration(get("x-ratelimit-reset-requests")),
-        limit_tokens=parse_count(get("x-ratelimit-limit-tokens")),
-        remaining_tokens=parse_count(get("x-ratelimit-remaining-tokens")),
-        reset_tokens_s=_duration(get("x-ratelimit-reset-tokens")),
+        limit_requests=parse_count(lr),
+        remaining_requests=parse_count(rr),
+        reset_requests_s=_duration(sr),
+        limit_tokens=parse_count(lt),
+        remaining_tokens=parse_count(rt),
+        reset_tokens_s=_duration(st),
         retry_after_s=retry,
     )
 

@@ -154,9 +154,10 @@ class FailureWatch:
         if outcome is Outcome.CANCELLED:
             return False
         if outcome not in UNUSABLE:
-            self.run = 0
-            self.statuses.clear()
-            self.kinds.clear()
+            if self.run:  # (once per request: nothing to clear after a usable answer)
+                self.run = 0
+                self.statuses.clear()
+                self.kinds.clear()
             return False
         if self.run == 0:
             self.first_s = t

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from loadkit.api import SEED, ApiLayout
 
@@ -49,8 +49,9 @@ _WORDS = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
+class PreparedRequest(NamedTuple):
+    """One request, ready to send (a named tuple: made once per request, cheaply)."""
+
     kind: str  # a scenario mix kind
     endpoint: str  # records.ENDPOINTS
     method: str
@@ -95,27 +96,47 @@ def prompt_text(n_words: int, rng: random.Random) -> str:
     return " ".join(_TEXT[start : start + n])
 
 
+# The same text as JSON-ready bytes: word i starts at _OFFSETS[i], so a window of words is
+# one slice. The words need no JSON escaping, so the window quoted is ``json.dumps`` of it.
+assert all(w.isascii() and w.isalpha() for w in _WORDS)
+_TEXT_BYTES = " ".join(_TEXT).encode()
+_OFFSETS = [0]
+for _w in _TEXT:
+    _OFFSETS.append(_OFFSETS[-1] + len(_w) + 1)
+
+
+def _prompt_json(n_words: int, rng: random.Random) -> bytes:
+    """``json.dumps(prompt_text(n_words, rng)).encode()``, drawing the same from ``rng``,
+    without joining and encoding the words again."""
+    n = max(1, n_words)
+    if n > len(_TEXT):
+        return json.dumps(" ".join(rng.choices(_WORDS, k=n))).encode()
+    start = rng.randrange(len(_TEXT) - n + 1)
+    return b'"' + _TEXT_BYTES[_OFFSETS[start] : _OFFSETS[start + n] - 1] + b'"'
+
+
 _PROMPT_FIELDS = {
-    "chat": '"messages":[{"role":"user","content":%s}]',
-    "completions": '"prompt":%s',
+    "chat": ('"messages":[{"role":"user","content":', "}]"),
+    "completions": ('"prompt":', ""),
 }
 
 
 @functools.lru_cache(maxsize=4096)
 def _template(
     kind: str, model: str, max_tokens: int, layout: ApiLayout
-) -> tuple[str, str, bool, str]:
-    """Everything of a request but its prompt, JSON-encoded once: ``%s`` marks the prompt."""
+) -> tuple[str, str, bool, bytes, bytes]:
+    """Everything of a request but its prompt, JSON-encoded once: the body is the head, the
+    prompt as JSON, the tail."""
     stream = kind.endswith("_stream")
     endpoint = kind.removesuffix("_stream")
     if endpoint not in _PROMPT_FIELDS:
         raise ValueError(f"unknown request kind {kind!r}")
-    path, field = layout.path(endpoint), _PROMPT_FIELDS[endpoint]
+    path, (before, after) = layout.path(endpoint), _PROMPT_FIELDS[endpoint]
     head = {"model": model, "max_tokens": max_tokens, "stream": stream}
     if stream:
         head["stream_options"] = {"include_usage": True}
-    encoded = json.dumps(head, separators=(",", ":")).replace("%", "%%")
-    return path, endpoint, stream, encoded[:-1] + "," + field + "}"
+    encoded = json.dumps(head, separators=(",", ":"))
+    return path, endpoint, stream, (encoded[:-1] + "," + before).encode(), (after + "}").encode()
 
 
 def prepare(
@@ -129,8 +150,7 @@ def prepare(
     """One request of ``kind`` (a scenario mix kind) with its path in ``layout``."""
     if kind == "models":
         return PreparedRequest(kind, "models", "GET", layout.models, False, None, None)
-    path, endpoint, stream, template = _template(kind, model, max_tokens, layout)
-    body = template % json.dumps(prompt_text(prompt_tokens, rng))
+    path, endpoint, stream, head, tail = _template(kind, model, max_tokens, layout)
     return PreparedRequest(
         kind,
         endpoint,
@@ -138,7 +158,7 @@ def prepare(
         path,
         stream,
         model,
-        body.encode(),
+        head + _prompt_json(prompt_tokens, rng) + tail,
         counted_prompt_tokens(endpoint, prompt_tokens),
         max_tokens,
     )

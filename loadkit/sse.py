@@ -82,6 +82,14 @@ class SSEDecoder:
             and len(chunk) <= self.max_line
             and b"\r" not in chunk
         ):
+            if chunk[:6] == b"data: ":
+                # Split at each event's start; when every event is one ``data:`` line, the
+                # chunk holds exactly two LFs per event (its line's end and the blank line),
+                # and the split is the answer: no Python step per event.
+                datas = chunk[6:-2].split(b"\n\ndata: ")
+                if chunk.count(b"\n") == 2 * len(datas):
+                    self._event = None
+                    return datas
             out: list[bytes] = []
             for ev in chunk[:-2].split(b"\n\n"):
                 if ev[:6] == b"data: " and b"\n" not in ev:

@@ -333,11 +333,14 @@ class AsyncEngine:
             return
         end = load.active_until(self.scenario.duration_s)
         state = _User(load)
-        while not self._stop.is_set() and self.clock.now() < end and self._take_arrival():
+        now = self.clock.now
+        while not self._stop.is_set() and now() < end and self._take_arrival():
             rec = await self._request(key, self._prepare(load, rng, picker), slots, None, state)
             # The pause (think time, or the backoff after a failure) is on the record; the
             # run's end, or the phase's, cuts it short: the drain is for requests in flight.
-            await self._stop.wait(min(rec.pause_s or 0.0, end - self.clock.now()))
+            pause = rec.pause_s
+            if pause:
+                await self._stop.wait(min(pause, end - now()))
 
     def _take_arrival(self) -> bool:
         r = self.result
@@ -420,15 +423,20 @@ class AsyncEngine:
             if retry:
                 delay = rec.retry_after_s if rec.retry_after_s is not None else 1.0
             if user is not None:
-                ok = 200 <= rec.status < 300 or rec.status == 429
-                user.failures = 0 if ok else user.failures + 1
-                rec.pause_s = (
-                    delay
-                    if retry
-                    else user.load.pause_after(
-                        rec.status, rec.retry_after_s, rec.transport_error, user.failures
+                status = rec.status
+                if 200 <= status < 300:
+                    # What pause_after answers for any 2xx, without its backoff object.
+                    user.failures = 0
+                    rec.pause_s = user.load.think_s
+                else:
+                    user.failures = 0 if status == 429 else user.failures + 1
+                    rec.pause_s = (
+                        delay
+                        if retry
+                        else user.load.pause_after(
+                            status, rec.retry_after_s, rec.transport_error, user.failures
+                        )
                     )
-                )
             self._write(rec)
             # A retry belongs to its request: it may run into the drain, but nothing is
             # sent once the run stops sending.
@@ -467,9 +475,9 @@ class AsyncEngine:
             req.prompt_tokens,
             req.max_tokens,
         )
-        q0 = clock.now()
         queued = 0.0
         if slots is not None:
+            q0 = clock.now()
             self._queued += 1
             try:
                 held = await slots.acquire()
@@ -486,7 +494,7 @@ class AsyncEngine:
             if not held:  # the run stopped sending while it waited
                 return self._not_sent(info, q0) if attempt == 1 else None
         elif self._hold.is_set():  # spawned in the loop step the run stopped sending
-            return self._not_sent(info, q0) if attempt == 1 else None
+            return self._not_sent(info, clock.now()) if attempt == 1 else None
         try:
             return await self._exchange(key, req, info, queued)
         finally:
