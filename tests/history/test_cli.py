@@ -180,6 +180,7 @@ def test_loadkit_run_with_history_stores_the_run(tmp_path):
             "--duration",
             "4",
             "--quiet",
+            "--no-charts",  # the history stores figures, not charts
             "--out",
             str(out),
             "--history",
@@ -193,6 +194,8 @@ def test_loadkit_run_with_history_stores_the_run(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert "added as run #1" in proc.stderr
+    # --no-charts: analysed (summary.json, verdict, exit status) without charts or report
+    assert not (out / "report.html").exists() and not list(out.glob("*.png"))
     with open_store(str(db)) as store:
         (run,) = store.runs()
         assert (run.run_id, run.verdict, run.target) == ("run", summary["verdict"], "embedded")
