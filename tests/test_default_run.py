@@ -4,42 +4,24 @@ as a newcomer runs it (shortened with --duration)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.conftest import DefaultRun, run_default
 
-# Long enough for every free-tier probe to act: free-1's burst of 70 starts at 2 s and is
-# all sent by 4.7 s even on a loaded 2-core machine.
-DURATION_S = "8"
+pytestmark = pytest.mark.slow
 
 
 # Locust is the default engine, so its run is the newcomer's: with the charts and the
 # report. The asyncio run is analysed without them (--no-charts: seconds of a shared
-# machine; test_token_e2e reads an asyncio run's report).
-@pytest.mark.parametrize(("engine", "charts"), [("locust", True), ("async", False)])
-def test_default_run_end_to_end(tmp_path, engine, charts):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadkit",
-            "run",
-            "--duration",
-            DURATION_S,
-            "--engine",
-            engine,
-            "--out",
-            str(out),
-            *(() if charts else ("--no-charts",)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+# machine; test_token_e2e reads an asyncio run's report), and shared with the history test.
+@pytest.mark.parametrize("engine", ["locust", "async"])
+def test_default_run_end_to_end(request, tmp_path, engine):
+    if engine == "async":
+        run: DefaultRun = request.getfixturevalue("default_async_run")
+    else:
+        run = run_default(tmp_path, engine)
+    proc, out, charts = run.proc, run.out, engine == "locust"
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     # progress was visible while it ran, then the verdict table (and the report's path)
     assert "done" in proc.stderr and "429" in proc.stderr
@@ -58,6 +40,6 @@ def test_default_run_end_to_end(tmp_path, engine, charts):
         assert (out / "report.html").stat().st_size > 10_000
         for chart in charted:
             assert (out / chart).exists()
-    else:
+    else:  # --no-charts: analysed (the table, summary.json) without charts or report
         assert not (out / "report.html").exists()
-        assert not any((out / chart).exists() for chart in charted)
+        assert not list(out.glob("*.png"))
