@@ -1,10 +1,10 @@
 """End to end through the CLI: examples/token-limits.toml, scaled to a 2 s token window and
 a 300-token budget, run against the embedded reference server in every token mode by the
 asyncio engine (the exact mode and one wrong one by Locust too), then analysed by
-``loadkit run`` itself. The exact limiter is not accused and
-its refusals are judged justified; each wrong mode (output counted alone, windows aligned
-to the clock) is caught on the large-prompt bursts key, and the run fails with exit 1.
-The daily promise, out of reach in seconds, is said to be."""
+``loadkit run`` itself. The exact limiter is not accused and its refusals are judged
+justified; each wrong mode (output counted alone, windows aligned to the clock) is caught
+on the large-prompt bursts key, and the run fails with exit 1. The daily promise, out of
+reach in seconds, is said to be."""
 
 from __future__ import annotations
 
