@@ -184,6 +184,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--no-analyze", action="store_true", help="only write records, no analysis")
     r.add_argument(
+        "--no-charts",
+        action="store_true",
+        help="analyse (summary.json, verdicts, exit status) without PNG charts and the HTML "
+        "report, as loadkit analyze --no-charts",
+    )
+    r.add_argument(
         "--parquet",
         action="store_true",
         help="also write the records as records.parquet at the end",

@@ -392,7 +392,9 @@ def run_main(args: Any) -> int:
         return 130 if meta.interrupted else 0
     from loadkit.analysis.cli import analyze_and_report
 
-    code = analyze_and_report(out_dir, quiet=args.quiet)
+    code = analyze_and_report(
+        out_dir, charts=not getattr(args, "no_charts", False), quiet=args.quiet
+    )
     if getattr(args, "history", None) is not None:  # --history [URL]
         from loadkit.history.cli import add_after_run
 

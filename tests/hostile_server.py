@@ -26,10 +26,12 @@ import gzip
 import json
 import threading
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Self
 
-__all__ = ["CASES", "Expected", "HostileCase", "HostileServer", "case_by_name"]
+__all__ = ["CASES", "Expected", "HostileCase", "HostileServer", "ThreadedServer", "case_by_name"]
 
 
 @dataclass(frozen=True)
@@ -430,27 +432,32 @@ def case_by_name(name: str) -> HostileCase:
 # The server
 
 
-class HostileServer:
-    """The hostile cases on 127.0.0.1, port 0, in a thread with its own event loop."""
+class ThreadedServer(ABC):
+    """A raw-socket asyncio server on 127.0.0.1, port 0, in a background thread with its
+    own event loop (so a test's synchronous code, or a subprocess, can talk to it). A
+    subclass says what to do with each connection; the server closes it afterwards, and
+    cancels the connections still open when it stops."""
+
+    thread_name = "test-server"
+    stream_limit = 1 << 16  # asyncio's default line/buffer limit for each reader
 
     def __init__(self) -> None:
         self.port = 0
-        self.requests: list[str] = []  # case names, in the order they were asked
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
 
-    def url(self, case: str) -> str:
-        """The base URL serving ``case`` (any path below it)."""
-        return f"http://127.0.0.1:{self.port}/{case}"
+    @abstractmethod
+    async def _connection(self, r: asyncio.StreamReader, w: Writer) -> None:
+        """Serve one connection (a client going away mid-way is not an error)."""
 
-    def start(self) -> HostileServer:
-        self._thread = threading.Thread(target=self._run, name="hostile-server", daemon=True)
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
         if not self._ready.wait(10) or self._error is not None:
-            raise RuntimeError(f"hostile server did not start: {self._error!r}")
+            raise RuntimeError(f"{self.thread_name} did not start: {self._error!r}")
         return self
 
     def stop(self) -> None:
@@ -460,7 +467,7 @@ class HostileServer:
             self._thread.join(10)
             self._thread = None
 
-    def __enter__(self) -> HostileServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -483,14 +490,14 @@ class HostileServer:
             assert task is not None
             tasks.add(task)
             try:
-                await self._serve(r, w)
+                await self._connection(r, w)
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass  # the client went away: that is its business
             finally:
                 tasks.discard(task)
                 w.close()
 
-        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0, limit=self.stream_limit)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         async with server:
@@ -500,7 +507,21 @@ class HostileServer:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve(self, r: asyncio.StreamReader, w: Writer) -> None:
+
+class HostileServer(ThreadedServer):
+    """The hostile cases on 127.0.0.1, port 0, in a thread with its own event loop."""
+
+    thread_name = "hostile-server"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []  # case names, in the order they were asked
+
+    def url(self, case: str) -> str:
+        """The base URL serving ``case`` (any path below it)."""
+        return f"http://127.0.0.1:{self.port}/{case}"
+
+    async def _connection(self, r: asyncio.StreamReader, w: Writer) -> None:
         head = await r.readuntil(b"\r\n\r\n")
         request_line, *header_lines = head.decode("latin-1").split("\r\n")
         path = request_line.split(" ")[1] if " " in request_line else "/"

@@ -46,9 +46,21 @@ def scenario(tmp_path: Path, base_url: str) -> Path:
 
 
 def start_run(tmp_path: Path, args: list[str], env: dict[str, str] | None = None):
+    """``loadkit run`` analysing without charts (they cost seconds; no test here reads them)."""
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadkit", "run", *args, "--engine", "async", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "loadkit",
+            "run",
+            *args,
+            "--engine",
+            "async",
+            "--out",
+            str(out),
+            "--no-charts",
+        ],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

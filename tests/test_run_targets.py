@@ -43,8 +43,19 @@ def scenario(tmp_path: Path, rate: float = 2.0, duration: float = 4.0, **target)
 
 
 def run(args: list[str], keys: str, engine: str = "async") -> subprocess.CompletedProcess[str]:
+    # every test here reads summary.json and run.json: charts would cost seconds each
     return subprocess.run(
-        [sys.executable, "-m", "loadkit", "run", *args, "--engine", engine, "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "loadkit",
+            "run",
+            *args,
+            "--engine",
+            engine,
+            "--quiet",
+            "--no-charts",
+        ],
         env={**os.environ, "LK_KEYS": keys},
         capture_output=True,
         text=True,

@@ -147,7 +147,7 @@ def start_run(
     spec = scenario_file(tmp_path, srv.base_url, max_tokens)
     cmd = [
         sys.executable, "-m", "loadkit", "run", str(spec),
-        "--engine", "async", "--workers", "2", "--out", str(out), "--no-preflight",
+        "--engine", "async", "--workers", "2", "--out", str(out), "--no-preflight", "--no-charts",
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd,

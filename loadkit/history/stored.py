@@ -5,31 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loadkit.history.ingest import RunRow
 
-@dataclass(frozen=True)
-class StoredRun:
-    """A run as the history knows it (no figures)."""
+
+@dataclass(frozen=True, kw_only=True)
+class StoredRun(RunRow):
+    """A run as the history knows it (no figures): the row that was added, plus what the
+    store gave it: its id and when it was added."""
 
     id: int
-    run_key: str
-    run_id: str
-    started_unix: float
-    started_at: str
-    scenario: str
-    scenario_hash: str
-    target: str
-    engine: str
-    verdict: str
-    duration_s: float | None
-    records: int | None
-    interrupted: bool | None
-    loadkit_version: str
-    summary_schema: str
-    git_commit: str | None
-    git_branch: str | None
-    complete: bool | None
-    completeness: str | None
-    source: str
     added_unix: float
 
 

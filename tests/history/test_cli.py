@@ -166,30 +166,10 @@ def test_add_after_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_loadkit_run_with_history_stores_the_run(tmp_path):
-    db = tmp_path / "h.db"
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadkit",
-            "run",
-            "--engine",
-            "async",
-            "--duration",
-            "4",
-            "--quiet",
-            "--out",
-            str(out),
-            "--history",
-            str(db),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
+def test_loadkit_run_with_history_stores_the_run(default_async_run):
+    # the built-in scenario's asyncio run with --history (and --no-charts: the history
+    # stores figures, not charts), shared with tests/test_default_run.py
+    proc, out, db = default_async_run.proc, default_async_run.out, default_async_run.history_db
     summary = json.loads((out / "summary.json").read_text())
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert "added as run #1" in proc.stderr

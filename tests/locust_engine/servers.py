@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
+from abc import abstractmethod
 from dataclasses import dataclass
+
+from tests.hostile_server import ThreadedServer
 
 Writer = asyncio.StreamWriter
 KEY = re.compile(r"sk\.([a-z0-9-]+)\.\d+")
@@ -56,93 +58,34 @@ class Head:
         return None
 
 
-class LoopbackServer:
-    """A raw-socket asyncio server on 127.0.0.1, port 0, in a background thread."""
+class LoopbackServer(ThreadedServer):
+    """A keep-alive HTTP/1.1 server on 127.0.0.1, port 0, in a background thread: every
+    request is logged, then answered by ``handle``."""
+
+    stream_limit = 1 << 20
 
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__()
         self.seen: list[Seen] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> LoopbackServer:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10) or self._error is not None:
-            raise RuntimeError(f"server did not start: {self._error!r}")
-        return self
+    async def _connection(self, r: asyncio.StreamReader, w: Writer) -> None:
+        while True:  # keep-alive: one request after another
+            head = await _read_head(r)
+            if head is None:
+                return
+            self.seen.append(
+                Seen(time.perf_counter(), head.method, head.path, head.headers, head.behaviour())
+            )
+            if not await self.handle(head, r, w):
+                return
 
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
-
-    def __enter__(self) -> LoopbackServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def on_connect(r: asyncio.StreamReader, w: Writer) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            tasks.add(task)
-            try:
-                while True:  # keep-alive: one request after another
-                    head = await _read_head(r)
-                    if head is None:
-                        return
-                    self.seen.append(
-                        Seen(
-                            time.perf_counter(),
-                            head.method,
-                            head.path,
-                            head.headers,
-                            head.behaviour(),
-                        )
-                    )
-                    if not await self.handle(head, r, w):
-                        return
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                tasks.discard(task)
-                w.close()
-
-        server = await asyncio.start_server(on_connect, "127.0.0.1", 0, limit=1 << 20)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        async with server:
-            await self._stop.wait()
-            server.close()
-            for t in list(tasks):
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
+    @abstractmethod
     async def handle(self, head: Head, r: asyncio.StreamReader, w: Writer) -> bool:
         """Answer one request; True to read another on the same connection."""
-        raise NotImplementedError
 
 
 async def _read_head(r: asyncio.StreamReader) -> Head | None:
