@@ -40,7 +40,6 @@ from loadkit.server.wire import rate_headers
 
 __all__ = ["GATE", "Admission", "Gate", "admit_asking", "release", "settle", "start"]
 
-_ADMISSION = "loadkit_admission"
 # Endpoints whose requests carry tokens and a model (admitted by their handler).
 ASKING_ENDPOINTS = ("chat", "completions")
 _DECISION = {
@@ -76,6 +75,10 @@ class Admission:
     admitted: bool = False
     ask: Ask | None = None  # what the admission counted
     charged: dict[str, int] = field(default_factory=dict)
+
+
+# A typed request key: aiohttp warns (NotAppKeyWarning) on a plain string key.
+_ADMISSION = web.RequestKey("loadkit_admission", Admission)
 
 
 def start(request: web.Request, key: AccessKey, endpoint: str) -> None:
