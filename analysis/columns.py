@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from loadkit import records as _records
+from loadkit.analysis import column_cache
+from loadkit.analysis.ingest import Reduced, read_reduced, reduce_batches, table_batches
 from loadkit.analysis.outcome import Refused
-from loadkit.analysis.token_columns import TokenColumns, token_columns
+from loadkit.analysis.token_columns import TokenColumns
 from loadkit.outcomes import Outcome, classify
 from loadkit.records import RequestRecord
 from loadkit.runmeta import RunMeta, read_run_meta
@@ -66,8 +67,8 @@ class Codes:
 @dataclass(frozen=True)
 class Columns:
     """One row per request record. Times are float seconds from run start, NaN when absent;
-    nullable integers are float with NaN. ``chunk_values[chunk_offsets[i]:chunk_offsets[i+1]]``
-    are row i's content chunk times."""
+    nullable integers are float with NaN. The content chunk times are kept only as what ITL
+    needs: the gaps between consecutive chunks of each row (``gap_ms``, ``gap_counts``)."""
 
     n: int
     send: np.ndarray
@@ -88,8 +89,8 @@ class Columns:
     endpoint: Codes
     error_code: Codes
     transport_error: Codes
-    chunk_values: np.ndarray
-    chunk_offsets: np.ndarray
+    gap_ms: np.ndarray  # every gap between consecutive content chunks of a row (ms) ...
+    gap_counts: np.ndarray  # ... of which row i has gap_counts[i] (int32), in row order
     request_id: pa.ChunkedArray
     content_type: Codes
     limit_signal: Codes
@@ -112,71 +113,70 @@ class Columns:
         return [str(x) for x in self.request_id.take(pa.array(rows)).to_pylist()]
 
 
-def _floats(table: pa.Table, name: str) -> np.ndarray:
-    arr = table.column(name).to_numpy()
-    return np.asarray(arr, dtype=np.float64)
-
-
-def _codes(table: pa.Table, name: str) -> Codes:
-    col = table.column(name)
-    if col.num_chunks == 0:
-        return Codes(np.zeros(0, dtype=np.int32), ())
-    enc = col.combine_chunks().dictionary_encode()
-    codes = np.asarray(enc.indices.fill_null(-1).to_numpy(), dtype=np.int32)
-    return Codes(codes, tuple(str(x) for x in enc.dictionary.to_pylist()))
-
-
 def columns_from_table(table: pa.Table) -> Columns:
     """Columns of an arrow table with the record schema (see loadkit.records)."""
-    n = table.num_rows
-    chunks = table.column("chunk_s")
-    if chunks.num_chunks == 0:
-        lists = pa.array([], type=pa.list_(pa.float64()))
-    else:
-        lists = chunks.combine_chunks()
-    lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(), dtype=np.int64)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.asarray(lists.flatten().to_numpy(), dtype=np.float64)
-    status = np.asarray(table.column("status").fill_null(0).to_numpy(), dtype=np.int64)
-    stream = np.asarray(table.column("stream").fill_null(False).to_numpy(), dtype=bool)
-    chunks_n = np.asarray(table.column("content_chunks").fill_null(0).to_numpy(), dtype=np.int64)
-    queued = _floats(table, "queued_s")
-    error_code = _codes(table, "error_code")
-    transport = _codes(table, "transport_error")
-    content_type = _codes(table, "content_type")
-    attempt = np.asarray(table.column("attempt").fill_null(1).to_numpy(), dtype=np.int64)
+    return columns_from_reduced(reduce_batches(table_batches(table)))
+
+
+def _codes(reduced: Reduced, name: str) -> Codes:
+    codes, names = reduced.codes[name]
+    return Codes(codes, names)
+
+
+def columns_from_reduced(r: Reduced) -> Columns:
+    """Columns of the batch-by-batch reduction of a run's records (``ingest``)."""
+    a = r.arrays
+    status = a["status"]
+    error_code = _codes(r, "error_code")
+    transport = _codes(r, "transport_error")
+    content_type = _codes(r, "content_type")
+    limit_kind = _codes(r, "limit_kind")
+    model, model_names = r.codes["model"]
+    tokens = TokenColumns(
+        model=model,
+        model_names=model_names,
+        usage_prompt=a["prompt_tokens"],
+        usage_completion=a["completion_tokens"],
+        sent_prompt=a["sent_prompt_tokens"],
+        sent_output=a["sent_max_tokens"],
+        finish_length=a["finish_length"],
+        rl_limit=a["rl_limit_tokens"],
+        rl_remaining=a["rl_remaining_tokens"],
+        rl_reset=a["rl_reset_tokens_s"],
+        limit_kind=limit_kind.codes,
+        kind_names=limit_kind.names,
+    )
     return Columns(
-        n=n,
-        send=_floats(table, "send_s"),
-        conn=_floats(table, "conn_s"),
-        headers=_floats(table, "headers_s"),
-        first_token=_floats(table, "first_token_s"),
-        end=_floats(table, "end_s"),
-        scheduled=_floats(table, "scheduled_s"),
-        queued=np.nan_to_num(queued, nan=0.0),
+        n=r.n,
+        send=a["send_s"],
+        conn=a["conn_s"],
+        headers=a["headers_s"],
+        first_token=a["first_token_s"],
+        end=a["end_s"],
+        scheduled=a["scheduled_s"],
+        queued=np.nan_to_num(a["queued_s"], nan=0.0, copy=False),
         status=status,
-        stream=stream,
-        completion_tokens=_floats(table, "completion_tokens"),
-        content_chunks=chunks_n,
-        rl_limit=_floats(table, "rl_limit_requests"),
-        rl_remaining=_floats(table, "rl_remaining_requests"),
-        retry_after=_floats(table, "retry_after_s"),
-        tier=_codes(table, "tier"),
-        key=_codes(table, "key"),
-        endpoint=_codes(table, "endpoint"),
+        stream=a["stream"],
+        completion_tokens=a["completion_tokens"],
+        content_chunks=a["content_chunks"],
+        rl_limit=a["rl_limit_requests"],
+        rl_remaining=a["rl_remaining_requests"],
+        retry_after=a["retry_after_s"],
+        tier=_codes(r, "tier"),
+        key=_codes(r, "key"),
+        endpoint=_codes(r, "endpoint"),
         error_code=error_code,
         transport_error=transport,
-        chunk_values=values,
-        chunk_offsets=offsets,
-        request_id=table.column("request_id"),
+        gap_ms=r.gap_ms,
+        gap_counts=r.gap_counts,
+        request_id=r.request_id,
         content_type=content_type,
-        limit_signal=_codes(table, "limit_signal"),
-        worker=_codes(table, "worker"),
-        attempt=attempt,
+        limit_signal=_codes(r, "limit_signal"),
+        worker=_codes(r, "worker"),
+        attempt=a["attempt"],
         outcome=outcomes(status, error_code, content_type, transport),
-        refused=refusals(status, error_code, _codes(table, "limit_kind"), _codes(table, "schema")),
-        tokens=token_columns(table),
+        refused=refusals(status, error_code, limit_kind, _codes(r, "schema")),
+        tokens=tokens,
     )
 
 
@@ -261,8 +261,12 @@ def parquet_file(run_dir: str | os.PathLike[str]) -> Path | None:
     return _records.parquet_file(run_dir)
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunMeta, Columns]:
-    """run.json and the records of a run; UnusableInput with a one-line reason otherwise."""
+def load_run(
+    run_dir: str | os.PathLike[str], cache_min_records: int = column_cache.CACHE_MIN_RECORDS
+) -> tuple[RunMeta, Columns]:
+    """run.json and the records of a run; UnusableInput with a one-line reason otherwise.
+    A run of ``cache_min_records`` or more keeps its reduced records in the run folder
+    (``column_cache``): a later analysis of the same records skips parsing them."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UnusableInput(f"{run_dir}: not a directory")
@@ -272,10 +276,19 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunMeta, Columns]:
         raise UnusableInput(str(exc)) from None
     if not _records.record_files(path) and parquet_file(path) is None:
         raise UnusableInput(f"{run_dir}: no record files ({_records.RECORDS_GLOB})")
-    table = read_table(path)
-    if table.num_rows == 0:
+    sources = column_cache.source_signature(path)
+    reduced = column_cache.load(path)
+    if reduced is None:
+        try:
+            reduced = read_reduced(path)
+        except (ValueError, TypeError, OSError) as exc:
+            raise UnusableInput(str(exc)) from None
+        if reduced.n >= cache_min_records:
+            column_cache.store(path, reduced, sources)
+    if reduced.n == 0:
         raise UnusableInput(f"{run_dir}: the record files hold no records")
-    cols = columns_from_table(table)
+    cols = columns_from_reduced(reduced)
+    del reduced
     if np.isnan(cols.send).any() or np.isnan(cols.end).any():
         raise UnusableInput(f"{run_dir}: some records lack send_s or end_s")
     return meta, cols

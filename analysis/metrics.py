@@ -4,13 +4,14 @@ tier and per (tier, key, endpoint, stream) group. ``docs/metrics.md`` defines ea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from loadkit.analysis.codec import JsonRecord, flatten, omit_none
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
-from loadkit.analysis.stats import Stats, describe
+from loadkit.analysis.stats import PERCENTILES, Stats, describe
 
 LATENCY_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "headers_ms")
 CLIENT_METRICS = ("send_lateness_ms", "queued_ms", "connect_wait_ms")
@@ -39,26 +40,17 @@ def output_tokens(cols: Columns) -> np.ndarray:
     return np.where(np.isnan(cols.completion_tokens), cols.content_chunks, cols.completion_tokens)
 
 
-def chunk_rows(cols: Columns) -> np.ndarray:
-    """The record row of every flattened chunk time."""
-    lengths = np.diff(cols.chunk_offsets)
-    return np.repeat(np.arange(cols.n, dtype=np.int32), lengths)
-
-
 def itl_values(cols: Columns, rows_mask: np.ndarray) -> MetricValues:
     """Gaps between consecutive content chunks of the same request, pooled."""
-    vals = cols.chunk_values
-    if vals.size < 2:
-        return MetricValues(np.zeros(0), np.zeros(0, dtype=np.int64))
-    owner = chunk_rows(cols)
-    same = owner[1:] == owner[:-1]
-    keep = same & rows_mask[owner[1:]]
-    gaps = np.diff(vals)[keep] * 1000.0
-    return MetricValues(gaps, owner[1:][keep].astype(np.int64))
+    rows = np.repeat(np.arange(cols.n, dtype=np.int32), cols.gap_counts)
+    keep = rows_mask[rows]
+    return MetricValues(cols.gap_ms[keep], rows[keep])
 
 
 def _mv(values_s: np.ndarray, mask: np.ndarray) -> MetricValues:
     rows = np.flatnonzero(mask)
+    if mask.size < 2**31:  # a metric's rows are kept for the charts: half the memory
+        rows = rows.astype(np.int32)
     return MetricValues(values_s[rows] * 1000.0, rows)
 
 
@@ -89,18 +81,44 @@ def metric_values(cols: Columns, warmup_s: float) -> dict[str, MetricValues]:
     return out
 
 
-def _grouped(values: np.ndarray, gid: np.ndarray, n_groups: int) -> list[np.ndarray]:
-    """Split values by small integer group id (radix sort when ids fit 16 bits)."""
+def _grouped(
+    values: np.ndarray, rows: np.ndarray, row_gid: np.ndarray, n_groups: int
+) -> Iterator[np.ndarray]:
+    """Split values (one per entry of ``rows``) by their row's small integer group id, one
+    group at a time: each a fresh array that the caller may reorder."""
     if n_groups <= 1:
-        return [values] if n_groups == 1 else []
-    if n_groups <= 16:  # a few boolean masks beat sorting millions of pooled values
-        return [values[gid == g] for g in range(n_groups)]
+        if n_groups == 1:
+            yield values.copy()
+        return
+    if n_groups <= 16:
+        # a few boolean masks beat sorting millions of pooled values; the group of each
+        # value as one byte, so little is held beside them
+        g_of = row_gid.astype(np.int8)[rows]
+        for g in range(n_groups):
+            yield values[g_of == g]
+        return
+    gid = row_gid[rows]
     key = gid.astype(np.uint16) if n_groups < 65536 else gid
     order = np.argsort(key, kind="stable")
     counts = np.bincount(gid, minlength=n_groups)
+    del gid, key
     bounds = np.concatenate([[0], np.cumsum(counts)])
     sorted_vals = values[order]
-    return [sorted_vals[bounds[g] : bounds[g + 1]] for g in range(n_groups)]
+    del order
+    for g in range(n_groups):
+        yield sorted_vals[bounds[g] : bounds[g + 1]]
+
+
+def describe_owned(values: np.ndarray) -> Stats:
+    """``stats.describe`` of an array the caller gives up: the same figures (mean and max
+    before the percentiles reorder it), without the copy ``np.percentile`` would make."""
+    if values.size == 0:
+        return describe(values)
+    mean, peak = float(values.mean()), float(values.max())
+    p50, p90, p95, p99, p99_9 = (
+        float(q) for q in np.percentile(values, list(PERCENTILES.values()), overwrite_input=True)
+    )
+    return Stats(p50, p90, p95, p99, p99_9, mean, peak, count=int(values.size))
 
 
 @dataclass(frozen=True)
@@ -196,21 +214,34 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
     tiers = cols.tier.names
     tables: dict[str, MetricLatency] = {}
     per_group: list[dict[str, Stats]] = [{} for _ in labels]
+    tier_of_row = np.maximum(cols.tier.codes, 0)
     for name in METRICS:
         mv = values.get(name)
         if mv is None:  # an optional metric nothing measured
             continue
+        # A metric of the ITL kind pools ~15 values per request: one group's copy at a
+        # time is held beside them, never a second copy of them all.
         inf = inference[mv.rows]
-        v = mv.values[inf]
-        tier_codes = cols.tier.codes[mv.rows][inf]
-        by_tier = {}
-        for code, chunk in enumerate(_grouped(v, np.maximum(tier_codes, 0), len(tiers))):
-            if chunk.size:
-                by_tier[tiers[code]] = describe(chunk)
+        if inf.all():
+            v, v_rows = mv.values, mv.rows
+        else:
+            v, v_rows = mv.values[inf], mv.rows[inf]
+        del inf
+        # (a comprehension: no group's copy outlives its statistics)
+        by_tier = {
+            tiers[code]: describe_owned(chunk)
+            for code, chunk in enumerate(_grouped(v, v_rows, tier_of_row, len(tiers)))
+            if chunk.size
+        }
         tables[name] = MetricLatency(unit="ms", overall=describe(v), by_tier=by_tier)
-        for g, chunk in enumerate(_grouped(mv.values, gid[mv.rows], len(labels))):
-            if chunk.size:
-                per_group[g][name] = describe(chunk)
+        del v, v_rows
+        per_metric = {
+            g: describe_owned(chunk)
+            for g, chunk in enumerate(_grouped(mv.values, mv.rows, gid, len(labels)))
+            if chunk.size
+        }
+        for g, stats in per_metric.items():
+            per_group[g][name] = stats
     groups = tuple(
         GroupLatency(labels=lab, **stats)
         for lab, stats in zip(labels, per_group, strict=True)

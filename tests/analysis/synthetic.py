@@ -11,6 +11,7 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,71 @@ def key_run_rows(kr: KeyRun, run_id: str, start_index: int = 0) -> list[dict[str
             }
         )
     return out
+
+
+def key_run_lines(kr: KeyRun, run_id: str, start_index: int = 0) -> Iterator[str]:
+    """The records of one simulated key as JSON lines, equal (as parsed JSON) to
+    ``key_run_rows`` but written by formatting, not ``json.dumps`` of a dict per record, so
+    that the scale benchmark generates millions of records in seconds, not minutes."""
+    head = (
+        f'{{"run_id":{json.dumps(run_id)},"engine":"synthetic","worker":"sim",'
+        f'"request_id":"{kr.label}-'
+    )
+    common = (
+        f'"attempt":1,"tier":{json.dumps(kr.tier)},"key":{json.dumps(kr.label)},'
+        f'"endpoint":{json.dumps(kr.endpoint)},"stream":{"true" if kr.stream else "false"},'
+        '"model":"sim-model",'
+    )
+    tail = f'"queued_s":0.0,"schema":"{RECORD_SCHEMA}"}}\n'
+    stream = kr.stream and kr.tokens > 0
+    ctype = "text/event-stream" if kr.stream else "application/json"
+    sched = kr.scheduled
+    send, headers, end = kr.send.tolist(), kr.headers.tolist(), kr.end.tolist()
+    first, itl, retry = kr.first_token.tolist(), kr.itl.tolist(), kr.retry_after.tolist()
+    status, rl_limit = kr.status.tolist(), kr.rl_limit.tolist()
+    rl_rem = kr.rl_remaining.tolist()
+    sched_l = sched.tolist() if sched is not None else None
+    tokens = kr.tokens
+    finish = '"length"'
+    chunk_fmt = "[" + ",".join(["%.6f"] * tokens) + "]"
+    for i in range(len(send)):
+        st = status[i]
+        ok = st == 200
+        code = kr.error_code[i]
+        who = attribute(Refusal(code=code)) if st == 429 else None
+        if ok and stream:
+            ft, gap = first[i], itl[i]
+            # "%.6f" is correctly rounded, so it reads back as round(x, 6) does
+            chunk_s = chunk_fmt % tuple([ft + j * gap for j in range(tokens)])
+            first_s = chunk_s[1 : chunk_s.index(",")] if tokens > 1 else chunk_s[1:-1]
+            last_s = chunk_s[chunk_s.rindex(",") + 1 : -1] if tokens > 1 else first_s
+            n_chunks = tokens
+        else:
+            chunk_s, first_s, last_s = "[]", "null", "null"
+            n_chunks = 0 if kr.stream else (1 if ok else 0)
+        s = None if sched_l is None else _opt(sched_l[i])
+        h, ra, rem = _opt(headers[i]), _opt(retry[i]), rl_rem[i]
+        yield (
+            f'{head}{start_index + i}",{common}'
+            f'"scheduled_s":{"null" if s is None else repr(s)},'
+            f'"send_s":{round(send[i], 6)!r},"headers_s":{"null" if h is None else repr(h)},'
+            f'"first_token_s":{first_s},"last_token_s":{last_s},'
+            f'"end_s":{round(end[i], 6)!r},"chunk_s":{chunk_s},"status":{st},'
+            f'"error_code":{"null" if code is None else json.dumps(code)},'
+            '"transport_error":null,'
+            f'"prompt_tokens":{10 if ok else "null"},'
+            f'"completion_tokens":{tokens if ok else "null"},'
+            f'"sent_prompt_tokens":10,"sent_max_tokens":{tokens},'
+            f'"content_chunks":{n_chunks},"finish_reason":{finish if ok else "null"},'
+            f'"rl_limit_requests":{int(rl_limit[i])},'
+            f'"rl_remaining_requests":{"null" if rem != rem else int(rem)},'
+            '"rl_reset_requests_s":null,'
+            f'"retry_after_s":{"null" if ra is None else repr(ra)},'
+            f'"content_type":"{ctype if ok else "application/json"}",'
+            f'"limit_kind":{"null" if who is None else json.dumps(who.kind)},'
+            f'"limit_signal":{"null" if who is None else json.dumps(who.signal)},'
+            f"{tail}"
+        )
 
 
 def answered_rows(

@@ -1,0 +1,163 @@
+"""Every way records reach ``Columns`` gives the same columns and the same summary: the
+whole-table reduction, the batch-by-batch reduction of the JSONL files (however the batches
+fall), and the column cache a large run keeps in its folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from loadkit.analysis import column_cache
+from loadkit.analysis.columns import Codes, Columns, columns_from_reduced, load_run, read_table
+from loadkit.analysis.ingest import reduce_batches, table_batches
+from loadkit.analysis.summary import analyse
+from loadkit.analysis.token_columns import TokenColumns
+from tests.analysis.synthetic import (
+    Limiter,
+    Timing,
+    answered_rows,
+    key_run_lines,
+    key_run_rows,
+    poisson_sends,
+    run_meta,
+    simulate_key,
+    write_run,
+)
+
+
+def _same(a: object, b: object, path: str = "cols") -> None:
+    if isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype, path
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), path
+    elif isinstance(a, pa.ChunkedArray):
+        assert isinstance(b, pa.ChunkedArray) and a.to_pylist() == b.to_pylist(), path
+    elif isinstance(a, Codes | TokenColumns | Columns):
+        assert type(a) is type(b), path
+        for f in dataclasses.fields(a):
+            _same(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
+    else:
+        assert a == b, path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few thousand records: streams of several lengths, a non-streamed key, 429s of a
+    refusing free tier, a wrong URL's 404s and connection failures, over three files."""
+    rng = np.random.default_rng(7)
+    paid = Limiter("sliding_log", requests=200, window_s=10.0, concurrency=50)
+    free = Limiter("fixed_window", requests=20, window_s=10.0, concurrency=3)
+    runs = [
+        simulate_key("paid-0", "paid", paid, poisson_sends(60, 30, rng), Timing(jitter=0.5), rng),
+        simulate_key(
+            "paid-1", "paid", paid, poisson_sends(40, 30, rng), Timing(tokens=33, jitter=0.5), rng
+        ),
+        simulate_key("batch", "paid", paid, poisson_sends(10, 30, rng), Timing(stream=False), rng),
+        simulate_key("free-0", "free", free, poisson_sends(15, 30, rng), Timing(), rng),
+    ]
+    extra = answered_rows(
+        "paid-0", "paid", np.linspace(1, 29, 40), status=404, content_type="text/html"
+    ) + answered_rows("free-0", "free", np.linspace(2, 28, 25), status=0, transport_error="refused")
+    meta = run_meta(
+        {"paid": paid, "free": free},
+        [("paid-0", "paid"), ("paid-1", "paid"), ("batch", "paid"), ("free-0", "free")],
+        warmup_s=2.0,
+        slo={"ttft_ms": {"p99": 800}},
+        goodput={"ttft_ms": 500, "tpot_ms": 50},
+    )
+    path = write_run(tmp_path_factory.mktemp("ingest"), meta, runs[:2], extra_rows=extra)
+    # two more files: the analysis reads them in name order, after records-sim.jsonl
+    with open(path / "records-w2.jsonl", "w", encoding="utf-8") as fh:
+        fh.writelines(key_run_lines(runs[2], meta.run_id))
+    with open(path / "records-w3.jsonl", "w", encoding="utf-8") as fh:
+        for row in key_run_rows(runs[3], meta.run_id):
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_any_batching_of_the_records_gives_the_whole_table_columns(run: Path) -> None:
+    table = read_table(run)
+    assert table.num_rows > 3000
+    whole = columns_from_reduced(reduce_batches([table]))
+    for rows in (1, 97, 1000):
+        _same(columns_from_reduced(reduce_batches(table_batches(table, rows))), whole)
+    _, streamed = load_run(run, cache_min_records=10**9)
+    _same(streamed, whole)
+    # ITL: the gaps between consecutive chunks of each row, none across rows
+    chunks = table.column("chunk_s").to_pylist()
+    gaps = [
+        (b - a) * 1000.0 for row in chunks if row for a, b in zip(row[:-1], row[1:], strict=True)
+    ]
+    assert whole.gap_ms.tolist() == gaps
+    owners = [i for i, row in enumerate(chunks) if row for _ in row[1:]]
+    assert np.repeat(np.arange(whole.n), whole.gap_counts).tolist() == owners
+
+
+def test_the_column_cache_gives_the_same_columns_and_summary(run: Path, tmp_path: Path) -> None:
+    meta, fresh = load_run(run, cache_min_records=10**9)
+    assert not (run / column_cache.CACHE_DIR).exists()  # a small run's folder stays as it was
+    _, first = load_run(run, cache_min_records=0)  # parses, then writes the cache
+    assert (run / column_cache.CACHE_DIR / "manifest.json").is_file()
+    cached_reduction = column_cache.load(run)
+    assert cached_reduction is not None
+    _, cached = load_run(run, cache_min_records=0)
+    _same(first, fresh)
+    _same(cached, fresh)
+    assert analyse(meta, cached).summary.to_json() == analyse(meta, fresh).summary.to_json()
+
+
+def test_the_cache_is_not_used_once_the_records_change(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    _, before = load_run(copy, cache_min_records=0)
+    assert column_cache.load(copy) is not None
+    line = (copy / "records-w3.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    row = json.loads(line)
+    row["request_id"] = "appended-1"
+    with open(copy / "records-w3.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+    assert column_cache.load(copy) is None
+    _, after = load_run(copy, cache_min_records=10**9)
+    assert after.n == before.n + 1
+    assert after.ids([after.n - 1]) == ["appended-1"]
+
+
+def test_a_torn_last_line_is_skipped_and_the_rest_read(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    whole = (copy / "records-w2.jsonl").read_text(encoding="utf-8")
+    lines = whole.splitlines(keepends=True)
+    (copy / "records-w2.jsonl").write_text(
+        "".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2], encoding="utf-8"
+    )
+    _, cols = load_run(copy, cache_min_records=10**9)
+    _, full = load_run(run, cache_min_records=10**9)
+    assert cols.n == full.n - 1
+
+
+def test_records_parquet_and_an_empty_file_give_the_same_columns(run: Path, tmp_path: Path) -> None:
+    from loadkit.records import parquet_file, write_parquet
+
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    (copy / "records-empty.jsonl").write_bytes(b"")  # a worker that sent nothing
+    _, from_jsonl = load_run(copy, cache_min_records=10**9)
+    write_parquet(copy)  # newer than every JSONL file: read instead of them
+    assert parquet_file(copy) is not None
+    _, from_parquet = load_run(copy, cache_min_records=10**9)
+    _, full = load_run(run, cache_min_records=10**9)
+    _same(from_jsonl, full)
+    _same(from_parquet, full)
