@@ -51,6 +51,9 @@ class LatenessRing:
         return out
 
 
+_ALWAYS_REJECTED = ("unauthenticated", "rate_limit_exceeded", "concurrency_limit_exceeded")
+
+
 class Counters:
     def __init__(self, lateness_capacity: int) -> None:
         self.seen = 0
@@ -73,11 +76,9 @@ class Counters:
         return {
             "seen": self.seen,
             "admitted": self.admitted,
-            "rejected": {
-                "unauthenticated": self.rejected["unauthenticated"],
-                "rate_limit_exceeded": self.rejected["rate_limit_exceeded"],
-                "concurrency_limit_exceeded": self.rejected["concurrency_limit_exceeded"],
-            },
+            # API.md's three always; any other refusal (tokens, per day, a model's
+            # limits) under its own code once counted.
+            "rejected": {**dict.fromkeys(_ALWAYS_REJECTED, 0), **self.rejected},
             "status": {str(k): v for k, v in sorted(self.status.items())},
             "errors": dict(self.errors),
             "disconnects": dict(self.disconnects),

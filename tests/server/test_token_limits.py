@@ -230,6 +230,8 @@ def test_exact_tokens_refuse_at_the_promise_and_say_so(serve: Any) -> None:
     )
     assert "charged" not in refused and refused["admitted_ns"] is None
     assert volume_max(lines, "total", 60) == 100
+    rejected = srv.stats()["rejected"]  # the admin's counters name the token refusals too
+    assert rejected["token_limit_exceeded"] == 2 and rejected["rate_limit_exceeded"] == 0
 
 
 def test_retry_after_on_tokens_is_a_promise(serve: Any) -> None:
