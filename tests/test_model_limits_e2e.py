@@ -198,8 +198,12 @@ def test_requests_per_day_in_a_clock_aligned_window(tmp_path: Path, mode: str) -
     near, far = got["near-1"]["verdict"], got["far-1"]["verdict"]
     assert near["offered_max"] > 5 and near["reach"] is None
     if mode == "exact":
-        assert near["observed_max"] <= 5
-        assert (near["enforced"], near["honoured"]) == ("held", "held"), got["near-1"]
+        assert near["observed_max"] <= 5 and near["honoured"] == "held", got["near-1"]
+        # Never accused; "possible" only when a request went unanswered or its headers were
+        # so late (a starved machine) that its admission could fall in another window.
+        assert near["enforced"] in ("held", "possible"), got["near-1"]
+        if near["enforced"] == "possible":
+            assert near["observed_max_possible"] > 5
     else:
         assert near["enforced"] == "violated" and near["observed_max"] > 5
         assert "near-1 requests_per_day: not enforced" in s["verdict_reasons"]

@@ -40,7 +40,7 @@ def commands() -> list[list[str]]:
 def test_two_command_setup():
     first, second = shell_blocks()[0].strip().splitlines()
     assert "pip install -e '.[test]'" in first and first.rstrip().endswith("loadkit run")
-    assert second.strip() == "python -m pytest -q"
+    assert second.strip() == "python -m pytest -q -n 2"
     ci = (ROOT / ".ci" / "run").read_text()
     # CI installs what the README's first command installs (and may add its static tools).
     readme_extras = set(re.search(r"'\.\[([^\]]*)\]'", first).group(1).split(","))
