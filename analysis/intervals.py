@@ -4,7 +4,8 @@ sorting plus ``searchsorted``, with a Fenwick-tree sweep for the rare 2-D case."
 
 from __future__ import annotations
 
-import heapq
+from functools import cached_property
+from typing import Literal
 
 import numpy as np
 
@@ -92,33 +93,146 @@ def _before(v: np.ndarray | float) -> np.ndarray:
     return np.nextafter(v, -np.inf)
 
 
+def _run_firsts(x: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(x, x, side="left")`` of a sorted x in O(n): where each value's run
+    of equal values begins."""
+    n = x.size
+    new = np.ones(n, dtype=bool)
+    np.not_equal(x[1:], x[:-1], out=new[1:])
+    new[1:] &= ~(np.isnan(x[1:]) & np.isnan(x[:-1]))
+    return np.asarray(np.maximum.accumulate(np.where(new, np.arange(n), 0)))
+
+
+def _run_ends(x: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(x, x, side="right")`` of a sorted x in O(n): where each value's
+    run of equal values ends."""
+    n = x.size
+    last = np.ones(n, dtype=bool)
+    np.not_equal(x[1:], x[:-1], out=last[:-1])
+    last[:-1] &= ~(np.isnan(x[1:]) & np.isnan(x[:-1]))
+    ends = np.where(last, np.arange(1, n + 1), n)
+    return np.asarray(np.minimum.accumulate(ends[::-1])[::-1])
+
+
+class Intervals:
+    """Intervals [s, h] with their starts and ends sorted once, for the many counting
+    queries a key's verdicts ask of the same requests; each answer is the module-level
+    function's (``contained_counts``, ``touching_max``, ...), computed the same way."""
+
+    def __init__(self, s: np.ndarray, h: np.ndarray) -> None:
+        self.s = np.asarray(s, dtype=np.float64)
+        self.h = np.asarray(h, dtype=np.float64)
+        self.n = int(self.s.size)
+        self._memo: dict[tuple[str, float], tuple[int, float]] = {}
+
+    @cached_property
+    def s_order(self) -> np.ndarray:
+        return np.argsort(self.s, kind="stable")
+
+    @cached_property
+    def s_sorted(self) -> np.ndarray:
+        return np.asarray(self.s[self.s_order])
+
+    @cached_property
+    def h_sorted(self) -> np.ndarray:
+        return np.sort(self.h)
+
+    def contained_counts(self, width: float) -> np.ndarray:
+        """``contained_counts(s, h, width)``: anchors in input order."""
+        n = self.n
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        # every anchor in order of s; the counts go back to input order at the end
+        a = self.s_sorted
+        b = a + width
+        starts_after = n - _run_firsts(a)
+        ends_at_or_after = n - np.searchsorted(self.h_sorted, b, side="left")
+        # intervals with s < a and h >= b were subtracted twice: they reach over the whole span
+        over = count_covering(self.s, self.h, _before(a), _before(b))
+        out = np.empty(n, dtype=np.int64)
+        out[self.s_order] = starts_after - ends_at_or_after + over
+        return out
+
+    def contained_max(self, width: float) -> tuple[int, float]:
+        """The most intervals inside one [s_i, s_i + width), and the first such s_i in input
+        order (0 and nan without intervals)."""
+        key = ("contained", width)
+        if key not in self._memo:
+            if self.n == 0:
+                self._memo[key] = (0, float("nan"))
+            else:
+                counts = self.contained_counts(width)
+                i = int(np.argmax(counts))
+                self._memo[key] = (int(counts[i]), float(self.s[i]))
+        return self._memo[key]
+
+    def touching_max(self, width: float) -> tuple[int, float]:
+        """``touching_max(s, h, width)``."""
+        key = ("touching", width)
+        if key not in self._memo:
+            if self.n == 0:
+                self._memo[key] = (0, float("nan"))
+            else:
+                # [s, h] meets [t, t+w)  <=>  s < t + w and h >= t; the count is largest at
+                # some t = h_k
+                t = self.h_sorted
+                cnt = np.searchsorted(self.s_sorted, t + width, side="left") - _run_firsts(t)
+                k = int(np.argmax(cnt))
+                self._memo[key] = (int(cnt[k]), float(t[k]))
+        return self._memo[key]
+
+    def span_max(self, width: float) -> tuple[int, float]:
+        """``span_max(s, width)``: the starts as points."""
+        key = ("span", width)
+        if key not in self._memo:
+            if self.n == 0:
+                self._memo[key] = (0, float("nan"))
+            else:
+                p = self.s_sorted
+                cnt = span_counts(p, width)
+                k = int(np.argmax(cnt))
+                self._memo[key] = (int(cnt[k]), float(p[k]))
+        return self._memo[key]
+
+    def overlap_max(self, closed: bool) -> tuple[int, float]:
+        """``overlap_max(s, h, closed)``."""
+        key = ("overlap", float(closed))
+        if key not in self._memo:
+            keep = self.h >= self.s if closed else self.h > self.s
+            iv = self if keep.all() else Intervals(self.s[keep], self.h[keep])
+            if iv.n == 0:
+                self._memo[key] = (0, float("nan"))
+            else:
+                st_sorted = iv.s_sorted
+                started = _run_ends(st_sorted)
+                side: Literal["left", "right"] = "left" if closed else "right"
+                ended = np.searchsorted(iv.h_sorted, st_sorted, side=side)
+                cnt = started - ended
+                k = int(np.argmax(cnt))
+                self._memo[key] = (int(cnt[k]), float(st_sorted[k]))
+        return self._memo[key]
+
+    def longest_common_overlap(self, k: int) -> tuple[float, float]:
+        """``longest_common_overlap(s, h, k)``."""
+        if k < 1 or self.n < k:
+            return float("-inf"), float("nan")
+        st = self.s_sorted
+        kth_end = prefix_kth_largest(self.h[self.s_order], k)
+        o = kth_end - st[k - 1 :]
+        i = int(np.argmax(o))
+        return float(o[i]), float(st[k - 1 + i])
+
+
 def contained_counts(s: np.ndarray, h: np.ndarray, width: float) -> np.ndarray:
     """For each anchor i (in input order): #{j : s[j] >= s[i] and h[j] < s[i] + width},
     the intervals [s, h] that lie wholly inside the half-open span [s[i], s[i] + width)."""
-    n = s.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    a = s
-    b = s + width
-    s_sorted = np.sort(s)
-    h_sorted = np.sort(h)
-    starts_after = n - np.searchsorted(s_sorted, a, side="left")
-    ends_at_or_after = n - np.searchsorted(h_sorted, b, side="left")
-    # intervals with s < a and h >= b were subtracted twice: they reach over the whole span
-    over = count_covering(s, h, _before(a), _before(b))
-    return np.asarray(starts_after - ends_at_or_after + over)
+    return Intervals(s, h).contained_counts(width)
 
 
 def touching_max(s: np.ndarray, h: np.ndarray, width: float) -> tuple[int, float]:
     """The most intervals [s, h] that intersect one half-open span [t, t + width), and the
     t that achieves it (nan when there are none)."""
-    if s.size == 0:
-        return 0, float("nan")
-    # [s, h] meets [t, t+w)  <=>  s < t + w and h >= t; the count is largest at some t = h_k
-    t = np.sort(h)
-    cnt = np.searchsorted(np.sort(s), t + width, side="left") - np.searchsorted(t, t, side="left")
-    k = int(np.argmax(cnt))
-    return int(cnt[k]), float(t[k])
+    return Intervals(s, h).touching_max(width)
 
 
 def touching_mask(s: np.ndarray, h: np.ndarray, t: float, width: float) -> np.ndarray:
@@ -133,12 +247,7 @@ def span_counts(points_sorted: np.ndarray, width: float) -> np.ndarray:
 
 def span_max(points: np.ndarray, width: float) -> tuple[int, float]:
     """Most points in any half-open span of length ``width``, and where that span starts."""
-    if points.size == 0:
-        return 0, float("nan")
-    p = np.sort(points)
-    cnt = span_counts(p, width)
-    k = int(np.argmax(cnt))
-    return int(cnt[k]), float(p[k])
+    return Intervals(points, points).span_max(width)
 
 
 def overlap_max(starts: np.ndarray, ends: np.ndarray, closed: bool) -> tuple[int, float]:
@@ -147,17 +256,7 @@ def overlap_max(starts: np.ndarray, ends: np.ndarray, closed: bool) -> tuple[int
     ``closed``: [start, end] (touching intervals overlap); else [start, end) with
     touching intervals apart. Empty intervals (end < start, or end <= start when half-open)
     never count."""
-    keep = ends >= starts if closed else ends > starts
-    st, en = starts[keep], ends[keep]
-    if st.size == 0:
-        return 0, float("nan")
-    st_sorted = np.sort(st)
-    en_sorted = np.sort(en)
-    started = np.searchsorted(st_sorted, st_sorted, side="right")
-    ended = np.searchsorted(en_sorted, st_sorted, side="left" if closed else "right")
-    cnt = started - ended
-    k = int(np.argmax(cnt))
-    return int(cnt[k]), float(st_sorted[k])
+    return Intervals(starts, ends).overlap_max(closed)
 
 
 def holding_mask(starts: np.ndarray, ends: np.ndarray, t: float, closed: bool) -> np.ndarray:
@@ -195,26 +294,49 @@ def shortest_touching_span(s: np.ndarray, h: np.ndarray, k: int) -> tuple[float,
     return float(gaps[r]), float(h_sorted[r])
 
 
+def prefix_kth_largest(values: np.ndarray, k: int) -> np.ndarray:
+    """For each prefix of at least k values, values[:m] for m = k..n: its k-th largest value
+    (empty with fewer than k values).
+
+    All prefixes are answered at once, one pass per bit of the values' ranks: a wavelet
+    matrix of the ranks (each pass splits the sequence stably by one bit, top bit first)
+    walked by every query together, O(n log n) in numpy."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.size
+    if k < 1 or n < k:
+        return np.zeros(0, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    seq = np.empty(n, dtype=np.int64)
+    seq[order] = np.arange(n)  # distinct ranks, ascending by value
+    # the k-th largest of m values is the (m - k)-th smallest (0-based) of ranks [lo, hi)
+    hi = np.arange(k, n + 1, dtype=np.int64)
+    lo = np.zeros(hi.size, dtype=np.int64)
+    want = hi - k
+    rank = np.zeros(hi.size, dtype=np.int64)
+    zeros_before = np.zeros(n + 1, dtype=np.int64)
+    for bit in reversed(range(max(1, (n - 1).bit_length()))):
+        zero = ((seq >> bit) & 1) == 0
+        np.cumsum(zero, out=zeros_before[1:])
+        total = zeros_before[n]
+        z_lo, z_hi = zeros_before[lo], zeros_before[hi]
+        in_zeros = z_hi - z_lo
+        one = want >= in_zeros
+        want -= np.where(one, in_zeros, 0)
+        lo = np.where(one, total + lo - z_lo, z_lo)
+        hi = np.where(one, total + hi - z_hi, z_hi)
+        rank |= one.astype(np.int64) << bit
+        seq = np.concatenate((seq[zero], seq[~zero]))
+    return np.asarray(values[order[rank]])
+
+
 def longest_common_overlap(starts: np.ndarray, ends: np.ndarray, k: int) -> tuple[float, float]:
     """The longest time k closed intervals [start, end] all hold together, min(end) -
     max(start) over every k of them, and the latest start of that k (-inf and nan with
     fewer than k). Negative: no k share an instant, and the best k missed by that much.
-    ``overlap_max(starts, ends, closed=True) >= k`` iff the result is >= 0."""
-    n = starts.size
-    if k < 1 or n < k:
-        return float("-inf"), float("nan")
-    order = np.argsort(starts, kind="stable")
-    st, en = starts[order].tolist(), ends[order].tolist()
-    best, at = float("-inf"), float("nan")
-    heap: list[float] = []  # the k - 1 latest ends among the intervals started so far
-    for x, y in zip(st, en, strict=True):
-        if len(heap) == k - 1:
-            o = min(y, heap[0] if heap else y) - x
-            if o > best:
-                best, at = o, x
-        if k > 1:
-            if len(heap) < k - 1:
-                heapq.heappush(heap, y)
-            elif y > heap[0]:
-                heapq.heapreplace(heap, y)
-    return best, at
+    ``overlap_max(starts, ends, closed=True) >= k`` iff the result is >= 0.
+
+    In order of start, the best k whose latest start is the m-th is the m-th with the k - 1
+    latest ends before it; the best over every m equals the best over m of (the k-th latest
+    end among the first m) - (the m-th start), reached first at the same m, since starts
+    only grow."""
+    return Intervals(starts, ends).longest_common_overlap(k)

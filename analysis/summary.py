@@ -379,6 +379,7 @@ def limit_verdicts(
             mine = [_unusable(e, problem) for e in mine]
         entries.extend(mine)
         arrival[label] = arrival_curve(kv, policy)
+        kv.forget()
     for k in meta.keys:
         if k.get("label") not in cols.key.names:
             notes.append(f"key {k.get('label')}: in run.json but sent no requests")

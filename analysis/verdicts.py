@@ -7,21 +7,17 @@ uncertainty: a request's admission instant is only known to lie in [send, header
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, OUTCOMES, Codes, Columns
 from loadkit.analysis.intervals import (
-    contained_counts,
+    Intervals,
     holding_mask,
-    longest_common_overlap,
-    overlap_max,
     shortest_touching_span,
-    span_max,
     touching_mask,
-    touching_max,
 )
 from loadkit.analysis.limits import (
     ConcurrencyEnforcedEvidence,
@@ -154,10 +150,33 @@ class KeyView:
     stream: np.ndarray  # streamed: the headers came before the body
     model: str | None = None
     judge_unattributed: bool = True
+    # what the verdicts computed on these requests, shared between them (``intervals``,
+    # ``offered_load``); ``forget`` drops it
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n(self) -> int:
         return int(self.rows.size)
+
+    def intervals(self, which: str) -> Intervals:
+        """The view's requests as intervals, sorted once: ``admitted`` [s, hi] of the
+        admitted, ``maybe`` [s, hi] and ``maybe_end`` [s, e] of the admitted-or-unknown,
+        ``reached_end`` [s, e] of those that reached the limiters."""
+        iv = self.memo.get(which)
+        if iv is None:
+            mask, ends = {
+                "admitted": (self.admitted, self.hi),
+                "maybe": (self.maybe, self.hi),
+                "maybe_end": (self.maybe, self.e),
+                "reached_end": (self.reached, self.e),
+            }[which]
+            iv = self.memo[which] = Intervals(self.s[mask], ends[mask])
+        assert isinstance(iv, Intervals)
+        return iv
+
+    def forget(self) -> None:
+        """Drop what the verdicts shared (sorted copies of the view's times)."""
+        self.memo.clear()
 
     @property
     def maybe(self) -> np.ndarray:
@@ -285,12 +304,15 @@ def _count_lt(sorted_vals: np.ndarray, x: np.ndarray) -> np.ndarray:
 def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> Offered:
     """What the client asked of the limiter: a limiter is only caught doing what this provoked.
     The maxima count the requests that reached it (``KeyView.reached``)."""
-    reached = kv.reached
-    s_r = kv.s[reached]
-    in_window, w_start = span_max(s_r, policy.window_s)
-    burst, _ = span_max(s_r, settings.burst_window_s)
-    conc, c_at = overlap_max(s_r, kv.e[reached], closed=True)
-    return Offered(
+    memo_key = ("offered", policy, settings.burst_window_s)
+    done = kv.memo.get(memo_key)
+    if isinstance(done, Offered):
+        return done
+    reached = kv.intervals("reached_end")
+    in_window, w_start = reached.span_max(policy.window_s)
+    burst, _ = reached.span_max(settings.burst_window_s)
+    conc, c_at = reached.overlap_max(closed=True)
+    kv.memo[memo_key] = offered = Offered(
         requests=kv.n,
         admitted=int(kv.admitted.sum()),
         possibly_admitted=int(kv.possible.sum()),
@@ -306,6 +328,7 @@ def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> Offe
         max_concurrent_at_s=rounded_s(c_at),
         refused_tokens=int(kv.tok429.sum()),
     )
+    return offered
 
 
 def rounded_s(x: float) -> float | None:
@@ -331,21 +354,19 @@ def requests_verdict(
     certain = 0
     ev_enf = RequestsEnforcedEvidence()
     if sa.size:
-        counts = contained_counts(sa, ha, w)
-        i = int(np.argmax(counts))
-        certain = int(counts[i])
-        members = _pick((sa >= sa[i]) & (ha < sa[i] + w))
+        certain, at = kv.intervals("admitted").contained_max(w)
+        members = _pick((sa >= at) & (ha < at + w))
         members = members[np.argsort(ha[members], kind="stable")]
         if certain > n_lim:
             members = members[: n_lim + 1]
         if members.size:
             ev_enf = RequestsEnforcedEvidence(
-                certain_span_s=(rounded_s(sa[i]), rounded_s(float(ha[members].max()))),
+                certain_span_s=(rounded_s(at), rounded_s(float(ha[members].max()))),
                 certain_count=certain,
                 request_ids=tuple(ids(rows_a[members])),
             )
     # Possible: the most admitted-or-unknown intervals touching one [t, t + W).
-    possible, t = touching_max(sp, hp, w)
+    possible, t = kv.intervals("maybe").touching_max(w)
     if sp.size:
         ev_enf = replace(ev_enf, possible_span_s=(rounded_s(t), rounded_s(t + w)))
         if possible > n_lim and certain <= n_lim:
@@ -493,8 +514,7 @@ def concurrency_tolerance(
     which the key heard the limiter's own answer (a refusal, or a stream's headers).
     Applied to non-streamed requests this assumes they were decided as fast; a key with
     none streamed is therefore never decided by a tolerance (``limitation``)."""
-    maybe = kv.maybe
-    overlap, _ = longest_common_overlap(kv.s[maybe], kv.e[maybe], policy.concurrency + 1)
+    overlap, _ = kv.intervals("maybe_end").longest_common_overlap(policy.concurrency + 1)
     margin = -overlap if np.isfinite(overlap) else None
     decisive = (kv.status == 429) | (kv.admitted & kv.stream)
     widths = kv.hi[decisive] - kv.s[decisive]
@@ -535,7 +555,7 @@ def _requests_honoured(
     other_pos = _pick(kv.other429 & kv.judge_unattributed)
     if other_pos.size:
         eligible[other_pos[in_flight_upper(kv, other_pos) >= policy.concurrency]] = False
-    eligible_max, _ = span_max(kv.s[eligible], policy.window_s)
+    eligible_max, _ = Intervals(kv.s[eligible], kv.s[eligible]).span_max(policy.window_s)
     floor = (1.0 - settings.under_admission_tolerance) * n_lim
     under = eligible_max > n_lim and possible_max < floor
     ev = RequestsHonouredEvidence(
@@ -569,9 +589,9 @@ def concurrency_verdict(
     adm, maybe = kv.admitted, kv.maybe
     # Certainly in flight: headers received .. end minus the delivery margin (admitted only).
     c_start, c_end = kv.hi[adm], kv.e[adm] - settings.concurrency_margin_s
-    certain, t_c = overlap_max(c_start, c_end, closed=False)
+    certain, t_c = Intervals(c_start, c_end).overlap_max(closed=False)
     # Possibly in flight: send .. end (admitted or unknown).
-    possible, t_p = overlap_max(kv.s[maybe], kv.e[maybe], closed=True)
+    possible, t_p = kv.intervals("maybe_end").overlap_max(closed=True)
     ev_enf = ConcurrencyEnforcedEvidence()
     if certain:
         held = _pick(holding_mask(c_start, c_end, t_c, closed=False))
@@ -597,7 +617,7 @@ def concurrency_verdict(
     unc_pos, _ = _uncoded_unjustified(kv, policy)
     unc_flight = in_flight_upper(kv, unc_pos)
     eligible = kv.reached & ~kv.rate429 & ~kv.elsewhere429
-    eligible_max, _ = overlap_max(kv.s[eligible], kv.e[eligible], closed=True)
+    eligible_max, _ = Intervals(kv.s[eligible], kv.e[eligible]).overlap_max(closed=True)
     ev_hon = ConcurrencyHonouredEvidence(
         concurrency_429s=int(conc_pos.size),
         unjustified_429s=int(bad.sum()),

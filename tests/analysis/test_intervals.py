@@ -123,3 +123,39 @@ def test_longest_common_overlap_matches_brute_force(iv, k):
     # k share an instant exactly when the overlap is not negative
     if s.size:
         assert (intervals.overlap_max(s, e, closed=True)[0] >= k) == (overlap >= 0)
+
+
+@given(st.lists(grid, max_size=40), st.integers(min_value=0, max_value=6))
+@settings(max_examples=200, deadline=None)
+def test_prefix_kth_largest_matches_sorting_each_prefix(values, k):
+    v = np.array(values, dtype=float)
+    want = [sorted(values[:m], reverse=True)[k - 1] for m in range(k, len(values) + 1)] if k else []
+    assert intervals.prefix_kth_largest(v, k).tolist() == want
+
+
+# unordered floats: ends before starts, ties and distinct values at full precision
+floats = st.floats(min_value=-50, max_value=50, allow_nan=False, allow_subnormal=False)
+
+
+@given(
+    st.lists(st.tuples(st.one_of(grid, floats), st.one_of(grid, floats)), max_size=60),
+    st.integers(min_value=0, max_value=12),
+)
+@settings(max_examples=300, deadline=None)
+def test_longest_common_overlap_same_as_heap_sweep(pairs, k):
+    # value and instant, bit for bit, as the heap sweep it replaced (summary.json unchanged)
+    s = np.array([p[0] for p in pairs], dtype=float)
+    e = np.array([p[1] for p in pairs], dtype=float)
+    got = intervals.longest_common_overlap(s, e, k)
+    want = ref.longest_common_overlap_heap(s, e, k)
+    assert got[0] == want[0]
+    assert got[1] == want[1] or (np.isnan(got[1]) and np.isnan(want[1]))
+
+
+def test_longest_common_overlap_large_k_against_heap_sweep():
+    rng = np.random.default_rng(7)
+    s = np.round(rng.uniform(0, 100, 5000), 3)
+    e = s + np.round(rng.exponential(2.0, 5000), 3)
+    for k in (1, 2, 17, 866, 4999, 5000):
+        assert intervals.longest_common_overlap(s, e, k) == ref.longest_common_overlap_heap(s, e, k)
+    assert intervals.longest_common_overlap(s, e, 5001)[0] == -np.inf
