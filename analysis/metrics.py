@@ -42,8 +42,12 @@ def output_tokens(cols: Columns) -> np.ndarray:
 
 def itl_values(cols: Columns, rows_mask: np.ndarray) -> MetricValues:
     """Gaps between consecutive content chunks of the same request, pooled."""
+    if rows_mask[cols.gap_counts > 0].all():  # every row with gaps counts: no copy of them
+        return MetricValues(
+            cols.gap_ms, np.repeat(np.arange(cols.n, dtype=np.int32), cols.gap_counts)
+        )
     rows = np.repeat(np.arange(cols.n, dtype=np.int32), cols.gap_counts)
-    keep = rows_mask[rows]
+    keep = np.repeat(rows_mask, cols.gap_counts)
     return MetricValues(cols.gap_ms[keep], rows[keep])
 
 
@@ -215,6 +219,8 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
         np.where(group_inference, group_tier, len(tiers)).astype(np.int64), len(tiers)
     )
     inference_of_group = np.array(group_inference, dtype=bool)
+    all_inference = bool(inference_of_group.all())
+    one_tier = group_tier[0] if len(set(group_tier)) == 1 and tiers else None
     gid = _small_ids(gid, len(labels))
     tables: dict[str, MetricLatency] = {}
     per_group: list[dict[str, Stats]] = [{} for _ in labels]
@@ -223,24 +229,24 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
         if mv is None:  # an optional metric nothing measured
             continue
         g_of = gid[mv.rows]
-        tier_of = tier_of_group[g_of]
         # A metric of the ITL kind pools ~15 values per request: one tier's copy at a
         # time is held beside them for its mean, then the groups' sorted copies.
-        inf = inference_of_group[g_of]
-        if inf.all():
+        if all_inference:
             overall_mean = float(mv.values.mean()) if mv.values.size else 0.0
         else:
+            inf = inference_of_group[g_of]
             overall_mean = float(mv.values[inf].mean()) if inf.any() else 0.0
-        present = np.flatnonzero(np.bincount(tier_of, minlength=len(tiers) + 1)[: len(tiers)])
-        if present.size == 1 and inf.all():  # one tier holds every value
-            tier_means = {int(present[0]): overall_mean}
+            del inf
+        if one_tier is not None and all_inference:  # one tier's table holds every value
+            tier_means = {one_tier: overall_mean} if mv.values.size else {}
         else:
+            tier_of = tier_of_group[g_of]
             tier_means = {
                 code: float(chunk.mean())
                 for code, chunk in enumerate(_grouped(tier_of, len(tiers), mv.values))
                 if chunk.size
             }
-        del inf, tier_of
+            del tier_of
         sorted_groups: dict[int, np.ndarray] = {}
         for g, chunk in enumerate(_grouped(g_of, len(labels), mv.values)):
             if chunk.size:
