@@ -212,13 +212,21 @@ class Intervals:
                 self._memo[key] = (int(cnt[k]), float(st_sorted[k]))
         return self._memo[key]
 
+    def shortest_touching_span(self, k: int) -> tuple[float, float]:
+        """``shortest_touching_span(s, h, k)``."""
+        n = self.n
+        if k < 1 or n < k:
+            return float("inf"), float("nan")
+        gaps = self.s_sorted[k - 1 :] - self.h_sorted[: n - k + 1]
+        r = int(np.argmin(gaps))
+        return float(gaps[r]), float(self.h_sorted[r])
+
     def longest_common_overlap(self, k: int) -> tuple[float, float]:
         """``longest_common_overlap(s, h, k)``."""
         if k < 1 or self.n < k:
             return float("-inf"), float("nan")
         st = self.s_sorted
-        kth_end = prefix_kth_largest(self.h[self.s_order], k)
-        o = kth_end - st[k - 1 :]
+        o = prefix_kth_largest(self.h[self.s_order], k) - st[k - 1 :]
         i = int(np.argmax(o))
         return float(o[i]), float(st[k - 1 + i])
 
@@ -285,13 +293,7 @@ def shortest_touching_span(s: np.ndarray, h: np.ndarray, k: int) -> tuple[float,
     meets k of them). The span can start at the earliest h of the k (t = h_(r), the r-th
     smallest h); the k intervals with the smallest s among those with h >= t then fit
     when s_(r + k - 1) < t + w, since every interval with h < t has s < t as well."""
-    n = s.size
-    if k < 1 or n < k:
-        return float("inf"), float("nan")
-    s_sorted, h_sorted = np.sort(s), np.sort(h)
-    gaps = s_sorted[k - 1 :] - h_sorted[: n - k + 1]
-    r = int(np.argmin(gaps))
-    return float(gaps[r]), float(h_sorted[r])
+    return Intervals(s, h).shortest_touching_span(k)
 
 
 def prefix_kth_largest(values: np.ndarray, k: int) -> np.ndarray:
@@ -306,14 +308,15 @@ def prefix_kth_largest(values: np.ndarray, k: int) -> np.ndarray:
     if k < 1 or n < k:
         return np.zeros(0, dtype=np.float64)
     order = np.argsort(values, kind="stable")
-    seq = np.empty(n, dtype=np.int64)
-    seq[order] = np.arange(n)  # distinct ranks, ascending by value
+    it = np.int32 if n < 2**31 - 1 else np.int64
+    seq = np.empty(n, dtype=it)
+    seq[order] = np.arange(n, dtype=it)  # distinct ranks, ascending by value
     # the k-th largest of m values is the (m - k)-th smallest (0-based) of ranks [lo, hi)
-    hi = np.arange(k, n + 1, dtype=np.int64)
-    lo = np.zeros(hi.size, dtype=np.int64)
+    hi = np.arange(k, n + 1, dtype=it)
+    lo = np.zeros(hi.size, dtype=it)
     want = hi - k
-    rank = np.zeros(hi.size, dtype=np.int64)
-    zeros_before = np.zeros(n + 1, dtype=np.int64)
+    rank = np.zeros(hi.size, dtype=it)
+    zeros_before = np.zeros(n + 1, dtype=it)
     for bit in reversed(range(max(1, (n - 1).bit_length()))):
         zero = ((seq >> bit) & 1) == 0
         np.cumsum(zero, out=zeros_before[1:])
@@ -321,10 +324,10 @@ def prefix_kth_largest(values: np.ndarray, k: int) -> np.ndarray:
         z_lo, z_hi = zeros_before[lo], zeros_before[hi]
         in_zeros = z_hi - z_lo
         one = want >= in_zeros
-        want -= np.where(one, in_zeros, 0)
+        want -= in_zeros * one
         lo = np.where(one, total + lo - z_lo, z_lo)
         hi = np.where(one, total + hi - z_hi, z_hi)
-        rank |= one.astype(np.int64) << bit
+        rank |= one.astype(it) << bit
         seq = np.concatenate((seq[zero], seq[~zero]))
     return np.asarray(values[order[rank]])
 

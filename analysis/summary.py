@@ -48,6 +48,7 @@ from loadkit.analysis.verdicts import (
     model_policies,
     model_view,
     requests_verdict,
+    rows_by_key,
 )
 from loadkit.runmeta import RunMeta
 
@@ -344,9 +345,10 @@ def limit_verdicts(
     keys: list[KeyAnalysis] = []
     notes: list[str] = []
     by_order = key_order(meta, tiers)
+    key_rows = rows_by_key(cols)
     for code, label in sorted(enumerate(cols.key.names), key=lambda item: by_order(item[1])):
         tier = tiers.get(label)
-        kv = key_view(cols, code)
+        kv = key_view(cols, code, key_rows[code])
         if kv.n == 0:
             continue
         if tier is None or tier not in policies:

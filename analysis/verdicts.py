@@ -16,7 +16,6 @@ from loadkit.analysis.columns import INFERENCE_ENDPOINTS, OUTCOMES, Codes, Colum
 from loadkit.analysis.intervals import (
     Intervals,
     holding_mask,
-    shortest_touching_span,
     touching_mask,
 )
 from loadkit.analysis.limits import (
@@ -190,10 +189,25 @@ class KeyView:
         return np.asarray(self.maybe | (self.status == 429))
 
 
-def key_view(cols: Columns, key_code: int) -> KeyView:
-    sel = (cols.key.codes == key_code) & cols.endpoint.isin(INFERENCE_ENDPOINTS)
-    rows = np.flatnonzero(sel)
+def key_view(cols: Columns, key_code: int, rows: np.ndarray | None = None) -> KeyView:
+    """The key's requests to the inference endpoints; ``rows``: those rows, when the
+    caller found them already (``rows_by_key``)."""
+    if rows is None:
+        sel = (cols.key.codes == key_code) & cols.endpoint.isin(INFERENCE_ENDPOINTS)
+        rows = np.flatnonzero(sel)
     return view_of_rows(cols, rows)
+
+
+def rows_by_key(cols: Columns) -> list[np.ndarray]:
+    """Each key code's rows to the inference endpoints, ascending (one sort for all keys,
+    not one scan of every row per key)."""
+    inference = np.flatnonzero(cols.endpoint.isin(INFERENCE_ENDPOINTS))
+    codes = cols.key.codes[inference]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(cols.key.names) + 1), side="left")
+    return [
+        np.asarray(inference[order[bounds[c] : bounds[c + 1]]]) for c in range(len(cols.key.names))
+    ]
 
 
 def model_view(cols: Columns, key_code: int, model: str) -> KeyView:
@@ -396,8 +410,8 @@ def requests_verdict(
 def justified_by_requests(kv: KeyView, refused: np.ndarray, policy: Policy) -> np.ndarray:
     """For each refused position r: an upper bound on the admitted requests in its window,
     #(admitted-or-unknown j with [s_j, h_j] meeting [s_r - W, h_r])."""
-    maybe = kv.maybe
-    sp, hp = np.sort(kv.s[maybe]), np.sort(kv.hi[maybe])
+    maybe = kv.intervals("maybe")
+    sp, hp = maybe.s_sorted, maybe.h_sorted
     s_r, h_r = kv.s[refused], kv.hi[refused]
     return np.asarray(_count_le(sp, h_r) - _count_lt(hp, s_r - policy.window_s))
 
@@ -405,8 +419,8 @@ def justified_by_requests(kv: KeyView, refused: np.ndarray, policy: Policy) -> n
 def in_flight_upper(kv: KeyView, refused: np.ndarray) -> np.ndarray:
     """For each refused position r: #(admitted-or-unknown j with [s_j, e_j] meeting
     [s_r, h_r]), an upper bound on what was in flight when it was refused."""
-    maybe = kv.maybe
-    sp, ep = np.sort(kv.s[maybe]), np.sort(kv.e[maybe])
+    maybe = kv.intervals("maybe_end")
+    sp, ep = maybe.s_sorted, maybe.h_sorted
     s_r, h_r = kv.s[refused], kv.hi[refused]
     return np.asarray(_count_le(sp, h_r) - _count_lt(ep, s_r))
 
@@ -485,8 +499,7 @@ def requests_tolerance(
     W + margin span") is proven by the timestamps whatever the tolerance. A shortfall is
     accepted only up to ``max_shortfall_fraction`` of W, however coarse the timing."""
     w = policy.window_s
-    maybe = kv.maybe
-    gap, _ = shortest_touching_span(kv.s[maybe], kv.hi[maybe], policy.requests + 1)
+    gap, _ = kv.intervals("maybe").shortest_touching_span(policy.requests + 1)
     margin = gap - w if np.isfinite(gap) else None
     adm = kv.admitted
     tau = _longest_two(kv.hi[adm] - kv.s[adm])
