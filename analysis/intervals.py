@@ -309,14 +309,14 @@ def prefix_kth_largest(values: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(0, dtype=np.float64)
     order = np.argsort(values, kind="stable")
     it = np.int32 if n < 2**31 - 1 else np.int64
-    seq = np.empty(n, dtype=it)
+    seq: np.ndarray = np.empty(n, dtype=it)
     seq[order] = np.arange(n, dtype=it)  # distinct ranks, ascending by value
     # the k-th largest of m values is the (m - k)-th smallest (0-based) of ranks [lo, hi)
-    hi = np.arange(k, n + 1, dtype=it)
-    lo = np.zeros(hi.size, dtype=it)
-    want = hi - k
-    rank = np.zeros(hi.size, dtype=it)
-    zeros_before = np.zeros(n + 1, dtype=it)
+    hi: np.ndarray = np.arange(k, n + 1, dtype=it)
+    lo: np.ndarray = np.zeros(hi.size, dtype=it)
+    want: np.ndarray = hi - k
+    rank: np.ndarray = np.zeros(hi.size, dtype=it)
+    zeros_before: np.ndarray = np.zeros(n + 1, dtype=it)
     for bit in reversed(range(max(1, (n - 1).bit_length()))):
         zero = ((seq >> bit) & 1) == 0
         np.cumsum(zero, out=zeros_before[1:])
