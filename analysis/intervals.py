@@ -145,13 +145,36 @@ class Intervals:
         # every anchor in order of s; the counts go back to input order at the end
         a = self.s_sorted
         b = a + width
-        starts_after = n - _run_firsts(a)
-        ends_at_or_after = n - np.searchsorted(self.h_sorted, b, side="left")
-        # intervals with s < a and h >= b were subtracted twice: they reach over the whole span
-        over = count_covering(self.s, self.h, _before(a), _before(b))
+        counts = self.starts_at_or_after - (n - np.searchsorted(self.h_sorted, b, side="left"))
+        # intervals with s < a and h >= b were subtracted twice: they reach over the whole
+        # span, so only those longer than it (count_covering finds none when none is)
+        if not self._shorter_than(width):
+            counts += count_covering(self.s, self.h, _before(a), _before(b))
         out = np.empty(n, dtype=np.int64)
-        out[self.s_order] = starts_after - ends_at_or_after + over
+        out[self.s_order] = counts
         return out
+
+    @cached_property
+    def starts_at_or_after(self) -> np.ndarray:
+        """For each start in sorted order: how many starts are at or after it."""
+        return np.asarray(self.n - _run_firsts(self.s_sorted))
+
+    @cached_property
+    def h_firsts(self) -> np.ndarray:
+        return _run_firsts(self.h_sorted)
+
+    @cached_property
+    def _longest(self) -> float:
+        return float(np.max(self.h - self.s)) if self.n else float("-inf")
+
+    def _shorter_than(self, width: float) -> bool:
+        """Every interval is shorter than any span [a, a + width) of the starts as
+        ``count_covering`` measures it (the gap between the floats just below a and
+        a + width), with room for the rounding of both."""
+        reach = float(np.max(np.abs(self.s_sorted[[0, -1]]))) + abs(width)
+        if not (np.isfinite(reach) and np.isfinite(self._longest)):
+            return False
+        return self._longest < width - 8 * float(np.spacing(reach))
 
     def contained_max(self, width: float) -> tuple[int, float]:
         """The most intervals inside one [s_i, s_i + width), and the first such s_i in input
@@ -176,7 +199,7 @@ class Intervals:
                 # [s, h] meets [t, t+w)  <=>  s < t + w and h >= t; the count is largest at
                 # some t = h_k
                 t = self.h_sorted
-                cnt = np.searchsorted(self.s_sorted, t + width, side="left") - _run_firsts(t)
+                cnt = np.searchsorted(self.s_sorted, t + width, side="left") - self.h_firsts
                 k = int(np.argmax(cnt))
                 self._memo[key] = (int(cnt[k]), float(t[k]))
         return self._memo[key]

@@ -39,6 +39,7 @@ from loadkit.analysis.throughput import Errors, Throughput, errors_summary, thro
 from loadkit.analysis.token_verdicts import TokenLimit, token_limits
 from loadkit.analysis.usability import KeyAnswers, key_answers
 from loadkit.analysis.verdicts import (
+    IdLookup,
     KeyView,
     ModelPolicy,
     Policy,
@@ -281,11 +282,13 @@ def model_limits(
     tier: str,
     models: Sequence[ModelPolicy],
     settings: VerdictSettings,
+    ids: IdLookup | None = None,
 ) -> list[Limit]:
     """The entries of each model's own request window and concurrency for one key: the
     key's verdicts, computed on its requests to the model (``model_view``), whose own
     refusals are the model-scoped 429s. No remaining-header check: the
     ``x-ratelimit-*-requests`` headers describe the key's limit."""
+    ids = ids or cols.ids
     out: list[Limit] = []
     for mp in models:
         mv = model_view(cols, code, mp.model)
@@ -294,8 +297,8 @@ def model_limits(
             f"this key's {mv.n} requests to it."
         )
         if mp.requests:
-            req = requests_verdict(mv, mp.policy, settings, cols.ids)
-            ra = retry_after_check(mv, settings.max_examples, cols.ids)
+            req = requests_verdict(mv, mp.policy, settings, ids)
+            ra = retry_after_check(mv, settings.max_examples, ids)
             why = explain_requests(req, ra, None, refusals="model_rate_limit_exceeded")
             out.append(
                 RequestsLimit(
@@ -308,7 +311,7 @@ def model_limits(
                 )
             )
         if mp.concurrency:
-            conc = concurrency_verdict(mv, mp.policy, settings, cols.ids)
+            conc = concurrency_verdict(mv, mp.policy, settings, ids)
             out.append(
                 ConcurrencyLimit(
                     tier,
@@ -319,6 +322,26 @@ def model_limits(
                 )
             )
     return out
+
+
+def id_lookup(cols: Columns) -> IdLookup:
+    """``cols.ids`` for the few rows of each list of examples: the rows' own chunks of the
+    request ids read one value at a time (a ``take`` on the chunked column costs
+    milliseconds per call, whatever the number of rows)."""
+    chunks = cols.request_id.chunks
+    offsets = np.cumsum([0] + [len(c) for c in chunks])
+
+    def ids(rows: np.ndarray) -> list[str]:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        chunk = np.searchsorted(offsets, rows, side="right") - 1
+        return [
+            str(chunks[c][r - int(offsets[c])].as_py())
+            for c, r in zip(chunk.tolist(), rows.tolist(), strict=True)
+        ]
+
+    return ids
 
 
 def limit_verdicts(
@@ -340,6 +363,7 @@ def limit_verdicts(
             by_model[t] = model_policies(t, d, policies[t])
         except ValueError as exc:
             raise UnusableInput(str(exc)) from None
+    ids = id_lookup(cols)
     entries: list[Limit] = []
     arrival: dict[str, ArrivalCurve] = {}
     keys: list[KeyAnalysis] = []
@@ -358,10 +382,10 @@ def limit_verdicts(
             continue
         policy = policies[tier]
         keys.append(KeyAnalysis(label, tier, policy, kv))
-        req = requests_verdict(kv, policy, settings, cols.ids)
-        ra = retry_after_check(kv, settings.max_examples, cols.ids)
-        rh = remaining_header_check(kv, policy, settings.max_examples, cols.ids)
-        conc = concurrency_verdict(kv, policy, settings, cols.ids)
+        req = requests_verdict(kv, policy, settings, ids)
+        ra = retry_after_check(kv, settings.max_examples, ids)
+        rh = remaining_header_check(kv, policy, settings.max_examples, ids)
+        conc = concurrency_verdict(kv, policy, settings, ids)
         mine: list[Limit] = [
             RequestsLimit(
                 tier,
@@ -375,7 +399,7 @@ def limit_verdicts(
                 tier, label, verdict=conc, explanation=tuple(explain_concurrency(conc))
             ),
         ]
-        mine += model_limits(cols, code, label, tier, by_model[tier], settings)
+        mine += model_limits(cols, code, label, tier, by_model[tier], settings, ids)
         problem = unusable.get(label)
         if problem is not None:
             mine = [_unusable(e, problem) for e in mine]

@@ -159,3 +159,11 @@ def test_longest_common_overlap_large_k_against_heap_sweep():
     for k in (1, 2, 17, 866, 4999, 5000):
         assert intervals.longest_common_overlap(s, e, k) == ref.longest_common_overlap_heap(s, e, k)
     assert intervals.longest_common_overlap(s, e, 5001)[0] == -np.inf
+
+
+@given(interval_sets(max_size=30), widths)
+@settings(max_examples=200, deadline=None)
+def test_contained_counts_each_anchor_by_brute_force(iv, w):
+    s, h = iv
+    want = [int(((s >= a) & (h < a + w)).sum()) for a in s]
+    assert intervals.contained_counts(s, h, w).tolist() == want
