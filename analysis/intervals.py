@@ -4,6 +4,7 @@ sorting plus ``searchsorted``, with a Fenwick-tree sweep for the rare 2-D case."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import Literal
 
@@ -114,6 +115,36 @@ def _run_ends(x: np.ndarray) -> np.ndarray:
     return np.asarray(np.minimum.accumulate(ends[::-1])[::-1])
 
 
+_BLOCK = 64
+_PRUNE_MIN = 8 * _BLOCK  # fewer positions are counted one by one
+
+
+def _max_difference(
+    p: Callable[[np.ndarray], np.ndarray], q: Callable[[np.ndarray], np.ndarray], n: int
+) -> tuple[int, np.ndarray]:
+    """The largest p(k) - q(k) over k = 0..n-1 (n >= 1), and every k that reaches it
+    (ascending), for counts p and q that never fall as k grows: each given the positions
+    it is wanted at (a ``searchsorted`` over just those).
+
+    Blocks of positions first: p(last) - q(first) bounds a block, p(last) - q(last) is
+    exact; only blocks whose bound reaches the best exact value are counted position by
+    position. Every position that reaches the maximum lies in one of them."""
+    if n <= _PRUNE_MIN:
+        k = np.arange(n)
+        d = np.asarray(p(k) - q(k))
+        return int(d.max()), np.flatnonzero(d == d.max())
+    first = np.arange(0, n, _BLOCK)
+    last = np.minimum(first + _BLOCK - 1, n - 1)
+    p_last = np.asarray(p(last))
+    best = int((p_last - np.asarray(q(last))).max())
+    open_ = first[p_last - np.asarray(q(first)) >= best]
+    k = (open_[:, None] + np.arange(_BLOCK)).ravel()
+    k = k[k < n]
+    d = np.asarray(p(k) - q(k))
+    top = int(d.max())
+    return top, k[d == top]
+
+
 class Intervals:
     """Intervals [s, h] with their starts and ends sorted once, for the many counting
     queries a key's verdicts ask of the same requests; each answer is the module-level
@@ -183,6 +214,16 @@ class Intervals:
         if key not in self._memo:
             if self.n == 0:
                 self._memo[key] = (0, float("nan"))
+            elif self._shorter_than(width):
+                # in order of s: A(s_k + width) - firsts(k), both growing with k
+                a = self.s_sorted
+                top, hits = _max_difference(
+                    lambda k: np.searchsorted(self.h_sorted, a[k] + width, side="left"),
+                    lambda k: np.asarray(self.n - self.starts_at_or_after[k]),
+                    self.n,
+                )
+                i = int(self.s_order[hits].min())  # the first in input order
+                self._memo[key] = (top, float(self.s[i]))
             else:
                 counts = self.contained_counts(width)
                 i = int(np.argmax(counts))
@@ -199,9 +240,12 @@ class Intervals:
                 # [s, h] meets [t, t+w)  <=>  s < t + w and h >= t; the count is largest at
                 # some t = h_k
                 t = self.h_sorted
-                cnt = np.searchsorted(self.s_sorted, t + width, side="left") - self.h_firsts
-                k = int(np.argmax(cnt))
-                self._memo[key] = (int(cnt[k]), float(t[k]))
+                top, hits = _max_difference(
+                    lambda k: np.searchsorted(self.s_sorted, t[k] + width, side="left"),
+                    lambda k: self.h_firsts[k],
+                    self.n,
+                )
+                self._memo[key] = (top, float(t[hits[0]]))
         return self._memo[key]
 
     def span_max(self, width: float) -> tuple[int, float]:
@@ -212,9 +256,12 @@ class Intervals:
                 self._memo[key] = (0, float("nan"))
             else:
                 p = self.s_sorted
-                cnt = span_counts(p, width)
-                k = int(np.argmax(cnt))
-                self._memo[key] = (int(cnt[k]), float(p[k]))
+                top, hits = _max_difference(
+                    lambda k: np.searchsorted(p, p[k] + width, side="left"),
+                    lambda k: k,
+                    self.n,
+                )
+                self._memo[key] = (top, float(p[hits[0]]))
         return self._memo[key]
 
     def overlap_max(self, closed: bool) -> tuple[int, float]:
@@ -229,10 +276,12 @@ class Intervals:
                 st_sorted = iv.s_sorted
                 started = _run_ends(st_sorted)
                 side: Literal["left", "right"] = "left" if closed else "right"
-                ended = np.searchsorted(iv.h_sorted, st_sorted, side=side)
-                cnt = started - ended
-                k = int(np.argmax(cnt))
-                self._memo[key] = (int(cnt[k]), float(st_sorted[k]))
+                top, hits = _max_difference(
+                    lambda k: started[k],
+                    lambda k: np.searchsorted(iv.h_sorted, st_sorted[k], side=side),
+                    iv.n,
+                )
+                self._memo[key] = (top, float(st_sorted[hits[0]]))
         return self._memo[key]
 
     def shortest_touching_span(self, k: int) -> tuple[float, float]:

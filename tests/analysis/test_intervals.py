@@ -167,3 +167,41 @@ def test_contained_counts_each_anchor_by_brute_force(iv, w):
     s, h = iv
     want = [int(((s >= a) & (h < a + w)).sum()) for a in s]
     assert intervals.contained_counts(s, h, w).tolist() == want
+
+
+@given(interval_sets(max_size=40), widths, st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_pruned_maxima_match_brute_force(iv, w, closed):
+    s, h = iv
+    with pytest.MonkeyPatch.context() as mp:  # blocks of 2: small sets take the pruned path
+        mp.setattr(intervals, "_BLOCK", 2)
+        mp.setattr(intervals, "_PRUNE_MIN", 0)
+        iset = intervals.Intervals(s, h)
+        touching = iset.touching_max(w)
+        contained = iset.contained_max(w)
+        span = intervals.Intervals(s, s).span_max(w)
+        overlap = iset.overlap_max(closed)
+    if s.size == 0:
+        return
+    assert touching == intervals.touching_max(s, h, w)  # the full count, outside the patch
+    assert touching[0] == ref.possible_max(s, h, w)
+    counts = intervals.contained_counts(s, h, w)
+    i = int(np.argmax(counts))  # the first in input order, as requests_verdict reads it
+    assert contained == (int(counts[i]), float(s[i]))
+    assert contained[0] == ref.certain_max(s, h, w)
+    assert span == intervals.span_max(s, w)
+    assert span[0] == ref.span_max(list(s), w)
+    full = intervals.overlap_max(s, h, closed)
+    assert overlap[0] == full[0] and (overlap[1] == full[1] or full[0] == 0)
+
+
+def test_pruned_maxima_on_a_large_run():
+    rng = np.random.default_rng(11)
+    s = np.round(np.sort(rng.uniform(0, 600, 40_000)), 4)[rng.permutation(40_000)]
+    h = s + np.round(rng.exponential(0.3, s.size), 4)
+    iset = intervals.Intervals(s, h)
+    for w in (0.5, 7.5, 60.0):
+        cnt = np.searchsorted(np.sort(s), np.sort(h) + w) - np.searchsorted(np.sort(h), np.sort(h))
+        assert iset.touching_max(w) == (int(cnt.max()), float(np.sort(h)[np.argmax(cnt)]))
+        counts = intervals.contained_counts(s, h, w)
+        assert iset.contained_max(w) == (int(counts.max()), float(s[np.argmax(counts)]))
