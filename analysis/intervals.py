@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -121,7 +121,7 @@ _PRUNE_MIN = 8 * _BLOCK  # fewer positions are counted one by one
 
 def _max_difference(
     p: Callable[[np.ndarray], np.ndarray], q: Callable[[np.ndarray], np.ndarray], n: int
-) -> tuple[int, np.ndarray]:
+) -> tuple[Any, np.ndarray]:
     """The largest p(k) - q(k) over k = 0..n-1 (n >= 1), and every k that reaches it
     (ascending), for counts p and q that never fall as k grows: each given the positions
     it is wanted at (a ``searchsorted`` over just those).
@@ -132,17 +132,16 @@ def _max_difference(
     if n <= _PRUNE_MIN:
         k = np.arange(n)
         d = np.asarray(p(k) - q(k))
-        return int(d.max()), np.flatnonzero(d == d.max())
+        return d.max(), np.flatnonzero(d == d.max())
     first = np.arange(0, n, _BLOCK)
     last = np.minimum(first + _BLOCK - 1, n - 1)
     p_last = np.asarray(p(last))
-    best = int((p_last - np.asarray(q(last))).max())
+    best = (p_last - np.asarray(q(last))).max()
     open_ = first[p_last - np.asarray(q(first)) >= best]
     k = (open_[:, None] + np.arange(_BLOCK)).ravel()
     k = k[k < n]
     d = np.asarray(p(k) - q(k))
-    top = int(d.max())
-    return top, k[d == top]
+    return d.max(), k[d == d.max()]
 
 
 class Intervals:
@@ -223,7 +222,7 @@ class Intervals:
                     self.n,
                 )
                 i = int(self.s_order[hits].min())  # the first in input order
-                self._memo[key] = (top, float(self.s[i]))
+                self._memo[key] = (int(top), float(self.s[i]))
             else:
                 counts = self.contained_counts(width)
                 i = int(np.argmax(counts))
@@ -245,7 +244,7 @@ class Intervals:
                     lambda k: self.h_firsts[k],
                     self.n,
                 )
-                self._memo[key] = (top, float(t[hits[0]]))
+                self._memo[key] = (int(top), float(t[hits[0]]))
         return self._memo[key]
 
     def span_max(self, width: float) -> tuple[int, float]:
@@ -261,7 +260,7 @@ class Intervals:
                     lambda k: k,
                     self.n,
                 )
-                self._memo[key] = (top, float(p[hits[0]]))
+                self._memo[key] = (int(top), float(p[hits[0]]))
         return self._memo[key]
 
     def overlap_max(self, closed: bool) -> tuple[int, float]:
@@ -281,7 +280,7 @@ class Intervals:
                     lambda k: np.searchsorted(iv.h_sorted, st_sorted[k], side=side),
                     iv.n,
                 )
-                self._memo[key] = (top, float(st_sorted[hits[0]]))
+                self._memo[key] = (int(top), float(st_sorted[hits[0]]))
         return self._memo[key]
 
     def shortest_touching_span(self, k: int) -> tuple[float, float]:
@@ -297,10 +296,16 @@ class Intervals:
         """``longest_common_overlap(s, h, k)``."""
         if k < 1 or self.n < k:
             return float("-inf"), float("nan")
+        # o(m) = g(m) - st[m] over m = k-1..n-1, g(m) the k-th latest end among the first
+        # m + 1: both grow with m, so blocks of m bound it (``_max_difference``)
         st = self.s_sorted
-        o = prefix_kth_largest(self.h[self.s_order], k) - st[k - 1 :]
-        i = int(np.argmax(o))
-        return float(o[i]), float(st[k - 1 + i])
+        prefixes = PrefixOrder(self.h[self.s_order])
+        top, hits = _max_difference(
+            lambda m: prefixes.kth_largest(m + k, k),
+            lambda m: st[m + k - 1],
+            self.n - k + 1,
+        )
+        return float(top), float(st[k - 1 + hits[0]])
 
 
 def contained_counts(s: np.ndarray, h: np.ndarray, width: float) -> np.ndarray:
@@ -368,40 +373,53 @@ def shortest_touching_span(s: np.ndarray, h: np.ndarray, k: int) -> tuple[float,
     return Intervals(s, h).shortest_touching_span(k)
 
 
+class PrefixOrder:
+    """Order statistics of the prefixes of a sequence: a wavelet matrix of its values' ranks
+    (one stable split of the sequence per bit of the ranks, top bit first), built in
+    O(n log n) numpy passes; any number of prefixes are then answered together, one pass
+    per bit."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = np.asarray(values, dtype=np.float64)
+        n = self.n = self.values.size
+        self.order = np.argsort(self.values, kind="stable")
+        self.int = np.int32 if n < 2**31 - 1 else np.int64
+        seq: np.ndarray = np.empty(n, dtype=self.int)
+        seq[self.order] = np.arange(n, dtype=self.int)  # distinct ranks, ascending by value
+        self.levels: list[tuple[int, np.ndarray]] = []  # (bit, zeros before each position)
+        for bit in reversed(range(max(1, (n - 1).bit_length()))):
+            zero = ((seq >> bit) & 1) == 0
+            zeros_before = np.zeros(n + 1, dtype=self.int)
+            np.cumsum(zero, out=zeros_before[1:])
+            self.levels.append((bit, zeros_before))
+            seq = np.concatenate((seq[zero], seq[~zero]))
+
+    def kth_largest(self, sizes: np.ndarray, k: int) -> np.ndarray:
+        """The k-th largest of values[:m] for each m in ``sizes`` (each k..n)."""
+        # the k-th largest of m values is the (m - k)-th smallest (0-based) of ranks [lo, hi)
+        hi: np.ndarray = np.asarray(sizes, dtype=self.int)
+        lo: np.ndarray = np.zeros(hi.size, dtype=self.int)
+        want: np.ndarray = hi - k
+        rank: np.ndarray = np.zeros(hi.size, dtype=self.int)
+        for bit, zeros_before in self.levels:
+            total = zeros_before[self.n]
+            z_lo, z_hi = zeros_before[lo], zeros_before[hi]
+            in_zeros = z_hi - z_lo
+            one = want >= in_zeros
+            want -= in_zeros * one
+            lo = np.where(one, total + lo - z_lo, z_lo)
+            hi = np.where(one, total + hi - z_hi, z_hi)
+            rank |= one.astype(self.int) << bit
+        return np.asarray(self.values[self.order[rank]])
+
+
 def prefix_kth_largest(values: np.ndarray, k: int) -> np.ndarray:
     """For each prefix of at least k values, values[:m] for m = k..n: its k-th largest value
-    (empty with fewer than k values).
-
-    All prefixes are answered at once, one pass per bit of the values' ranks: a wavelet
-    matrix of the ranks (each pass splits the sequence stably by one bit, top bit first)
-    walked by every query together, O(n log n) in numpy."""
-    values = np.asarray(values, dtype=np.float64)
-    n = values.size
+    (empty with fewer than k values), in O(n log n) (``PrefixOrder``)."""
+    n = np.asarray(values).size
     if k < 1 or n < k:
         return np.zeros(0, dtype=np.float64)
-    order = np.argsort(values, kind="stable")
-    it = np.int32 if n < 2**31 - 1 else np.int64
-    seq: np.ndarray = np.empty(n, dtype=it)
-    seq[order] = np.arange(n, dtype=it)  # distinct ranks, ascending by value
-    # the k-th largest of m values is the (m - k)-th smallest (0-based) of ranks [lo, hi)
-    hi: np.ndarray = np.arange(k, n + 1, dtype=it)
-    lo: np.ndarray = np.zeros(hi.size, dtype=it)
-    want: np.ndarray = hi - k
-    rank: np.ndarray = np.zeros(hi.size, dtype=it)
-    zeros_before: np.ndarray = np.zeros(n + 1, dtype=it)
-    for bit in reversed(range(max(1, (n - 1).bit_length()))):
-        zero = ((seq >> bit) & 1) == 0
-        np.cumsum(zero, out=zeros_before[1:])
-        total = zeros_before[n]
-        z_lo, z_hi = zeros_before[lo], zeros_before[hi]
-        in_zeros = z_hi - z_lo
-        one = want >= in_zeros
-        want -= in_zeros * one
-        lo = np.where(one, total + lo - z_lo, z_lo)
-        hi = np.where(one, total + hi - z_hi, z_hi)
-        rank |= one.astype(it) << bit
-        seq = np.concatenate((seq[zero], seq[~zero]))
-    return np.asarray(values[order[rank]])
+    return PrefixOrder(values).kth_largest(np.arange(k, n + 1), k)
 
 
 def longest_common_overlap(starts: np.ndarray, ends: np.ndarray, k: int) -> tuple[float, float]:

@@ -152,6 +152,23 @@ def test_longest_common_overlap_same_as_heap_sweep(pairs, k):
     assert got[1] == want[1] or (np.isnan(got[1]) and np.isnan(want[1]))
 
 
+@given(
+    st.lists(st.tuples(st.one_of(grid, floats), st.one_of(grid, floats)), max_size=60),
+    st.integers(min_value=1, max_value=12),
+)
+@settings(max_examples=200, deadline=None)
+def test_longest_common_overlap_pruned_same_as_heap_sweep(pairs, k):
+    s = np.array([p[0] for p in pairs], dtype=float)
+    e = np.array([p[1] for p in pairs], dtype=float)
+    with pytest.MonkeyPatch.context() as mp:  # blocks of 2: small sets take the pruned path
+        mp.setattr(intervals, "_BLOCK", 2)
+        mp.setattr(intervals, "_PRUNE_MIN", 0)
+        got = intervals.longest_common_overlap(s, e, k)
+    want = ref.longest_common_overlap_heap(s, e, k)
+    assert got[0] == want[0]
+    assert got[1] == want[1] or (np.isnan(got[1]) and np.isnan(want[1]))
+
+
 def test_longest_common_overlap_large_k_against_heap_sweep():
     rng = np.random.default_rng(7)
     s = np.round(rng.uniform(0, 100, 5000), 3)
