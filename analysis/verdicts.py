@@ -351,6 +351,16 @@ def rounded_s(x: float) -> float | None:
     return None if x != x else round(float(x), 6)
 
 
+def _subset(kv: KeyView, mask: np.ndarray, whole: str) -> Intervals:
+    """The intervals of ``kv.intervals(whole)``'s kind for the requests of ``mask`` (a
+    subset of them): the shared ones, already sorted and counted, when it is all of them."""
+    iv = kv.intervals(whole)
+    if int(np.count_nonzero(mask)) == iv.n:
+        return iv
+    ends = kv.e if whole.endswith("_end") else kv.hi
+    return Intervals(kv.s[mask], ends[mask])
+
+
 def _pick(mask: np.ndarray) -> np.ndarray:
     return np.asarray(np.flatnonzero(mask))
 
@@ -568,7 +578,7 @@ def _requests_honoured(
     other_pos = _pick(kv.other429 & kv.judge_unattributed)
     if other_pos.size:
         eligible[other_pos[in_flight_upper(kv, other_pos) >= policy.concurrency]] = False
-    eligible_max, _ = Intervals(kv.s[eligible], kv.s[eligible]).span_max(policy.window_s)
+    eligible_max, _ = _subset(kv, eligible, "reached_end").span_max(policy.window_s)
     floor = (1.0 - settings.under_admission_tolerance) * n_lim
     under = eligible_max > n_lim and possible_max < floor
     ev = RequestsHonouredEvidence(
@@ -630,7 +640,7 @@ def concurrency_verdict(
     unc_pos, _ = _uncoded_unjustified(kv, policy)
     unc_flight = in_flight_upper(kv, unc_pos)
     eligible = kv.reached & ~kv.rate429 & ~kv.elsewhere429
-    eligible_max, _ = Intervals(kv.s[eligible], kv.e[eligible]).overlap_max(closed=True)
+    eligible_max, _ = _subset(kv, eligible, "reached_end").overlap_max(closed=True)
     ev_hon = ConcurrencyHonouredEvidence(
         concurrency_429s=int(conc_pos.size),
         unjustified_429s=int(bad.sum()),
