@@ -355,9 +355,12 @@ def min_span_for_counts(points_sorted: np.ndarray, ks: np.ndarray) -> np.ndarray
     sorted points (the smallest closed span holding k points)."""
     n = points_sorted.size
     out = np.full(ks.size, np.inf)
+    spans = np.empty(n)  # one buffer for every k's spans
     for i, k in enumerate(ks.tolist()):
         if 1 <= k <= n:
-            out[i] = float(np.min(points_sorted[k - 1 :] - points_sorted[: n - k + 1]))
+            m = n - k + 1
+            np.subtract(points_sorted[k - 1 :], points_sorted[:m], out=spans[:m])
+            out[i] = float(spans[:m].min())
     return out
 
 

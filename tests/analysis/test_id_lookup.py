@@ -18,3 +18,10 @@ def test_id_lookup_reads_the_ids_take_reads():
     rows = np.array([5, 0, 3, 2, 4, 1, 5])
     assert id_lookup(fake)(rows) == Columns.ids(fake, rows)
     assert id_lookup(fake)(np.zeros(0, dtype=np.int64)) == []
+
+
+def test_id_lookup_of_many_rows():
+    ids = pa.chunked_array([[f"r{i}" for i in range(j, j + 50)] for j in range(0, 500, 50)])
+    fake = SimpleNamespace(request_id=ids, ids=lambda rows: Columns.ids(fake, rows))
+    rows = np.arange(499, -1, -3)
+    assert id_lookup(fake)(rows) == [f"r{i}" for i in rows.tolist()]
