@@ -46,9 +46,9 @@ def itl_values(cols: Columns, rows_mask: np.ndarray) -> MetricValues:
         return MetricValues(
             cols.gap_ms, np.repeat(np.arange(cols.n, dtype=np.int32), cols.gap_counts)
         )
-    rows = np.repeat(np.arange(cols.n, dtype=np.int32), cols.gap_counts)
-    keep = np.repeat(rows_mask, cols.gap_counts)
-    return MetricValues(cols.gap_ms[keep], rows[keep])
+    kept = np.flatnonzero(rows_mask).astype(np.int32)
+    rows = np.repeat(kept, cols.gap_counts[kept])
+    return MetricValues(cols.gap_ms[np.repeat(rows_mask, cols.gap_counts)], rows)
 
 
 def _mv(values_s: np.ndarray, mask: np.ndarray) -> MetricValues:
