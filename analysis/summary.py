@@ -453,13 +453,15 @@ def analyse(
         raise UnusableInput(f"run.json slo: {exc}") from None
     warmup = float(meta.warmup_s or 0.0)
     values = metric_values(cols, warmup)
+    # before the verdicts: its sorted copies of the pooled values are gone before the
+    # per-key views are held
+    latency = latency_summary(cols, values)
     tiers = _tier_of_keys(meta, cols)
     answers = sorted(key_answers(meta, cols, tiers), key=lambda k: key_order(meta, tiers)(k.key))
     unusable = {k.key: k.problem or "unusable" for k in answers if not k.usable}
     found = limit_verdicts(meta, cols, settings, unusable)
     order = [k.key for k in answers]
     tokens = token_limits(meta, cols, tiers, order, unusable, settings.max_examples)
-    latency = latency_summary(cols, values)
     throughput = throughput_summary(cols, values, dict(meta.goodput or {}), warmup)
     errors = errors_summary(cols, warmup)
     slo = evaluate_slos(
