@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from loadkit.analysis.codec import JsonRecord
-from loadkit.analysis.intervals import contained_counts, min_span_for_counts, touching_max
+from loadkit.analysis.intervals import min_span_for_counts
 from loadkit.analysis.verdicts import KeyView, Policy
 
 BOUND_FRACTIONS = (1 / 8, 1 / 2, 1.0, 2.0, 3.0)
@@ -65,17 +65,15 @@ def arrival_curve(kv: KeyView, policy: Policy, max_points: int = 200) -> Arrival
     # a half-open span of length t holds k points iff their closed span is < t
     within = ks[spans < policy.window_s]
     point_max = int(within.max()) if within.size else 0
-    sa, ha = kv.s[adm], kv.hi[adm]
-    maybe = kv.maybe
-    sp, hp = kv.s[maybe], kv.hi[maybe]
+    admitted, maybe = kv.intervals("admitted"), kv.intervals("maybe")
     horizon = float(mid[-1] - mid[0]) if mid.size else 0.0
     bounds = []
     for frac in BOUND_FRACTIONS:
         t = policy.window_s * frac
         if frac > 1 and t > horizon + policy.window_s:
             break
-        certain = int(contained_counts(sa, ha, t).max()) if sa.size else 0
-        possible = touching_max(sp, hp, t)[0]
+        certain = admitted.contained_max(t)[0]
+        possible = maybe.touching_max(t)[0]
         bounds.append(
             CurveBound(
                 t_s=t,

@@ -11,7 +11,7 @@ import numpy as np
 
 from loadkit.analysis.codec import JsonRecord, flatten, omit_none
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
-from loadkit.analysis.stats import PERCENTILES, Stats, describe
+from loadkit.analysis.stats import Stats, describe, describe_sorted
 
 LATENCY_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "headers_ms")
 CLIENT_METRICS = ("send_lateness_ms", "queued_ms", "connect_wait_ms")
@@ -42,9 +42,13 @@ def output_tokens(cols: Columns) -> np.ndarray:
 
 def itl_values(cols: Columns, rows_mask: np.ndarray) -> MetricValues:
     """Gaps between consecutive content chunks of the same request, pooled."""
-    rows = np.repeat(np.arange(cols.n, dtype=np.int32), cols.gap_counts)
-    keep = rows_mask[rows]
-    return MetricValues(cols.gap_ms[keep], rows[keep])
+    if rows_mask[cols.gap_counts > 0].all():  # every row with gaps counts: no copy of them
+        return MetricValues(
+            cols.gap_ms, np.repeat(np.arange(cols.n, dtype=np.int32), cols.gap_counts)
+        )
+    kept = np.flatnonzero(rows_mask).astype(np.int32)
+    rows = np.repeat(kept, cols.gap_counts[kept])
+    return MetricValues(cols.gap_ms[np.repeat(rows_mask, cols.gap_counts)], rows)
 
 
 def _mv(values_s: np.ndarray, mask: np.ndarray) -> MetricValues:
@@ -81,44 +85,31 @@ def metric_values(cols: Columns, warmup_s: float) -> dict[str, MetricValues]:
     return out
 
 
-def _grouped(
-    values: np.ndarray, rows: np.ndarray, row_gid: np.ndarray, n_groups: int
-) -> Iterator[np.ndarray]:
-    """Split values (one per entry of ``rows``) by their row's small integer group id, one
-    group at a time: each a fresh array that the caller may reorder."""
-    if n_groups <= 1:
-        if n_groups == 1:
-            yield values.copy()
-        return
+def _grouped(g_of: np.ndarray, n_groups: int, values: np.ndarray) -> Iterator[np.ndarray]:
+    """Split values by their small integer group id (``g_of``, one per value; ids outside
+    0..n_groups-1 in no group), one group at a time, each a fresh array in the values'
+    order that the caller may reorder."""
     if n_groups <= 16:
-        # a few boolean masks beat sorting millions of pooled values; the group of each
-        # value as one byte, so little is held beside them
-        g_of = row_gid.astype(np.int8)[rows]
+        # a few boolean masks beat sorting millions of pooled values
         for g in range(n_groups):
             yield values[g_of == g]
         return
-    gid = row_gid[rows]
-    key = gid.astype(np.uint16) if n_groups < 65536 else gid
-    order = np.argsort(key, kind="stable")
-    counts = np.bincount(gid, minlength=n_groups)
-    del gid, key
-    bounds = np.concatenate([[0], np.cumsum(counts)])
+    order = np.argsort(g_of, kind="stable")
+    counts = np.bincount(g_of[(g_of >= 0) & (g_of < n_groups)], minlength=n_groups)
+    start = int(np.searchsorted(g_of[order], 0, side="left"))
+    bounds = start + np.concatenate([[0], np.cumsum(counts)])
     sorted_vals = values[order]
     del order
     for g in range(n_groups):
         yield sorted_vals[bounds[g] : bounds[g + 1]]
 
 
-def describe_owned(values: np.ndarray) -> Stats:
-    """``stats.describe`` of an array the caller gives up: the same figures (mean and max
-    before the percentiles reorder it), without the copy ``np.percentile`` would make."""
-    if values.size == 0:
-        return describe(values)
-    mean, peak = float(values.mean()), float(values.max())
-    p50, p90, p95, p99, p99_9 = (
-        float(q) for q in np.percentile(values, list(PERCENTILES.values()), overwrite_input=True)
-    )
-    return Stats(p50, p90, p95, p99, p99_9, mean, peak, count=int(values.size))
+def _small_ids(ids: np.ndarray, n: int) -> np.ndarray:
+    """Ids in 0..n as the narrowest unsigned integers that hold them."""
+    for t in (np.uint8, np.uint16, np.uint32):
+        if n < np.iinfo(t).max:
+            return ids.astype(t)
+    return ids.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -208,40 +199,72 @@ def group_ids(cols: Columns) -> tuple[np.ndarray, list[GroupLabels]]:
 
 def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
     """summary.json's ``latency``: per metric overall (inference endpoints) and by tier,
-    plus ``groups`` by (tier, key, endpoint, stream) over every endpoint."""
+    plus ``groups`` by (tier, key, endpoint, stream) over every endpoint.
+
+    Each group's values are copied once, in record order, for their mean (a sum depends on
+    its order), then sorted in place; a tier's and the overall percentiles are read from
+    its groups' sorted values (``stats.describe_sorted``), the same numbers as
+    ``np.percentile`` on all of them, without partitioning them again."""
     inference = cols.endpoint.isin(INFERENCE_ENDPOINTS)
     gid, labels = group_ids(cols)
+    # each group's tier (rows without one count in the first tier's table) and endpoint
+    first_row = np.zeros(len(labels), dtype=np.int64)
+    first_row[gid[::-1]] = np.arange(cols.n - 1, -1, -1)
+    group_tier = np.maximum(cols.tier.codes, 0)[first_row].tolist()
+    group_inference = inference[first_row].tolist()
     tiers = cols.tier.names
+    # a value's tier (for the tier tables, inference endpoints only) from its group's:
+    # len(tiers) is none
+    tier_of_group = _small_ids(
+        np.where(group_inference, group_tier, len(tiers)).astype(np.int64), len(tiers)
+    )
+    inference_of_group = np.array(group_inference, dtype=bool)
+    all_inference = bool(inference_of_group.all())
+    one_tier = group_tier[0] if len(set(group_tier)) == 1 and tiers else None
+    gid = _small_ids(gid, len(labels))
     tables: dict[str, MetricLatency] = {}
     per_group: list[dict[str, Stats]] = [{} for _ in labels]
-    tier_of_row = np.maximum(cols.tier.codes, 0)
     for name in METRICS:
         mv = values.get(name)
         if mv is None:  # an optional metric nothing measured
             continue
-        # A metric of the ITL kind pools ~15 values per request: one group's copy at a
-        # time is held beside them, never a second copy of them all.
-        inf = inference[mv.rows]
-        if inf.all():
-            v, v_rows = mv.values, mv.rows
+        g_of = gid[mv.rows]
+        # A metric of the ITL kind pools ~15 values per request: one tier's copy at a
+        # time is held beside them for its mean, then the groups' sorted copies.
+        if all_inference:
+            overall_mean = float(mv.values.mean()) if mv.values.size else 0.0
         else:
-            v, v_rows = mv.values[inf], mv.rows[inf]
-        del inf
-        # (a comprehension: no group's copy outlives its statistics)
+            inf = inference_of_group[g_of]
+            overall_mean = float(mv.values[inf].mean()) if inf.any() else 0.0
+            del inf
+        if one_tier is not None and all_inference:  # one tier's table holds every value
+            tier_means = {one_tier: overall_mean} if mv.values.size else {}
+        else:
+            tier_of = tier_of_group[g_of]
+            tier_means = {
+                code: float(chunk.mean())
+                for code, chunk in enumerate(_grouped(tier_of, len(tiers), mv.values))
+                if chunk.size
+            }
+            del tier_of
+        sorted_groups: dict[int, np.ndarray] = {}
+        for g, chunk in enumerate(_grouped(g_of, len(labels), mv.values)):
+            if chunk.size:
+                mean = float(chunk.mean())
+                chunk.sort()
+                sorted_groups[g] = chunk
+                per_group[g][name] = describe_sorted([chunk], mean)
+        del g_of
+        inference_groups = [g for g in sorted_groups if group_inference[g]]
         by_tier = {
-            tiers[code]: describe_owned(chunk)
-            for code, chunk in enumerate(_grouped(v, v_rows, tier_of_row, len(tiers)))
-            if chunk.size
+            tiers[code]: describe_sorted(
+                [sorted_groups[g] for g in inference_groups if group_tier[g] == code], mean
+            )
+            for code, mean in tier_means.items()
         }
-        tables[name] = MetricLatency(unit="ms", overall=describe(v), by_tier=by_tier)
-        del v, v_rows
-        per_metric = {
-            g: describe_owned(chunk)
-            for g, chunk in enumerate(_grouped(mv.values, mv.rows, gid, len(labels)))
-            if chunk.size
-        }
-        for g, stats in per_metric.items():
-            per_group[g][name] = stats
+        overall = describe_sorted([sorted_groups[g] for g in inference_groups], overall_mean)
+        tables[name] = MetricLatency(unit="ms", overall=overall, by_tier=by_tier)
+        del sorted_groups
     groups = tuple(
         GroupLatency(labels=lab, **stats)
         for lab, stats in zip(labels, per_group, strict=True)

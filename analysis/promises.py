@@ -33,8 +33,8 @@ def retry_after_check(kv: KeyView, max_examples: int, ids: IdLookup) -> RetryAft
     distinct = k_pos != r_pos  # only with D = 0 and a zero-length refusal
     r_pos, k_pos = r_pos[distinct], k_pos[distinct]
     k_refused = kv.rate429[k_pos]
-    maybe = kv.maybe
-    sp, hp = np.sort(kv.s[maybe]), np.sort(kv.hi[maybe])
+    maybe = kv.intervals("maybe")
+    sp, hp = maybe.s_sorted, maybe.h_sorted
     # others meeting (s_r, h_k): s_j < h_k and h_j > s_r (k itself is a refusal, not counted)
     others = np.searchsorted(sp, kv.hi[k_pos], side="left") - np.searchsorted(
         hp, kv.s[r_pos], side="right"
@@ -81,9 +81,9 @@ def remaining_bounds(
     certainly inside its window); upper = #(admitted-or-unknown j with h_j > s_i - W and
     s_j <= h_i)."""
     w = policy.window_s
-    adm = kv.admitted
-    sa, ha = kv.s[adm], kv.hi[adm]
-    sa_sorted, ha_sorted = np.sort(sa), np.sort(ha)
+    admitted = kv.intervals("admitted")
+    sa, ha = admitted.s, admitted.h
+    sa_sorted, ha_sorted = admitted.s_sorted, admitted.h_sorted
     s_i, h_i = kv.s[rows], kv.hi[rows]
     x = h_i - w
     ended_before = np.searchsorted(ha_sorted, s_i, side="right")  # h_j <= s_i
@@ -91,8 +91,8 @@ def remaining_bounds(
     spanning = count_covering(sa, ha, x, s_i)  # s_j <= h_i - W and h_j > s_i
     self_counted = (h_i <= s_i).astype(np.int64)
     lower = ended_before - (started_early - spanning) - self_counted + 1
-    maybe = kv.maybe
-    sp, hp = np.sort(kv.s[maybe]), np.sort(kv.hi[maybe])
+    maybe = kv.intervals("maybe")
+    sp, hp = maybe.s_sorted, maybe.h_sorted
     upper = np.searchsorted(sp, h_i, side="right") - np.searchsorted(hp, s_i - w, side="right")
     return lower, upper
 

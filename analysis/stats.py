@@ -3,6 +3,7 @@ the seeded, bounded bootstrap that ``compare`` uses for confidence intervals."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,99 @@ def describe(values: np.ndarray) -> Stats:
         return Stats(None, None, None, None, None, None, None, count=0)
     p50, p90, p95, p99, p99_9 = (float(q) for q in np.percentile(v, list(PERCENTILES.values())))
     return Stats(p50, p90, p95, p99, p99_9, float(v.mean()), float(v.max()), count=int(v.size))
+
+
+# np.percentile's own quantiles for PERCENTILES: it divides the list by 100 the same way
+_QUANTILES = np.true_divide(list(PERCENTILES.values()), 100)
+_ABS = np.int64(0x7FFFFFFFFFFFFFFF)
+_MAX_PARTS = 64
+
+
+def _order_keys(x: np.ndarray) -> np.ndarray:
+    """float64 -> int64 keys in the same order (an involution: keys -> floats as well)."""
+    b = np.ascontiguousarray(x, dtype=np.float64).view(np.int64)
+    return np.asarray(b ^ ((b >> 63) & _ABS))
+
+
+def _from_keys(k: np.ndarray) -> np.ndarray:
+    b = np.asarray(k, dtype=np.int64)
+    return np.asarray((b ^ ((b >> 63) & _ABS)).view(np.float64))
+
+
+def select_sorted(parts: list[np.ndarray], ranks: np.ndarray) -> np.ndarray:
+    """The values of 0-based ``ranks`` in the sorted union of ``parts`` (each sorted, no
+    NaN, together not empty), without merging them: a binary search per rank on the
+    values' bits, counting with ``searchsorted`` in each part."""
+    parts = [p for p in parts if p.size]
+    ranks = np.asarray(ranks, dtype=np.int64)
+    lo = np.full(ranks.size, min(_order_keys(p[:1])[0] for p in parts), dtype=np.int64)
+    hi = np.full(ranks.size, max(_order_keys(p[-1:])[0] for p in parts), dtype=np.int64)
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            break
+        # floor((lo + hi) / 2) without overflow; a closed search stays where it is
+        mid = np.where(open_, (lo >> 1) + (hi >> 1) + (lo & hi & 1), lo)
+        v = _from_keys(mid)
+        below = np.zeros(ranks.size, dtype=np.int64)
+        for p in parts:
+            below += np.searchsorted(p, v, side="right")
+        found = below > ranks
+        hi = np.where(open_ & found, mid, hi)
+        lo = np.where(open_ & ~found, mid + 1, lo)
+    out = _from_keys(lo).copy()
+    # -0.0 is searched before 0.0 and counts the zeros: give back the zero the data holds
+    for i in np.flatnonzero(out == 0).tolist():
+        for p in parts:
+            j = int(np.searchsorted(p, 0.0, side="left"))
+            if j < p.size and p[j] == 0:
+                out[i] = p[j]
+                break
+    return out
+
+
+def percentiles_by_rank(n: int, select: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """PERCENTILES of n values as ``np.percentile`` computes them (method 'linear'), given
+    ``select``: 0-based ranks -> the values of those ranks in sorted order (rank -1: the
+    largest). The same float operations in the same order, so the same bits."""
+    virtual = (n - 1) * _QUANTILES
+    previous = np.floor(virtual)
+    nxt = previous + 1
+    above = virtual >= n - 1
+    previous[above] = -1
+    nxt[above] = -1
+    prev_i, next_i = previous.astype(np.intp), nxt.astype(np.intp)
+    gamma = np.asanyarray(virtual - prev_i, dtype=virtual.dtype)
+    vals = select(np.concatenate((prev_i, next_i)))
+    a, b = vals[: prev_i.size], vals[prev_i.size :]
+    diff_b_a = b - a
+    lerp = np.add(a, diff_b_a * gamma)
+    np.subtract(b, diff_b_a * (1 - gamma), out=lerp, where=gamma >= 0.5, casting="unsafe")
+    return np.asarray(lerp)
+
+
+def describe_sorted(parts: list[np.ndarray], mean: float) -> Stats:
+    """``describe`` of the values of ``parts``, each sorted (together in any order), whose
+    mean the caller computed (a mean depends on the order it sums in)."""
+    n = sum(int(p.size) for p in parts)
+    if n == 0:
+        return Stats(None, None, None, None, None, None, None, count=0)
+    filled = [p for p in parts if p.size]
+    peak = max(float(p[-1]) for p in filled)
+    if peak != peak or any(p[-1] != p[-1] for p in filled):  # NaN sorts last
+        return describe(np.concatenate(filled))
+
+    if len(filled) > _MAX_PARTS:  # a search per part and bit costs more than a merge
+        filled = [np.sort(np.concatenate(filled))]
+
+    def select(ranks: np.ndarray) -> np.ndarray:
+        ranks = np.where(ranks < 0, n + ranks, ranks)
+        if len(filled) == 1:
+            return np.asarray(filled[0][ranks])
+        return select_sorted(filled, ranks)
+
+    p50, p90, p95, p99, p99_9 = (float(q) for q in percentiles_by_rank(n, select))
+    return Stats(p50, p90, p95, p99, p99_9, float(mean), peak, count=n)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from loadkit.analysis.throughput import Errors, Throughput, errors_summary, thro
 from loadkit.analysis.token_verdicts import TokenLimit, token_limits
 from loadkit.analysis.usability import KeyAnswers, key_answers
 from loadkit.analysis.verdicts import (
+    IdLookup,
     KeyView,
     ModelPolicy,
     Policy,
@@ -48,6 +49,7 @@ from loadkit.analysis.verdicts import (
     model_policies,
     model_view,
     requests_verdict,
+    rows_by_key,
 )
 from loadkit.runmeta import RunMeta
 
@@ -280,11 +282,13 @@ def model_limits(
     tier: str,
     models: Sequence[ModelPolicy],
     settings: VerdictSettings,
+    ids: IdLookup | None = None,
 ) -> list[Limit]:
     """The entries of each model's own request window and concurrency for one key: the
     key's verdicts, computed on its requests to the model (``model_view``), whose own
     refusals are the model-scoped 429s. No remaining-header check: the
     ``x-ratelimit-*-requests`` headers describe the key's limit."""
+    ids = ids or cols.ids
     out: list[Limit] = []
     for mp in models:
         mv = model_view(cols, code, mp.model)
@@ -293,8 +297,8 @@ def model_limits(
             f"this key's {mv.n} requests to it."
         )
         if mp.requests:
-            req = requests_verdict(mv, mp.policy, settings, cols.ids)
-            ra = retry_after_check(mv, settings.max_examples, cols.ids)
+            req = requests_verdict(mv, mp.policy, settings, ids)
+            ra = retry_after_check(mv, settings.max_examples, ids)
             why = explain_requests(req, ra, None, refusals="model_rate_limit_exceeded")
             out.append(
                 RequestsLimit(
@@ -307,7 +311,7 @@ def model_limits(
                 )
             )
         if mp.concurrency:
-            conc = concurrency_verdict(mv, mp.policy, settings, cols.ids)
+            conc = concurrency_verdict(mv, mp.policy, settings, ids)
             out.append(
                 ConcurrencyLimit(
                     tier,
@@ -318,6 +322,28 @@ def model_limits(
                 )
             )
     return out
+
+
+def id_lookup(cols: Columns) -> IdLookup:
+    """``cols.ids``, a few rows (a list of examples) read one value at a time from their
+    chunks of the request ids: a ``take`` on the chunked column costs milliseconds per
+    call, whatever the number of rows."""
+    chunks = cols.request_id.chunks
+    offsets = np.cumsum([0] + [len(c) for c in chunks])
+
+    def ids(rows: np.ndarray) -> list[str]:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        if rows.size > 64:  # evidence of a whole window: one take pays for itself
+            return cols.ids(rows)
+        chunk = np.searchsorted(offsets, rows, side="right") - 1
+        return [
+            str(chunks[c][r - int(offsets[c])].as_py())
+            for c, r in zip(chunk.tolist(), rows.tolist(), strict=True)
+        ]
+
+    return ids
 
 
 def limit_verdicts(
@@ -339,14 +365,16 @@ def limit_verdicts(
             by_model[t] = model_policies(t, d, policies[t])
         except ValueError as exc:
             raise UnusableInput(str(exc)) from None
+    ids = id_lookup(cols)
     entries: list[Limit] = []
     arrival: dict[str, ArrivalCurve] = {}
     keys: list[KeyAnalysis] = []
     notes: list[str] = []
     by_order = key_order(meta, tiers)
+    key_rows = rows_by_key(cols)
     for code, label in sorted(enumerate(cols.key.names), key=lambda item: by_order(item[1])):
         tier = tiers.get(label)
-        kv = key_view(cols, code)
+        kv = key_view(cols, code, key_rows[code])
         if kv.n == 0:
             continue
         if tier is None or tier not in policies:
@@ -356,10 +384,10 @@ def limit_verdicts(
             continue
         policy = policies[tier]
         keys.append(KeyAnalysis(label, tier, policy, kv))
-        req = requests_verdict(kv, policy, settings, cols.ids)
-        ra = retry_after_check(kv, settings.max_examples, cols.ids)
-        rh = remaining_header_check(kv, policy, settings.max_examples, cols.ids)
-        conc = concurrency_verdict(kv, policy, settings, cols.ids)
+        req = requests_verdict(kv, policy, settings, ids)
+        ra = retry_after_check(kv, settings.max_examples, ids)
+        rh = remaining_header_check(kv, policy, settings.max_examples, ids)
+        conc = concurrency_verdict(kv, policy, settings, ids)
         mine: list[Limit] = [
             RequestsLimit(
                 tier,
@@ -373,12 +401,13 @@ def limit_verdicts(
                 tier, label, verdict=conc, explanation=tuple(explain_concurrency(conc))
             ),
         ]
-        mine += model_limits(cols, code, label, tier, by_model[tier], settings)
+        mine += model_limits(cols, code, label, tier, by_model[tier], settings, ids)
         problem = unusable.get(label)
         if problem is not None:
             mine = [_unusable(e, problem) for e in mine]
         entries.extend(mine)
         arrival[label] = arrival_curve(kv, policy)
+        kv.forget()
     for k in meta.keys:
         if k.get("label") not in cols.key.names:
             notes.append(f"key {k.get('label')}: in run.json but sent no requests")
@@ -424,13 +453,15 @@ def analyse(
         raise UnusableInput(f"run.json slo: {exc}") from None
     warmup = float(meta.warmup_s or 0.0)
     values = metric_values(cols, warmup)
+    # before the verdicts: its sorted copies of the pooled values are gone before the
+    # per-key views are held
+    latency = latency_summary(cols, values)
     tiers = _tier_of_keys(meta, cols)
     answers = sorted(key_answers(meta, cols, tiers), key=lambda k: key_order(meta, tiers)(k.key))
     unusable = {k.key: k.problem or "unusable" for k in answers if not k.usable}
     found = limit_verdicts(meta, cols, settings, unusable)
     order = [k.key for k in answers]
     tokens = token_limits(meta, cols, tiers, order, unusable, settings.max_examples)
-    latency = latency_summary(cols, values)
     throughput = throughput_summary(cols, values, dict(meta.goodput or {}), warmup)
     errors = errors_summary(cols, warmup)
     slo = evaluate_slos(

@@ -7,21 +7,16 @@ uncertainty: a request's admission instant is only known to lie in [send, header
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, OUTCOMES, Codes, Columns
 from loadkit.analysis.intervals import (
-    contained_counts,
+    Intervals,
     holding_mask,
-    longest_common_overlap,
-    overlap_max,
-    shortest_touching_span,
-    span_max,
     touching_mask,
-    touching_max,
 )
 from loadkit.analysis.limits import (
     ConcurrencyEnforcedEvidence,
@@ -154,10 +149,33 @@ class KeyView:
     stream: np.ndarray  # streamed: the headers came before the body
     model: str | None = None
     judge_unattributed: bool = True
+    # what the verdicts computed on these requests, shared between them (``intervals``,
+    # ``offered_load``); ``forget`` drops it
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n(self) -> int:
         return int(self.rows.size)
+
+    def intervals(self, which: str) -> Intervals:
+        """The view's requests as intervals, sorted once: ``admitted`` [s, hi] of the
+        admitted, ``maybe`` [s, hi] and ``maybe_end`` [s, e] of the admitted-or-unknown,
+        ``reached_end`` [s, e] of those that reached the limiters."""
+        iv = self.memo.get(which)
+        if iv is None:
+            mask, ends = {
+                "admitted": (self.admitted, self.hi),
+                "maybe": (self.maybe, self.hi),
+                "maybe_end": (self.maybe, self.e),
+                "reached_end": (self.reached, self.e),
+            }[which]
+            iv = self.memo[which] = Intervals(self.s[mask], ends[mask])
+        assert isinstance(iv, Intervals)
+        return iv
+
+    def forget(self) -> None:
+        """Drop what the verdicts shared (sorted copies of the view's times)."""
+        self.memo.clear()
 
     @property
     def maybe(self) -> np.ndarray:
@@ -171,10 +189,25 @@ class KeyView:
         return np.asarray(self.maybe | (self.status == 429))
 
 
-def key_view(cols: Columns, key_code: int) -> KeyView:
-    sel = (cols.key.codes == key_code) & cols.endpoint.isin(INFERENCE_ENDPOINTS)
-    rows = np.flatnonzero(sel)
+def key_view(cols: Columns, key_code: int, rows: np.ndarray | None = None) -> KeyView:
+    """The key's requests to the inference endpoints; ``rows``: those rows, when the
+    caller found them already (``rows_by_key``)."""
+    if rows is None:
+        sel = (cols.key.codes == key_code) & cols.endpoint.isin(INFERENCE_ENDPOINTS)
+        rows = np.flatnonzero(sel)
     return view_of_rows(cols, rows)
+
+
+def rows_by_key(cols: Columns) -> list[np.ndarray]:
+    """Each key code's rows to the inference endpoints, ascending (one sort for all keys,
+    not one scan of every row per key)."""
+    inference = np.flatnonzero(cols.endpoint.isin(INFERENCE_ENDPOINTS))
+    codes = cols.key.codes[inference]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(cols.key.names) + 1), side="left")
+    return [
+        np.asarray(inference[order[bounds[c] : bounds[c + 1]]]) for c in range(len(cols.key.names))
+    ]
 
 
 def model_view(cols: Columns, key_code: int, model: str) -> KeyView:
@@ -285,12 +318,15 @@ def _count_lt(sorted_vals: np.ndarray, x: np.ndarray) -> np.ndarray:
 def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> Offered:
     """What the client asked of the limiter: a limiter is only caught doing what this provoked.
     The maxima count the requests that reached it (``KeyView.reached``)."""
-    reached = kv.reached
-    s_r = kv.s[reached]
-    in_window, w_start = span_max(s_r, policy.window_s)
-    burst, _ = span_max(s_r, settings.burst_window_s)
-    conc, c_at = overlap_max(s_r, kv.e[reached], closed=True)
-    return Offered(
+    memo_key = ("offered", policy, settings.burst_window_s)
+    done = kv.memo.get(memo_key)
+    if isinstance(done, Offered):
+        return done
+    reached = kv.intervals("reached_end")
+    in_window, w_start = reached.span_max(policy.window_s)
+    burst, _ = reached.span_max(settings.burst_window_s)
+    conc, c_at = reached.overlap_max(closed=True)
+    kv.memo[memo_key] = offered = Offered(
         requests=kv.n,
         admitted=int(kv.admitted.sum()),
         possibly_admitted=int(kv.possible.sum()),
@@ -306,12 +342,23 @@ def offered_load(kv: KeyView, policy: Policy, settings: VerdictSettings) -> Offe
         max_concurrent_at_s=rounded_s(c_at),
         refused_tokens=int(kv.tok429.sum()),
     )
+    return offered
 
 
 def rounded_s(x: float) -> float | None:
     """An instant for the evidence: seconds to the microsecond (the records' precision);
     None for NaN."""
     return None if x != x else round(float(x), 6)
+
+
+def _subset(kv: KeyView, mask: np.ndarray, whole: str) -> Intervals:
+    """The intervals of ``kv.intervals(whole)``'s kind for the requests of ``mask`` (a
+    subset of them): the shared ones, already sorted and counted, when it is all of them."""
+    iv = kv.intervals(whole)
+    if int(np.count_nonzero(mask)) == iv.n:
+        return iv
+    ends = kv.e if whole.endswith("_end") else kv.hi
+    return Intervals(kv.s[mask], ends[mask])
 
 
 def _pick(mask: np.ndarray) -> np.ndarray:
@@ -331,21 +378,19 @@ def requests_verdict(
     certain = 0
     ev_enf = RequestsEnforcedEvidence()
     if sa.size:
-        counts = contained_counts(sa, ha, w)
-        i = int(np.argmax(counts))
-        certain = int(counts[i])
-        members = _pick((sa >= sa[i]) & (ha < sa[i] + w))
+        certain, at = kv.intervals("admitted").contained_max(w)
+        members = _pick((sa >= at) & (ha < at + w))
         members = members[np.argsort(ha[members], kind="stable")]
         if certain > n_lim:
             members = members[: n_lim + 1]
         if members.size:
             ev_enf = RequestsEnforcedEvidence(
-                certain_span_s=(rounded_s(sa[i]), rounded_s(float(ha[members].max()))),
+                certain_span_s=(rounded_s(at), rounded_s(float(ha[members].max()))),
                 certain_count=certain,
                 request_ids=tuple(ids(rows_a[members])),
             )
     # Possible: the most admitted-or-unknown intervals touching one [t, t + W).
-    possible, t = touching_max(sp, hp, w)
+    possible, t = kv.intervals("maybe").touching_max(w)
     if sp.size:
         ev_enf = replace(ev_enf, possible_span_s=(rounded_s(t), rounded_s(t + w)))
         if possible > n_lim and certain <= n_lim:
@@ -375,8 +420,8 @@ def requests_verdict(
 def justified_by_requests(kv: KeyView, refused: np.ndarray, policy: Policy) -> np.ndarray:
     """For each refused position r: an upper bound on the admitted requests in its window,
     #(admitted-or-unknown j with [s_j, h_j] meeting [s_r - W, h_r])."""
-    maybe = kv.maybe
-    sp, hp = np.sort(kv.s[maybe]), np.sort(kv.hi[maybe])
+    maybe = kv.intervals("maybe")
+    sp, hp = maybe.s_sorted, maybe.h_sorted
     s_r, h_r = kv.s[refused], kv.hi[refused]
     return np.asarray(_count_le(sp, h_r) - _count_lt(hp, s_r - policy.window_s))
 
@@ -384,8 +429,8 @@ def justified_by_requests(kv: KeyView, refused: np.ndarray, policy: Policy) -> n
 def in_flight_upper(kv: KeyView, refused: np.ndarray) -> np.ndarray:
     """For each refused position r: #(admitted-or-unknown j with [s_j, e_j] meeting
     [s_r, h_r]), an upper bound on what was in flight when it was refused."""
-    maybe = kv.maybe
-    sp, ep = np.sort(kv.s[maybe]), np.sort(kv.e[maybe])
+    maybe = kv.intervals("maybe_end")
+    sp, ep = maybe.s_sorted, maybe.h_sorted
     s_r, h_r = kv.s[refused], kv.hi[refused]
     return np.asarray(_count_le(sp, h_r) - _count_lt(ep, s_r))
 
@@ -464,8 +509,7 @@ def requests_tolerance(
     W + margin span") is proven by the timestamps whatever the tolerance. A shortfall is
     accepted only up to ``max_shortfall_fraction`` of W, however coarse the timing."""
     w = policy.window_s
-    maybe = kv.maybe
-    gap, _ = shortest_touching_span(kv.s[maybe], kv.hi[maybe], policy.requests + 1)
+    gap, _ = kv.intervals("maybe").shortest_touching_span(policy.requests + 1)
     margin = gap - w if np.isfinite(gap) else None
     adm = kv.admitted
     tau = _longest_two(kv.hi[adm] - kv.s[adm])
@@ -493,8 +537,7 @@ def concurrency_tolerance(
     which the key heard the limiter's own answer (a refusal, or a stream's headers).
     Applied to non-streamed requests this assumes they were decided as fast; a key with
     none streamed is therefore never decided by a tolerance (``limitation``)."""
-    maybe = kv.maybe
-    overlap, _ = longest_common_overlap(kv.s[maybe], kv.e[maybe], policy.concurrency + 1)
+    overlap, _ = kv.intervals("maybe_end").longest_common_overlap(policy.concurrency + 1)
     margin = -overlap if np.isfinite(overlap) else None
     decisive = (kv.status == 429) | (kv.admitted & kv.stream)
     widths = kv.hi[decisive] - kv.s[decisive]
@@ -535,7 +578,7 @@ def _requests_honoured(
     other_pos = _pick(kv.other429 & kv.judge_unattributed)
     if other_pos.size:
         eligible[other_pos[in_flight_upper(kv, other_pos) >= policy.concurrency]] = False
-    eligible_max, _ = span_max(kv.s[eligible], policy.window_s)
+    eligible_max, _ = _subset(kv, eligible, "reached_end").span_max(policy.window_s)
     floor = (1.0 - settings.under_admission_tolerance) * n_lim
     under = eligible_max > n_lim and possible_max < floor
     ev = RequestsHonouredEvidence(
@@ -569,9 +612,9 @@ def concurrency_verdict(
     adm, maybe = kv.admitted, kv.maybe
     # Certainly in flight: headers received .. end minus the delivery margin (admitted only).
     c_start, c_end = kv.hi[adm], kv.e[adm] - settings.concurrency_margin_s
-    certain, t_c = overlap_max(c_start, c_end, closed=False)
+    certain, t_c = Intervals(c_start, c_end).overlap_max(closed=False)
     # Possibly in flight: send .. end (admitted or unknown).
-    possible, t_p = overlap_max(kv.s[maybe], kv.e[maybe], closed=True)
+    possible, t_p = kv.intervals("maybe_end").overlap_max(closed=True)
     ev_enf = ConcurrencyEnforcedEvidence()
     if certain:
         held = _pick(holding_mask(c_start, c_end, t_c, closed=False))
@@ -597,7 +640,7 @@ def concurrency_verdict(
     unc_pos, _ = _uncoded_unjustified(kv, policy)
     unc_flight = in_flight_upper(kv, unc_pos)
     eligible = kv.reached & ~kv.rate429 & ~kv.elsewhere429
-    eligible_max, _ = overlap_max(kv.s[eligible], kv.e[eligible], closed=True)
+    eligible_max, _ = _subset(kv, eligible, "reached_end").overlap_max(closed=True)
     ev_hon = ConcurrencyHonouredEvidence(
         concurrency_429s=int(conc_pos.size),
         unjustified_429s=int(bad.sum()),

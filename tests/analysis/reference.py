@@ -68,3 +68,28 @@ def remaining_bounds(s_adm, h_adm, s_maybe, h_maybe, i_list, w):
         lower.append(lo)
         upper.append(up)
     return np.array(lower), np.array(upper)
+
+
+def longest_common_overlap_heap(starts, ends, k):
+    """The heap sweep ``intervals.longest_common_overlap`` used before it was vectorised:
+    in order of start, each interval against the k - 1 latest ends before it."""
+    import heapq
+
+    n = len(starts)
+    if k < 1 or n < k:
+        return float("-inf"), float("nan")
+    order = np.argsort(starts, kind="stable")
+    st, en = np.asarray(starts)[order].tolist(), np.asarray(ends)[order].tolist()
+    best, at = float("-inf"), float("nan")
+    heap = []
+    for x, y in zip(st, en, strict=True):
+        if len(heap) == k - 1:
+            o = min(y, heap[0] if heap else y) - x
+            if o > best:
+                best, at = o, x
+        if k > 1:
+            if len(heap) < k - 1:
+                heapq.heappush(heap, y)
+            elif y > heap[0]:
+                heapq.heapreplace(heap, y)
+    return best, at
