@@ -118,4 +118,4 @@ class ServerState:
 
 
 STATE: web.AppKey[ServerState] = web.AppKey("loadkit_state", ServerState)
-CTX = "loadkit_ctx"
+CTX = web.RequestKey("loadkit_ctx", RequestCtx)
