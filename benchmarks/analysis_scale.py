@@ -192,6 +192,8 @@ def analyse_child(run_dir: str, charts: bool) -> None:
     summary = analyze_run(run_dir, charts=charts, timings=timings)
     total = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # the JSONL reader's worker processes (``loadkit.analysis.jsonl_ranges``), if any
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
         json.dumps(
             {
@@ -200,6 +202,8 @@ def analyse_child(run_dir: str, charts: bool) -> None:
                 "wall_s": total,
                 "cpu_s": time.process_time() - c0,
                 "peak_rss_mb": rss_mb,
+                "workers_cpu_s": workers.ru_utime + workers.ru_stime,
+                "workers_peak_rss_mb": workers.ru_maxrss / 1024.0,
                 "records": summary["run"]["records"],
                 "verdict": summary["verdict"],
                 "charts": len(summary["charts"]),
@@ -231,7 +235,11 @@ def show(title: str, r: dict[str, Any], source: str) -> bool:
     print(f"  summary.json      {r['write_summary_s']:6.2f} s")
     print(f"  total (wall)      {r['wall_s']:6.2f} s   (target <= {TARGET_S:g} s for 1 M)")
     print(f"  CPU (process)     {r['cpu_s']:6.2f} s")
+    if r.get("workers_cpu_s"):
+        print(f"  CPU (readers)     {r['workers_cpu_s']:6.2f} s   (JSONL reader processes)")
     print(f"  peak RSS          {r['peak_rss_mb']:6.0f} MB (target <= {TARGET_MB} MB for 1 M)")
+    if r.get("workers_peak_rss_mb"):
+        print(f"  peak RSS (reader) {r['workers_peak_rss_mb']:6.0f} MB   (each reader process)")
     ok = bool(r["wall_s"] <= TARGET_S and r["peak_rss_mb"] <= TARGET_MB)
     print("  MEETS TARGET" if ok else "  MISSES TARGET")
     return ok

@@ -237,3 +237,24 @@ def test_a_bad_line_inside_a_file_is_an_error_naming_it(run: Path, tmp_path: Pat
 
     with pytest.raises(UnusableInput, match=r"records-w2\.jsonl:6"):
         load_run(bad, cache_min_records=10**9)
+
+
+def test_a_worker_process_that_dies_leaves_the_reading_to_this_process(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loadkit.analysis import jsonl_ranges
+
+    _, serial = load_run(run, cache_min_records=10**9)
+    calls: list[int] = []
+    run_job = jsonl_ranges._Worker.run
+
+    def dies_on_the_third_job(self: jsonl_ranges._Worker, job: jsonl_ranges.Job) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            self.proc.kill()  # as the kernel's out-of-memory killer would
+            self.proc.wait()
+        return run_job(self, job)
+
+    monkeypatch.setattr(jsonl_ranges._Worker, "run", dies_on_the_third_job)
+    _same(_read(run, workers=2), serial)
+    assert len(calls) >= 3
