@@ -161,7 +161,7 @@ ARRAY_TYPES: dict[str, type] = {
 class Reduced:
     """Records reduced to plain arrays by field name, string columns as (codes, names), the
     chunk gaps (ms) with how many each row has, and request ids: one batch's, one byte
-    range's (in a worker process), or a whole run's (every part joined in order)."""
+    range's, or a whole run's (every part joined in order)."""
 
     n: int
     arrays: dict[str, np.ndarray]
@@ -301,10 +301,10 @@ def parquet_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         raise ValueError(f"{path}: cannot read ({exc})") from None
 
 
-def read_reduced(run_dir: str | os.PathLike[str], workers: int | None = None) -> Reduced:
+def read_reduced(run_dir: str | os.PathLike[str], threads: int | None = None) -> Reduced:
     """Every record of a run, reduced part by part: records.parquet when it is current
-    (``loadkit.records.parquet_file``), else the JSONL files in order, parsed by ``workers``
-    processes (default: one per core for a large run, ``jsonl_ranges.default_workers``).
+    (``loadkit.records.parquet_file``), else the JSONL files in order, their ranges parsed
+    by ``threads`` threads (default: one per core, ``jsonl_ranges.default_threads``).
     Raises ValueError (naming the file) for unreadable or foreign records, as
     ``loadkit.records.read_table``."""
     from loadkit.records import (
@@ -317,7 +317,7 @@ def read_reduced(run_dir: str | os.PathLike[str], workers: int | None = None) ->
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        reduced = _read_reduced(run_dir, workers)
+        reduced = _read_reduced(run_dir, threads)
     finally:
         pa.set_memory_pool(previous)
     bad = reduced.schemas - set(READABLE_SCHEMAS)
@@ -329,7 +329,7 @@ def read_reduced(run_dir: str | os.PathLike[str], workers: int | None = None) ->
     return reduced
 
 
-def _read_reduced(run_dir: str | os.PathLike[str], workers: int | None) -> Reduced:
+def _read_reduced(run_dir: str | os.PathLike[str], threads: int | None) -> Reduced:
     from loadkit.analysis import jsonl_ranges
     from loadkit.records import arrow_schema, parquet_file, record_files
 
@@ -338,6 +338,6 @@ def _read_reduced(run_dir: str | os.PathLike[str], workers: int | None) -> Reduc
     if parquet is not None:
         return reduce_batches(parquet_batches(parquet, schema))
     files = record_files(run_dir)
-    if workers is None:
-        workers = jsonl_ranges.default_workers(files)
-    return jsonl_ranges.read_files(files, schema, workers)
+    if threads is None:
+        threads = jsonl_ranges.default_threads()
+    return jsonl_ranges.read_files(files, schema, threads)

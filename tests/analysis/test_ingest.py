@@ -171,22 +171,22 @@ def _copy(run: Path, to: Path) -> Path:
     return to
 
 
-def _read(run: Path, workers: int, range_bytes: int = 1 << 16) -> Columns:
-    """The run's JSONL files in ranges of about ``range_bytes``, by ``workers`` processes."""
+def _read(run: Path, threads: int, range_bytes: int = 1 << 16) -> Columns:
+    """The run's JSONL files in ranges of about ``range_bytes``, by ``threads`` threads."""
     from loadkit.analysis.jsonl_ranges import plan, read_files
     from loadkit.records import arrow_schema, record_files
 
     files = record_files(run)
     assert len([j for f in files for j in plan(f, False, range_bytes)]) > 3 * len(files)
-    return columns_from_reduced(read_files(files, arrow_schema(), workers, range_bytes))
+    return columns_from_reduced(read_files(files, arrow_schema(), threads, range_bytes))
 
 
-def test_worker_processes_over_byte_ranges_give_the_same_columns(run: Path) -> None:
+def test_threads_over_byte_ranges_give_the_same_columns(run: Path) -> None:
     _, serial = load_run(run, cache_min_records=10**9)
     # small ranges: strings (keys, error codes, content types) first seen in a later range
     # must keep their first-appearance codes
-    _same(_read(run, workers=1), serial)
-    parallel = _read(run, workers=3)
+    _same(_read(run, threads=1), serial)
+    parallel = _read(run, threads=3)
     _same(parallel, serial)
     # codes in order of first appearance in the whole run, as one whole-table encoding has
     table = read_table(run)
@@ -206,13 +206,13 @@ def test_a_last_line_without_newline_is_kept_when_whole_dropped_when_torn(
     (torn / "records-w2.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1][:40])
     lone = _copy(run, tmp_path / "lone")  # a file of one torn line
     (lone / "records-w9.jsonl").write_bytes(lines[0][:-9])
-    for workers in (1, 2):
-        _same(_read(whole, workers), full)
-        cols = _read(torn, workers)
+    for threads in (1, 2):
+        _same(_read(whole, threads), full)
+        cols = _read(torn, threads)
         assert cols.n == full.n - 1
         last = json.loads(lines[-1])["request_id"]
         assert last in full.ids(np.arange(full.n)) and last not in cols.ids(np.arange(cols.n))
-        _same(_read(lone, workers), full)
+        _same(_read(lone, threads), full)
     # the line reader (what a torn file was read with before) gives the same columns
     from loadkit.analysis.ingest import reduce_batches
     from loadkit.analysis.jsonl_ranges import _careful
@@ -230,31 +230,10 @@ def test_a_bad_line_inside_a_file_is_an_error_naming_it(run: Path, tmp_path: Pat
     lines = (bad / "records-w2.jsonl").read_bytes().splitlines(keepends=True)
     lines[5] = b'{"run_id": "x", oops\n'
     (bad / "records-w2.jsonl").write_bytes(b"".join(lines))
-    for workers in (1, 2):
+    for threads in (1, 2):
         with pytest.raises(ValueError, match=r"records-w2\.jsonl:6: not a JSON record"):
-            _read(bad, workers)
+            _read(bad, threads)
     from loadkit.analysis.columns import UnusableInput
 
     with pytest.raises(UnusableInput, match=r"records-w2\.jsonl:6"):
         load_run(bad, cache_min_records=10**9)
-
-
-def test_a_worker_process_that_dies_leaves_the_reading_to_this_process(
-    run: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from loadkit.analysis import jsonl_ranges
-
-    _, serial = load_run(run, cache_min_records=10**9)
-    calls: list[int] = []
-    run_job = jsonl_ranges._Worker.run
-
-    def dies_on_the_third_job(self: jsonl_ranges._Worker, job: jsonl_ranges.Job) -> object:
-        calls.append(1)
-        if len(calls) == 3:
-            self.proc.kill()  # as the kernel's out-of-memory killer would
-            self.proc.wait()
-        return run_job(self, job)
-
-    monkeypatch.setattr(jsonl_ranges._Worker, "run", dies_on_the_third_job)
-    _same(_read(run, workers=2), serial)
-    assert len(calls) >= 3
