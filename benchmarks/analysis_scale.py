@@ -37,6 +37,32 @@ of CPU whatever the record count). So at 1 M the memory target is met from the c
 then holds every column in memory (~0.4 GB per million records, plus ~0.5 GB per million
 for the metric values and per-key views), so the 10 M target is not met: it needs the
 reductions themselves out of core (see the README).
+
+Reading the JSONL (issue 16.1), measured 2026-12-01 on the same machine, load average
+3.0-4.4 (other helpers' work: no core was ever free), interleaved fresh processes, the code
+of commit 9d5dd75 (before) and of this one (after: ranges split at newlines, parsed by one
+thread per core, ``loadkit.analysis.jsonl_ranges``; each field's parts freed as they are
+joined), medians (ranges):
+
+    1 M, first analysis (4 reps)   before 14.8 s (12.4-15.2) wall, 12.9 s CPU, 1,123 MB
+    (this script, --no-charts)     after  16.9 s (13.1-19.1) wall, 13.5 s CPU, 1,081 MB
+                                   of which reading the JSONL: 8.8 s (7.7-10.1) / 11.3 s
+                                   (8.1-12.9)
+    1 M, read_reduced only (8)     before 10.3 s (7.3-13.9) wall, 8.6 s CPU, 624 MB
+                                   after  13.4 s (6.6-18.7) wall, 9.2 s CPU, 593 MB
+    10 M, read_reduced only (2)    before 106.8 / 123.7 s, 84.8 / 88.1 s CPU, 4.90 GB
+                                   after   94.2 / 112.3 s, 91.3 / 95.6 s CPU, 3.76 GB
+    a torn 145 MB file (160 k)     before 18.2 s, 704 MB (the line reader, whole file)
+                                   after   1.05 s, 264 MB (only the torn line apart)
+
+The columns are byte-for-byte the same (a digest of every array, code and name at 1 M and
+on the torn file). On this machine the threads cannot show a speed-up -- the baseline's
+arrow reader already used its own threads and no core was idle -- and parsing the JSON is
+~5.5 s of CPU per million of these records (~180 MB/s a core, half of it arrow converting
+the 35 fields read): the 5 s target needs the records as columns before the analysis
+starts (records.parquet written by the engine as it runs) or more free cores. What
+improved: the peak while reading (10 M: -1.1 GB, the columns' joining no longer holds
+them twice) and a torn last line no longer sends its whole file to the line reader.
 """
 
 from __future__ import annotations
@@ -192,8 +218,6 @@ def analyse_child(run_dir: str, charts: bool) -> None:
     summary = analyze_run(run_dir, charts=charts, timings=timings)
     total = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    # the JSONL reader's worker processes (``loadkit.analysis.jsonl_ranges``), if any
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
         json.dumps(
             {
@@ -202,8 +226,6 @@ def analyse_child(run_dir: str, charts: bool) -> None:
                 "wall_s": total,
                 "cpu_s": time.process_time() - c0,
                 "peak_rss_mb": rss_mb,
-                "workers_cpu_s": workers.ru_utime + workers.ru_stime,
-                "workers_peak_rss_mb": workers.ru_maxrss / 1024.0,
                 "records": summary["run"]["records"],
                 "verdict": summary["verdict"],
                 "charts": len(summary["charts"]),
@@ -235,11 +257,7 @@ def show(title: str, r: dict[str, Any], source: str) -> bool:
     print(f"  summary.json      {r['write_summary_s']:6.2f} s")
     print(f"  total (wall)      {r['wall_s']:6.2f} s   (target <= {TARGET_S:g} s for 1 M)")
     print(f"  CPU (process)     {r['cpu_s']:6.2f} s")
-    if r.get("workers_cpu_s"):
-        print(f"  CPU (readers)     {r['workers_cpu_s']:6.2f} s   (JSONL reader processes)")
     print(f"  peak RSS          {r['peak_rss_mb']:6.0f} MB (target <= {TARGET_MB} MB for 1 M)")
-    if r.get("workers_peak_rss_mb"):
-        print(f"  peak RSS (reader) {r['workers_peak_rss_mb']:6.0f} MB   (each reader process)")
     ok = bool(r["wall_s"] <= TARGET_S and r["peak_rss_mb"] <= TARGET_MB)
     print("  MEETS TARGET" if ok else "  MISSES TARGET")
     return ok
