@@ -39,7 +39,7 @@ for the metric values and per-key views), so the 10 M target is not met: it need
 reductions themselves out of core (see the README).
 
 Reading the JSONL (issue 16.1), measured 2026-12-01 on the same machine, load average
-3.0-4.4 (other helpers' work: no core was ever free), interleaved fresh processes, the code
+1.5-4.4 (other helpers' work: rarely a core free), interleaved fresh processes, the code
 of commit 9d5dd75 (before) and of this one (after: ranges split at newlines, parsed by one
 thread per core, ``loadkit.analysis.jsonl_ranges``; each field's parts freed as they are
 joined), medians (ranges):
@@ -48,8 +48,8 @@ joined), medians (ranges):
     (this script, --no-charts)     after  16.9 s (13.1-19.1) wall, 13.5 s CPU, 1,081 MB
                                    of which reading the JSONL: 8.8 s (7.7-10.1) / 11.3 s
                                    (8.1-12.9)
-    1 M, read_reduced only (8)     before 10.3 s (7.3-13.9) wall, 8.6 s CPU, 624 MB
-                                   after  13.4 s (6.6-18.7) wall, 9.2 s CPU, 593 MB
+    1 M, read_reduced only (11)    before  9.8 s (7.3-13.9) wall, 8.4 s CPU, 623 MB
+                                   after  10.8 s (5.7-18.7) wall, 9.2 s CPU, 594 MB
     10 M, read_reduced only (2)    before 106.8 / 123.7 s, 84.8 / 88.1 s CPU, 4.90 GB
                                    after   94.2 / 112.3 s, 91.3 / 95.6 s CPU, 3.76 GB
     a torn 145 MB file (160 k)     before 18.2 s, 704 MB (the line reader, whole file)
