@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,28 +66,34 @@ FIELDS = FLOAT_FIELDS + CODE_FIELDS + OTHER_FIELDS
 
 @dataclass
 class _Dictionary:
-    """One string column's codes, batch by batch, against a dictionary in order of first
-    appearance."""
+    """One string column's codes, part by part, against a dictionary in order of first
+    appearance: each part's own codes (into its own names) are re-mapped as it is added."""
 
     names: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
     parts: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, column: pa.Array | pa.ChunkedArray) -> None:
-        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        enc = pc.dictionary_encode(arr)
-        local = [str(x) for x in enc.dictionary.to_pylist()]
-        for name in local:
+    def add(self, codes: np.ndarray, names: tuple[str, ...]) -> None:
+        for name in names:
             if name not in self.index:
                 self.index[name] = len(self.names)
                 self.names.append(name)
-        # the last slot maps a null (index -1) to -1
-        mapping = np.array([self.index[s] for s in local] + [-1], dtype=np.int32)
-        idx = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-        self.parts.append(np.asarray(mapping[idx], dtype=np.int32))
+        # the last slot maps a null (code -1) to -1
+        mapping = np.array([self.index[s] for s in names] + [-1], dtype=np.int32)
+        self.parts.append(np.asarray(mapping[codes], dtype=np.int32))
 
     def codes(self) -> np.ndarray:
         return _concat(self.parts, np.int32)
+
+
+def _encode(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A string column as codes (-1: null) into its distinct values in order of first
+    appearance."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    enc = pc.dictionary_encode(arr)
+    names = tuple(str(x) for x in enc.dictionary.to_pylist())
+    codes = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int32)
+    return codes, names
 
 
 def _trim_heap() -> None:
@@ -105,16 +111,27 @@ def _trim_heap() -> None:
 
 
 _malloc_trim: Any = None
+_TRIM_EVERY = 64 << 20  # bytes of parts freed between heap trims while joining
 
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-    """The parts joined into one array; the list is emptied and the heap trimmed, so the
-    peak is every part plus one joined field, not every part plus every joined field."""
+    """The parts joined into one array (always a copy: writable, holding no arrow buffer).
+    Each part is freed as soon as it is copied and the heap trimmed as it goes, so joining
+    a field costs about nothing beyond the parts: the joined array takes their place."""
     if not parts:
         return np.zeros(0, dtype=dtype)
-    # a copy even of one part: writable, and holding no arrow buffer
-    out = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
-    parts.clear()
+    end = sum(p.size for p in parts)
+    out: np.ndarray = np.empty(end, dtype=dtype)
+    freed = 0
+    while parts:
+        part = parts.pop()
+        out[end - part.size : end] = part
+        end -= part.size
+        freed += part.nbytes
+        del part
+        if freed >= _TRIM_EVERY:
+            _trim_heap()
+            freed = 0
     _trim_heap()
     return out
 
@@ -129,10 +146,22 @@ def _floats(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return _numpy(col, np.float64)
 
 
+# The plain arrays of a reduction, in order, with their types.
+ARRAY_TYPES: dict[str, type] = {
+    **{f: np.float64 for f in FLOAT_FIELDS},
+    "status": np.int64,
+    "stream": np.bool_,
+    "content_chunks": np.int64,
+    "attempt": np.int64,
+    "finish_length": np.bool_,
+}
+
+
 @dataclass
 class Reduced:
-    """Every batch's reduction, concatenated: plain arrays by field name, string columns as
-    (codes, names), the chunk gaps (ms) with how many each row has, and request ids."""
+    """Records reduced to plain arrays by field name, string columns as (codes, names), the
+    chunk gaps (ms) with how many each row has, and request ids: one batch's, one byte
+    range's, or a whole run's (every part joined in order)."""
 
     n: int
     arrays: dict[str, np.ndarray]
@@ -156,66 +185,85 @@ def _gaps(lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.diff(values)[same] * 1000.0, counts
 
 
-def reduce_batches(batches: Iterable[pa.RecordBatch | pa.Table]) -> Reduced:
-    """Reduce record batches (arrow, with the fields in FIELDS) in order, each once."""
-    floats: dict[str, list[np.ndarray]] = {f: [] for f in FLOAT_FIELDS}
-    dicts = {f: _Dictionary() for f in CODE_FIELDS}
-    status: list[np.ndarray] = []
-    stream: list[np.ndarray] = []
-    chunks_n: list[np.ndarray] = []
-    attempt: list[np.ndarray] = []
-    length: list[np.ndarray] = []
-    gaps: list[np.ndarray] = []
-    gap_count_parts: list[np.ndarray] = []
-    ids: list[pa.Array] = []
-    n = 0
-    for batch in batches:
-        rows = batch.num_rows
-        if rows == 0:
-            continue
-        for f in FLOAT_FIELDS:
-            floats[f].append(_floats(batch.column(f)))
-        for f in CODE_FIELDS:
-            dicts[f].add(batch.column(f))
-        status.append(_numpy(batch.column("status").fill_null(0), np.int64))
-        stream.append(_numpy(batch.column("stream").fill_null(False), np.bool_))
-        chunks_n.append(_numpy(batch.column("content_chunks").fill_null(0), np.int64))
-        attempt.append(_numpy(batch.column("attempt").fill_null(1), np.int64))
-        finish = pc.equal(batch.column("finish_reason"), "length").fill_null(False)
-        length.append(_numpy(finish, np.bool_))
-        lists = batch.column("chunk_s")
-        if isinstance(lists, pa.ChunkedArray):
-            lists = lists.combine_chunks()
-        g, r = _gaps(lists)
-        gaps.append(g)
-        gap_count_parts.append(r)
-        rid = batch.column("request_id")
-        ids.extend(rid.chunks if isinstance(rid, pa.ChunkedArray) else [rid])
-        n += rows
-    # one field at a time, its batch parts freed as it is joined: the peak is the columns
-    # plus one field, not the columns twice
-    arrays = {f: _concat(floats.pop(f), np.float64) for f in FLOAT_FIELDS}
-    for name, parts_, dtype in (
-        ("status", status, np.int64),
-        ("stream", stream, np.bool_),
-        ("content_chunks", chunks_n, np.int64),
-        ("attempt", attempt, np.int64),
-        ("finish_length", length, np.bool_),
-    ):
-        arrays[name] = _concat(parts_, dtype)
-    codes = {f: (dicts[f].codes(), tuple(dicts.pop(f).names)) for f in CODE_FIELDS}
-    gap_ms = _concat(gaps, np.float64)
-    gap_counts = _concat(gap_count_parts, np.int32)
-    schemas = set(codes["schema"][1])
+def reduce_batch(batch: pa.RecordBatch | pa.Table) -> Reduced:
+    """One arrow batch (with the fields in FIELDS) reduced, its string codes its own."""
+    arrays = {f: _floats(batch.column(f)) for f in FLOAT_FIELDS}
+    arrays["status"] = _numpy(batch.column("status").fill_null(0), np.int64)
+    arrays["stream"] = _numpy(batch.column("stream").fill_null(False), np.bool_)
+    arrays["content_chunks"] = _numpy(batch.column("content_chunks").fill_null(0), np.int64)
+    arrays["attempt"] = _numpy(batch.column("attempt").fill_null(1), np.int64)
+    finish = pc.equal(batch.column("finish_reason"), "length").fill_null(False)
+    arrays["finish_length"] = _numpy(finish, np.bool_)
+    codes = {f: _encode(batch.column(f)) for f in CODE_FIELDS}
+    lists = batch.column("chunk_s")
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    gap_ms, gap_counts = _gaps(lists)
+    rid = batch.column("request_id")
+    ids = rid.chunks if isinstance(rid, pa.ChunkedArray) else [rid]
     return Reduced(
-        n=n,
+        n=batch.num_rows,
         arrays=arrays,
         codes=codes,
         gap_ms=gap_ms,
         gap_counts=gap_counts,
         request_id=pa.chunked_array(ids, type=pa.string()),
-        schemas=schemas,
+        schemas=set(codes["schema"][1]),
     )
+
+
+class Joiner:
+    """Reductions of consecutive parts of a run joined in order into one: string codes
+    re-mapped onto one dictionary in order of first appearance (the order a whole-table
+    ``dictionary_encode`` gives), so how the records were split never shows."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._arrays: dict[str, list[np.ndarray]] = {name: [] for name in ARRAY_TYPES}
+        self._dicts = {f: _Dictionary() for f in CODE_FIELDS}
+        self._gaps: list[np.ndarray] = []
+        self._gap_counts: list[np.ndarray] = []
+        self._ids: list[pa.Array] = []
+
+    def add(self, part: Reduced) -> None:
+        if part.n == 0:
+            return
+        for name, parts in self._arrays.items():
+            parts.append(part.arrays[name])
+        for f, d in self._dicts.items():
+            d.add(*part.codes[f])
+        self._gaps.append(part.gap_ms)
+        self._gap_counts.append(part.gap_counts)
+        self._ids.extend(part.request_id.chunks)
+        self.n += part.n
+
+    def finish(self) -> Reduced:
+        """The joined reduction; each field's parts are freed as it is joined, so the peak
+        is the parts plus a trim interval, not the columns twice."""
+        arrays = {name: _concat(self._arrays[name], t) for name, t in ARRAY_TYPES.items()}
+        codes = {f: (d.codes(), tuple(d.names)) for f, d in self._dicts.items()}
+        gap_ms = _concat(self._gaps, np.float64)
+        gap_counts = _concat(self._gap_counts, np.int32)
+        ids = pa.chunked_array(self._ids, type=pa.string())
+        self._ids = []
+        return Reduced(
+            n=self.n,
+            arrays=arrays,
+            codes=codes,
+            gap_ms=gap_ms,
+            gap_counts=gap_counts,
+            request_id=ids,
+            schemas=set(codes["schema"][1]),
+        )
+
+
+def reduce_batches(batches: Iterable[pa.RecordBatch | pa.Table]) -> Reduced:
+    """Reduce record batches (arrow, with the fields in FIELDS) in order, each once."""
+    joiner = Joiner()
+    for batch in batches:
+        if batch.num_rows:
+            joiner.add(reduce_batch(batch))
+    return joiner.finish()
 
 
 def table_batches(table: pa.Table, rows: int = 65536) -> Iterator[pa.RecordBatch]:
@@ -223,62 +271,9 @@ def table_batches(table: pa.Table, rows: int = 65536) -> Iterator[pa.RecordBatch
     yield from table.to_batches(max_chunksize=rows)
 
 
-def _select(schema: pa.Schema) -> pa.Schema:
+def select_fields(schema: pa.Schema) -> pa.Schema:
+    """The record schema's fields that the analysis reads (FIELDS)."""
     return pa.schema([schema.field(f) for f in FIELDS])
-
-
-class _ReadCarefully(Exception):
-    """Arrow's JSON reader could not read this file: read it with the line reader."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(str(path))
-        self.path = path
-
-
-def _torn(path: Path) -> bool:
-    """The file does not end with a newline: its last line may be torn."""
-    with open(path, "rb") as fh:
-        fh.seek(-1, os.SEEK_END)
-        return fh.read(1) != b"\n"
-
-
-def _careful(path: Path, schema: pa.Schema) -> list[pa.RecordBatch]:
-    from loadkit.records import iter_records_file
-
-    recs = [asdict(r) for r in iter_records_file(path)]
-    table: pa.Table = pa.Table.from_pylist(recs, schema=schema).select(list(FIELDS))
-    batches: list[pa.RecordBatch] = table.to_batches()
-    return batches
-
-
-def file_batches(
-    path: Path, schema: pa.Schema, careful: bool, block_size: int = 8 << 20
-) -> Iterator[pa.RecordBatch]:
-    """One JSONL file's records as arrow batches of about ``block_size`` bytes of JSON each,
-    only the fields in FIELDS parsed. ``careful`` (or a file whose last line may be torn by
-    a killed writer) reads it with the line reader instead, which skips a torn last line."""
-    import pyarrow.json as pj
-
-    if path.stat().st_size == 0:
-        return
-    if careful or _torn(path):
-        yield from _careful(path, schema)
-        return
-    opts = pj.ParseOptions(explicit_schema=_select(schema), unexpected_field_behavior="ignore")
-    try:
-        reader = pj.open_json(
-            path, read_options=pj.ReadOptions(block_size=block_size), parse_options=opts
-        )
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            yield batch
-    except pa.ArrowInvalid:
-        raise _ReadCarefully(path) from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc})") from None
 
 
 def parquet_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
@@ -293,7 +288,7 @@ def parquet_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         missing = [f.name for f in schema if f.name not in have]
         if [m for m in missing if m not in V2_FIELDS and m not in OPTIONAL_FIELDS]:
             raise ValueError(f"{path}: missing record fields {', '.join(missing)}")
-        target = _select(schema)
+        target = select_fields(schema)
         for batch in pf.iter_batches(columns=[f for f in FIELDS if f in have]):
             cols = []
             for f in target:
@@ -306,10 +301,12 @@ def parquet_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         raise ValueError(f"{path}: cannot read ({exc})") from None
 
 
-def read_reduced(run_dir: str | os.PathLike[str]) -> Reduced:
-    """Every record of a run, reduced batch by batch: records.parquet when it is current
-    (``loadkit.records.parquet_file``), else the JSONL files in order. Raises ValueError
-    (naming the file) for unreadable or foreign records, as ``loadkit.records.read_table``."""
+def read_reduced(run_dir: str | os.PathLike[str], threads: int | None = None) -> Reduced:
+    """Every record of a run, reduced part by part: records.parquet when it is current
+    (``loadkit.records.parquet_file``), else the JSONL files in order, their ranges parsed
+    by ``threads`` threads (default: one per core, ``jsonl_ranges.default_threads``).
+    Raises ValueError (naming the file) for unreadable or foreign records, as
+    ``loadkit.records.read_table``."""
     from loadkit.records import (
         _READABLE,
         READABLE_SCHEMAS,
@@ -320,7 +317,7 @@ def read_reduced(run_dir: str | os.PathLike[str]) -> Reduced:
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        reduced = _read_reduced(run_dir)
+        reduced = _read_reduced(run_dir, threads)
     finally:
         pa.set_memory_pool(previous)
     bad = reduced.schemas - set(READABLE_SCHEMAS)
@@ -332,24 +329,15 @@ def read_reduced(run_dir: str | os.PathLike[str]) -> Reduced:
     return reduced
 
 
-def _read_reduced(run_dir: str | os.PathLike[str]) -> Reduced:
+def _read_reduced(run_dir: str | os.PathLike[str], threads: int | None) -> Reduced:
+    from loadkit.analysis import jsonl_ranges
     from loadkit.records import arrow_schema, parquet_file, record_files
 
     schema = arrow_schema()
     parquet = parquet_file(run_dir)
-    careful: set[Path] = set()
-    while True:
-        if parquet is not None:
-            batches: Iterable[pa.RecordBatch] = parquet_batches(parquet, schema)
-        else:
-            batches = (
-                b
-                for path in record_files(run_dir)
-                for b in file_batches(path, schema, path in careful)
-            )
-        try:
-            reduced = reduce_batches(batches)
-            break
-        except _ReadCarefully as exc:  # rare: start again, reading that file line by line
-            careful.add(exc.path)
-    return reduced
+    if parquet is not None:
+        return reduce_batches(parquet_batches(parquet, schema))
+    files = record_files(run_dir)
+    if threads is None:
+        threads = jsonl_ranges.default_threads()
+    return jsonl_ranges.read_files(files, schema, threads)

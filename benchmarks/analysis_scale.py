@@ -37,6 +37,32 @@ of CPU whatever the record count). So at 1 M the memory target is met from the c
 then holds every column in memory (~0.4 GB per million records, plus ~0.5 GB per million
 for the metric values and per-key views), so the 10 M target is not met: it needs the
 reductions themselves out of core (see the README).
+
+Reading the JSONL (issue 16.1), measured 2026-12-01 on the same machine, load average
+1.5-4.4 (other helpers' work: rarely a core free), interleaved fresh processes, the code
+of commit 9d5dd75 (before) and of this one (after: ranges split at newlines, parsed by one
+thread per core, ``loadkit.analysis.jsonl_ranges``; each field's parts freed as they are
+joined), medians (ranges):
+
+    1 M, first analysis (4 reps)   before 14.8 s (12.4-15.2) wall, 12.9 s CPU, 1,123 MB
+    (this script, --no-charts)     after  16.9 s (13.1-19.1) wall, 13.5 s CPU, 1,081 MB
+                                   of which reading the JSONL: 8.8 s (7.7-10.1) / 11.3 s
+                                   (8.1-12.9)
+    1 M, read_reduced only (11)    before  9.8 s (7.3-13.9) wall, 8.4 s CPU, 623 MB
+                                   after  10.8 s (5.7-18.7) wall, 9.2 s CPU, 594 MB
+    10 M, read_reduced only (2)    before 106.8 / 123.7 s, 84.8 / 88.1 s CPU, 4.90 GB
+                                   after   94.2 / 112.3 s, 91.3 / 95.6 s CPU, 3.76 GB
+    a torn 145 MB file (160 k)     before 18.2 s, 704 MB (the line reader, whole file)
+                                   after   1.05 s, 264 MB (only the torn line apart)
+
+The columns are byte-for-byte the same (a digest of every array, code and name at 1 M, 10 M
+and on the torn file). On this machine the threads show no speed-up -- the baseline's
+arrow reader already used its own threads and a core was rarely idle -- and parsing JSON is
+~5.5 s of CPU per million of these records (~180 MB/s a core, half of it arrow converting
+the 35 fields read): the 5 s target needs the records as columns before the analysis
+starts (records.parquet written by the engine as it runs) or more free cores. What
+improved: the peak while reading (10 M: -1.1 GB, the columns' joining no longer holds
+them twice) and a torn last line no longer sends its whole file to the line reader.
 """
 
 from __future__ import annotations

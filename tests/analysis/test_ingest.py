@@ -161,3 +161,79 @@ def test_records_parquet_and_an_empty_file_give_the_same_columns(run: Path, tmp_
     _, full = load_run(run, cache_min_records=10**9)
     _same(from_jsonl, full)
     _same(from_parquet, full)
+
+
+def _copy(run: Path, to: Path) -> Path:
+    to.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (to / f.name).write_bytes(f.read_bytes())
+    return to
+
+
+def _read(run: Path, threads: int, range_bytes: int = 1 << 16) -> Columns:
+    """The run's JSONL files in ranges of about ``range_bytes``, by ``threads`` threads."""
+    from loadkit.analysis.jsonl_ranges import plan, read_files
+    from loadkit.records import arrow_schema, record_files
+
+    files = record_files(run)
+    assert len([j for f in files for j in plan(f, False, range_bytes)]) > 3 * len(files)
+    return columns_from_reduced(read_files(files, arrow_schema(), threads, range_bytes))
+
+
+def test_threads_over_byte_ranges_give_the_same_columns(run: Path) -> None:
+    _, serial = load_run(run, cache_min_records=10**9)
+    # small ranges: strings (keys, error codes, content types) first seen in a later range
+    # must keep their first-appearance codes
+    _same(_read(run, threads=1), serial)
+    parallel = _read(run, threads=3)
+    _same(parallel, serial)
+    # codes in order of first appearance in the whole run, as one whole-table encoding has
+    table = read_table(run)
+    for name in ("key", "error_code", "content_type", "transport_error"):
+        column = table.column(name).combine_chunks().dictionary_encode()
+        assert getattr(parallel, name).names == tuple(column.dictionary.to_pylist()), name
+
+
+def test_a_last_line_without_newline_is_kept_when_whole_dropped_when_torn(
+    run: Path, tmp_path: Path
+) -> None:
+    _, full = load_run(run, cache_min_records=10**9)
+    lines = (run / "records-w2.jsonl").read_bytes().splitlines(keepends=True)
+    whole = _copy(run, tmp_path / "whole")  # the writer died just before the newline
+    (whole / "records-w2.jsonl").write_bytes(b"".join(lines)[:-1])
+    torn = _copy(run, tmp_path / "torn")
+    (torn / "records-w2.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1][:40])
+    lone = _copy(run, tmp_path / "lone")  # a file of one torn line
+    (lone / "records-w9.jsonl").write_bytes(lines[0][:-9])
+    for threads in (1, 2):
+        _same(_read(whole, threads), full)
+        cols = _read(torn, threads)
+        assert cols.n == full.n - 1
+        last = json.loads(lines[-1])["request_id"]
+        assert last in full.ids(np.arange(full.n)) and last not in cols.ids(np.arange(cols.n))
+        _same(_read(lone, threads), full)
+    # the line reader (what a torn file was read with before) gives the same columns
+    from loadkit.analysis.ingest import reduce_batches
+    from loadkit.analysis.jsonl_ranges import _careful
+    from loadkit.records import arrow_schema
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "records-w2.jsonl").write_bytes((torn / "records-w2.jsonl").read_bytes())
+    careful = list(_careful(alone / "records-w2.jsonl", arrow_schema()))
+    _same(columns_from_reduced(reduce_batches(careful)), _read(alone, 2))
+
+
+def test_a_bad_line_inside_a_file_is_an_error_naming_it(run: Path, tmp_path: Path) -> None:
+    bad = _copy(run, tmp_path / "bad")
+    lines = (bad / "records-w2.jsonl").read_bytes().splitlines(keepends=True)
+    lines[5] = b'{"run_id": "x", oops\n'
+    (bad / "records-w2.jsonl").write_bytes(b"".join(lines))
+    for threads in (1, 2):
+        with pytest.raises(ValueError, match=r"records-w2\.jsonl:6: not a JSON record"):
+            _read(bad, threads)
+    from loadkit.analysis.columns import UnusableInput
+
+    with pytest.raises(UnusableInput, match=r"records-w2\.jsonl:6"):
+        load_run(bad, cache_min_records=10**9)
