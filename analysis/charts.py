@@ -6,11 +6,13 @@ records draw as fast as a thousand."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from loadkit.analysis import figures
 from loadkit.analysis.series import (
     bin_max,
     binned_quantiles,
@@ -24,8 +26,13 @@ from loadkit.analysis.throughput import bin_width, failed
 from loadkit.analysis.token_charts import write_token_charts
 
 MAX_KEYS_CHARTED = 12
-DPI = 90
-CDF_LEVELS = np.concatenate([np.linspace(0, 0.99, 397), 1 - np.geomspace(0.01, 1e-5, 60), [1.0]])
+DPI = figures.DPI
+# The CDFs are drawn from a histogram of this many bins over the visible range (the
+# empirical CDF exactly at each bin edge, log-spaced on a log axis): a tenth of a
+# percent of the axis between points, finer than a pixel, in one pass over the values
+# instead of sorting millions of pooled inter-token gaps.
+CDF_BINS = 1024
+CDF_CHUNK = 1 << 21  # values binned at a time: bounded scratch memory at any run size
 # A CDF whose values span less than this ratio (p99.9 / p0.1) is drawn on a linear axis:
 # a log axis over 50-120 ms only adds "6x10^1" ticks.
 LOG_AXIS_RATIO = 20.0
@@ -45,37 +52,18 @@ LIMIT_STYLE: dict[str, Any] = {
     "alpha": 0.55,
     "zorder": 0,
 }
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+WIDE = 9.0  # inches: the time series and per-key charts
+PANEL_IN = 1.5  # one key's panel
+TWO_LINE_TITLE = figures.Margins(top=0.6)
 
 
 def _save(fig: Any, out: Path, name: str, written: list[str]) -> None:
-    fig.savefig(out / name, dpi=DPI)
-    _plt().close(fig)
+    figures.save_png(fig, out / name)
     written.append(name)
 
 
-def _legend_outside(fig: Any, ax: Any | None = None, ncols: int | None = None) -> None:
-    """One legend for the figure, outside the axes below the x label, so it covers neither
-    data, limit lines nor the title."""
-    handles, labels = (ax or fig.axes[0]).get_legend_handles_labels()
-    if not handles:
-        return
-    fig.legend(
-        handles,
-        labels,
-        loc="outside lower center",
-        ncols=ncols or min(len(handles), 4),
-        fontsize="small",
-        frameon=False,
-    )
+def _suptitle(fig: Any, title: str) -> None:
+    fig.suptitle(title, y=1 - 0.1 / fig.get_figheight())
 
 
 def _tier_style(code: int) -> tuple[str, str, float]:
@@ -92,53 +80,119 @@ def cdf_axis_is_log(values: np.ndarray) -> bool:
 
 def _plain_ticks(ax: Any) -> None:
     """Log-axis ticks as plain numbers (50, 100, 200), not 6x10^1."""
-    from matplotlib.ticker import LogLocator, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     fmt = ScalarFormatter()
     fmt.set_scientific(False)
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(fmt)
-    ax.xaxis.set_minor_formatter(_plt().NullFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+@dataclass(frozen=True)
+class Cdfs:
+    """Empirical CDFs of one metric per tier, sampled at the edges of a shared histogram:
+    ``fractions[g][j]`` of tier g's values lie at or below ``x[j]`` (to the bin)."""
+
+    x: np.ndarray
+    fractions: np.ndarray  # tiers x len(x)
+    counts: np.ndarray  # values per tier
+    log: bool  # whether the bins are log-spaced
+
+
+def tier_cdfs(
+    values: np.ndarray, groups: np.ndarray, ngroups: int, lo: float, hi: float, log: bool
+) -> Cdfs:
+    """Each group's CDF over [lo, hi] (values above ``hi`` count, off the axis); ``groups``
+    holds each value's group (< 0 or >= ngroups: none), ``values`` are not reordered."""
+    nb = CDF_BINS
+    if log:
+        a, span = np.log(lo), np.log(hi) - np.log(lo)
+    else:
+        a, span = lo, hi - lo
+    scale = nb / span if span > 0 else 0.0
+    counts = np.zeros(ngroups * (nb + 1), dtype=np.int64)
+    for start in range(0, values.size, CDF_CHUNK):
+        v = values[start : start + CDF_CHUNK]
+        g = groups[start : start + CDF_CHUNK].astype(np.int64)
+        pos = np.log(np.maximum(v, lo)) if log else v.astype(np.float64)
+        pos -= a
+        pos *= scale
+        # bins 0..nb-1 over [lo, hi], nb above it; the largest value sits in the last bin
+        idx = np.clip(pos, 0, nb).astype(np.int64)
+        idx[(idx == nb) & (v <= hi)] = nb - 1
+        ok = (g >= 0) & (g < ngroups)
+        counts += np.bincount((g * (nb + 1) + idx)[ok], minlength=counts.size)
+    per = counts.reshape(ngroups, nb + 1)
+    n = per.sum(axis=1)
+    edges = np.exp(a + np.arange(nb + 1) / scale) if log else a + np.arange(nb + 1) / scale
+    if scale == 0:
+        edges = np.full(nb + 1, lo)
+    cum = np.cumsum(per[:, :nb], axis=1) / np.maximum(n, 1)[:, None]
+    fractions = np.concatenate([np.zeros((ngroups, 1)), cum], axis=1)
+    return Cdfs(edges, fractions, n, log)
+
+
+def _quantile_of(c: Cdfs, q: float) -> float:
+    """The bin edge where the pooled CDF first reaches ``q``."""
+    pooled = (c.fractions * c.counts[:, None]).sum(axis=0) / max(int(c.counts.sum()), 1)
+    return float(c.x[min(int(np.searchsorted(pooled, q)), c.x.size - 1)])
 
 
 def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
-    plt = _plt()
     cols = result.cols
+    tiers = cols.tier.names
     for metric, title, unit in (
         ("ttft_ms", "Time to first token", "requests"),
         ("itl_ms", "Inter-token latency", "gaps between chunks"),
     ):
         mv = result.values[metric]
-        fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
-        for code, name in enumerate(cols.tier.names):
-            # a tier's own copy, reordered in place: ITL pools ~15 values per request
-            v = mv.values[(cols.tier.codes == code)[mv.rows]]
-            if v.size == 0:
-                continue
+        table = result.summary.latency.table(metric)
+        groups = cols.tier.codes[mv.rows]
+        xlabel = f"{title.lower()} (ms)"
+        cdfs = None
+        right = None
+        if mv.values.size:
+            low, peak = float(mv.values.min()), float(mv.values.max())
+            top = table.overall.p99_9
+            if top is None or table.overall.count != mv.values.size:
+                top = float(np.quantile(mv.values, 0.999))
+            # The last 0.1 % would stretch the axis over an empty flat top: cut it, and say so.
+            hi = peak
+            if peak > top * 1.1:
+                right = top * 1.05
+                hi = right
+                xlabel += f"; axis ends at p99.9 = {top:,.0f} ms, max {peak:,.0f} ms"
+            maybe_log = low > 0 and top / low > LOG_AXIS_RATIO
+            cdfs = tier_cdfs(mv.values, groups, len(tiers), low, max(hi, low), maybe_log)
+            log = maybe_log and top / max(_quantile_of(cdfs, 0.001), low) > LOG_AXIS_RATIO
+        drawn = [c for c in range(len(tiers)) if cdfs is not None and cdfs.counts[c]]
+        fig, (ax,) = figures.figure(8.0, 2.9, legend_rows=figures.legend_rows(len(drawn), 1))
+        for code in drawn:
+            assert cdfs is not None
+            name = tiers[code]
             color, style, lw = _tier_style(code)
-            p50, p99 = np.percentile(v, [50, 99], overwrite_input=True)
+            st = table.by_tier.get(name)
+            if st is not None and st.count == cdfs.counts[code] and st.p50 is not None:
+                p50, p99 = st.p50, st.p99
+            else:
+                p50, p99 = np.percentile(mv.values[groups == code], [50, 99])
             # Each tier its own colour, dash and width: a tier whose curve lies on another's
             # still shows (the wider line under the narrower), and the legend states its
             # p50 and p99 in figures.
             ax.plot(
-                np.quantile(v, CDF_LEVELS, overwrite_input=True),
-                CDF_LEVELS,
+                cdfs.x,
+                cdfs.fractions[code],
                 color=color,
                 linestyle=style,
                 linewidth=lw,
                 alpha=0.85,
                 zorder=2 + code,
-                label=f"{name}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms (n={v.size:,})",
+                label=f"{name}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms (n={cdfs.counts[code]:,})",
             )
-            del v
-        xlabel = f"{title.lower()} (ms)"
-        if mv.values.size:
-            # The last 0.1 % would stretch the axis over an empty flat top: cut it, and say so.
-            top, peak = float(np.quantile(mv.values, 0.999)), float(mv.values.max())
-            if peak > top * 1.1:
-                ax.set_xlim(right=top * 1.05)
-                xlabel += f"; axis ends at p99.9 = {top:,.0f} ms, max {peak:,.0f} ms"
-        if cdf_axis_is_log(mv.values):
+        if right is not None:
+            ax.set_xlim(right=right)
+        if cdfs is not None and log:
             ax.set_xscale("log")
             _plain_ticks(ax)
         elif mv.values.size and mv.values.min() >= 0:
@@ -148,7 +202,7 @@ def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{title}: cumulative distribution per tier")
         ax.grid(alpha=0.3)
-        _legend_outside(fig, ax, ncols=1)
+        figures.legend_below(fig, ax, ncols=1)
         _save(fig, out, f"{metric.replace('_ms', '')}_cdf.png", written)
 
 
@@ -162,10 +216,9 @@ def _faint_and_smooth(
 def chart_latency_time(
     result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
 ) -> None:
-    plt = _plt()
     cols = result.cols
     k = smooth_bins(nbins)
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True, layout="constrained")
+    fig, axes = figures.figure(WIDE, 2.0, 2, legend_rows=1, sharex=True)
     x = (np.arange(nbins) + 0.5) * width
     stride = max(1, k // 4)
     xs = (np.arange(0, nbins, stride) + 0.5) * width
@@ -191,20 +244,19 @@ def chart_latency_time(
         ax.grid(alpha=0.3)
     axes[0].set_xlim(0, t_end)
     axes[1].set_xlabel("run time (s), by send time")
-    fig.suptitle(f"Latency over time (faint: per {width:g} s bin)")
-    _legend_outside(fig, axes[0])
+    _suptitle(fig, f"Latency over time (faint: per {width:g} s bin)")
+    figures.legend_below(fig, axes[0], ncols=2)
     _save(fig, out, "latency_over_time.png", written)
 
 
 def chart_throughput_time(
     result: Analysis, out: Path, written: list[str], nbins: int, t_end: float
 ) -> None:
-    plt = _plt()
     tl = result.summary.throughput.timeline
     w = tl.bin_s
     x = np.array(tl.start_s) + w / 2
     k = smooth_bins(len(tl.start_s) or nbins)
-    fig, axes = plt.subplots(3, 1, figsize=(9, 6.4), sharex=True, layout="constrained")
+    fig, axes = figures.figure(WIDE, 1.6, 3, figures.Margins(right=1.55, gap=0.25), sharex=True)
     panels = (
         (
             axes[0],
@@ -224,14 +276,13 @@ def chart_throughput_time(
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
     axes[0].set_xlim(0, t_end)
     axes[-1].set_xlabel("run time (s)")
-    fig.suptitle(f"Throughput over time (faint: per {w:g} s bin; solid: mean over {k * w:g} s)")
+    _suptitle(fig, f"Throughput over time (faint: per {w:g} s bin; solid: mean over {k * w:g} s)")
     _save(fig, out, "throughput_over_time.png", written)
 
 
 def chart_status_time(
     result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
 ) -> None:
-    plt = _plt()
     cols = result.cols
     st = cols.status
     classes = [
@@ -245,14 +296,17 @@ def chart_status_time(
     k = max(1, smooth_bins(nbins) // 2)
     bw, nb = width * k, max(1, int(np.ceil(nbins / k)))
     x = np.arange(nb) * bw
-    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
+    edges = np.arange(nb + 1) * bw
+    fig, (ax,) = figures.figure(WIDE, 2.9, legend_rows=1)
     bottom = np.zeros(nb)
     b = np.clip((cols.end // bw).astype(np.int64), 0, nb - 1)
     for name, mask, color in classes:
         counts = np.bincount(b[mask], minlength=nb) / bw
         if counts.any():
-            ax.bar(x, counts, width=bw, bottom=bottom, align="edge", color=color, label=name)
-        bottom = bottom + counts
+            # one filled outline per class, stacked: the bars of a long run in one artist
+            top = bottom + counts
+            ax.stairs(top, edges, baseline=bottom, fill=True, color=color, label=name)
+            bottom = top
     cut = np.bincount(b[failed(cols) & (st == 200)], minlength=nb) / bw
     if cut.any():
         ax.step(x, cut, where="post", color="black", label="200 cut by transport error")
@@ -261,23 +315,20 @@ def chart_status_time(
     ax.set_ylabel("responses/s")
     ax.set_title(f"Status codes over time ({bw:g} s bars)")
     ax.grid(alpha=0.3, axis="y")
-    _legend_outside(fig, ax, ncols=6)
+    figures.legend_below(fig, ax, ncols=6)
     _save(fig, out, "status_over_time.png", written)
 
 
-def _key_axes(n: int, title: str) -> tuple[Any, list[Any]]:
-    plt = _plt()
-    fig, axes = plt.subplots(
-        n, 1, figsize=(9, 1.75 * n + 1.2), squeeze=False, sharex=True, layout="constrained"
-    )
-    fig.suptitle(title)
-    return fig, [a[0] for a in axes]
+def _key_axes(n: int, title: str, legend_rows: int = 1) -> tuple[Any, list[Any]]:
+    fig, axes = figures.figure(WIDE, PANEL_IN, n, legend_rows=legend_rows, sharex=True)
+    _suptitle(fig, title)
+    return fig, axes
 
 
 def _integer_y(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
 
 
 def _key_label(k: KeyAnalysis, unit: str) -> str:
@@ -319,7 +370,7 @@ def chart_inflight(
         ax.grid(alpha=0.3)
     axes[0].set_xlim(0, t_end)
     axes[-1].set_xlabel("run time (s)")
-    _legend_outside(fig, axes[0], ncols=3)
+    figures.legend_below(fig, axes[0], ncols=3)
     _save(fig, out, "inflight_per_key.png", written)
 
 
@@ -352,10 +403,11 @@ def chart_window(
         ax.axhline(k.policy.requests, label="promised limit", **LIMIT_STYLE)
         ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.requests * 1.15))
         ax.set_ylabel(_key_label(k, f"requests / {w:g} s"))
+        _integer_y(ax)
         ax.grid(alpha=0.3)
     axes[0].set_xlim(0, t_end)
     axes[-1].set_xlabel("run time (s)")
-    _legend_outside(fig, axes[0], ncols=2)
+    figures.legend_below(fig, axes[0], ncols=2)
     _save(fig, out, "window_per_key.png", written)
 
 
@@ -369,6 +421,7 @@ def chart_arrival(result: Analysis, out: Path, written: list[str], t_end: float)
     for ax, k in zip(axes, keys, strict=True):
         curve = arrival.get(k.label)
         ax.set_ylabel(_key_label(k, "requests"))
+        _integer_y(ax)
         ax.grid(alpha=0.3)
         if not curve:
             continue
@@ -406,7 +459,7 @@ def chart_arrival(result: Analysis, out: Path, written: list[str], t_end: float)
         drawn = drawn or ax
     axes[-1].set_xlabel("span length t (s)")
     if drawn is not None:
-        _legend_outside(fig, drawn, ncols=4)
+        figures.legend_below(fig, drawn, ncols=4)
     _save(fig, out, "arrival_per_key.png", written)
 
 

@@ -55,7 +55,6 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "dir": tmp,
         "t_end": float(result.cols.end.max()),
     }
-    charts._plt().close("all")
 
 
 def _overlap(a: Any, b: Any) -> float:
