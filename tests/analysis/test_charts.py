@@ -203,3 +203,17 @@ def test_rolling_mean_skips_empty_bins_and_cuts_the_window_at_the_ends():
     out = series.rolling_mean(v, 3)
     assert out.tolist() == pytest.approx([1.0, 2.0, 4.0, 4.0, 5.0])
     assert np.isnan(series.rolling_mean(np.array([np.nan, np.nan]), 3)).all()
+
+
+def test_time_quantiles_match_the_per_bin_and_sliding_series():
+    rng = np.random.default_rng(3)
+    times = rng.uniform(0, 50, 4000)
+    values = rng.lognormal(4, 1, 4000)
+    values[::7] = values[0]  # ties
+    for nbins, k, stride in ((50, 5, 1), (50, 7, 2), (10, 1, 1), (60, 9, 3)):
+        raw, smooth = charts.time_quantiles(times, values, 1.0, nbins, k, stride, (0.5, 0.99))
+        want_raw = series.binned_quantiles(times, values, 1.0, nbins, (0.5, 0.99))
+        want = series.sliding_quantiles(times, values, 1.0, nbins, k, (0.5, 0.99), stride)
+        for q in (0.5, 0.99):
+            np.testing.assert_array_equal(raw[q], want_raw[q])
+            np.testing.assert_array_equal(smooth[q], want[q])
