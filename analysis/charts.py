@@ -358,20 +358,21 @@ def chart_status_time(
     _save(fig, out, "status_over_time.png", written)
 
 
-def _key_axes(n: int, title: str, legend_rows: int = 1) -> tuple[Any, list[Any]]:
-    fig, axes = figures.figure(WIDE, PANEL_IN, n, legend_rows=legend_rows, sharex=True)
+def _key_panels(title: str, tops: list[float]) -> tuple[Any, Any, figures.Panels]:
+    """One Axes holding a panel per key (``figures.Panels``), titled, with a legend row."""
+    n = len(tops)
+    fig, (ax,) = figures.figure(WIDE, PANEL_IN * (n + (n - 1) * figures.PANEL_GAP), legend_rows=1)
     _suptitle(fig, title)
-    return fig, axes
-
-
-def _integer_y(ax: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+    return fig, ax, figures.Panels(ax, tops)
 
 
 def _key_label(k: KeyAnalysis, unit: str) -> str:
     return f"{k.label} ({k.tier})\n{unit}"
+
+
+def _first(first: bool, label: str) -> str:
+    """A legend label on the first panel's artists only."""
+    return label if first else "_nolegend_"
 
 
 def chart_inflight(
@@ -381,36 +382,60 @@ def chart_inflight(
     if not keys:
         return
     margin = result.summary.settings.concurrency_margin_s
-    fig, axes = _key_axes(len(keys), f"In-flight requests per key (most in each {width:g} s)")
-    x = np.arange(nbins) * width
-    for ax, k in zip(axes, keys, strict=True):
+    levels = []
+    for k in keys:
         kv = k.view
         adm, maybe = kv.admitted, kv.maybe
+        levels.append(
+            (
+                step_max_per_bin(kv.s[maybe], kv.e[maybe], width, nbins),
+                step_max_per_bin(kv.hi[adm], kv.e[adm] - margin, width, nbins),
+            )
+        )
+    tops = [
+        max(float(possible.max(initial=0)) * 1.05, k.policy.concurrency * 1.25)
+        for k, (possible, _) in zip(keys, levels, strict=True)
+    ]
+    fig, ax, panels = _key_panels(f"In-flight requests per key (most in each {width:g} s)", tops)
+    x = np.arange(nbins) * width
+    for i, (k, (possible, certain)) in enumerate(zip(keys, levels, strict=True)):
         ax.plot(
             x,
-            step_max_per_bin(kv.s[maybe], kv.e[maybe], width, nbins),
+            panels.y(i, possible),
             drawstyle="steps-post",
             color="tab:blue",
-            label="possibly in flight (send to end)",
+            label=_first(i == 0, "possibly in flight (send to end)"),
             alpha=0.45,
         )
         ax.plot(
             x,
-            step_max_per_bin(kv.hi[adm], kv.e[adm] - margin, width, nbins),
+            panels.y(i, certain),
             drawstyle="steps-post",
             color="tab:blue",
-            label="certainly in flight (headers to end)",
+            label=_first(i == 0, "certainly in flight (headers to end)"),
         )
         # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
-        ax.axhline(k.policy.concurrency, label="promised cap", **LIMIT_STYLE)
-        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.concurrency * 1.25))
-        ax.set_ylabel(_key_label(k, "requests"))
-        _integer_y(ax)
-        ax.grid(alpha=0.3)
-    axes[0].set_xlim(0, t_end)
-    axes[-1].set_xlabel("run time (s)")
-    figures.legend_below(fig, axes[0], ncols=3)
+        panels.hline(i, k.policy.concurrency, label=_first(i == 0, "promised cap"), **LIMIT_STYLE)
+    ax.set_xlim(0, t_end)
+    ax.set_xlabel("run time (s)")
+    panels.finish([_key_label(k, "requests") for k in keys])
+    figures.legend_below(fig, ax, ncols=3)
     _save(fig, out, "inflight_per_key.png", written)
+
+
+def trailing_window_per_bin(
+    mid: np.ndarray, window_s: float, width: float, nbins: int
+) -> np.ndarray:
+    """The most admissions (instants ``mid``, sorted) in a trailing window of ``window_s``
+    at any time within each bin."""
+    level = np.arange(mid.size) + 1 - np.searchsorted(mid, mid - window_s, side="right")
+    in_bin, _ = bin_max(mid, level.astype(np.float64), width, nbins)
+    # the trailing count only rises at admissions: a bin's max is at its start or an event
+    t0 = np.arange(nbins) * width
+    entry = np.searchsorted(mid, t0, side="right") - np.searchsorted(
+        mid, t0 - window_s, side="right"
+    )
+    return np.asarray(np.maximum(in_bin, entry))
 
 
 def chart_window(
@@ -419,34 +444,31 @@ def chart_window(
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
         return
-    fig, axes = _key_axes(len(keys), "Admitted requests in the trailing window, per key")
-    x = np.arange(nbins) * width
-    for ax, k in zip(axes, keys, strict=True):
+    levels = []
+    for k in keys:
         kv = k.view
         adm = kv.admitted
         mid = np.sort((kv.s[adm] + kv.hi[adm]) / 2.0)
-        w = k.policy.window_s
-        level = np.arange(mid.size) + 1 - np.searchsorted(mid, mid - w, side="right")
-        in_bin, _ = bin_max(mid, level.astype(np.float64), width, nbins)
-        # the trailing count only rises at admissions: a bin's max is at its start or an event
-        t0 = np.arange(nbins) * width
-        entry = np.searchsorted(mid, t0, side="right") - np.searchsorted(mid, t0 - w, side="right")
-        per_bin = np.maximum(in_bin, entry)
+        levels.append(trailing_window_per_bin(mid, k.policy.window_s, width, nbins))
+    tops = [
+        max(float(level.max(initial=0)) * 1.05, k.policy.requests * 1.15)
+        for k, level in zip(keys, levels, strict=True)
+    ]
+    fig, ax, panels = _key_panels("Admitted requests in the trailing window, per key", tops)
+    x = np.arange(nbins) * width
+    for i, (k, level) in enumerate(zip(keys, levels, strict=True)):
         ax.plot(
             x,
-            per_bin,
+            panels.y(i, level),
             drawstyle="steps-post",
             color="tab:blue",
-            label="admitted in the trailing window (midpoint of send and headers)",
+            label=_first(i == 0, "admitted in the trailing window (midpoint of send and headers)"),
         )
-        ax.axhline(k.policy.requests, label="promised limit", **LIMIT_STYLE)
-        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.requests * 1.15))
-        ax.set_ylabel(_key_label(k, f"requests / {w:g} s"))
-        _integer_y(ax)
-        ax.grid(alpha=0.3)
-    axes[0].set_xlim(0, t_end)
-    axes[-1].set_xlabel("run time (s)")
-    figures.legend_below(fig, axes[0], ncols=2)
+        panels.hline(i, k.policy.requests, label=_first(i == 0, "promised limit"), **LIMIT_STYLE)
+    ax.set_xlim(0, t_end)
+    ax.set_xlabel("run time (s)")
+    panels.finish([_key_label(k, f"requests / {k.policy.window_s:g} s") for k in keys])
+    figures.legend_below(fig, ax, ncols=2)
     _save(fig, out, "window_per_key.png", written)
 
 
@@ -455,50 +477,76 @@ def chart_arrival(result: Analysis, out: Path, written: list[str], t_end: float)
     if not keys:
         return
     arrival = result.summary.arrival
-    fig, axes = _key_axes(len(keys), "Arrival curve: most admissions in any span of length t")
-    drawn = None
-    for ax, k in zip(axes, keys, strict=True):
+    # No span is longer than the run: the axis ends with it, three windows at most.
+    horizon = max(min(max(3 * k.policy.window_s for k in keys), t_end), 1e-3)
+    drawn: list[Any] = []
+    for k in keys:
         curve = arrival.get(k.label)
-        ax.set_ylabel(_key_label(k, "requests"))
-        _integer_y(ax)
-        ax.grid(alpha=0.3)
         if not curve:
+            drawn.append(None)
             continue
         w, n_lim = k.policy.window_s, k.policy.requests
-        # No span is longer than the run: the axis ends with it, three windows at most.
-        horizon = max(min(3 * w, t_end), 1e-3)
+        own = max(min(3 * w, t_end), 1e-3)
         spans = np.array([p.span_s for p in curve.points])
         ks = np.array([p.k for p in curve.points])
-        sel = spans <= horizon
+        sel = spans <= own
         xs, ys = spans[sel], ks[sel]
         if ys.size and ks.size and ys[-1] == ks[-1]:  # every admission seen: flat from here on
-            xs, ys = np.append(xs, horizon), np.append(ys, ys[-1])
-        ax.step(xs, ys, where="post", color="tab:blue", label="observed (midpoint estimate)")
-        t = np.linspace(1e-9, horizon, 600)
-        ax.plot(t, n_lim * np.ceil(t / w), label="promised N·ceil(t/W)", **LIMIT_STYLE)
-        b = [x for x in curve.bounds if x.t_s <= horizon]
+            xs, ys = np.append(xs, own), np.append(ys, ys[-1])
+        t = np.linspace(1e-9, own, 600)
+        bounds = [b for b in curve.bounds if b.t_s <= own]
+        drawn.append((xs, ys, t, n_lim * np.ceil(t / w), bounds))
+    tops = [
+        1.0
+        if d is None
+        else 1.05
+        * max(
+            float(d[1].max(initial=0)),
+            float(d[3].max(initial=0)),
+            max((b.possible for b in d[4]), default=0),
+        )
+        for d in drawn
+    ]
+    fig, ax, panels = _key_panels("Arrival curve: most admissions in any span of length t", tops)
+    first = next((i for i, d in enumerate(drawn) if d is not None), None)
+    for i, d in enumerate(drawn):
+        if d is None:
+            continue
+        xs, ys, t, envelope, bounds = d
+        ax.step(
+            xs,
+            panels.y(i, ys),
+            where="post",
+            color="tab:blue",
+            label=_first(i == first, "observed (midpoint estimate)"),
+        )
+        ax.plot(
+            t,
+            panels.y(i, envelope),
+            label=_first(i == first, "promised N·ceil(t/W)"),
+            **LIMIT_STYLE,
+        )
         ax.scatter(
-            [x.t_s for x in b],
-            [x.certain for x in b],
+            [b.t_s for b in bounds],
+            panels.y(i, [b.certain for b in bounds]),
             marker="^",
             color="black",
-            label="certain",
+            label=_first(i == first, "certain"),
             zorder=3,
         )
         ax.scatter(
-            [x.t_s for x in b],
-            [x.possible for x in b],
+            [b.t_s for b in bounds],
+            panels.y(i, [b.possible for b in bounds]),
             marker="v",
             color="gray",
-            label="possible",
+            label=_first(i == first, "possible"),
             zorder=3,
         )
-        ax.set_xlim(0, horizon)
-        ax.set_ylim(bottom=0)
-        drawn = drawn or ax
-    axes[-1].set_xlabel("span length t (s)")
-    if drawn is not None:
-        figures.legend_below(fig, drawn, ncols=4)
+    ax.set_xlim(0, horizon)
+    ax.set_xlabel("span length t (s)")
+    panels.finish([_key_label(k, "requests") for k in keys])
+    if first is not None:
+        figures.legend_below(fig, ax, ncols=4)
     _save(fig, out, "arrival_per_key.png", written)
 
 

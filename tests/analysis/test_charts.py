@@ -95,13 +95,30 @@ def test_no_legend_covers_an_axes_and_none_is_cut_off(drawn):
             assert page.y0 - 1 <= box.y0 and box.y1 <= page.y1 + 1, f"{name}: legend cut off"
 
 
+def _y_labels(ax: Any) -> list[str]:
+    """An axes' y label, or the labels of the panels stacked in it (per-key charts)."""
+    if ax.get_ylabel():
+        return [ax.get_ylabel()]
+    return [t.get_text() for t in ax.texts if t.get_rotation() == 90]
+
+
 def test_every_axis_has_a_unit(drawn):
     for name, fig in drawn["figures"].items():
         for ax in fig.axes:
-            ylabel = ax.get_ylabel()
-            assert any(u in ylabel for u in UNITS), f"{name}: y axis {ylabel!r} has no unit"
+            assert _y_labels(ax), f"{name}: an axes without a y label"
+            for ylabel in _y_labels(ax):
+                assert any(u in ylabel for u in UNITS), f"{name}: y axis {ylabel!r} has no unit"
         xlabel = fig.axes[-1].get_xlabel()
         assert "(s)" in xlabel or "(ms)" in xlabel, f"{name}: x axis {xlabel!r} has no unit"
+
+
+def test_each_key_has_its_own_labelled_panel(drawn):
+    keys = ["free-1 (free)", "free-2 (free)", "pro-1 (pro)", "pro-2 (pro)"]
+    for name in ("inflight_per_key.png", "window_per_key.png", "arrival_per_key.png"):
+        (ax,) = drawn["figures"][name].axes
+        assert [label.split("\n")[0] for label in _y_labels(ax)] == keys, name
+        # one y tick label at 0 per panel, each panel scaled to its own data
+        assert [t.get_text() for t in ax.texts].count("0") == len(keys), name
 
 
 def test_time_axes_end_with_the_run(drawn):
