@@ -25,7 +25,7 @@ DPI = figures.DPI
 # percent of the axis between points, finer than a pixel, in one pass over the values
 # instead of sorting millions of pooled inter-token gaps.
 CDF_BINS = 1024
-CDF_CHUNK = 1 << 21  # values binned at a time: bounded scratch memory at any run size
+CDF_CHUNK = 1 << 18  # values binned at a time: bounded scratch memory at any run size
 # A CDF whose values span less than this ratio (p99.9 / p0.1) is drawn on a linear axis:
 # a log axis over 50-120 ms only adds "6x10^1" ticks.
 LOG_AXIS_RATIO = 20.0
@@ -109,16 +109,22 @@ def tier_cdfs(
     # a hair under nb / span: the largest value falls in the last bin, not past it
     scale = nb / span * (1 - 1e-9) if span > 0 else 0.0
     counts = np.zeros((ngroups + 1) * (nb + 1), dtype=np.int64)
+    # where each row's group starts in the counts; row 0 gathers the values of no group
+    offset = (row_group.astype(np.intp) + 1) * (nb + 1)
+    buf = np.empty(min(CDF_CHUNK, values.size))
     for start in range(0, values.size, CDF_CHUNK):
         v = values[start : start + CDF_CHUNK]
-        pos = np.log(v) if log else v.astype(np.float64, copy=True)
-        pos -= a
-        pos *= scale
+        pos = buf[: v.size]
+        if log:
+            np.log(v, out=pos)
+            pos -= a
+            pos *= scale
+        else:
+            np.multiply(v, scale, out=pos)
+            pos -= a * scale
         np.clip(pos, 0, nb, out=pos)
         idx = pos.astype(np.intp)
-        del pos
-        # row 0 of the counts gathers the values of no group
-        idx += (row_group[rows[start : start + CDF_CHUNK]].astype(np.intp) + 1) * (nb + 1)
+        idx += offset[rows[start : start + CDF_CHUNK]]
         counts += np.bincount(idx, minlength=counts.size)
     per = counts.reshape(ngroups + 1, nb + 1)[1:]
     n = per.sum(axis=1)
