@@ -234,3 +234,14 @@ def test_time_quantiles_match_the_per_bin_and_sliding_series():
         for q in (0.5, 0.99):
             np.testing.assert_array_equal(raw[q], want_raw[q])
             np.testing.assert_array_equal(smooth[q], want[q])
+
+
+def test_in_flight_per_bin_matches_the_merged_event_count():
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 50, 3000):
+        starts = np.round(rng.uniform(0, 30, n), 1)  # ties between starts and ends
+        ends = starts + np.round(rng.exponential(1.5, n), 1)  # some of zero length
+        for width, nbins in ((1.0, 31), (0.5, 62), (5.0, 7)):
+            want = series.step_max_per_bin(starts, ends, width, nbins)
+            got = charts.open_max_per_bin(starts, ends, width, nbins)
+            np.testing.assert_array_equal(got, want)
