@@ -6,6 +6,8 @@ No pyplot: a Figure on its own Agg canvas is freed with its last reference."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,7 @@ from typing import Any
 import numpy as np
 
 DPI = 90
-# zlib level 3 writes a chart in about half the time of the default 6, ~10 % larger; the
-# alpha channel of an opaque figure is dropped (a quarter less to filter and compress).
+# zlib level 3 packs a chart in about half the time of level 6, ~10 % larger.
 PNG_COMPRESSION = 3
 # Room for the text around the axes (matplotlib's default 10 pt font):
 LEFT_IN = 1.05  # a y label of two lines and tick labels of up to six characters
@@ -93,15 +94,36 @@ def legend_below(fig: Any, ax: Any, ncols: int) -> None:
     )
 
 
-def save_png(fig: Any, path: Path) -> None:
-    """Render ``fig`` and write it as an RGB PNG."""
-    from PIL import Image
+def png_bytes(rgb: np.ndarray, dpi: float = DPI) -> bytes:
+    """An 8-bit RGB image (height x width x 3) as a PNG file. Every row unfiltered: a chart
+    is mostly runs of one colour, which zlib packs about as small as with Pillow's per-row
+    filter choice, in a third of the time."""
+    h, w, _ = rgb.shape
+    raw = np.zeros((h, 1 + 3 * w), dtype=np.uint8)  # each row: filter type 0, then pixels
+    raw[:, 1:] = rgb.reshape(h, 3 * w)
 
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    per_metre = round(dpi / 0.0254)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)),
+            chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1)),
+            chunk(b"IDAT", zlib.compress(raw.tobytes(), PNG_COMPRESSION)),
+            chunk(b"IEND", b""),
+        )
+    )
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """Render ``fig`` and write it as an RGB PNG (the figure is opaque: no alpha)."""
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
-    Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(
-        path, format="png", compress_level=PNG_COMPRESSION, dpi=(DPI, DPI)
-    )
+    path.write_bytes(png_bytes(rgba[..., :3], fig.dpi))
 
 
 PANEL_GAP = 0.16  # between stacked panels, as a fraction of a panel's height

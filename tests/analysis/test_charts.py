@@ -40,9 +40,8 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     save = charts._save
 
     def keep(fig: Any, out: Path, name: str, written: list[str]) -> None:
-        fig.savefig(out / name, dpi=charts.DPI)
+        save(fig, out, name, written)
         figures[name] = fig
-        written.append(name)
 
     charts._save = keep  # type: ignore[assignment]
     try:
@@ -245,3 +244,15 @@ def test_in_flight_per_bin_matches_the_merged_event_count():
             want = series.step_max_per_bin(starts, ends, width, nbins)
             got = charts.open_max_per_bin(starts, ends, width, nbins)
             np.testing.assert_array_equal(got, want)
+
+
+def test_chart_files_are_pngs_of_exactly_the_drawn_pixels(drawn):
+    from PIL import Image
+
+    fig = drawn["figures"]["status_over_time.png"]
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    with Image.open(drawn["dir"] / "status_over_time.png") as im:
+        assert im.format == "PNG"
+        assert round(im.info["dpi"][0]) == charts.DPI
+        assert np.array_equal(np.asarray(im.convert("RGB")), pixels)
