@@ -376,11 +376,6 @@ def _key_label(k: KeyAnalysis, unit: str) -> str:
     return f"{k.label} ({k.tier})\n{unit}"
 
 
-def _first(first: bool, label: str) -> str:
-    """A legend label on the first panel's artists only."""
-    return label if first else "_nolegend_"
-
-
 def open_max_per_bin(starts: np.ndarray, ends: np.ndarray, width: float, nbins: int) -> np.ndarray:
     """``series.step_max_per_bin`` (the most intervals [start, end) open at once within each
     bin) from the starts and the ends sorted apart: the count only rises at a start, so a
@@ -421,24 +416,23 @@ def chart_inflight(
     ]
     fig, ax, panels = _key_panels(f"In-flight requests per key (most in each {width:g} s)", tops)
     x = np.arange(nbins) * width
-    for i, (k, (possible, certain)) in enumerate(zip(keys, levels, strict=True)):
-        ax.plot(
-            x,
-            panels.y(i, possible),
-            drawstyle="steps-post",
-            color="tab:blue",
-            label=_first(i == 0, "possibly in flight (send to end)"),
-            alpha=0.45,
-        )
-        ax.plot(
-            x,
-            panels.y(i, certain),
-            drawstyle="steps-post",
-            color="tab:blue",
-            label=_first(i == 0, "certainly in flight (headers to end)"),
-        )
-        # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
-        panels.hline(i, k.policy.concurrency, label=_first(i == 0, "promised cap"), **LIMIT_STYLE)
+    panels.plot(
+        {i: (x, possible) for i, (possible, _) in enumerate(levels)},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="possibly in flight (send to end)",
+        alpha=0.45,
+    )
+    panels.plot(
+        {i: (x, certain) for i, (_, certain) in enumerate(levels)},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="certainly in flight (headers to end)",
+    )
+    # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
+    panels.hlines(
+        {i: k.policy.concurrency for i, k in enumerate(keys)}, label="promised cap", **LIMIT_STYLE
+    )
     ax.set_xlim(0, t_end)
     ax.set_xlabel("run time (s)")
     panels.finish([_key_label(k, "requests") for k in keys])
@@ -479,15 +473,15 @@ def chart_window(
     ]
     fig, ax, panels = _key_panels("Admitted requests in the trailing window, per key", tops)
     x = np.arange(nbins) * width
-    for i, (k, level) in enumerate(zip(keys, levels, strict=True)):
-        ax.plot(
-            x,
-            panels.y(i, level),
-            drawstyle="steps-post",
-            color="tab:blue",
-            label=_first(i == 0, "admitted in the trailing window (midpoint of send and headers)"),
-        )
-        panels.hline(i, k.policy.requests, label=_first(i == 0, "promised limit"), **LIMIT_STYLE)
+    panels.plot(
+        {i: (x, level) for i, level in enumerate(levels)},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="admitted in the trailing window (midpoint of send and headers)",
+    )
+    panels.hlines(
+        {i: k.policy.requests for i, k in enumerate(keys)}, label="promised limit", **LIMIT_STYLE
+    )
     ax.set_xlim(0, t_end)
     ax.set_xlabel("run time (s)")
     panels.finish([_key_label(k, f"requests / {k.policy.window_s:g} s") for k in keys])
@@ -531,44 +525,32 @@ def chart_arrival(result: Analysis, out: Path, written: list[str], t_end: float)
         for d in drawn
     ]
     fig, ax, panels = _key_panels("Arrival curve: most admissions in any span of length t", tops)
-    first = next((i for i, d in enumerate(drawn) if d is not None), None)
-    for i, d in enumerate(drawn):
-        if d is None:
-            continue
-        xs, ys, t, envelope, bounds = d
-        ax.step(
-            xs,
-            panels.y(i, ys),
-            where="post",
-            color="tab:blue",
-            label=_first(i == first, "observed (midpoint estimate)"),
-        )
-        ax.plot(
-            t,
-            panels.y(i, envelope),
-            label=_first(i == first, "promised N·ceil(t/W)"),
-            **LIMIT_STYLE,
-        )
-        ax.scatter(
-            [b.t_s for b in bounds],
-            panels.y(i, [b.certain for b in bounds]),
-            marker="^",
-            color="black",
-            label=_first(i == first, "certain"),
-            zorder=3,
-        )
-        ax.scatter(
-            [b.t_s for b in bounds],
-            panels.y(i, [b.possible for b in bounds]),
-            marker="v",
-            color="gray",
-            label=_first(i == first, "possible"),
+    shown = {i: d for i, d in enumerate(drawn) if d is not None}
+    panels.plot(
+        {i: (d[0], d[1]) for i, d in shown.items()},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="observed (midpoint estimate)",
+    )
+    panels.plot(
+        {i: (d[2], d[3]) for i, d in shown.items()}, label="promised N·ceil(t/W)", **LIMIT_STYLE
+    )
+    for name, marker, color in (("certain", "^", "black"), ("possible", "v", "gray")):
+        panels.plot(
+            {
+                i: ([b.t_s for b in d[4]], [getattr(b, name) for b in d[4]])
+                for i, d in shown.items()
+            },
+            linestyle="none",
+            marker=marker,
+            color=color,
+            label=name,
             zorder=3,
         )
     ax.set_xlim(0, horizon)
     ax.set_xlabel("span length t (s)")
     panels.finish([_key_label(k, "requests") for k in keys])
-    if first is not None:
+    if shown:
         figures.legend_below(fig, ax, ncols=4)
     _save(fig, out, "arrival_per_key.png", written)
 

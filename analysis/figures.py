@@ -146,14 +146,32 @@ class Panels:
         ax.set_ylim(0, n + (n - 1) * PANEL_GAP)
         for side in ("left", "right", "top"):
             ax.spines[side].set_visible(False)
-        ax.tick_params(axis="y", which="both", left=False, labelleft=False)
+        from matplotlib.ticker import NullLocator
+
+        ax.yaxis.set_major_locator(NullLocator())  # each panel draws its own y ticks
 
     def y(self, i: int, values: Any) -> np.ndarray:
         """Panel i's values in the Axes' y coordinates."""
         return self.base[i] + np.asarray(values, dtype=np.float64) / self.tops[i]
 
-    def hline(self, i: int, value: float, **kw: Any) -> None:
-        self.ax.plot([0, 1], [self.y(i, value)] * 2, transform=self.ax.get_yaxis_transform(), **kw)
+    def plot(self, series: dict[int, tuple[Any, Any]], **kw: Any) -> None:
+        """One series in several panels ({panel: (x, values)}) as a single artist, the
+        panels' parts split by NaN: one line per chart rather than per key."""
+        parts = [
+            (np.append(np.asarray(x, dtype=np.float64), np.nan), np.append(self.y(i, v), np.nan))
+            for i, (x, v) in series.items()
+        ]
+        if parts:
+            xs, ys = (np.concatenate(c) for c in zip(*parts, strict=True))
+            self.ax.plot(xs, ys, **kw)
+
+    def hlines(self, values: dict[int, float], **kw: Any) -> None:
+        """A horizontal line across each panel at its value ({panel: value})."""
+        self.plot(
+            {i: ([0.0, 1.0], [v, v]) for i, v in values.items()},
+            transform=self.ax.get_yaxis_transform(),
+            **kw,
+        )
 
     def finish(self, labels: list[str], integer: bool = True) -> None:
         """Frames, y ticks with their labels, grid lines and each panel's y label; call
