@@ -6,8 +6,6 @@ records draw as fast as a thousand."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,6 @@ from loadkit.analysis.summary import Analysis, KeyAnalysis
 from loadkit.analysis.throughput import bin_width, failed
 from loadkit.analysis.token_charts import write_token_charts
 
-# A chart's drawing step, returned once its data is reduced (``write_charts``).
-Draw = Callable[[], None]
 MAX_KEYS_CHARTED = 12
 DPI = figures.DPI
 # The CDFs are drawn from a histogram of this many bins over the visible range (the
@@ -145,86 +141,65 @@ def _quantile_of(c: Cdfs, q: float) -> float:
     return float(c.x[min(int(np.searchsorted(pooled, q)), c.x.size - 1)])
 
 
-def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> Draw:
-    steps = [
-        _cdf(result, metric, title, unit, out, written)
-        for metric, title, unit in (
-            ("ttft_ms", "Time to first token", "requests"),
-            ("itl_ms", "Inter-token latency", "gaps between chunks"),
-        )
-    ]
-
-    def draw() -> None:
-        for step in steps:
-            step()
-
-    return draw
-
-
-def _cdf(
-    result: Analysis, metric: str, title: str, unit: str, out: Path, written: list[str]
-) -> Draw:
+def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
     cols = result.cols
     tiers = cols.tier.names
-    mv = result.values[metric]
-    table = result.summary.latency.table(metric)
-    xlabel = f"{title.lower()} (ms)"
-    right = None
-    log = False
-    curves: list[tuple[int, np.ndarray, np.ndarray, str]] = []
-    if mv.values.size:
-        low, peak = float(mv.values.min()), float(mv.values.max())
-        top = table.overall.p99_9
-        if top is None or table.overall.count != mv.values.size:
-            top = float(np.quantile(mv.values, 0.999))
-        # The last 0.1 % would stretch the axis over an empty flat top: cut it, and say so.
-        hi = peak
-        if peak > top * 1.1:
-            right = top * 1.05
-            hi = right
-            xlabel += f"; axis ends at p99.9 = {top:,.0f} ms, max {peak:,.0f} ms"
-        maybe_log = low > 0 and top / low > LOG_AXIS_RATIO
-        cdfs = tier_cdfs(
-            mv.values, mv.rows, cols.tier.codes, len(tiers), low, max(hi, low), maybe_log
-        )
-        log = maybe_log and top / max(_quantile_of(cdfs, 0.001), low) > LOG_AXIS_RATIO
-        for code, name in enumerate(tiers):
-            n = int(cdfs.counts[code])
-            if not n:
-                continue
+    for metric, title, unit in (
+        ("ttft_ms", "Time to first token", "requests"),
+        ("itl_ms", "Inter-token latency", "gaps between chunks"),
+    ):
+        mv = result.values[metric]
+        table = result.summary.latency.table(metric)
+        xlabel = f"{title.lower()} (ms)"
+        cdfs = None
+        right = None
+        if mv.values.size:
+            low, peak = float(mv.values.min()), float(mv.values.max())
+            top = table.overall.p99_9
+            if top is None or table.overall.count != mv.values.size:
+                top = float(np.quantile(mv.values, 0.999))
+            # The last 0.1 % would stretch the axis over an empty flat top: cut it, and say so.
+            hi = peak
+            if peak > top * 1.1:
+                right = top * 1.05
+                hi = right
+                xlabel += f"; axis ends at p99.9 = {top:,.0f} ms, max {peak:,.0f} ms"
+            maybe_log = low > 0 and top / low > LOG_AXIS_RATIO
+            cdfs = tier_cdfs(
+                mv.values, mv.rows, cols.tier.codes, len(tiers), low, max(hi, low), maybe_log
+            )
+            log = maybe_log and top / max(_quantile_of(cdfs, 0.001), low) > LOG_AXIS_RATIO
+        drawn = [c for c in range(len(tiers)) if cdfs is not None and cdfs.counts[c]]
+        fig, (ax,) = figures.figure(8.0, 2.9, legend_rows=figures.legend_rows(len(drawn), 1))
+        for code in drawn:
+            assert cdfs is not None
+            name = tiers[code]
+            color, style, lw = _tier_style(code)
             st = table.by_tier.get(name)
-            if st is not None and st.count == n and st.p50 is not None:
+            if st is not None and st.count == cdfs.counts[code] and st.p50 is not None:
                 p50, p99 = st.p50, st.p99
             else:
                 mine = mv.values[cols.tier.codes[mv.rows] == code]
                 p50, p99 = np.percentile(mine, [50, 99], overwrite_input=True)
-            label = f"{name}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms (n={n:,})"
-            curves.append((code, cdfs.x, cdfs.fractions[code], label))
-    non_negative = bool(mv.values.size and mv.values.min() >= 0)
-
-    def draw() -> None:
-        fig, (ax,) = figures.figure(8.0, 2.9, legend_rows=figures.legend_rows(len(curves), 1))
-        for code, x, fraction, label in curves:
-            color, style, lw = _tier_style(code)
             # Each tier its own colour, dash and width: a tier whose curve lies on another's
             # still shows (the wider line under the narrower), and the legend states its
             # p50 and p99 in figures.
             ax.plot(
-                x,
-                fraction,
+                cdfs.x,
+                cdfs.fractions[code],
                 color=color,
                 linestyle=style,
                 linewidth=lw,
                 alpha=0.85,
                 zorder=2 + code,
-                label=label,
+                label=f"{name}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms (n={cdfs.counts[code]:,})",
             )
         if right is not None:
             ax.set_xlim(right=right)
-        if log:
+        if cdfs is not None and log:
             ax.set_xscale("log")
             _plain_ticks(ax)
-        elif non_negative:
+        elif mv.values.size and mv.values.min() >= 0:
             ax.set_xlim(left=0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"fraction of {unit}")
@@ -233,8 +208,6 @@ def _cdf(
         ax.grid(alpha=0.3)
         figures.legend_below(fig, ax, ncols=1)
         _save(fig, out, f"{metric.replace('_ms', '')}_cdf.png", written)
-
-    return draw
 
 
 def _faint_and_smooth(
@@ -287,66 +260,47 @@ def time_quantiles(
 
 def chart_latency_time(
     result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
-) -> Draw:
+) -> None:
     cols = result.cols
     k = smooth_bins(nbins)
+    fig, axes = figures.figure(WIDE, 2.0, 2, legend_rows=1, sharex=True)
     x = (np.arange(nbins) + 0.5) * width
     stride = max(1, k // 4)
     xs = (np.arange(0, nbins, stride) + 0.5) * width
-    shown = [
-        (
-            name,
-            *time_quantiles(
-                cols.send[result.values[metric].rows],
-                result.values[metric].values,
-                width,
-                nbins,
-                k,
-                stride,
-                (0.5, 0.99),
-            ),
+    for ax, metric, name in (
+        (axes[0], "ttft_ms", "time to first token"),
+        (axes[1], "e2e_ms", "end-to-end latency"),
+    ):
+        mv = result.values[metric]
+        raw, smooth = time_quantiles(
+            cols.send[mv.rows], mv.values, width, nbins, k, stride, (0.5, 0.99)
         )
-        for metric, name in (("ttft_ms", "time to first token"), ("e2e_ms", "end-to-end latency"))
-    ]
-
-    def draw() -> None:
-        fig, axes = figures.figure(WIDE, 2.0, 2, legend_rows=1, sharex=True)
-        for ax, (name, raw, smooth) in zip(axes, shown, strict=True):
-            for q, color in ((0.99, "tab:red"), (0.5, "tab:blue")):
-                ax.plot(x, raw[q], color=color, alpha=RAW_ALPHA, linewidth=0.8)
-                ax.plot(
-                    xs,
-                    smooth[q],
-                    color=color,
-                    linewidth=2.0,
-                    label=f"p{q * 100:g} over {k * width:g} s",
-                )
-            ax.set_ylabel(f"{name} (ms)")
-            ax.set_ylim(bottom=0)
-            ax.grid(alpha=0.3)
-        axes[0].set_xlim(0, t_end)
-        axes[1].set_xlabel("run time (s), by send time")
-        _suptitle(fig, f"Latency over time (faint: per {width:g} s bin)")
-        figures.legend_below(fig, axes[0], ncols=2)
-        _save(fig, out, "latency_over_time.png", written)
-
-    return draw
+        for q, color in ((0.99, "tab:red"), (0.5, "tab:blue")):
+            ax.plot(x, raw[q], color=color, alpha=RAW_ALPHA, linewidth=0.8)
+            ax.plot(
+                xs,
+                smooth[q],
+                color=color,
+                linewidth=2.0,
+                label=f"p{q * 100:g} over {k * width:g} s",
+            )
+        ax.set_ylabel(f"{name} (ms)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].set_xlim(0, t_end)
+    axes[1].set_xlabel("run time (s), by send time")
+    _suptitle(fig, f"Latency over time (faint: per {width:g} s bin)")
+    figures.legend_below(fig, axes[0], ncols=2)
+    _save(fig, out, "latency_over_time.png", written)
 
 
 def chart_throughput_time(
     result: Analysis, out: Path, written: list[str], nbins: int, t_end: float
-) -> Draw:
+) -> None:
     tl = result.summary.throughput.timeline
     w = tl.bin_s
     x = np.array(tl.start_s) + w / 2
     k = smooth_bins(len(tl.start_s) or nbins)
-    return lambda: _draw_throughput(tl, x, k, t_end, out, written)
-
-
-def _draw_throughput(
-    tl: Any, x: np.ndarray, k: int, t_end: float, out: Path, written: list[str]
-) -> None:
-    w = tl.bin_s
     fig, axes = figures.figure(WIDE, 1.6, 3, figures.Margins(right=1.55, gap=0.25), sharex=True)
     panels = (
         (
@@ -373,7 +327,7 @@ def _draw_throughput(
 
 def chart_status_time(
     result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
-) -> Draw:
+) -> None:
     cols = result.cols
     st = cols.status
     classes = [
@@ -388,32 +342,26 @@ def chart_status_time(
     bw, nb = width * k, max(1, int(np.ceil(nbins / k)))
     x = np.arange(nb) * bw
     edges = np.arange(nb + 1) * bw
+    fig, (ax,) = figures.figure(WIDE, 2.9, legend_rows=1)
+    bottom = np.zeros(nb)
     b = np.clip((cols.end // bw).astype(np.int64), 0, nb - 1)
-    rates = [
-        (name, np.bincount(b[mask], minlength=nb) / bw, color) for name, mask, color in classes
-    ]
+    for name, mask, color in classes:
+        counts = np.bincount(b[mask], minlength=nb) / bw
+        if counts.any():
+            # one filled outline per class, stacked: the bars of a long run in one artist
+            top = bottom + counts
+            ax.stairs(top, edges, baseline=bottom, fill=True, color=color, label=name)
+            bottom = top
     cut = np.bincount(b[failed(cols) & (st == 200)], minlength=nb) / bw
-
-    def draw() -> None:
-        fig, (ax,) = figures.figure(WIDE, 2.9, legend_rows=1)
-        bottom = np.zeros(nb)
-        for name, counts, color in rates:
-            if counts.any():
-                # one filled outline per class, stacked: the bars of a long run in one artist
-                top = bottom + counts
-                ax.stairs(top, edges, baseline=bottom, fill=True, color=color, label=name)
-                bottom = top
-        if cut.any():
-            ax.step(x, cut, where="post", color="black", label="200 cut by transport error")
-        ax.set_xlim(0, t_end)
-        ax.set_xlabel("run time (s), by end time")
-        ax.set_ylabel("responses/s")
-        ax.set_title(f"Status codes over time ({bw:g} s bars)")
-        ax.grid(alpha=0.3, axis="y")
-        figures.legend_below(fig, ax, ncols=6)
-        _save(fig, out, "status_over_time.png", written)
-
-    return draw
+    if cut.any():
+        ax.step(x, cut, where="post", color="black", label="200 cut by transport error")
+    ax.set_xlim(0, t_end)
+    ax.set_xlabel("run time (s), by end time")
+    ax.set_ylabel("responses/s")
+    ax.set_title(f"Status codes over time ({bw:g} s bars)")
+    ax.grid(alpha=0.3, axis="y")
+    figures.legend_below(fig, ax, ncols=6)
+    _save(fig, out, "status_over_time.png", written)
 
 
 def _key_panels(title: str, tops: list[float]) -> tuple[Any, Any, figures.Panels]:
@@ -447,10 +395,10 @@ def open_max_per_bin(starts: np.ndarray, ends: np.ndarray, width: float, nbins: 
 
 def chart_inflight(
     result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
-) -> Draw:
+) -> None:
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
-        return _nothing
+        return
     margin = result.summary.settings.concurrency_margin_s
     levels = []
     for k in keys:
@@ -466,38 +414,30 @@ def chart_inflight(
         max(float(possible.max(initial=0)) * 1.05, k.policy.concurrency * 1.25)
         for k, (possible, _) in zip(keys, levels, strict=True)
     ]
-
-    def draw() -> None:
-        fig, ax, panels = _key_panels(
-            f"In-flight requests per key (most in each {width:g} s)", tops
-        )
-        x = np.arange(nbins) * width
-        panels.plot(
-            {i: (x, possible) for i, (possible, _) in enumerate(levels)},
-            drawstyle="steps-post",
-            color="tab:blue",
-            label="possibly in flight (send to end)",
-            alpha=0.45,
-        )
-        panels.plot(
-            {i: (x, certain) for i, (_, certain) in enumerate(levels)},
-            drawstyle="steps-post",
-            color="tab:blue",
-            label="certainly in flight (headers to end)",
-        )
-        # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
-        panels.hlines(
-            {i: k.policy.concurrency for i, k in enumerate(keys)},
-            label="promised cap",
-            **LIMIT_STYLE,
-        )
-        ax.set_xlim(0, t_end)
-        ax.set_xlabel("run time (s)")
-        panels.finish([_key_label(k, "requests") for k in keys])
-        figures.legend_below(fig, ax, ncols=3)
-        _save(fig, out, "inflight_per_key.png", written)
-
-    return draw
+    fig, ax, panels = _key_panels(f"In-flight requests per key (most in each {width:g} s)", tops)
+    x = np.arange(nbins) * width
+    panels.plot(
+        {i: (x, possible) for i, (possible, _) in enumerate(levels)},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="possibly in flight (send to end)",
+        alpha=0.45,
+    )
+    panels.plot(
+        {i: (x, certain) for i, (_, certain) in enumerate(levels)},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="certainly in flight (headers to end)",
+    )
+    # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
+    panels.hlines(
+        {i: k.policy.concurrency for i, k in enumerate(keys)}, label="promised cap", **LIMIT_STYLE
+    )
+    ax.set_xlim(0, t_end)
+    ax.set_xlabel("run time (s)")
+    panels.finish([_key_label(k, "requests") for k in keys])
+    figures.legend_below(fig, ax, ncols=3)
+    _save(fig, out, "inflight_per_key.png", written)
 
 
 def trailing_window_per_bin(
@@ -517,10 +457,10 @@ def trailing_window_per_bin(
 
 def chart_window(
     result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
-) -> Draw:
+) -> None:
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
-        return _nothing
+        return
     levels = []
     for k in keys:
         kv = k.view
@@ -531,34 +471,28 @@ def chart_window(
         max(float(level.max(initial=0)) * 1.05, k.policy.requests * 1.15)
         for k, level in zip(keys, levels, strict=True)
     ]
-
-    def draw() -> None:
-        fig, ax, panels = _key_panels("Admitted requests in the trailing window, per key", tops)
-        x = np.arange(nbins) * width
-        panels.plot(
-            {i: (x, level) for i, level in enumerate(levels)},
-            drawstyle="steps-post",
-            color="tab:blue",
-            label="admitted in the trailing window (midpoint of send and headers)",
-        )
-        panels.hlines(
-            {i: k.policy.requests for i, k in enumerate(keys)},
-            label="promised limit",
-            **LIMIT_STYLE,
-        )
-        ax.set_xlim(0, t_end)
-        ax.set_xlabel("run time (s)")
-        panels.finish([_key_label(k, f"requests / {k.policy.window_s:g} s") for k in keys])
-        figures.legend_below(fig, ax, ncols=2)
-        _save(fig, out, "window_per_key.png", written)
-
-    return draw
+    fig, ax, panels = _key_panels("Admitted requests in the trailing window, per key", tops)
+    x = np.arange(nbins) * width
+    panels.plot(
+        {i: (x, level) for i, level in enumerate(levels)},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="admitted in the trailing window (midpoint of send and headers)",
+    )
+    panels.hlines(
+        {i: k.policy.requests for i, k in enumerate(keys)}, label="promised limit", **LIMIT_STYLE
+    )
+    ax.set_xlim(0, t_end)
+    ax.set_xlabel("run time (s)")
+    panels.finish([_key_label(k, f"requests / {k.policy.window_s:g} s") for k in keys])
+    figures.legend_below(fig, ax, ncols=2)
+    _save(fig, out, "window_per_key.png", written)
 
 
-def chart_arrival(result: Analysis, out: Path, written: list[str], t_end: float) -> Draw:
+def chart_arrival(result: Analysis, out: Path, written: list[str], t_end: float) -> None:
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
-        return _nothing
+        return
     arrival = result.summary.arrival
     # No span is longer than the run: the axis ends with it, three windows at most.
     horizon = max(min(max(3 * k.policy.window_s for k in keys), t_end), 1e-3)
@@ -590,72 +524,50 @@ def chart_arrival(result: Analysis, out: Path, written: list[str], t_end: float)
         )
         for d in drawn
     ]
-
-    def draw() -> None:
-        fig, ax, panels = _key_panels(
-            "Arrival curve: most admissions in any span of length t", tops
-        )
-        shown = {i: d for i, d in enumerate(drawn) if d is not None}
+    fig, ax, panels = _key_panels("Arrival curve: most admissions in any span of length t", tops)
+    shown = {i: d for i, d in enumerate(drawn) if d is not None}
+    panels.plot(
+        {i: (d[0], d[1]) for i, d in shown.items()},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="observed (midpoint estimate)",
+    )
+    panels.plot(
+        {i: (d[2], d[3]) for i, d in shown.items()}, label="promised N·ceil(t/W)", **LIMIT_STYLE
+    )
+    for name, marker, color in (("certain", "^", "black"), ("possible", "v", "gray")):
         panels.plot(
-            {i: (d[0], d[1]) for i, d in shown.items()},
-            drawstyle="steps-post",
-            color="tab:blue",
-            label="observed (midpoint estimate)",
+            {
+                i: ([b.t_s for b in d[4]], [getattr(b, name) for b in d[4]])
+                for i, d in shown.items()
+            },
+            linestyle="none",
+            marker=marker,
+            color=color,
+            label=name,
+            zorder=3,
         )
-        panels.plot(
-            {i: (d[2], d[3]) for i, d in shown.items()}, label="promised N·ceil(t/W)", **LIMIT_STYLE
-        )
-        for name, marker, color in (("certain", "^", "black"), ("possible", "v", "gray")):
-            panels.plot(
-                {
-                    i: ([b.t_s for b in d[4]], [getattr(b, name) for b in d[4]])
-                    for i, d in shown.items()
-                },
-                linestyle="none",
-                marker=marker,
-                color=color,
-                label=name,
-                zorder=3,
-            )
-        ax.set_xlim(0, horizon)
-        ax.set_xlabel("span length t (s)")
-        panels.finish([_key_label(k, "requests") for k in keys])
-        if shown:
-            figures.legend_below(fig, ax, ncols=4)
-        _save(fig, out, "arrival_per_key.png", written)
-
-    return draw
-
-
-def _nothing() -> None:
-    pass
+    ax.set_xlim(0, horizon)
+    ax.set_xlabel("span length t (s)")
+    panels.finish([_key_label(k, "requests") for k in keys])
+    if shown:
+        figures.legend_below(fig, ax, ncols=4)
+    _save(fig, out, "arrival_per_key.png", written)
 
 
 def write_charts(result: Analysis, out_dir: Path) -> list[str]:
-    """Write every chart into ``out_dir``; returns the file names. Every chart's data is
-    reduced first while matplotlib loads in a thread (~0.4 s of imports, overlapping the
-    reductions of a large run: numpy leaves the interpreter free in its long loops), then
-    the charts are drawn."""
-    loader = threading.Thread(target=figures.load_matplotlib, name="load matplotlib")
-    loader.start()
+    """Write every chart into ``out_dir``; returns the file names."""
     written: list[str] = []
     t_end = float(np.max(result.cols.end)) if result.cols.n else 1.0
     t_end = max(t_end, 1e-3)
     width = bin_width(t_end)
     nbins = max(1, int(np.ceil(t_end / width)))
-    try:
-        steps = [
-            chart_cdfs(result, out_dir, written),
-            chart_latency_time(result, out_dir, written, width, nbins, t_end),
-            chart_throughput_time(result, out_dir, written, nbins, t_end),
-            chart_inflight(result, out_dir, written, width, nbins, t_end),
-            chart_window(result, out_dir, written, width, nbins, t_end),
-            chart_arrival(result, out_dir, written, t_end),
-            chart_status_time(result, out_dir, written, width, nbins, t_end),
-        ]
-    finally:
-        loader.join()
-    for draw in steps:
-        draw()
+    chart_cdfs(result, out_dir, written)
+    chart_latency_time(result, out_dir, written, width, nbins, t_end)
+    chart_throughput_time(result, out_dir, written, nbins, t_end)
+    chart_inflight(result, out_dir, written, width, nbins, t_end)
+    chart_window(result, out_dir, written, width, nbins, t_end)
+    chart_arrival(result, out_dir, written, t_end)
+    chart_status_time(result, out_dir, written, width, nbins, t_end)
     write_token_charts(result, out_dir, written)
     return written

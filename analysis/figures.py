@@ -6,7 +6,6 @@ No pyplot: a Figure on its own Agg canvas is freed with its last reference."""
 
 from __future__ import annotations
 
-import importlib
 import struct
 import zlib
 from dataclasses import dataclass
@@ -35,16 +34,6 @@ class Margins:
     top: float = TOP_IN
     bottom: float = XAXIS_IN
     gap: float = 0.2
-
-
-def load_matplotlib() -> None:
-    """Import what drawing a figure needs and open the default font: what the first chart
-    would otherwise wait for (``charts.write_charts`` runs this in a thread)."""
-    for module in ("figure", "backends.backend_agg", "collections", "ticker"):
-        importlib.import_module(f"matplotlib.{module}")
-    from matplotlib.font_manager import FontProperties, findfont, get_font
-
-    get_font(findfont(FontProperties()))
 
 
 def figure(
