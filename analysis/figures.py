@@ -6,8 +6,11 @@ No pyplot: a Figure on its own Agg canvas is freed with its last reference."""
 
 from __future__ import annotations
 
+import gc
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,21 @@ class Margins:
     top: float = TOP_IN
     bottom: float = XAXIS_IN
     gap: float = 0.2
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while figures are built and drawn: matplotlib
+    allocates some 10^5 objects per chart, and the collections that triggers walked the
+    whole heap for ~10 % of the charts' time. The figures' cycles are freed at the next
+    collection once it is back on."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def figure(
