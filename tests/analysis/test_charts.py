@@ -256,3 +256,22 @@ def test_chart_files_are_pngs_of_exactly_the_drawn_pixels(drawn):
         assert im.format == "PNG"
         assert round(im.info["dpi"][0]) == charts.DPI
         assert np.array_equal(np.asarray(im.convert("RGB")), pixels)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_cdf_curves_are_each_tiers_empirical_cdf(log):
+    """The CDF charts' curves: for every tier, the fraction of its values at or below each
+    point drawn, values past the axis end counting as above it."""
+    rng = np.random.default_rng(11)
+    rows = rng.integers(0, 500, 20_000).astype(np.int32)
+    tier_of_row = rng.integers(-1, 3, 500).astype(np.int8)  # -1: a row without a tier
+    values = rng.lognormal(3, 1, rows.size)
+    lo, hi = float(values.min()), float(np.quantile(values, 0.99))  # the axis cut at p99
+    got = charts.tier_cdfs(values, rows, tier_of_row, 3, lo, hi, log)
+    assert got.x[0] == pytest.approx(lo) and got.x[-1] == pytest.approx(hi)
+    for tier in range(3):
+        mine = np.sort(values[tier_of_row[rows] == tier])
+        assert got.counts[tier] == mine.size
+        want = np.searchsorted(mine, got.x, side="right") / mine.size
+        np.testing.assert_allclose(got.fractions[tier], want, atol=2 / mine.size)
+        assert got.fractions[tier][-1] < 1  # the values past the cut are not on the axis
