@@ -6,26 +6,26 @@ records draw as fast as a thousand."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from loadkit.analysis.series import (
-    bin_max,
-    binned_quantiles,
-    rolling_mean,
-    sliding_quantiles,
-    smooth_bins,
-    step_max_per_bin,
-)
+from loadkit.analysis import figures
+from loadkit.analysis.series import bin_max, rolling_mean, smooth_bins
 from loadkit.analysis.summary import Analysis, KeyAnalysis
 from loadkit.analysis.throughput import bin_width, failed
 from loadkit.analysis.token_charts import write_token_charts
 
 MAX_KEYS_CHARTED = 12
-DPI = 90
-CDF_LEVELS = np.concatenate([np.linspace(0, 0.99, 397), 1 - np.geomspace(0.01, 1e-5, 60), [1.0]])
+DPI = figures.DPI
+# The CDFs are drawn from a histogram of this many bins over the visible range (the
+# empirical CDF exactly at each bin edge, log-spaced on a log axis): a tenth of a
+# percent of the axis between points, finer than a pixel, in one pass over the values
+# instead of sorting millions of pooled inter-token gaps.
+CDF_BINS = 1024
+CDF_CHUNK = 1 << 18  # values binned at a time: bounded scratch memory at any run size
 # A CDF whose values span less than this ratio (p99.9 / p0.1) is drawn on a linear axis:
 # a log axis over 50-120 ms only adds "6x10^1" ticks.
 LOG_AXIS_RATIO = 20.0
@@ -45,37 +45,18 @@ LIMIT_STYLE: dict[str, Any] = {
     "alpha": 0.55,
     "zorder": 0,
 }
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+WIDE = 9.0  # inches: the time series and per-key charts
+PANEL_IN = 1.5  # one key's panel
+TWO_LINE_TITLE = figures.Margins(top=0.6)
 
 
 def _save(fig: Any, out: Path, name: str, written: list[str]) -> None:
-    fig.savefig(out / name, dpi=DPI)
-    _plt().close(fig)
+    figures.save_png(fig, out / name)
     written.append(name)
 
 
-def _legend_outside(fig: Any, ax: Any | None = None, ncols: int | None = None) -> None:
-    """One legend for the figure, outside the axes below the x label, so it covers neither
-    data, limit lines nor the title."""
-    handles, labels = (ax or fig.axes[0]).get_legend_handles_labels()
-    if not handles:
-        return
-    fig.legend(
-        handles,
-        labels,
-        loc="outside lower center",
-        ncols=ncols or min(len(handles), 4),
-        fontsize="small",
-        frameon=False,
-    )
+def _suptitle(fig: Any, title: str) -> None:
+    fig.suptitle(title, y=1 - 0.1 / fig.get_figheight())
 
 
 def _tier_style(code: int) -> tuple[str, str, float]:
@@ -92,53 +73,130 @@ def cdf_axis_is_log(values: np.ndarray) -> bool:
 
 def _plain_ticks(ax: Any) -> None:
     """Log-axis ticks as plain numbers (50, 100, 200), not 6x10^1."""
-    from matplotlib.ticker import LogLocator, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     fmt = ScalarFormatter()
     fmt.set_scientific(False)
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(fmt)
-    ax.xaxis.set_minor_formatter(_plt().NullFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+@dataclass(frozen=True)
+class Cdfs:
+    """Empirical CDFs of one metric per tier, sampled at the edges of a shared histogram:
+    ``fractions[g][j]`` of tier g's values lie at or below ``x[j]`` (to the bin)."""
+
+    x: np.ndarray
+    fractions: np.ndarray  # tiers x len(x)
+    counts: np.ndarray  # values per tier
+    log: bool  # whether the bins are log-spaced
+
+
+def tier_cdfs(
+    values: np.ndarray,
+    rows: np.ndarray,
+    row_group: np.ndarray,
+    ngroups: int,
+    lo: float,
+    hi: float,
+    log: bool,
+) -> Cdfs:
+    """The CDF over [lo, hi] of the values of each group (``row_group[rows[i]]`` for value
+    i; -1: none); values above ``hi`` count, off the axis. The values are not reordered."""
+    nb = CDF_BINS
+    a, span = (np.log(lo), np.log(hi) - np.log(lo)) if log else (lo, hi - lo)
+    # a hair under nb / span: the largest value falls in the last bin, not past it
+    scale = nb / span * (1 - 1e-9) if span > 0 else 0.0
+    counts = np.zeros((ngroups + 1) * (nb + 1), dtype=np.int64)
+    # where each row's group starts in the counts; row 0 gathers the values of no group
+    offset = (row_group.astype(np.intp) + 1) * (nb + 1)
+    buf = np.empty(min(CDF_CHUNK, values.size))
+    for start in range(0, values.size, CDF_CHUNK):
+        v = values[start : start + CDF_CHUNK]
+        pos = buf[: v.size]
+        if log:
+            np.log(v, out=pos)
+            pos -= a
+            pos *= scale
+        else:
+            np.multiply(v, scale, out=pos)
+            pos -= a * scale
+        np.clip(pos, 0, nb, out=pos)
+        idx = pos.astype(np.intp)
+        idx += offset[rows[start : start + CDF_CHUNK]]
+        counts += np.bincount(idx, minlength=counts.size)
+    per = counts.reshape(ngroups + 1, nb + 1)[1:]
+    n = per.sum(axis=1)
+    steps = np.arange(nb + 1) / scale if scale else np.zeros(nb + 1)
+    edges = np.exp(a + steps) if log else a + steps
+    cum = np.cumsum(per[:, :nb], axis=1) / np.maximum(n, 1)[:, None]
+    fractions = np.concatenate([np.zeros((ngroups, 1)), cum], axis=1)
+    return Cdfs(edges, fractions, n, log)
+
+
+def _quantile_of(c: Cdfs, q: float) -> float:
+    """The bin edge where the pooled CDF first reaches ``q``."""
+    pooled = (c.fractions * c.counts[:, None]).sum(axis=0) / max(int(c.counts.sum()), 1)
+    return float(c.x[min(int(np.searchsorted(pooled, q)), c.x.size - 1)])
 
 
 def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
-    plt = _plt()
     cols = result.cols
+    tiers = cols.tier.names
     for metric, title, unit in (
         ("ttft_ms", "Time to first token", "requests"),
         ("itl_ms", "Inter-token latency", "gaps between chunks"),
     ):
         mv = result.values[metric]
-        fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
-        for code, name in enumerate(cols.tier.names):
-            # a tier's own copy, reordered in place: ITL pools ~15 values per request
-            v = mv.values[(cols.tier.codes == code)[mv.rows]]
-            if v.size == 0:
-                continue
+        table = result.summary.latency.table(metric)
+        xlabel = f"{title.lower()} (ms)"
+        cdfs = None
+        right = None
+        if mv.values.size:
+            low, peak = float(mv.values.min()), float(mv.values.max())
+            top = table.overall.p99_9
+            if top is None or table.overall.count != mv.values.size:
+                top = float(np.quantile(mv.values, 0.999))
+            # The last 0.1 % would stretch the axis over an empty flat top: cut it, and say so.
+            hi = peak
+            if peak > top * 1.1:
+                right = top * 1.05
+                hi = right
+                xlabel += f"; axis ends at p99.9 = {top:,.0f} ms, max {peak:,.0f} ms"
+            maybe_log = low > 0 and top / low > LOG_AXIS_RATIO
+            cdfs = tier_cdfs(
+                mv.values, mv.rows, cols.tier.codes, len(tiers), low, max(hi, low), maybe_log
+            )
+            log = maybe_log and top / max(_quantile_of(cdfs, 0.001), low) > LOG_AXIS_RATIO
+        drawn = [c for c in range(len(tiers)) if cdfs is not None and cdfs.counts[c]]
+        fig, (ax,) = figures.figure(8.0, 2.9, legend_rows=figures.legend_rows(len(drawn), 1))
+        for code in drawn:
+            assert cdfs is not None
+            name = tiers[code]
             color, style, lw = _tier_style(code)
-            p50, p99 = np.percentile(v, [50, 99], overwrite_input=True)
+            st = table.by_tier.get(name)
+            if st is not None and st.count == cdfs.counts[code] and st.p50 is not None:
+                p50, p99 = st.p50, st.p99
+            else:
+                mine = mv.values[cols.tier.codes[mv.rows] == code]
+                p50, p99 = np.percentile(mine, [50, 99], overwrite_input=True)
             # Each tier its own colour, dash and width: a tier whose curve lies on another's
             # still shows (the wider line under the narrower), and the legend states its
             # p50 and p99 in figures.
             ax.plot(
-                np.quantile(v, CDF_LEVELS, overwrite_input=True),
-                CDF_LEVELS,
+                cdfs.x,
+                cdfs.fractions[code],
                 color=color,
                 linestyle=style,
                 linewidth=lw,
                 alpha=0.85,
                 zorder=2 + code,
-                label=f"{name}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms (n={v.size:,})",
+                label=f"{name}: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms (n={cdfs.counts[code]:,})",
             )
-            del v
-        xlabel = f"{title.lower()} (ms)"
-        if mv.values.size:
-            # The last 0.1 % would stretch the axis over an empty flat top: cut it, and say so.
-            top, peak = float(np.quantile(mv.values, 0.999)), float(mv.values.max())
-            if peak > top * 1.1:
-                ax.set_xlim(right=top * 1.05)
-                xlabel += f"; axis ends at p99.9 = {top:,.0f} ms, max {peak:,.0f} ms"
-        if cdf_axis_is_log(mv.values):
+        if right is not None:
+            ax.set_xlim(right=right)
+        if cdfs is not None and log:
             ax.set_xscale("log")
             _plain_ticks(ax)
         elif mv.values.size and mv.values.min() >= 0:
@@ -148,7 +206,7 @@ def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{title}: cumulative distribution per tier")
         ax.grid(alpha=0.3)
-        _legend_outside(fig, ax, ncols=1)
+        figures.legend_below(fig, ax, ncols=1)
         _save(fig, out, f"{metric.replace('_ms', '')}_cdf.png", written)
 
 
@@ -159,13 +217,53 @@ def _faint_and_smooth(
     ax.plot(x, smooth, color=color, linewidth=2.0, label=label)
 
 
+def time_quantiles(
+    times: np.ndarray,
+    values: np.ndarray,
+    width: float,
+    nbins: int,
+    k: int,
+    stride: int,
+    qs: tuple[float, ...],
+) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray]]:
+    """``series.binned_quantiles`` and ``series.sliding_quantiles`` (the same nearest-rank
+    figures) from one sort of the values by time bin: the bin numbers fit 16 bits, which
+    numpy sorts by radix in a pass or two, where sorting the values themselves in each bin
+    took most of this chart's time at a million records."""
+    raw = {q: np.full(nbins, np.nan) for q in qs}
+    centres = np.arange(0, nbins, max(1, stride))
+    smooth = {q: np.full(centres.size, np.nan) for q in qs}
+    if values.size == 0:
+        return raw, smooth
+    b = np.clip(times // width, 0, nbins - 1).astype(np.int16 if nbins < 2**15 else np.int64)
+    order = np.argsort(b, kind="stable")
+    v = values[order]
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(b, minlength=nbins))))
+    del b, order
+
+    def fill(out: dict[float, np.ndarray], i: int, lo: int, hi: int) -> None:
+        ranks = [int(np.floor(q * (hi - lo - 1))) for q in qs]
+        part = np.partition(v[lo:hi], ranks)
+        for q, r in zip(qs, ranks, strict=True):
+            out[q][i] = part[r]
+
+    for i in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+        fill(raw, i, int(bounds[i]), int(bounds[i + 1]))
+    first = np.clip(centres - k // 2, 0, nbins)
+    last = np.clip(centres - k // 2 + k, 0, nbins)
+    for i in range(centres.size):
+        lo, hi = int(bounds[first[i]]), int(bounds[last[i]])
+        if hi > lo:
+            fill(smooth, i, lo, hi)
+    return raw, smooth
+
+
 def chart_latency_time(
     result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
 ) -> None:
-    plt = _plt()
     cols = result.cols
     k = smooth_bins(nbins)
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True, layout="constrained")
+    fig, axes = figures.figure(WIDE, 2.0, 2, legend_rows=1, sharex=True)
     x = (np.arange(nbins) + 0.5) * width
     stride = max(1, k // 4)
     xs = (np.arange(0, nbins, stride) + 0.5) * width
@@ -174,9 +272,9 @@ def chart_latency_time(
         (axes[1], "e2e_ms", "end-to-end latency"),
     ):
         mv = result.values[metric]
-        t = cols.send[mv.rows]
-        raw = binned_quantiles(t, mv.values, width, nbins, (0.5, 0.99))
-        smooth = sliding_quantiles(t, mv.values, width, nbins, k, (0.5, 0.99), stride)
+        raw, smooth = time_quantiles(
+            cols.send[mv.rows], mv.values, width, nbins, k, stride, (0.5, 0.99)
+        )
         for q, color in ((0.99, "tab:red"), (0.5, "tab:blue")):
             ax.plot(x, raw[q], color=color, alpha=RAW_ALPHA, linewidth=0.8)
             ax.plot(
@@ -191,20 +289,19 @@ def chart_latency_time(
         ax.grid(alpha=0.3)
     axes[0].set_xlim(0, t_end)
     axes[1].set_xlabel("run time (s), by send time")
-    fig.suptitle(f"Latency over time (faint: per {width:g} s bin)")
-    _legend_outside(fig, axes[0])
+    _suptitle(fig, f"Latency over time (faint: per {width:g} s bin)")
+    figures.legend_below(fig, axes[0], ncols=2)
     _save(fig, out, "latency_over_time.png", written)
 
 
 def chart_throughput_time(
     result: Analysis, out: Path, written: list[str], nbins: int, t_end: float
 ) -> None:
-    plt = _plt()
     tl = result.summary.throughput.timeline
     w = tl.bin_s
     x = np.array(tl.start_s) + w / 2
     k = smooth_bins(len(tl.start_s) or nbins)
-    fig, axes = plt.subplots(3, 1, figsize=(9, 6.4), sharex=True, layout="constrained")
+    fig, axes = figures.figure(WIDE, 1.6, 3, figures.Margins(right=1.55, gap=0.25), sharex=True)
     panels = (
         (
             axes[0],
@@ -224,14 +321,13 @@ def chart_throughput_time(
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
     axes[0].set_xlim(0, t_end)
     axes[-1].set_xlabel("run time (s)")
-    fig.suptitle(f"Throughput over time (faint: per {w:g} s bin; solid: mean over {k * w:g} s)")
+    _suptitle(fig, f"Throughput over time (faint: per {w:g} s bin; solid: mean over {k * w:g} s)")
     _save(fig, out, "throughput_over_time.png", written)
 
 
 def chart_status_time(
     result: Analysis, out: Path, written: list[str], width: float, nbins: int, t_end: float
 ) -> None:
-    plt = _plt()
     cols = result.cols
     st = cols.status
     classes = [
@@ -245,14 +341,17 @@ def chart_status_time(
     k = max(1, smooth_bins(nbins) // 2)
     bw, nb = width * k, max(1, int(np.ceil(nbins / k)))
     x = np.arange(nb) * bw
-    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
+    edges = np.arange(nb + 1) * bw
+    fig, (ax,) = figures.figure(WIDE, 2.9, legend_rows=1)
     bottom = np.zeros(nb)
     b = np.clip((cols.end // bw).astype(np.int64), 0, nb - 1)
     for name, mask, color in classes:
         counts = np.bincount(b[mask], minlength=nb) / bw
         if counts.any():
-            ax.bar(x, counts, width=bw, bottom=bottom, align="edge", color=color, label=name)
-        bottom = bottom + counts
+            # one filled outline per class, stacked: the bars of a long run in one artist
+            top = bottom + counts
+            ax.stairs(top, edges, baseline=bottom, fill=True, color=color, label=name)
+            bottom = top
     cut = np.bincount(b[failed(cols) & (st == 200)], minlength=nb) / bw
     if cut.any():
         ax.step(x, cut, where="post", color="black", label="200 cut by transport error")
@@ -261,27 +360,37 @@ def chart_status_time(
     ax.set_ylabel("responses/s")
     ax.set_title(f"Status codes over time ({bw:g} s bars)")
     ax.grid(alpha=0.3, axis="y")
-    _legend_outside(fig, ax, ncols=6)
+    figures.legend_below(fig, ax, ncols=6)
     _save(fig, out, "status_over_time.png", written)
 
 
-def _key_axes(n: int, title: str) -> tuple[Any, list[Any]]:
-    plt = _plt()
-    fig, axes = plt.subplots(
-        n, 1, figsize=(9, 1.75 * n + 1.2), squeeze=False, sharex=True, layout="constrained"
-    )
-    fig.suptitle(title)
-    return fig, [a[0] for a in axes]
-
-
-def _integer_y(ax: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+def _key_panels(title: str, tops: list[float]) -> tuple[Any, Any, figures.Panels]:
+    """One Axes holding a panel per key (``figures.Panels``), titled, with a legend row."""
+    n = len(tops)
+    fig, (ax,) = figures.figure(WIDE, PANEL_IN * (n + (n - 1) * figures.PANEL_GAP), legend_rows=1)
+    _suptitle(fig, title)
+    return fig, ax, figures.Panels(ax, tops)
 
 
 def _key_label(k: KeyAnalysis, unit: str) -> str:
     return f"{k.label} ({k.tier})\n{unit}"
+
+
+def open_max_per_bin(starts: np.ndarray, ends: np.ndarray, width: float, nbins: int) -> np.ndarray:
+    """``series.step_max_per_bin`` (the most intervals [start, end) open at once within each
+    bin) from the starts and the ends sorted apart: the count only rises at a start, so a
+    bin's most is the count on entering it or just after one of its starts, with an end at
+    the same instant as a start taken first. Two sorts of nearly sorted arrays instead of
+    sorting the merged events."""
+    keep = ends > starts
+    if not keep.any():
+        return np.zeros(nbins)
+    s, e = np.sort(starts[keep]), np.sort(ends[keep])
+    after_start = np.arange(1, s.size + 1) - np.searchsorted(e, s, side="right")
+    in_bin, _ = bin_max(s, after_start.astype(np.float64), width, nbins)
+    t0 = np.arange(nbins) * width
+    entry = np.searchsorted(s, t0, side="left") - np.searchsorted(e, t0, side="left")
+    return np.asarray(np.maximum(in_bin, entry))
 
 
 def chart_inflight(
@@ -291,36 +400,59 @@ def chart_inflight(
     if not keys:
         return
     margin = result.summary.settings.concurrency_margin_s
-    fig, axes = _key_axes(len(keys), f"In-flight requests per key (most in each {width:g} s)")
-    x = np.arange(nbins) * width
-    for ax, k in zip(axes, keys, strict=True):
+    levels = []
+    for k in keys:
         kv = k.view
         adm, maybe = kv.admitted, kv.maybe
-        ax.plot(
-            x,
-            step_max_per_bin(kv.s[maybe], kv.e[maybe], width, nbins),
-            drawstyle="steps-post",
-            color="tab:blue",
-            label="possibly in flight (send to end)",
-            alpha=0.45,
+        levels.append(
+            (
+                open_max_per_bin(kv.s[maybe], kv.e[maybe], width, nbins),
+                open_max_per_bin(kv.hi[adm], kv.e[adm] - margin, width, nbins),
+            )
         )
-        ax.plot(
-            x,
-            step_max_per_bin(kv.hi[adm], kv.e[adm] - margin, width, nbins),
-            drawstyle="steps-post",
-            color="tab:blue",
-            label="certainly in flight (headers to end)",
-        )
-        # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
-        ax.axhline(k.policy.concurrency, label="promised cap", **LIMIT_STYLE)
-        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.concurrency * 1.25))
-        ax.set_ylabel(_key_label(k, "requests"))
-        _integer_y(ax)
-        ax.grid(alpha=0.3)
-    axes[0].set_xlim(0, t_end)
-    axes[-1].set_xlabel("run time (s)")
-    _legend_outside(fig, axes[0], ncols=3)
+    tops = [
+        max(float(possible.max(initial=0)) * 1.05, k.policy.concurrency * 1.25)
+        for k, (possible, _) in zip(keys, levels, strict=True)
+    ]
+    fig, ax, panels = _key_panels(f"In-flight requests per key (most in each {width:g} s)", tops)
+    x = np.arange(nbins) * width
+    panels.plot(
+        {i: (x, possible) for i, (possible, _) in enumerate(levels)},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="possibly in flight (send to end)",
+        alpha=0.45,
+    )
+    panels.plot(
+        {i: (x, certain) for i, (_, certain) in enumerate(levels)},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="certainly in flight (headers to end)",
+    )
+    # The cap under the data (a line sitting exactly on it stays visible), from 0 up.
+    panels.hlines(
+        {i: k.policy.concurrency for i, k in enumerate(keys)}, label="promised cap", **LIMIT_STYLE
+    )
+    ax.set_xlim(0, t_end)
+    ax.set_xlabel("run time (s)")
+    panels.finish([_key_label(k, "requests") for k in keys])
+    figures.legend_below(fig, ax, ncols=3)
     _save(fig, out, "inflight_per_key.png", written)
+
+
+def trailing_window_per_bin(
+    mid: np.ndarray, window_s: float, width: float, nbins: int
+) -> np.ndarray:
+    """The most admissions (instants ``mid``, sorted) in a trailing window of ``window_s``
+    at any time within each bin."""
+    level = np.arange(mid.size) + 1 - np.searchsorted(mid, mid - window_s, side="right")
+    in_bin, _ = bin_max(mid, level.astype(np.float64), width, nbins)
+    # the trailing count only rises at admissions: a bin's max is at its start or an event
+    t0 = np.arange(nbins) * width
+    entry = np.searchsorted(mid, t0, side="right") - np.searchsorted(
+        mid, t0 - window_s, side="right"
+    )
+    return np.asarray(np.maximum(in_bin, entry))
 
 
 def chart_window(
@@ -329,33 +461,31 @@ def chart_window(
     keys = result.keys[:MAX_KEYS_CHARTED]
     if not keys:
         return
-    fig, axes = _key_axes(len(keys), "Admitted requests in the trailing window, per key")
-    x = np.arange(nbins) * width
-    for ax, k in zip(axes, keys, strict=True):
+    levels = []
+    for k in keys:
         kv = k.view
         adm = kv.admitted
         mid = np.sort((kv.s[adm] + kv.hi[adm]) / 2.0)
-        w = k.policy.window_s
-        level = np.arange(mid.size) + 1 - np.searchsorted(mid, mid - w, side="right")
-        in_bin, _ = bin_max(mid, level.astype(np.float64), width, nbins)
-        # the trailing count only rises at admissions: a bin's max is at its start or an event
-        t0 = np.arange(nbins) * width
-        entry = np.searchsorted(mid, t0, side="right") - np.searchsorted(mid, t0 - w, side="right")
-        per_bin = np.maximum(in_bin, entry)
-        ax.plot(
-            x,
-            per_bin,
-            drawstyle="steps-post",
-            color="tab:blue",
-            label="admitted in the trailing window (midpoint of send and headers)",
-        )
-        ax.axhline(k.policy.requests, label="promised limit", **LIMIT_STYLE)
-        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], k.policy.requests * 1.15))
-        ax.set_ylabel(_key_label(k, f"requests / {w:g} s"))
-        ax.grid(alpha=0.3)
-    axes[0].set_xlim(0, t_end)
-    axes[-1].set_xlabel("run time (s)")
-    _legend_outside(fig, axes[0], ncols=2)
+        levels.append(trailing_window_per_bin(mid, k.policy.window_s, width, nbins))
+    tops = [
+        max(float(level.max(initial=0)) * 1.05, k.policy.requests * 1.15)
+        for k, level in zip(keys, levels, strict=True)
+    ]
+    fig, ax, panels = _key_panels("Admitted requests in the trailing window, per key", tops)
+    x = np.arange(nbins) * width
+    panels.plot(
+        {i: (x, level) for i, level in enumerate(levels)},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="admitted in the trailing window (midpoint of send and headers)",
+    )
+    panels.hlines(
+        {i: k.policy.requests for i, k in enumerate(keys)}, label="promised limit", **LIMIT_STYLE
+    )
+    ax.set_xlim(0, t_end)
+    ax.set_xlabel("run time (s)")
+    panels.finish([_key_label(k, f"requests / {k.policy.window_s:g} s") for k in keys])
+    figures.legend_below(fig, ax, ncols=2)
     _save(fig, out, "window_per_key.png", written)
 
 
@@ -364,49 +494,64 @@ def chart_arrival(result: Analysis, out: Path, written: list[str], t_end: float)
     if not keys:
         return
     arrival = result.summary.arrival
-    fig, axes = _key_axes(len(keys), "Arrival curve: most admissions in any span of length t")
-    drawn = None
-    for ax, k in zip(axes, keys, strict=True):
+    # No span is longer than the run: the axis ends with it, three windows at most.
+    horizon = max(min(max(3 * k.policy.window_s for k in keys), t_end), 1e-3)
+    drawn: list[Any] = []
+    for k in keys:
         curve = arrival.get(k.label)
-        ax.set_ylabel(_key_label(k, "requests"))
-        ax.grid(alpha=0.3)
         if not curve:
+            drawn.append(None)
             continue
         w, n_lim = k.policy.window_s, k.policy.requests
-        # No span is longer than the run: the axis ends with it, three windows at most.
-        horizon = max(min(3 * w, t_end), 1e-3)
+        own = max(min(3 * w, t_end), 1e-3)
         spans = np.array([p.span_s for p in curve.points])
         ks = np.array([p.k for p in curve.points])
-        sel = spans <= horizon
+        sel = spans <= own
         xs, ys = spans[sel], ks[sel]
         if ys.size and ks.size and ys[-1] == ks[-1]:  # every admission seen: flat from here on
-            xs, ys = np.append(xs, horizon), np.append(ys, ys[-1])
-        ax.step(xs, ys, where="post", color="tab:blue", label="observed (midpoint estimate)")
-        t = np.linspace(1e-9, horizon, 600)
-        ax.plot(t, n_lim * np.ceil(t / w), label="promised N·ceil(t/W)", **LIMIT_STYLE)
-        b = [x for x in curve.bounds if x.t_s <= horizon]
-        ax.scatter(
-            [x.t_s for x in b],
-            [x.certain for x in b],
-            marker="^",
-            color="black",
-            label="certain",
+            xs, ys = np.append(xs, own), np.append(ys, ys[-1])
+        t = np.linspace(1e-9, own, 600)
+        bounds = [b for b in curve.bounds if b.t_s <= own]
+        drawn.append((xs, ys, t, n_lim * np.ceil(t / w), bounds))
+    tops = [
+        1.0
+        if d is None
+        else 1.05
+        * max(
+            float(d[1].max(initial=0)),
+            float(d[3].max(initial=0)),
+            max((b.possible for b in d[4]), default=0),
+        )
+        for d in drawn
+    ]
+    fig, ax, panels = _key_panels("Arrival curve: most admissions in any span of length t", tops)
+    shown = {i: d for i, d in enumerate(drawn) if d is not None}
+    panels.plot(
+        {i: (d[0], d[1]) for i, d in shown.items()},
+        drawstyle="steps-post",
+        color="tab:blue",
+        label="observed (midpoint estimate)",
+    )
+    panels.plot(
+        {i: (d[2], d[3]) for i, d in shown.items()}, label="promised N·ceil(t/W)", **LIMIT_STYLE
+    )
+    for name, marker, color in (("certain", "^", "black"), ("possible", "v", "gray")):
+        panels.plot(
+            {
+                i: ([b.t_s for b in d[4]], [getattr(b, name) for b in d[4]])
+                for i, d in shown.items()
+            },
+            linestyle="none",
+            marker=marker,
+            color=color,
+            label=name,
             zorder=3,
         )
-        ax.scatter(
-            [x.t_s for x in b],
-            [x.possible for x in b],
-            marker="v",
-            color="gray",
-            label="possible",
-            zorder=3,
-        )
-        ax.set_xlim(0, horizon)
-        ax.set_ylim(bottom=0)
-        drawn = drawn or ax
-    axes[-1].set_xlabel("span length t (s)")
-    if drawn is not None:
-        _legend_outside(fig, drawn, ncols=4)
+    ax.set_xlim(0, horizon)
+    ax.set_xlabel("span length t (s)")
+    panels.finish([_key_label(k, "requests") for k in keys])
+    if shown:
+        figures.legend_below(fig, ax, ncols=4)
     _save(fig, out, "arrival_per_key.png", written)
 
 
@@ -417,12 +562,13 @@ def write_charts(result: Analysis, out_dir: Path) -> list[str]:
     t_end = max(t_end, 1e-3)
     width = bin_width(t_end)
     nbins = max(1, int(np.ceil(t_end / width)))
-    chart_cdfs(result, out_dir, written)
-    chart_latency_time(result, out_dir, written, width, nbins, t_end)
-    chart_throughput_time(result, out_dir, written, nbins, t_end)
-    chart_inflight(result, out_dir, written, width, nbins, t_end)
-    chart_window(result, out_dir, written, width, nbins, t_end)
-    chart_arrival(result, out_dir, written, t_end)
-    chart_status_time(result, out_dir, written, width, nbins, t_end)
-    write_token_charts(result, out_dir, written)
+    with figures.collector_paused():
+        chart_cdfs(result, out_dir, written)
+        chart_latency_time(result, out_dir, written, width, nbins, t_end)
+        chart_throughput_time(result, out_dir, written, nbins, t_end)
+        chart_inflight(result, out_dir, written, width, nbins, t_end)
+        chart_window(result, out_dir, written, width, nbins, t_end)
+        chart_arrival(result, out_dir, written, t_end)
+        chart_status_time(result, out_dir, written, width, nbins, t_end)
+        write_token_charts(result, out_dir, written)
     return written

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from loadkit.analysis import figures
 from loadkit.analysis.summary import Analysis
 from loadkit.analysis.token_verdicts import TOKENS, TokenLimit, scope_requests
 from loadkit.analysis.tokens import Requests
 
 MAX_CHARTED = 12
-DPI = 90
 CURVE_POINTS = 60
 WINDOW_FILE = "tokens_window_per_key.png"
 ARRIVAL_FILE = "tokens_arrival_per_key.png"
@@ -24,15 +24,6 @@ CAPTIONS = {
     WINDOW_FILE: "Tokens admitted in the trailing token window, per key, against the promise",
     ARRIVAL_FILE: "Arrival curve in tokens: most tokens admitted in any span of length t",
 }
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def admitted_points(r: Requests) -> tuple[np.ndarray, np.ndarray]:
@@ -77,9 +68,9 @@ def _charted(result: Analysis) -> list[tuple[TokenLimit, Requests]]:
 
 
 def _axes(n: int, title: str) -> tuple[Any, list[Any]]:
-    fig, axes = _plt().subplots(n, 1, figsize=(10, 2.2 * n + 0.8), squeeze=False)
-    fig.suptitle(title)
-    return fig, [a[0] for a in axes]
+    fig, axes = figures.figure(10.0, 1.75, n, figures.Margins(gap=0.35))
+    fig.suptitle(title, y=1 - 0.1 / fig.get_figheight())
+    return fig, axes
 
 
 def _label(e: TokenLimit) -> str:
@@ -113,9 +104,7 @@ def chart_token_window(charted: list[tuple[TokenLimit, Requests]], out: Path) ->
         ax.set_ylabel(_label(e))
         ax.legend(loc="upper right", fontsize="small")
     axes[-1].set_xlabel("run time (s)")
-    fig.tight_layout()
-    fig.savefig(out / WINDOW_FILE, dpi=DPI)
-    _plt().close(fig)
+    figures.save_png(fig, out / WINDOW_FILE)
     return WINDOW_FILE
 
 
@@ -139,9 +128,7 @@ def chart_token_arrival(charted: list[tuple[TokenLimit, Requests]], out: Path) -
         ax.set_ylabel(_label(e))
         ax.legend(loc="lower right", fontsize="small")
     axes[-1].set_xlabel("span length t (s)")
-    fig.tight_layout()
-    fig.savefig(out / ARRIVAL_FILE, dpi=DPI)
-    _plt().close(fig)
+    figures.save_png(fig, out / ARRIVAL_FILE)
     return ARRIVAL_FILE
 
 

@@ -40,9 +40,8 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     save = charts._save
 
     def keep(fig: Any, out: Path, name: str, written: list[str]) -> None:
-        fig.savefig(out / name, dpi=charts.DPI)
+        save(fig, out, name, written)
         figures[name] = fig
-        written.append(name)
 
     charts._save = keep  # type: ignore[assignment]
     try:
@@ -55,7 +54,6 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "dir": tmp,
         "t_end": float(result.cols.end.max()),
     }
-    charts._plt().close("all")
 
 
 def _overlap(a: Any, b: Any) -> float:
@@ -96,13 +94,30 @@ def test_no_legend_covers_an_axes_and_none_is_cut_off(drawn):
             assert page.y0 - 1 <= box.y0 and box.y1 <= page.y1 + 1, f"{name}: legend cut off"
 
 
+def _y_labels(ax: Any) -> list[str]:
+    """An axes' y label, or the labels of the panels stacked in it (per-key charts)."""
+    if ax.get_ylabel():
+        return [ax.get_ylabel()]
+    return [t.get_text() for t in ax.texts if t.get_rotation() == 90]
+
+
 def test_every_axis_has_a_unit(drawn):
     for name, fig in drawn["figures"].items():
         for ax in fig.axes:
-            ylabel = ax.get_ylabel()
-            assert any(u in ylabel for u in UNITS), f"{name}: y axis {ylabel!r} has no unit"
+            assert _y_labels(ax), f"{name}: an axes without a y label"
+            for ylabel in _y_labels(ax):
+                assert any(u in ylabel for u in UNITS), f"{name}: y axis {ylabel!r} has no unit"
         xlabel = fig.axes[-1].get_xlabel()
         assert "(s)" in xlabel or "(ms)" in xlabel, f"{name}: x axis {xlabel!r} has no unit"
+
+
+def test_each_key_has_its_own_labelled_panel(drawn):
+    keys = ["free-1 (free)", "free-2 (free)", "pro-1 (pro)", "pro-2 (pro)"]
+    for name in ("inflight_per_key.png", "window_per_key.png", "arrival_per_key.png"):
+        (ax,) = drawn["figures"][name].axes
+        assert [label.split("\n")[0] for label in _y_labels(ax)] == keys, name
+        # one y tick label at 0 per panel, each panel scaled to its own data
+        assert [t.get_text() for t in ax.texts].count("0") == len(keys), name
 
 
 def test_time_axes_end_with_the_run(drawn):
@@ -204,3 +219,59 @@ def test_rolling_mean_skips_empty_bins_and_cuts_the_window_at_the_ends():
     out = series.rolling_mean(v, 3)
     assert out.tolist() == pytest.approx([1.0, 2.0, 4.0, 4.0, 5.0])
     assert np.isnan(series.rolling_mean(np.array([np.nan, np.nan]), 3)).all()
+
+
+def test_time_quantiles_match_the_per_bin_and_sliding_series():
+    rng = np.random.default_rng(3)
+    times = rng.uniform(0, 50, 4000)
+    values = rng.lognormal(4, 1, 4000)
+    values[::7] = values[0]  # ties
+    for nbins, k, stride in ((50, 5, 1), (50, 7, 2), (10, 1, 1), (60, 9, 3)):
+        raw, smooth = charts.time_quantiles(times, values, 1.0, nbins, k, stride, (0.5, 0.99))
+        want_raw = series.binned_quantiles(times, values, 1.0, nbins, (0.5, 0.99))
+        want = series.sliding_quantiles(times, values, 1.0, nbins, k, (0.5, 0.99), stride)
+        for q in (0.5, 0.99):
+            np.testing.assert_array_equal(raw[q], want_raw[q])
+            np.testing.assert_array_equal(smooth[q], want[q])
+
+
+def test_in_flight_per_bin_matches_the_merged_event_count():
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 50, 3000):
+        starts = np.round(rng.uniform(0, 30, n), 1)  # ties between starts and ends
+        ends = starts + np.round(rng.exponential(1.5, n), 1)  # some of zero length
+        for width, nbins in ((1.0, 31), (0.5, 62), (5.0, 7)):
+            want = series.step_max_per_bin(starts, ends, width, nbins)
+            got = charts.open_max_per_bin(starts, ends, width, nbins)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_chart_files_are_pngs_of_exactly_the_drawn_pixels(drawn):
+    from PIL import Image
+
+    fig = drawn["figures"]["status_over_time.png"]
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    with Image.open(drawn["dir"] / "status_over_time.png") as im:
+        assert im.format == "PNG"
+        assert round(im.info["dpi"][0]) == charts.DPI
+        assert np.array_equal(np.asarray(im.convert("RGB")), pixels)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_cdf_curves_are_each_tiers_empirical_cdf(log):
+    """The CDF charts' curves: for every tier, the fraction of its values at or below each
+    point drawn, values past the axis end counting as above it."""
+    rng = np.random.default_rng(11)
+    rows = rng.integers(0, 500, 20_000).astype(np.int32)
+    tier_of_row = rng.integers(-1, 3, 500).astype(np.int8)  # -1: a row without a tier
+    values = rng.lognormal(3, 1, rows.size)
+    lo, hi = float(values.min()), float(np.quantile(values, 0.99))  # the axis cut at p99
+    got = charts.tier_cdfs(values, rows, tier_of_row, 3, lo, hi, log)
+    assert got.x[0] == pytest.approx(lo) and got.x[-1] == pytest.approx(hi)
+    for tier in range(3):
+        mine = np.sort(values[tier_of_row[rows] == tier])
+        assert got.counts[tier] == mine.size
+        want = np.searchsorted(mine, got.x, side="right") / mine.size
+        np.testing.assert_allclose(got.fractions[tier], want, atol=2 / mine.size)
+        assert got.fractions[tier][-1] < 1  # the values past the cut are not on the axis
