@@ -17,26 +17,18 @@ run's verdict is fail (2 limits not enforced): the analysis has violations to fi
 Generation (parallel by key and time slice) is timed apart: 1 M records, 921 MB of JSONL,
 in 62 s on the shared 2-core machine.
 
-Measured 2026-12-01 on the shared 2-core machine (load average 3.2-3.4 from other work),
-1 M records (998,034; 921 MB JSONL), two interleaved repetitions of fresh processes running
-``analyze_run(dir, charts=True)`` -- what ``--reuse`` runs twice -- and the same call with
-the code of commit 2eb2013 (before this change):
+Measured 2026-12-01 on the 2-core machine at load average 1.0-1.1, 1 M records (998,034;
+921 MB JSONL), two interleaved repetitions of ``--reuse`` (charts and report included) with
+the code of commit 9d5dd75 (before the verdict, chart and reading passes) and of main:
 
-    before (whole-file arrow table)   27.6-32.9 s wall, 24.0-24.2 s CPU, 1,737-1,744 MB
-    first analysis (JSONL, batches)   25.2-25.4 s wall, 21.9-22.3 s CPU, 1,147-1,164 MB
-    again (column cache)              14.4-15.8 s wall, 12.1-12.3 s CPU, 1,011-1,022 MB
+    before: first analysis (JSONL)   17.3-18.6 s wall, 19.6-21.7 s CPU, 1,147-1,150 MB
+            again (column cache)     11.0-11.1 s wall, 11.1-11.2 s CPU, 1,026 MB
+    after:  first analysis (JSONL)    9.1-9.6 s wall, 12.9-13.3 s CPU,   986-998 MB
+            again (column cache)      4.2-4.7 s wall,  4.4-4.8 s CPU,   928 MB
 
-From the cache the records load in 0.3 s; what is left is the analysis itself: metrics and
-verdicts ~6.5 s (the per-key interval checks in ``intervals.py`` ~2.5 s CPU of it, a Python
-loop per admitted request), charts and report ~7.7 s (matplotlib drawing 8 PNGs, about 6 s
-of CPU whatever the record count). So at 1 M the memory target is met from the cache
-(1.02 GB, just under 1 GiB) and not from the JSONL (1.15 GB); the 5 s target is not met.
-
-10 M records (9,993,790; 9.2 GB JSONL; generated in 728 s): reading them into columns takes
-113 s and peaks at 4.9 GB from the JSONL, 3.1 s and 4.1 GB from the cache; the analysis
-then holds every column in memory (~0.4 GB per million records, plus ~0.5 GB per million
-for the metric values and per-key views), so the 10 M target is not met: it needs the
-reductions themselves out of core (see the README).
+The summary is byte-identical. From the cache the 1 M target is met on an idle machine;
+from the JSONL parsing alone is ~5.5 s of CPU. 10 M records (9,993,790; 9.2 GB JSONL) still
+hold every column in memory (see the README): the 10 M target is not met.
 
 Reading the JSONL (issue 16.1), measured 2026-12-01 on the same machine, load average
 1.5-4.4 (other helpers' work: rarely a core free), interleaved fresh processes, the code
