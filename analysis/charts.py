@@ -179,7 +179,7 @@ def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
             if st is not None and st.count == cdfs.counts[code] and st.p50 is not None:
                 p50, p99 = st.p50, st.p99
             else:
-                mine = mv.values[cols.tier.codes[mv.rows] == code]
+                mine = mv.values[mv.of_rows(cols.tier.codes) == code]
                 p50, p99 = np.percentile(mine, [50, 99], overwrite_input=True)
             # Each tier its own colour, dash and width: a tier whose curve lies on another's
             # still shows (the wider line under the narrower), and the legend states its

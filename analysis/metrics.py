@@ -20,12 +20,40 @@ OPTIONAL_METRICS = ("connect_wait_ms",)
 METRICS = LATENCY_METRICS + CLIENT_METRICS  # the order of summary.json's latency tables
 
 
-@dataclass(frozen=True)
 class MetricValues:
-    """Raw values of one metric (milliseconds) and the record row each came from."""
+    """Raw values of one metric (milliseconds) and the record row each came from.
 
-    values: np.ndarray
-    rows: np.ndarray
+    ``rows`` is either given, or -- for a metric pooling several values per row, such as
+    ITL -- implied by ``repeats`` (row i owns ``repeats[i]`` consecutive values) and
+    built only when asked for: at 10 M records the ITL rows alone are ~650 MB, and the
+    summary needs only small per-value ids (``of_rows``)."""
+
+    __slots__ = ("values", "_rows", "_repeats")
+
+    def __init__(
+        self, values: np.ndarray, rows: np.ndarray | None = None, repeats: np.ndarray | None = None
+    ) -> None:
+        if (rows is None) == (repeats is None):
+            raise ValueError("MetricValues takes rows or repeats, not both")
+        self.values = values
+        self._rows = rows
+        self._repeats = repeats
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The record row of each value (int32 below 2**31 rows)."""
+        if self._rows is not None:
+            return self._rows
+        assert self._repeats is not None
+        n = self._repeats.size
+        return np.repeat(np.arange(n, dtype=np.int32 if n < 2**31 else np.int64), self._repeats)
+
+    def of_rows(self, per_row: np.ndarray) -> np.ndarray:
+        """``per_row[rows]``: a per-record array read at each value's row."""
+        if self._rows is not None:
+            return np.asarray(per_row[self._rows])
+        assert self._repeats is not None
+        return np.repeat(per_row, self._repeats)
 
 
 def latency_eligible(cols: Columns, warmup_s: float) -> np.ndarray:
@@ -43,12 +71,9 @@ def output_tokens(cols: Columns) -> np.ndarray:
 def itl_values(cols: Columns, rows_mask: np.ndarray) -> MetricValues:
     """Gaps between consecutive content chunks of the same request, pooled."""
     if rows_mask[cols.gap_counts > 0].all():  # every row with gaps counts: no copy of them
-        return MetricValues(
-            cols.gap_ms, np.repeat(np.arange(cols.n, dtype=np.int32), cols.gap_counts)
-        )
-    kept = np.flatnonzero(rows_mask).astype(np.int32)
-    rows = np.repeat(kept, cols.gap_counts[kept])
-    return MetricValues(cols.gap_ms[np.repeat(rows_mask, cols.gap_counts)], rows)
+        return MetricValues(cols.gap_ms, repeats=cols.gap_counts)
+    values = cols.gap_ms[np.repeat(rows_mask, cols.gap_counts)]
+    return MetricValues(values, repeats=np.where(rows_mask, cols.gap_counts, 0))
 
 
 def _mv(values_s: np.ndarray, mask: np.ndarray) -> MetricValues:
@@ -228,7 +253,7 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
         mv = values.get(name)
         if mv is None:  # an optional metric nothing measured
             continue
-        g_of = gid[mv.rows]
+        g_of = mv.of_rows(gid)
         # A metric of the ITL kind pools ~15 values per request: one tier's copy at a
         # time is held beside them for its mean, then the groups' sorted copies.
         if all_inference:
