@@ -30,6 +30,21 @@ def records():
     ]
 
 
+def test_itl_values_know_their_rows():
+    # Record order: row 0 (2 gaps), row 1 (1 gap), row 6 before warm-up (1 gap, excluded);
+    # the ITL rows are built only when asked for, and read per-row arrays the same way
+    # (e2e: every endpoint, row 5 a broken stream).
+    cols = columns_from_records(records())
+    for warmup, rows in ((0.5, [0, 0, 1]), (0.0, [0, 0, 1, 6])):
+        itl = metric_values(cols, warmup_s=warmup)["itl_ms"]
+        assert itl.rows.tolist() == rows
+        assert itl.values.size == len(rows)
+        per_row = np.arange(cols.n) * 10
+        assert itl.of_rows(per_row).tolist() == [r * 10 for r in rows]
+    e2e = metric_values(cols, warmup_s=0.5)["e2e_ms"]
+    assert e2e.of_rows(np.arange(cols.n)).tolist() == e2e.rows.tolist() == [0, 1, 2, 7]
+
+
 def test_latency_definitions():
     cols = columns_from_records(records())
     v = metric_values(cols, warmup_s=0.5)
