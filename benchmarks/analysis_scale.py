@@ -27,8 +27,9 @@ the code of commit 9d5dd75 (before the verdict, chart and reading passes) and of
             again (column cache)      4.2-4.7 s wall,  4.4-4.8 s CPU,   928 MB
 
 The summary is byte-identical. From the cache the 1 M target is met on an idle machine;
-from the JSONL parsing alone is ~5.5 s of CPU. 10 M records (9,993,790; 9.2 GB JSONL) still
-hold every column in memory (see the README): the 10 M target is not met.
+from the JSONL parsing alone is ~5.5 s of CPU. 10 M records (9,993,790; 9.2 GB JSONL), with
+charts: first analysis 85 s at 7.45 GB peak, from the cache 25-34 s at 7.15-7.23 GB; memory
+grows ~0.7 GB per million records (see the README): the 10 M target is not met.
 
 Reading the JSONL (issue 16.1), measured 2026-12-01 on the same machine, load average
 1.5-4.4 (other helpers' work: rarely a core free), interleaved fresh processes, the code
