@@ -351,12 +351,13 @@ def limit_verdicts(
     cols: Columns,
     settings: VerdictSettings,
     unusable: Mapping[str, str] | None = None,
+    tiers: Mapping[str, str] | None = None,
 ) -> LimitFindings:
     """Every judged key's limit entries, in the scenario's tier order and natural key order.
     ``unusable``: key label -> why its answers are not evidence (its verdicts are
-    ``unusable``)."""
+    ``unusable``); ``tiers``: each key's tier, when the caller has them already."""
     unusable = unusable or {}
-    tiers = _tier_of_keys(meta, cols)
+    tiers = _tier_of_keys(meta, cols) if tiers is None else tiers
     policies: dict[str, Policy] = {}
     by_model: dict[str, tuple[ModelPolicy, ...]] = {}
     for t, d in meta.tiers.items():
@@ -457,9 +458,10 @@ def analyse(
     # per-key views are held
     latency = latency_summary(cols, values)
     tiers = _tier_of_keys(meta, cols)
-    answers = sorted(key_answers(meta, cols, tiers), key=lambda k: key_order(meta, tiers)(k.key))
+    by_order = key_order(meta, tiers)
+    answers = sorted(key_answers(meta, cols, tiers), key=lambda k: by_order(k.key))
     unusable = {k.key: k.problem or "unusable" for k in answers if not k.usable}
-    found = limit_verdicts(meta, cols, settings, unusable)
+    found = limit_verdicts(meta, cols, settings, unusable, tiers)
     order = [k.key for k in answers]
     tokens = token_limits(meta, cols, tiers, order, unusable, settings.max_examples)
     throughput = throughput_summary(cols, values, dict(meta.goodput or {}), warmup)

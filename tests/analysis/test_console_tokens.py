@@ -7,30 +7,11 @@ from __future__ import annotations
 from loadkit.analysis.cli import console_table
 from loadkit.analysis.columns import columns_from_records
 from loadkit.analysis.summary import Summary, analyse
-from tests.analysis.builders import rec
-from tests.analysis.synthetic import Limiter, run_meta
-
-LOOSE = Limiter("sliding_log", requests=1000, window_s=60.0, concurrency=100)
+from tests.analysis.test_tokens_pipeline import meta_with, ok
 
 
 def summary_of(recs: list, **promise: object) -> Summary:
-    meta = run_meta({"free": LOOSE}, [("k1", "free")])
-    meta.tiers["free"].update(promise)
-    return analyse(meta, columns_from_records(recs)).summary
-
-
-def ok(send: float, prompt: int, out: int) -> object:
-    return rec(
-        send,
-        send + 0.01,
-        send + 0.2,
-        key="k1",
-        prompt_tokens=prompt,
-        completion_tokens=out,
-        finish_reason="length",
-        sent_prompt_tokens=prompt,
-        sent_max_tokens=out,
-    )
+    return analyse(meta_with(**promise), columns_from_records(recs)).summary
 
 
 def rows(table: str, kind: str) -> list[list[str]]:
