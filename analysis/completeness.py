@@ -42,6 +42,20 @@ class Completeness(JsonRecord):
     reasons: tuple[str, ...]
 
 
+def unrecorded_requests(c: Completeness) -> str | None:
+    """Why requests may be missing from the records altogether (not merely cut short:
+    a stop by signal records its open requests), or None. A request open when the run
+    was killed, or when a worker was lost, has no record, yet it may have filled a window
+    or a cap when a recorded request was refused."""
+    if c.killed:
+        return "the run was killed, so the requests open then have no record"
+    if c.lost_workers:
+        return "a worker was lost, so its requests open then have no record"
+    if c.missing_records:
+        return f"{c.missing_records:,} records are missing"
+    return None
+
+
 def _found(w: WorkerInfo, cols: Columns) -> int:
     """The worker's records in the run directory (what the master counted when the records
     do not name it)."""

@@ -11,14 +11,20 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from loadkit.analysis.arrival import ArrivalCurve, arrival_curve
 from loadkit.analysis.codec import FormatError, JsonRecord, omit_none
 from loadkit.analysis.columns import Columns, UnusableInput, load_run
-from loadkit.analysis.completeness import LOST, Completeness, completeness, interrupted_text
+from loadkit.analysis.completeness import (
+    LOST,
+    Completeness,
+    completeness,
+    interrupted_text,
+    unrecorded_requests,
+)
 from loadkit.analysis.explain import explain_concurrency, explain_requests
 from loadkit.analysis.limits import ConcurrencyLimit, Limit, RequestsLimit
 from loadkit.analysis.metrics import Latency, MetricValues, latency_summary, metric_values
@@ -257,6 +263,31 @@ class LimitFindings:
     notes: tuple[str, ...]
 
 
+_Entry = TypeVar("_Entry", bound=RequestsLimit | ConcurrencyLimit | TokenLimit)
+
+
+def _refusals_unjudged(e: _Entry, why: str) -> _Entry:
+    """An entry whose refusals looked unjustified on records that may lack requests
+    (``why``): those verdicts (honoured, Retry-After, a token limit's reset) become
+    inconclusive, never a violation; what the recorded admissions prove stays."""
+    bad, unknown = Verdict.VIOLATED, Verdict.INCONCLUSIVE
+    changes: dict[str, Any] = {}
+    if e.verdict.honoured is bad:
+        changes["verdict"] = replace(e.verdict, honoured=unknown)
+    if isinstance(e, RequestsLimit) and e.retry_after.verdict is bad:
+        changes["retry_after"] = replace(e.retry_after, verdict=unknown)
+    if isinstance(e, TokenLimit) and e.reset.verdict is bad:
+        changes["reset"] = replace(e.reset, verdict=unknown)
+    if not changes:
+        return e
+    note = (
+        f"Refusals NOT JUDGED: {why}, and such requests may have filled the window or the "
+        "cap when the refusals that look unjustified here were made: inconclusive, not "
+        "violated."
+    )
+    return replace(e, explanation=(*e.explanation, note), **changes)
+
+
 def _unusable(e: Limit, problem: str) -> Limit:
     """The entry of a key whose answers are not evidence: every verdict ``unusable``, the
     counts kept, the reason as its explanation."""
@@ -470,7 +501,12 @@ def analyse(
         merge_slos(run_slos, overrides or []), Observed(latency, throughput, errors)
     )
     complete = completeness(meta, cols)
-    outcome = run_outcome(found.limits, slo, answers, complete, tokens)
+    limits = found.limits
+    unrecorded = unrecorded_requests(complete)
+    if unrecorded is not None:
+        limits = tuple(_refusals_unjudged(e, unrecorded) for e in limits)
+        tokens = tuple(_refusals_unjudged(t, unrecorded) for t in tokens)
+    outcome = run_outcome(limits, slo, answers, complete, tokens)
     summary = Summary(
         schema=SUMMARY_SCHEMA,
         run=run_info(meta, cols),
@@ -480,7 +516,7 @@ def analyse(
         completeness=complete,
         keys=tuple(answers),
         settings=SummarySettings.of(settings),
-        limits=found.limits,
+        limits=limits,
         limit_notes=found.notes,
         arrival=found.arrival,
         latency=latency,

@@ -223,3 +223,30 @@ def test_an_interrupted_version_1_summary_is_incomplete_to_compare(tmp_path, cap
     rc, _ = compare(base, new)
     assert rc == 2
     assert f"NEW {new} is incomplete (the run was interrupted (Ctrl-C))" in capsys.readouterr().err
+
+
+def test_a_refusal_explained_by_requests_a_kill_left_unrecorded_is_no_violation():
+    # 3 streams open from 0 s (the cap) were still open when the run was SIGKILLed: they
+    # have no record. The concurrency refusal at 1 s then looks unjustified on the records.
+    from loadkit.analysis.columns import columns_from_records
+    from loadkit.analysis.summary import analyse as analyse_run
+    from tests.analysis.builders import rec
+
+    lim = Limiter("sliding_log", requests=100, window_s=60.0, concurrency=3)
+    recs = [rec(0.5 + 0.2 * i, key="k1") for i in range(3)]
+    recs.append(rec(1.0, status=429, code="concurrency_limit_exceeded", key="k1"))
+
+    def conc(killed: bool) -> tuple[dict, str]:
+        meta = run_meta({"free": lim}, [("k1", "free")], killed=killed)
+        s = analyse_run(meta, columns_from_records(recs)).summary.to_dict()
+        e = next(e for e in s["limits"] if e["kind"] == "concurrency")
+        return e, s["headline"]
+
+    complete, headline = conc(killed=False)
+    assert complete["honoured"] == "violated"  # nothing recorded in flight: unjustified
+    killed, headline = conc(killed=True)
+    assert killed["honoured"] == "inconclusive"
+    assert headline.startswith("INCOMPLETE") and "violated" not in headline
+    assert killed["explanation"][-1].startswith(
+        "Refusals NOT JUDGED: the run was killed, so the requests open then have no record"
+    )
