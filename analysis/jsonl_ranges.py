@@ -31,6 +31,14 @@ BLOCK_BYTES = 8 << 20
 _MAX_THREADS = 8  # beyond this the joining, not the parsing, is the bottleneck
 
 
+class TwinUnusable(Exception):
+    """A record file's Parquet twin could not be read after all: parse its JSONL."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
 class ReadCarefully(Exception):
     """Arrow's JSON reader could not read this file: read it with the line reader."""
 
@@ -42,8 +50,9 @@ class ReadCarefully(Exception):
 @dataclass(frozen=True)
 class Job:
     """A piece of one record file: whole lines in bytes [start, end) for arrow
-    (``LINES``), the last line of a file without a final newline (``TAIL``), or the whole
-    file for the line reader (``CAREFUL``)."""
+    (``LINES``), the last line of a file without a final newline (``TAIL``), the whole
+    file for the line reader (``CAREFUL``), or row groups [start, end) of the file's
+    Parquet twin (``TWIN``: ``path`` is still the JSONL file's)."""
 
     path: Path
     start: int
@@ -51,7 +60,7 @@ class Job:
     kind: str
 
 
-LINES, TAIL, CAREFUL = "lines", "tail", "careful"
+LINES, TAIL, CAREFUL, TWIN = "lines", "tail", "careful", "twin"
 
 
 def cpus() -> int:
@@ -95,14 +104,21 @@ def _body_end(fh: io.BufferedReader, size: int) -> int:
     return 0
 
 
-def plan(path: Path, careful: bool, range_bytes: int | None) -> list[Job]:
-    """One file as jobs in order: ranges of whole lines of about ``range_bytes`` each (None:
-    one range), then the unterminated last line if the file has one."""
+def plan(path: Path, careful: bool, range_bytes: int | None, twin: bool = True) -> list[Job]:
+    """One file as jobs in order: its Parquet twin's row groups when it has a valid one
+    (``loadkit.parquet_twin.valid_twin``; ``twin`` False: never), else ranges of whole
+    lines of about ``range_bytes`` each (None: one range), then the unterminated last line
+    if the file has one."""
+    from loadkit.parquet_twin import valid_twin
+
     size = path.stat().st_size
     if size == 0:
         return []
     if careful:
         return [Job(path, 0, size, CAREFUL)]
+    found = valid_twin(path) if twin else None
+    if found is not None:
+        return [Job(path, g, g + 1, TWIN) for g in range(found[1])]
     jobs = []
     with open(path, "rb") as fh:
         body = _body_end(fh, size)
@@ -198,11 +214,27 @@ def _lines(job: Job, schema: pa.Schema, use_threads: bool) -> Iterator[pa.Record
         raise ValueError(f"{job.path}: cannot read ({exc})") from None
 
 
+def _twin(job: Job) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    from loadkit.parquet_twin import twin_path
+
+    try:
+        twin = pq.ParquetFile(twin_path(job.path), page_checksum_verification=True)
+        table = twin.read_row_groups(range(job.start, job.end), columns=list(FIELDS))
+    except (OSError, pa.ArrowException, KeyError):
+        raise TwinUnusable(job.path) from None
+    yield from table.combine_chunks().to_batches()
+
+
 def job_parts(job: Job, schema: pa.Schema, use_threads: bool = True) -> Iterator[Reduced]:
     """The job's records, reduced batch by batch. Raises ReadCarefully when arrow cannot
-    parse the range, ValueError (naming the file, and the line if it can) otherwise."""
-    if job.kind == CAREFUL:
-        batches: Iterator[pa.RecordBatch] = _careful(job.path, schema)
+    parse the range, TwinUnusable when the file's twin cannot be read, ValueError (naming
+    the file, and the line if it can) otherwise."""
+    if job.kind == TWIN:
+        batches: Iterator[pa.RecordBatch] = _twin(job)
+    elif job.kind == CAREFUL:
+        batches = _careful(job.path, schema)
     elif job.kind == TAIL:
         one = _tail(job, schema)
         batches = iter([one] if one is not None else [])
@@ -216,19 +248,23 @@ def job_parts(job: Job, schema: pa.Schema, use_threads: bool = True) -> Iterator
 def read_files(
     files: list[Path], schema: pa.Schema, threads: int, range_bytes: int = RANGE_BYTES
 ) -> Reduced:
-    """Every record of ``files``, in order, reduced; with ``threads`` > 1 the ranges are
-    parsed by that many threads. A file arrow cannot parse is read again with the
-    line reader (all of them from the start: rare). Raises ValueError naming the file,
-    and the line when it can."""
+    """Every record of ``files``, in order, reduced; with ``threads`` > 1 the ranges (and
+    twins' row groups) are read by that many threads. A file arrow cannot parse is read
+    again with the line reader, a twin that cannot be read is set aside for its JSONL (all
+    of the files from the start: rare). Raises ValueError naming the file, and the line
+    when it can."""
     careful: set[Path] = set()
+    no_twin: set[Path] = set()
     # one thread: one range per file, whose blocks arrow's reader parses on its own threads
     step = range_bytes if threads > 1 else None
     while True:
-        jobs = [j for path in files for j in plan(path, path in careful, step)]
+        jobs = [j for path in files for j in plan(path, path in careful, step, path not in no_twin)]
         try:
             return _read_jobs(jobs, schema, min(threads, len(jobs)))
         except ReadCarefully as exc:
             careful.add(exc.path)
+        except TwinUnusable as exc:
+            no_twin.add(exc.path)
 
 
 def _threaded(jobs: list[Job], schema: pa.Schema, threads: int, joiner: Joiner) -> None:

@@ -110,10 +110,16 @@ def tiers_for(records: int, duration: float) -> dict[str, dict[str, float]]:
     }
 
 
-def _generate_part(job: tuple[int, int, int, float, str, int]) -> tuple[int, int, int]:
-    """One key's records (or one time slice of them), written as its own JSONL file."""
+def _generate_part(
+    job: tuple[int, int, int, float, str, int, bool],
+) -> tuple[int, int, int, float]:
+    """One key's records (or one time slice of them), written as its own JSONL file and,
+    with ``twins``, the Parquet twin the engine's record writer leaves beside it
+    (``loadkit.parquet_twin``, fed the same bytes in the same way); returns the twin's CPU
+    cost with the counts."""
     import numpy as np
 
+    from loadkit.parquet_twin import ParquetTwin
     from tests.analysis.synthetic import (
         Limiter,
         Timing,
@@ -122,7 +128,7 @@ def _generate_part(job: tuple[int, int, int, float, str, int]) -> tuple[int, int
         simulate_key,
     )
 
-    key_i, part, records, duration, out_dir, seed = job
+    key_i, part, records, duration, out_dir, seed, twins = job
     label, tier, share, stream, tokens = KEYS[key_i]
     rng = np.random.default_rng(seed * 1000 + part)
     n = int(records * share)
@@ -148,30 +154,44 @@ def _generate_part(job: tuple[int, int, int, float, str, int]) -> tuple[int, int
     kr = simulate_key(label, tier, lim, sends, timing, rng)
     kr.scheduled = kr.send - rng.uniform(0, 0.002, kr.send.size)
     path = Path(out_dir) / f"records-{label}-{part}.jsonl"
-    with open(path, "w", encoding="utf-8", buffering=1 << 22) as fh:
+    twin = ParquetTwin(path) if twins else None
+    with open(path, "wb", buffering=1 << 22) as fh:
         batch: list[str] = []
+
+        def write() -> None:
+            data = "".join(batch).encode()
+            fh.write(data)
+            if twin is not None:
+                twin.feed(data)
+            batch.clear()
+
         for line in key_run_lines(kr, "bench", start_index=part * 10**9):
             batch.append(line)
-            if len(batch) >= 20_000:
-                fh.write("".join(batch))
-                batch = []
-        fh.write("".join(batch))
+            if len(batch) >= 1000:
+                write()
+        write()
+    twin_cpu = 0.0
+    if twin is not None:
+        twin.close(path.stat().st_size)
+        twin_cpu = twin.cpu_s
     streams16 = int(((kr.status == 200) & stream & (tokens >= 16)).sum())
-    return kr.send.size, int((kr.status == 429).sum()), streams16
+    return kr.send.size, int((kr.status == 429).sum()), streams16, twin_cpu
 
 
 PARTS = 4  # time slices of each paid key
 
 
-def generate(run_dir: Path, records: int, duration: float, workers: int) -> tuple[float, str]:
+def generate(
+    run_dir: Path, records: int, duration: float, workers: int, twins: bool
+) -> tuple[float, str]:
     from tests.analysis.synthetic import Limiter, run_meta
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    for old in run_dir.glob("records-*.jsonl"):
+    for old in [*run_dir.glob("records-*.jsonl"), *run_dir.glob("records-*.parquet")]:
         old.unlink()
     t0 = time.perf_counter()
     jobs = [
-        (i, part, records, duration, str(run_dir), i)
+        (i, part, records, duration, str(run_dir), i, twins)
         for i, (_, tier, *_) in enumerate(KEYS)
         for part in range(PARTS if tier == "paid" else 1)
     ]
@@ -180,6 +200,7 @@ def generate(run_dir: Path, records: int, duration: float, workers: int) -> tupl
     total = sum(c[0] for c in counts)
     refused = sum(c[1] for c in counts)
     streams16 = sum(c[2] for c in counts)
+    twin_cpu = sum(c[3] for c in counts)
     tiers = {
         name: Limiter("sliding_log", **t)  # type: ignore[arg-type]
         for name, t in tiers_for(records, duration).items()
@@ -198,6 +219,11 @@ def generate(run_dir: Path, records: int, duration: float, workers: int) -> tupl
         f"{total:,} records: {streams16 / total:.1%} streams with 16+ chunks, "
         f"{refused / total:.1%} 429s, {len(KEYS)} keys in 2 tiers"
     )
+    if twins:
+        mix += (
+            f"; the Parquet twins cost the run {twin_cpu:.1f} s of a background thread's "
+            f"CPU ({twin_cpu / (total / 1e6):.1f} s per million records)"
+        )
     return time.perf_counter() - t0, mix
 
 
@@ -272,6 +298,12 @@ def main() -> int:
     p.add_argument("--dir", default="/tmp/loadkit-analysis-scale", help="run directory")
     p.add_argument("--reuse", action="store_true", help="analyse the existing run directory")
     p.add_argument("--no-charts", action="store_true", help="summary.json only")
+    p.add_argument(
+        "--no-twins",
+        action="store_true",
+        help="no Parquet twins (generation writes none; --reuse removes them): the first "
+        "analysis parses the JSONL",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     charts = not args.no_charts
@@ -281,22 +313,34 @@ def main() -> int:
     run_dir = Path(args.dir)
     if not args.reuse:
         duration = args.duration or max(60.0, args.records / RATE)
-        gen_s, mix = generate(run_dir, args.records, duration, args.workers)
+        gen_s, mix = generate(run_dir, args.records, duration, args.workers, not args.no_twins)
         size = sum(f.stat().st_size for f in run_dir.glob("records-*.jsonl"))
         print(
             f"generated {mix} ({size / 1e6:,.0f} MB JSONL, {duration:.0f} s run) in {gen_s:.1f} s"
         )
     from loadkit.analysis.column_cache import CACHE_DIR, CACHE_MIN_RECORDS
+    from loadkit.parquet_twin import valid_twin
 
     shutil.rmtree(run_dir / CACHE_DIR, ignore_errors=True)
     (run_dir / "records.parquet").unlink(missing_ok=True)
+    jsonl = sorted(run_dir.glob("records-*.jsonl"))
+    if args.no_twins:
+        for f in jsonl:
+            f.with_suffix(".parquet").unlink(missing_ok=True)
+    twinned = sum(valid_twin(f) is not None for f in jsonl)
     print(f"command: {sys.executable} {' '.join(sys.argv)}")
     first = run_child(run_dir, charts)
     if first is None:
         return 1
     cached = first["records"] >= CACHE_MIN_RECORDS
     note = ", writes the column cache" if cached else ""
-    ok = show(f"first analysis (parses the JSONL{note})", first, "JSONL")
+    if twinned == len(jsonl):
+        what, source = "reads the Parquet twins", "twins"
+    elif twinned:
+        what, source = f"reads {twinned} of {len(jsonl)} files' Parquet twins", "twins+JSONL"
+    else:
+        what, source = "parses the JSONL", "JSONL"
+    ok = show(f"first analysis ({what}{note})", first, source)
     again = run_child(run_dir, charts)
     if again is None:
         return 1

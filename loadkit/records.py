@@ -17,6 +17,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from loadkit.parquet_twin import BLOCK_BYTES as TWIN_BLOCK_BYTES
+from loadkit.parquet_twin import MIN_TWIN_BYTES as TWIN_MIN_BYTES
+from loadkit.parquet_twin import ParquetTwin
+
 if TYPE_CHECKING:  # imported where used: the engines write records without loading pyarrow
     import pyarrow as pa
 
@@ -241,16 +245,29 @@ class RecordWriter:
     interval's records, and a write it interrupts can tear only the file's last line,
     which readers skip. Without a loop (or with an interval of 0), every record is written
     and flushed to the OS as it comes. ``close`` (or leaving the ``with``) writes the rest.
+
+    A file the writer starts also gets a Parquet twin (``loadkit.parquet_twin``: written
+    on a thread of its own, block by block, so a large run's analysis reads columns
+    instead of parsing JSON); ``twin_block_bytes=None`` writes none.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], flush_interval_s: float = FLUSH_INTERVAL_S
+        self,
+        path: str | os.PathLike[str],
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        twin_block_bytes: int | None = TWIN_BLOCK_BYTES,
+        twin_min_bytes: int = TWIN_MIN_BYTES,
     ) -> None:
         if not flush_interval_s >= 0:
             raise ValueError(f"flush_interval_s: expected >= 0, got {flush_interval_s!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: IO[bytes] | None = open(self.path, "ab")  # noqa: SIM115
+        # A file this writer starts gets a Parquet twin once it passes one block (None: no
+        # twin); one it appends to keeps only its JSONL.
+        self._twin: ParquetTwin | None = None
+        if twin_block_bytes is not None and os.fstat(self._fh.fileno()).st_size == 0:
+            self._twin = ParquetTwin(self.path, twin_block_bytes, twin_min_bytes)
         self.flush_interval_s = flush_interval_s
         self._lines: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -287,14 +304,21 @@ class RecordWriter:
         if self._lines and self._fh is not None:
             lines = self._lines
             self._lines = []
-            self._fh.write(lines[0] if len(lines) == 1 else b"".join(lines))
+            data = lines[0] if len(lines) == 1 else b"".join(lines)
+            self._fh.write(data)
             self._fh.flush()
+            if self._twin is not None:
+                self._twin.feed(data)
 
     def close(self) -> None:
         if self._fh is not None:
             self.flush()
+            size = os.fstat(self._fh.fileno()).st_size
             self._fh.close()
             self._fh = None
+            if self._twin is not None:
+                twin, self._twin = self._twin, None
+                twin.close(size)
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -315,7 +339,8 @@ def iter_records(run_dir: str | os.PathLike[str]) -> list[RequestRecord]:
 def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
     """Every record of a run as one Arrow table with the record schema (``chunk_s`` a list
     column). ``records.parquet`` is read instead of the JSONL files when it is at least as
-    new as all of them. A torn last line falls back to the careful line reader. Raises
+    new as all of them, a file's Parquet twin (``parquet_twin.valid_twin``) instead of the
+    file. A torn last line falls back to the careful line reader. Raises
     ValueError (naming the file) for unreadable or foreign records."""
     import pyarrow as pa
     import pyarrow.json as pj
@@ -325,10 +350,19 @@ def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
     if parquet is not None:
         table = _read_parquet(parquet, schema)
     else:
+        from loadkit.parquet_twin import valid_twin
+
         tables = []
         for path in record_files(run_dir):
             if path.stat().st_size == 0:
                 continue
+            twin = valid_twin(path)
+            if twin is not None:
+                try:
+                    tables.append(_read_parquet(twin[0], schema))
+                    continue
+                except ValueError:
+                    pass  # the twin is unusable after all: its JSONL is the record
             opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
             try:
                 tables.append(pj.read_json(path, parse_options=opts))
@@ -370,7 +404,7 @@ def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, page_checksum_verification=True)
     except (OSError, pa.ArrowInvalid) as exc:
         raise ValueError(f"{path}: cannot read ({exc})") from None
     missing = [f.name for f in schema if f.name not in table.column_names]

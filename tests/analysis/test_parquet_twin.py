@@ -1,0 +1,251 @@
+"""A record file's Parquet twin (``loadkit.parquet_twin``): the record writer leaves one
+beside each large JSONL file, the analysis reads it instead of parsing the JSON and gets
+exactly what the JSONL gives; whenever the twin cannot stand for its JSONL (a killed run,
+records appended, a damaged file, a converter that fell behind) the JSONL is read, and
+nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadkit.analysis.columns import load_run
+from loadkit.analysis.jsonl_ranges import TWIN, plan
+from loadkit.analysis.summary import analyse
+from loadkit.parquet_twin import PARTIAL_SUFFIX, ParquetTwin, twin_path, valid_twin
+from loadkit.records import (
+    RECORD_FIELDS,
+    RecordWriter,
+    RequestRecord,
+    iter_records,
+    read_table,
+)
+from tests.analysis.test_ingest import _same, run  # noqa: F401 -- the fixture
+from tests.unit.test_records_writer import record
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCK = 64 << 10  # small blocks: several row groups and a tail converted at close
+
+
+def _rewrite(run: Path, to: Path, block: int | None = BLOCK) -> Path:  # noqa: F811
+    """The run's records written again as the engine writes them, inside a running loop
+    (so held and flushed in batches), each file with its twin (``block`` None: none)."""
+    to.mkdir()
+    for f in run.iterdir():
+        if f.is_file() and not f.name.startswith("records-"):
+            (to / f.name).write_bytes(f.read_bytes())
+
+    async def write(path: Path, records: list) -> None:
+        with RecordWriter(
+            path, flush_interval_s=0.001, twin_block_bytes=block, twin_min_bytes=0
+        ) as w:
+            for i, r in enumerate(records):
+                w.write(r)
+                if i % 200 == 199:
+                    await asyncio.sleep(0.002)  # the flush timer fires: a batch is written
+
+    for f in sorted(run.glob("records-*.jsonl")):
+        asyncio.run(write(to / f.name, _records(f)))
+    return to
+
+
+def _records(path: Path) -> list[RequestRecord]:
+    """The file's records (the synthetic rows leave out fields a record has as None)."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = {f: None for f in RECORD_FIELDS} | {"chunk_s": []} | json.loads(line)
+        out.append(RequestRecord.from_dict(row))
+    return out
+
+
+def _without_twins(run: Path, to: Path) -> Path:  # noqa: F811
+    to.mkdir()
+    for f in run.iterdir():
+        if f.is_file() and not f.name.endswith(".parquet"):
+            (to / f.name).write_bytes(f.read_bytes())
+    return to
+
+
+def _twin_jobs(run: Path) -> int:  # noqa: F811
+    return sum(
+        j.kind == TWIN for f in sorted(run.glob("records-*.jsonl")) for j in plan(f, False, None)
+    )
+
+
+def test_the_analysis_reads_the_twins_and_gets_what_the_jsonl_gives(
+    run: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    twinned = _rewrite(run, tmp_path / "twinned")
+    files = sorted(twinned.glob("records-*.jsonl"))
+    assert len(files) == 3
+    for f in files:
+        found = valid_twin(f)
+        assert found is not None, f.name
+        assert found[1] >= 2 or f.stat().st_size < BLOCK  # row groups as blocks went by
+        assert not f.with_suffix(PARTIAL_SUFFIX).exists()
+    assert _twin_jobs(twinned) == sum(valid_twin(f)[1] for f in files)  # type: ignore[index]
+    plain = _without_twins(twinned, tmp_path / "plain")
+    assert _twin_jobs(plain) == 0
+
+    meta, from_twins = load_run(twinned, cache_min_records=10**9)
+    _, from_jsonl = load_run(plain, cache_min_records=10**9)
+    _, original = load_run(run, cache_min_records=10**9)
+    _same(from_twins, from_jsonl)
+    _same(from_twins, original)
+    assert (
+        analyse(meta, from_twins).summary.to_json() == analyse(meta, from_jsonl).summary.to_json()
+    )
+    assert read_table(twinned).equals(read_table(plain))
+
+
+def test_a_file_under_the_minimum_gets_no_twin(tmp_path: Path) -> None:
+    path = tmp_path / "records-w.jsonl"
+    with RecordWriter(path) as w:  # the defaults: a block of 16 MB, a twin from 4 MB
+        for i in range(50):
+            w.write(record(i))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records-w.jsonl"]
+
+
+def test_records_appended_after_the_twin_are_read_from_the_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "records-w.jsonl"
+    with RecordWriter(path, twin_block_bytes=4096, twin_min_bytes=0) as w:
+        for i in range(40):
+            w.write(record(i))
+    assert valid_twin(path) is not None
+    with RecordWriter(path, twin_block_bytes=4096, twin_min_bytes=0) as w:
+        w.write(record(40))  # a writer that appends to a file leaves it without a twin
+    assert valid_twin(path) is None
+    assert [r.request_id for r in iter_records(tmp_path)][-1] == "async-0-40"
+    assert read_table(tmp_path).num_rows == 41
+    assert _twin_jobs(tmp_path) == 0
+
+
+def test_a_damaged_twin_is_set_aside_for_its_jsonl(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    twinned = _rewrite(run, tmp_path / "twinned")
+    twin = twin_path(twinned / "records-sim.jsonl")
+    data = bytearray(twin.read_bytes())
+    middle = len(data) // 3
+    data[middle : middle + 4096] = bytes(4096)  # a row group's pages, not the footer
+    stat = twin.stat()
+    twin.write_bytes(bytes(data))
+    os.utime(twin, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert valid_twin(twinned / "records-sim.jsonl") is not None  # its footer still reads
+    _, cols = load_run(twinned, cache_min_records=10**9)
+    _, original = load_run(run, cache_min_records=10**9)
+    _same(cols, original)
+    plain = _without_twins(twinned, tmp_path / "plain")
+    assert read_table(twinned).equals(read_table(plain))
+    # a twin that is not Parquet at all is not even tried
+    twin.write_bytes(b"not parquet")
+    assert valid_twin(twinned / "records-sim.jsonl") is None
+    _same(load_run(twinned, cache_min_records=10**9)[1], original)
+
+
+def test_a_converter_that_falls_behind_gives_the_twin_up_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    from loadkit import parquet_twin
+
+    release = threading.Event()
+    convert = ParquetTwin._convert
+
+    def stuck(self: ParquetTwin, chunks: list[bytes]) -> None:
+        release.wait(30)
+        convert(self, chunks)
+
+    monkeypatch.setattr(parquet_twin, "MAX_BEHIND_BYTES", 16 << 10)
+    monkeypatch.setattr(ParquetTwin, "_convert", stuck)
+    path = tmp_path / "records-w.jsonl"
+    w = RecordWriter(path, flush_interval_s=0, twin_block_bytes=2048, twin_min_bytes=0)
+    for i in range(200):
+        w.write(record(i))
+    assert w._twin is not None and w._twin.failed is not None
+    release.set()
+    with caplog.at_level(logging.WARNING, logger="loadkit.parquet_twin"):
+        w.close()
+    assert "fell" in caplog.text and "records-w.jsonl" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records-w.jsonl"]
+    assert len(iter_records(tmp_path)) == 200
+
+
+_KILLED = """
+import asyncio, sys
+from loadkit.records import RecordWriter
+from tests.unit.test_records_writer import record
+
+async def main():
+    w = RecordWriter(sys.argv[1], twin_block_bytes=8192, twin_min_bytes=0)
+    for i in range(400):
+        w.write(record(i))
+        if i % 50 == 49:
+            await asyncio.sleep(0.12)  # a flush: blocks go to the twin's thread
+    await asyncio.sleep(0.3)
+    print("written", flush=True)
+    await asyncio.sleep(60)  # killed here
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_writer_leaves_no_twin_and_its_jsonl_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "records-w.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "written\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert path.with_suffix(PARTIAL_SUFFIX).stat().st_size > 0  # row groups, no footer
+    assert valid_twin(path) is None
+    assert len(iter_records(tmp_path)) == 400
+    assert read_table(tmp_path).num_rows == 400
+    assert _twin_jobs(tmp_path) == 0
+
+
+_GEVENT = """
+from gevent import monkey
+monkey.patch_all()
+import sys
+from loadkit.records import RecordWriter
+from tests.unit.test_records_writer import record
+
+with RecordWriter(sys.argv[1], twin_block_bytes=8192, twin_min_bytes=0) as w:
+    for i in range(300):
+        w.write(record(i))
+print("closed", flush=True)
+"""
+
+
+def test_a_gevent_process_writes_its_twin_on_a_real_thread(tmp_path: Path) -> None:
+    # the Locust master writes every worker's records in a gevent-patched process
+    path = tmp_path / "records-w.jsonl"
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", _GEVENT, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "closed\n" and time.monotonic() - t0 < 120
+    found = valid_twin(path)
+    assert found is not None and found[1] >= 5
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / path.name).write_bytes(path.read_bytes())
+    assert read_table(tmp_path).equals(read_table(plain))
