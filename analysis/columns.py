@@ -5,6 +5,7 @@ million Python objects."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,10 +108,13 @@ class Columns:
 
     def ids(self, rows: np.ndarray | list[int]) -> list[str]:
         """request_id of the given rows (only ever called for evidence, so a few rows)."""
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
         if rows.size == 0:
             return []
-        return [str(x) for x in self.request_id.take(pa.array(rows)).to_pylist()]
+        # from the buffer, not pa.array(): that one imports pandas (0.15 s) to ask whether
+        # the rows are a pandas object
+        index = pa.Array.from_buffers(pa.int64(), rows.size, [None, pa.py_buffer(rows)])
+        return [str(x) for x in self.request_id.take(index).to_pylist()]
 
 
 def columns_from_table(table: pa.Table) -> Columns:
@@ -154,7 +158,8 @@ def columns_from_reduced(r: Reduced) -> Columns:
         first_token=a["first_token_s"],
         end=a["end_s"],
         scheduled=a["scheduled_s"],
-        queued=np.nan_to_num(a["queued_s"], nan=0.0, copy=False),
+        # a copy: the reduction's arrays may still be being written to the column cache
+        queued=np.nan_to_num(a["queued_s"], nan=0.0),
         status=status,
         stream=a["stream"],
         completion_tokens=a["completion_tokens"],
@@ -262,11 +267,15 @@ def parquet_file(run_dir: str | os.PathLike[str]) -> Path | None:
 
 
 def load_run(
-    run_dir: str | os.PathLike[str], cache_min_records: int = column_cache.CACHE_MIN_RECORDS
+    run_dir: str | os.PathLike[str],
+    cache_min_records: int = column_cache.CACHE_MIN_RECORDS,
+    background: list[threading.Thread] | None = None,
 ) -> tuple[RunMeta, Columns]:
     """run.json and the records of a run; UnusableInput with a one-line reason otherwise.
     A run of ``cache_min_records`` or more keeps its reduced records in the run folder
-    (``column_cache``): a later analysis of the same records skips parsing them."""
+    (``column_cache``): a later analysis of the same records skips parsing them. With
+    ``background``, the cache is written by a thread appended to it (the caller joins it;
+    the files' writes do not hold the GIL, so they overlap the analysis)."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UnusableInput(f"{run_dir}: not a directory")
@@ -284,7 +293,16 @@ def load_run(
         except (ValueError, TypeError, OSError) as exc:
             raise UnusableInput(str(exc)) from None
         if reduced.n >= cache_min_records:
-            column_cache.store(path, reduced, sources)
+            if background is None:
+                column_cache.store(path, reduced, sources)
+            else:
+                writer = threading.Thread(
+                    target=column_cache.store,
+                    args=(path, reduced, sources),
+                    name="loadkit-column-cache",
+                )
+                writer.start()
+                background.append(writer)
     if reduced.n == 0:
         raise UnusableInput(f"{run_dir}: the record files hold no records")
     cols = columns_from_reduced(reduced)

@@ -92,8 +92,7 @@ def _encode(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, tuple[str, 
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     enc = pc.dictionary_encode(arr)
     names = tuple(str(x) for x in enc.dictionary.to_pylist())
-    codes = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int32)
-    return codes, names
+    return _numpy(enc.indices, np.int32, -1), names
 
 
 def _trim_heap() -> None:
@@ -136,10 +135,48 @@ def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return out
 
 
-def _numpy(col: pa.Array | pa.ChunkedArray, dtype: type) -> np.ndarray:
-    """A numpy copy: a zero-copy view would keep the batch's arrow buffer alive (and the
-    allocator's pages around it), so the batches' memory would add up over the run."""
-    return np.array(col.to_numpy(zero_copy_only=False), dtype=dtype, copy=True)
+_NUMPY_OF = {
+    "double": np.float64,
+    "float": np.float32,
+    "int64": np.int64,
+    "int32": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint64": np.uint64,
+    "uint32": np.uint32,
+    "uint16": np.uint16,
+    "uint8": np.uint8,
+}
+
+
+def _bits(buf: pa.Buffer, offset: int, n: int) -> np.ndarray:
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    return np.unpackbits(raw, count=offset + n, bitorder="little")[offset:].astype(np.bool_)
+
+
+def _numpy(col: pa.Array | pa.ChunkedArray, dtype: type, null: Any = np.nan) -> np.ndarray:
+    """A numeric or boolean column as a fresh numpy array of ``dtype``, nulls as ``null``.
+    Read from the arrow buffers: ``to_numpy`` (and any Python scalar given to arrow)
+    imports pandas, 0.15 s of a first analysis. A copy: a zero-copy view would keep the
+    batch's arrow buffer alive (and the allocator's pages around it), so the batches'
+    memory would add up over the run."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n, offset = len(arr), arr.offset
+    kind = str(arr.type)
+    buffers = arr.buffers()
+    data = buffers[1] if len(buffers) > 1 else None
+    if kind == "null" or data is None:
+        return np.full(n, null, dtype=dtype)
+    if kind == "bool":
+        values = _bits(data, offset, n)
+    elif kind in _NUMPY_OF:
+        values = np.frombuffer(data, dtype=_NUMPY_OF[kind])[offset : offset + n]
+    else:
+        raise TypeError(f"a record column of type {kind} where a number was expected")
+    out: np.ndarray = np.array(values, dtype=dtype, copy=True)
+    if arr.null_count and buffers[0] is not None:
+        out[~_bits(buffers[0], offset, n)] = null
+    return out
 
 
 def _floats(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -175,25 +212,30 @@ class Reduced:
 def _gaps(lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Gaps (ms) between consecutive chunk times of each row of a list column, in row
     order, and how many each row has."""
-    lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(), dtype=np.int64)
+    lengths = _numpy(pc.list_value_length(lists), np.int64, 0)
     counts = np.maximum(lengths - 1, 0).astype(np.int32)
-    values = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.float64)
+    values = _numpy(pc.list_flatten(lists), np.float64)
     if values.size < 2:
         return np.zeros(0), counts
-    owner = np.repeat(np.arange(lengths.size, dtype=np.int32), lengths)
-    same = owner[1:] == owner[:-1]
-    return np.diff(values)[same] * 1000.0, counts
+    # the differences that straddle two rows: from each non-empty row's last value to the
+    # next non-empty row's first
+    ends = np.cumsum(lengths)[lengths > 0]
+    keep = np.ones(values.size - 1, dtype=np.bool_)
+    keep[ends[:-1] - 1] = False
+    return np.diff(values)[keep] * 1000.0, counts
 
 
 def reduce_batch(batch: pa.RecordBatch | pa.Table) -> Reduced:
     """One arrow batch (with the fields in FIELDS) reduced, its string codes its own."""
     arrays = {f: _floats(batch.column(f)) for f in FLOAT_FIELDS}
-    arrays["status"] = _numpy(batch.column("status").fill_null(0), np.int64)
-    arrays["stream"] = _numpy(batch.column("stream").fill_null(False), np.bool_)
-    arrays["content_chunks"] = _numpy(batch.column("content_chunks").fill_null(0), np.int64)
-    arrays["attempt"] = _numpy(batch.column("attempt").fill_null(1), np.int64)
-    finish = pc.equal(batch.column("finish_reason"), "length").fill_null(False)
-    arrays["finish_length"] = _numpy(finish, np.bool_)
+    arrays["status"] = _numpy(batch.column("status"), np.int64, 0)
+    arrays["stream"] = _numpy(batch.column("stream"), np.bool_, False)
+    arrays["content_chunks"] = _numpy(batch.column("content_chunks"), np.int64, 0)
+    arrays["attempt"] = _numpy(batch.column("attempt"), np.int64, 1)
+    finish, finish_names = _encode(batch.column("finish_reason"))
+    arrays["finish_length"] = (
+        finish == finish_names.index("length") if "length" in finish_names else finish < -1
+    )
     codes = {f: _encode(batch.column(f)) for f in CODE_FIELDS}
     lists = batch.column("chunk_s")
     if isinstance(lists, pa.ChunkedArray):

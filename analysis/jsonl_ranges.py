@@ -1,8 +1,10 @@
 """A run's JSONL record files read as byte ranges split at newlines, each parsed by arrow's
 JSON reader and reduced (``ingest.reduce_batch``) batch by batch, by one thread per core
 (arrow parses without holding the GIL; parsing is nearly all of a first analysis' reading,
-~180 MB/s a core). The batches' reductions are joined in file and range order, so the
-columns, string codes' order included, are the same however the files were split.
+~180 MB/s a core). A file with a valid Parquet twin (``loadkit.parquet_twin``) is read as
+the twin's row groups instead, a few to a job. The batches' reductions are joined in file
+and range order, so the columns, string codes' order included, are the same however the
+files were split.
 
 A file a killed writer left without a final newline has its last line read on its own, by
 the line reader, which drops it when it is torn; a file arrow cannot read is read whole by
@@ -28,6 +30,8 @@ from loadkit.analysis.ingest import FIELDS, Joiner, Reduced, reduce_batch, selec
 RANGE_BYTES = 16 << 20
 #: Bytes of JSON per arrow batch.
 BLOCK_BYTES = 8 << 20
+#: A twin's row groups (~16 MB of JSONL each) read by one thread at a time.
+TWIN_GROUPS = 4
 _MAX_THREADS = 8  # beyond this the joining, not the parsing, is the bottleneck
 
 
@@ -118,7 +122,9 @@ def plan(path: Path, careful: bool, range_bytes: int | None, twin: bool = True) 
         return [Job(path, 0, size, CAREFUL)]
     found = valid_twin(path) if twin else None
     if found is not None:
-        return [Job(path, g, g + 1, TWIN) for g in range(found[1])]
+        groups = found[1]
+        step = TWIN_GROUPS if range_bytes else max(1, groups)
+        return [Job(path, g, min(g + step, groups), TWIN) for g in range(0, groups, step)]
     jobs = []
     with open(path, "rb") as fh:
         body = _body_end(fh, size)
