@@ -15,13 +15,15 @@ smaller one gets no twin and no thread: it parses in a few milliseconds."""
 
 from __future__ import annotations
 
+import _queue
+import importlib
 import io
 import logging
 import os
 import sys
 import time
 from collections import deque
-from concurrent.futures import Future
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,21 +98,61 @@ class _Chunks(io.RawIOBase):
         return n
 
 
-def _gevent_patched() -> bool:
+def _native(module: str, name: str) -> Any:
+    """The standard library's own ``module.name``, even where gevent has patched it."""
     monkey = sys.modules.get("gevent.monkey")
-    return bool(monkey is not None and monkey.is_module_patched("threading"))
+    if monkey is not None:
+        return monkey.get_original(module, name)
+    return getattr(importlib.import_module(module), name)
 
 
-def _executor() -> Any:
-    """One real thread, in order. In a process gevent has patched (Locust's), gevent's
-    own pool: its thread is a native one and waiting on it yields to the other greenlets."""
-    if _gevent_patched():
-        from gevent.threadpool import ThreadPoolExecutor as GeventExecutor
+class _Job:
+    """A job handed to the converter's thread; ``wait`` blocks until it has run."""
 
-        return GeventExecutor(max_workers=1)
-    from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = _native("_thread", "allocate_lock")()
+        self._lock.acquire()
 
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="loadkit-parquet-twin")
+    def finished(self) -> None:
+        self._lock.release()
+
+    def done(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self) -> None:
+        self._lock.acquire()
+        self._lock.release()
+
+
+class _Converter:
+    """One native thread running jobs in order, with native locks and queue: in a process
+    gevent has patched (the Locust master's) a patched thread would be a greenlet, so the
+    parsing would stall the run's other greenlets, and a cooperative wait at the end could
+    be cut short by Locust's shutdown. Waiting blocks the whole process (only at close,
+    when the run is over)."""
+
+    def __init__(self) -> None:
+        self._queue: Any = _queue.SimpleQueue()  # the C queue: never patched
+        _native("_thread", "start_new_thread")(self._run, ())
+
+    def submit(self, fn: Callable[[list[bytes]], None], chunks: list[bytes], size: int) -> _Job:
+        job = _Job(size)
+        self._queue.put((fn, chunks, job))
+        return job
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, chunks, job = item
+            try:
+                fn(chunks)
+            except Exception:  # noqa: BLE001 -- ``fn`` records its failures; the loop lives on
+                pass
+            finally:
+                job.finished()
 
 
 class ParquetTwin:
@@ -134,8 +176,8 @@ class ParquetTwin:
         self.rows = 0  # records written to the twin (by the converter's thread)
         self.cpu_s = 0.0  # the converter thread's CPU time (what the twin cost the run)
         self.failed: str | None = None
-        self._pool: Any = None
-        self._jobs: deque[tuple[Future[None], int]] = deque()
+        self._pool: _Converter | None = None
+        self._jobs: deque[_Job] = deque()
         self._writer: Any = None  # pyarrow.parquet.ParquetWriter, used on the pool's thread
 
     def feed(self, data: bytes) -> None:
@@ -149,15 +191,15 @@ class ParquetTwin:
     def _submit(self) -> None:
         chunks, size = self._pending, self._pending_bytes
         self._pending, self._pending_bytes = [], 0
-        while self._jobs and self._jobs[0][0].done():
+        while self._jobs and self._jobs[0].done():
             self._jobs.popleft()
-        if sum(n for _, n in self._jobs) + size > MAX_BEHIND_BYTES:
+        if sum(job.size for job in self._jobs) + size > MAX_BEHIND_BYTES:
             self.failed = f"the converter fell {MAX_BEHIND_BYTES >> 20} MB behind the run"
             return
         if self._pool is None:
-            self._pool = _executor()
+            self._pool = _Converter()
         self.covered += size
-        self._jobs.append((self._pool.submit(self._convert, chunks), size))
+        self._jobs.append(self._pool.submit(self._convert, chunks, size))
 
     def _convert(self, chunks: list[bytes]) -> None:
         """One block to one row group (on the pool's thread)."""
@@ -192,7 +234,7 @@ class ParquetTwin:
                 )
             self._writer.write_table(table, row_group_size=max(1, table.num_rows))
             self.rows += table.num_rows
-        except (OSError, pa.ArrowException) as exc:
+        except Exception as exc:  # noqa: BLE001 -- any failure: no twin, the JSONL stands
             self.failed = f"{type(exc).__name__}: {exc}"
         finally:
             self.cpu_s += time.thread_time() - c0
@@ -206,14 +248,14 @@ class ParquetTwin:
             if self.failed is not None or self._pending_bytes < self.min_bytes:
                 self._pending = []
                 return None
-            self._pool = _executor()
+            self._pool = _Converter()
         try:
             if self._pending and self.failed is None:
                 self.covered += self._pending_bytes
-                self._jobs.append((self._pool.submit(self._convert, self._pending), 0))
+                self._jobs.append(self._pool.submit(self._convert, self._pending, 0))
                 self._pending = []
-            for job, _ in self._jobs:
-                job.result()
+            for job in self._jobs:
+                job.wait()
             self._jobs.clear()
             if self.failed is None and self.covered != jsonl_size:
                 self.failed = f"it covers {self.covered} of the file's {jsonl_size} bytes"
@@ -230,7 +272,7 @@ class ParquetTwin:
         except OSError as exc:
             self.failed = f"{type(exc).__name__}: {exc}"
         finally:
-            self._pool.shutdown(wait=True)
+            self._pool.stop()
         self.partial.unlink(missing_ok=True)
         log.warning(
             "%s: no Parquet twin (%s); analysis parses the JSONL", self.jsonl.name, self.failed

@@ -310,6 +310,10 @@ class RecordWriter:
             if self._twin is not None:
                 self._twin.feed(data)
 
+    @property
+    def closed(self) -> bool:
+        return self._fh is None
+
     def close(self) -> None:
         if self._fh is not None:
             self.flush()

@@ -172,12 +172,20 @@ class Coordinator:
                 continue
             if p.writer is None:
                 p.writer = RecordWriter(self.out / self._file_for(p))
+            elif p.writer.closed:  # a record after the run's end: appended, no twin then
+                p.writer = RecordWriter(p.writer.path)
             p.writer.write(rec)
             written += 1
             if self.on_record is not None:
                 self.on_record(rec)
         p.received += written
         return written
+
+    def close_records(self) -> None:
+        """Close every records file (each completes its Parquet twin, ``parquet_twin``)."""
+        for p in self.peers.values():
+            if p.writer is not None:
+                p.writer.close()
 
     def key_finished(self, node: str, label: str) -> None:
         self.peer(node)

@@ -257,6 +257,7 @@ class Lead:
             self.reports.clear()
             self.reports.wait(timeout=0.5)
         interrupted = not natural and s is not None and self.ending.interrupted
+        coord.close_records()
         write_end(
             coord.out,
             coord.origin,

@@ -227,14 +227,20 @@ def test_a_killed_writer_leaves_no_twin_and_its_jsonl_is_read(tmp_path: Path) ->
 _GEVENT = """
 from gevent import monkey
 monkey.patch_all()
-import sys
+import os, sys
+import gevent
 from loadkit.records import RecordWriter
 from tests.unit.test_records_writer import record
 
-with RecordWriter(sys.argv[1], twin_block_bytes=8192, twin_min_bytes=0) as w:
-    for i in range(300):
-        w.write(record(i))
-print("closed", flush=True)
+w = RecordWriter(sys.argv[1], twin_block_bytes=8192, twin_min_bytes=0)
+for i in range(300):
+    w.write(record(i))
+# Locust's master closes the files in one greenlet and quits from another: the close must
+# not yield to the hub half-way (a cooperative wait would let the process end first)
+closer = gevent.spawn(w.close)
+gevent.sleep(0)
+print("closed" if closer.dead else "still closing", flush=True)
+os._exit(0)
 """
 
 

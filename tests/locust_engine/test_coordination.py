@@ -244,6 +244,28 @@ def test_records_from_workers_land_in_the_run_directory(tmp_path):
     assert infos["locust-hostB-10"].detail == ""
 
 
+def test_closing_the_records_completes_each_files_parquet_twin(tmp_path):
+    from loadkit.parquet_twin import MIN_TWIN_BYTES, valid_twin
+    from loadkit.records import read_table
+
+    c = coordinator(tmp_path)
+    run = tmp_path.name
+    n = MIN_TWIN_BYTES // len(record(run, "a-00000")) + 100  # just over the minimum
+    lines = [record(run, f"a-{i:05d}") for i in range(n)]
+    assert c.records("A", "locust-hostA-10", lines, 0) == n
+    path = tmp_path / "records-locust-hostA-10.jsonl"
+    assert valid_twin(path) is None  # still open
+    c.close_records()  # the master's end of the run (the workers have reported)
+    assert valid_twin(path) is not None
+    # a record after that is appended: the twin no longer stands for the file
+    assert c.records("A", "locust-hostA-10", [record(run, "late")], 0) == 1
+    c.close_records()
+    assert valid_twin(path) is None
+    ids = [r.request_id for r in iter_records(tmp_path)]
+    assert len(ids) == n + 1 and ids[-1] == "late"
+    assert read_table(tmp_path).num_rows == n + 1
+
+
 def test_two_processes_with_one_name_never_share_a_file(tmp_path):
     c = coordinator(tmp_path)
     run = tmp_path.name
