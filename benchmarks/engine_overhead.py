@@ -29,6 +29,9 @@ Sections (``--only``):
   clock) minus the schedule.
 * ``accuracy``: against the reference server's fixed, jitter-free profile, TTFT and ITL
   minus the profile at 1, 100 and 1,000 streams, bare loop vs engine.
+* ``twin`` (not in the default set): the engine with its records' Parquet twin against the
+  engine without, at the ceiling against nginx, 20 s runs (several blocks converted while
+  the run goes): throughput ratio and the CPU per request the twin adds.
 
     python benchmarks/engine_overhead.py                    # everything (~25 minutes)
     python benchmarks/engine_overhead.py --only ceiling --reps 5
@@ -205,7 +208,9 @@ def _engine(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     keys = resolve_keys(scenario, {"BENCH_KEYS": spec["key"]})
     path = tmp / "records.jsonl"
     clock = Clock()
-    with RecordWriter(path) as writer:
+    # arm "engine-no-twin": the record file without its Parquet twin (section ``twin``)
+    twin = {"twin_block_bytes": None} if spec.get("no_twin") else {}
+    with RecordWriter(path, **twin) as writer:
         run_engine(scenario, keys, spec["url"], writer, clock, "bench", progress=False)
     recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     statuses = Counter(r["status"] for r in recs)
@@ -254,6 +259,8 @@ def child_main(arm: str, spec_path: str) -> int:
 
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
+    if arm == "engine-no-twin":
+        spec["no_twin"] = True
     res = asyncio.run(_bare(spec)) if arm == "bare" else _engine(spec, Path(spec_path).parent)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
@@ -407,6 +414,49 @@ def ceiling(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
                 f"\n{r['name']}: the target's own chunk lateness over all its runs p50 "
                 f"{s['p50']:.3f} / p99 {s['p99']:.3f} / max {s['max']:.3f} ms"
             )
+    out.append("")
+
+
+def twin(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
+    """The engine with its records' Parquet twin (``loadkit.parquet_twin``: parsed and
+    written on a thread of its own) against the engine without, at the ceiling against
+    nginx; runs of ``--twin-seconds`` so that several 16 MB blocks are converted while the
+    run goes. CPU per request counts every thread of the client and the close."""
+    arms = ("engine", "engine-no-twin")
+    rows = []
+    for name, prefix, stream in (
+        ("nginx canned stream (1 read)", "/sse/v1", True),
+        ("nginx canned JSON", "/json/v1", False),
+    ):
+        if a.cases and not any(c in name for c in a.cases.split(",")):
+            continue
+        la0 = loadavg_text()
+        with nginx_target(TARGET_CPU, tmp / f"nginx-twin-{len(rows)}") as tgt:
+            spec = _spec(tgt.base + prefix, stream, a.concurrency, a.twin_seconds, a.warmup)
+            res = interleaved(
+                arms, a.reps, lambda arm, rep, spec=spec: run_client(arm, spec, tmp, f"{rep}")
+            )
+        w, wo = res["engine"], res["engine-no-twin"]
+        thr = [x["rate"] / y["rate"] for x, y in zip(w, wo, strict=True)]
+        extra = [
+            (x["cpu_ms_per_req"] - y["cpu_ms_per_req"]) * 1000.0 for x, y in zip(w, wo, strict=True)
+        ]
+        rows.append((name, thr, extra, w, wo, f"{la0} → {loadavg_text()}"))
+        print(f"  {name}: with ÷ without twin, throughput {med_range(thr)}", flush=True)
+    out += [
+        f"Parquet twin: closed loop against nginx, {a.twin_seconds:g} s per run, {a.reps} "
+        "interleaved repetitions per arm; median (min–max).",
+        "",
+        "| target | with ÷ without twin, throughput | req/s with / without | "
+        "CPU µs per request added | requests per run | load avg |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, thr, extra, w, wo, load in rows:
+        out.append(
+            f"| {name} | {med_range(thr)} | {med_range([x['rate'] for x in w], '{:,.0f}')} / "
+            f"{med_range([x['rate'] for x in wo], '{:,.0f}')} | {med_range(extra, '{:.1f}')} | "
+            f"{med_range([x['requests'] for x in w], '{:,.0f}')} | {load} |"
+        )
     out.append("")
 
 
@@ -668,7 +718,7 @@ def main() -> int:
         return child_main(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--only", help="comma-separated: ceiling,instructions,lateness,arrival,accuracy"
+        "--only", help="comma-separated: ceiling,instructions,lateness,arrival,accuracy,twin"
     )
     ap.add_argument(
         "--cases", help="ceiling/instructions: only targets whose name contains one of these"
@@ -695,6 +745,7 @@ def main() -> int:
     )
     ap.add_argument("--acc-seconds", type=float, default=8.0)
     ap.add_argument("--acc-warmup", type=float, default=2.0)
+    ap.add_argument("--twin-seconds", type=float, default=20.0)
     a = ap.parse_args()
     only = set((a.only or "ceiling,instructions,lateness,arrival,accuracy").split(","))
     raise_fd_limit(16384)
@@ -709,6 +760,7 @@ def main() -> int:
             ("lateness", lateness),
             ("arrival", arrival),
             ("accuracy", accuracy),
+            ("twin", twin),
         ):
             if name in only:
                 fn(tmp, a, out)
