@@ -220,15 +220,24 @@ def _lines(job: Job, schema: pa.Schema, use_threads: bool) -> Iterator[pa.Record
         raise ValueError(f"{job.path}: cannot read ({exc})") from None
 
 
-def _twin(job: Job) -> Iterator[pa.RecordBatch]:
+def _twin(job: Job, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The job's row groups of the file's twin; TwinUnusable when they cannot be read or
+    their columns are not exactly this loadkit's (a twin of another version)."""
     import pyarrow.parquet as pq
 
     from loadkit.parquet_twin import twin_path
 
+    target = select_fields(schema)
     try:
         twin = pq.ParquetFile(twin_path(job.path), page_checksum_verification=True)
+        have = twin.schema_arrow
+        for f in target:
+            i = have.get_field_index(f.name)
+            if i < 0 or have.field(i).type != f.type:
+                raise TwinUnusable(job.path)
         table = twin.read_row_groups(range(job.start, job.end), columns=list(FIELDS))
-    except (OSError, pa.ArrowException, KeyError):
+        table = table.select(list(FIELDS)).cast(target)
+    except (OSError, pa.ArrowException, KeyError, ValueError):
         raise TwinUnusable(job.path) from None
     yield from table.combine_chunks().to_batches()
 
@@ -238,7 +247,7 @@ def job_parts(job: Job, schema: pa.Schema, use_threads: bool = True) -> Iterator
     parse the range, TwinUnusable when the file's twin cannot be read, ValueError (naming
     the file, and the line if it can) otherwise."""
     if job.kind == TWIN:
-        batches: Iterator[pa.RecordBatch] = _twin(job)
+        batches: Iterator[pa.RecordBatch] = _twin(job, schema)
     elif job.kind == CAREFUL:
         batches = _careful(job.path, schema)
     elif job.kind == TAIL:

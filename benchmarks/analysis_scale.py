@@ -2,7 +2,7 @@
 run directory -- 90 % streams of 16 to 32 content chunks, a non-streamed key, ~4 % 429s
 (two free-tier keys far over 60 a minute), 9 keys in 2 tiers, 3,000 records a second of
 simulated run -- with the Parquet twins the record writer leaves beside its files
-(``loadkit.parquet_twin``, fed the same bytes; ``--no-twins``: none), then analysed twice,
+(``loadkit.parquet_twin``, told of the same writes; ``--no-twins``: none), then analysed twice,
 each in a fresh process (every metric, verdict, chart and the report) while its wall time,
 CPU time and peak RSS are measured: first from the twins (or the JSONL; it writes the column
 cache, ``loadkit.analysis.column_cache``), then again from that cache. Targets (issue 16):
@@ -17,13 +17,14 @@ The free keys' server counts in fixed windows against a promised sliding window,
 run's verdict is fail (2 limits not enforced): the analysis has violations to find.
 
 Generation (parallel by key and time slice) is timed apart: 1 M records, 921 MB of JSONL
-and 195 MB of twins, in 12 s on the 2-core machine; the twins' conversion is reported as the
-CPU it would cost a run (7.4-7.9 s per million records, on the writer's own thread).
+and 195 MB of twins, in 10-17 s on the 2-core machine; the twins' conversion is reported as
+the CPU it would cost a run (6.5-7.9 s per million records, on the writer's own thread).
 
-Measured 2026-12-01 with the twins (load average 0.8-1.4, two repetitions of ``--reuse``):
-1 M first analysis 4.60-5.06 s wall, 5.3-6.1 s CPU, 913-931 MB (reading 0.87-1.06 s); again
-from the cache 3.91-3.92 s, 872 MB. 10 M (9,993,790 records): first 49 s (reading 14 s),
-from the cache 32 s, 7.2-7.5 GB peak -- the time target met, the memory target not.
+Measured 2026-12-01 with the twins (load average 0.2-1.1, two repetitions of ``--reuse``):
+1 M first analysis 4.32-4.59 s wall, 5.0-5.5 s CPU, 927-954 MB (reading 0.87-0.92 s); again
+from the cache 3.63-3.66 s, 872 MB; the same run without twins (``--no-twins``) 7.84 s
+(reading 4.36 s). 10 M (9,993,790 records): first 49 s (reading 14 s), from the cache 32 s,
+7.2-7.5 GB peak -- the time target met, the memory target not.
 
 Measured 2026-12-01 on the 2-core machine at load average 1.0-1.1, 1 M records (998,034;
 921 MB JSONL), two interleaved repetitions of ``--reuse`` (charts and report included) with
@@ -123,7 +124,7 @@ def _generate_part(
 ) -> tuple[int, int, int, float]:
     """One key's records (or one time slice of them), written as its own JSONL file and,
     with ``twins``, the Parquet twin the engine's record writer leaves beside it
-    (``loadkit.parquet_twin``, fed the same bytes in the same way); returns the twin's CPU
+    (``loadkit.parquet_twin``, told of the same writes in the same way); returns its CPU
     cost with the counts."""
     import numpy as np
 
@@ -170,7 +171,8 @@ def _generate_part(
             data = "".join(batch).encode()
             fh.write(data)
             if twin is not None:
-                twin.feed(data)
+                fh.flush()  # as the record writer does: the twin reads the file back
+                twin.feed(len(data))
             batch.clear()
 
         for line in key_run_lines(kr, "bench", start_index=part * 10**9):

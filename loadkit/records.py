@@ -19,7 +19,7 @@ import orjson
 
 from loadkit.parquet_twin import BLOCK_BYTES as TWIN_BLOCK_BYTES
 from loadkit.parquet_twin import MIN_TWIN_BYTES as TWIN_MIN_BYTES
-from loadkit.parquet_twin import ParquetTwin
+from loadkit.parquet_twin import ParquetTwin, twin_path
 
 if TYPE_CHECKING:  # imported where used: the engines write records without loading pyarrow
     import pyarrow as pa
@@ -246,9 +246,10 @@ class RecordWriter:
     which readers skip. Without a loop (or with an interval of 0), every record is written
     and flushed to the OS as it comes. ``close`` (or leaving the ``with``) writes the rest.
 
-    A file the writer starts also gets a Parquet twin (``loadkit.parquet_twin``: written
-    on a thread of its own, block by block, so a large run's analysis reads columns
-    instead of parsing JSON); ``twin_block_bytes=None`` writes none.
+    A file the writer starts gets a Parquet twin once it has ``twin_min_bytes``
+    (``loadkit.parquet_twin``: written on a thread of its own, block by block, so a large
+    run's analysis reads columns instead of parsing JSON); ``twin_block_bytes=None``
+    writes none.
     """
 
     def __init__(
@@ -266,8 +267,11 @@ class RecordWriter:
         # A file this writer starts gets a Parquet twin once it passes one block (None: no
         # twin); one it appends to keeps only its JSONL.
         self._twin: ParquetTwin | None = None
-        if twin_block_bytes is not None and os.fstat(self._fh.fileno()).st_size == 0:
-            self._twin = ParquetTwin(self.path, twin_block_bytes, twin_min_bytes)
+        if os.fstat(self._fh.fileno()).st_size == 0:
+            if twin_block_bytes is not None:
+                self._twin = ParquetTwin(self.path, twin_block_bytes, twin_min_bytes)
+            else:  # a new file: a twin beside it would be another file's
+                twin_path(self.path).unlink(missing_ok=True)
         self.flush_interval_s = flush_interval_s
         self._lines: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -308,7 +312,7 @@ class RecordWriter:
             self._fh.write(data)
             self._fh.flush()
             if self._twin is not None:
-                self._twin.feed(data)
+                self._twin.feed(len(data))
 
     @property
     def closed(self) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadkit import parquet_twin
 from loadkit.locustfiles._options import tier_matches
 from loadkit.locustfiles._roles import RoleSpec, role_specs
 from loadkit.records import RECORDS_GLOB, RecordWriter, RequestRecord
@@ -105,6 +106,8 @@ class Coordinator:
         self.problems: list[str] = []
         self.on_record: Callable[[RequestRecord], None] | None = None  # e.g. the web UI's
         self._files: set[str] = set()
+        # the records files' Parquet twins need pyarrow: imported now, not mid-run
+        parquet_twin.prepare()
 
     # -- messages from the processes that send load --------------------------------------
 

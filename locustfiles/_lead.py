@@ -257,7 +257,6 @@ class Lead:
             self.reports.clear()
             self.reports.wait(timeout=0.5)
         interrupted = not natural and s is not None and self.ending.interrupted
-        coord.close_records()
         write_end(
             coord.out,
             coord.origin,
@@ -267,6 +266,9 @@ class Lead:
             self.new_meta,
         )
         self.written.set()
+        # after run.json: completing the twins can take a while when their thread fell
+        # behind, and a stop meanwhile must not cost the run its metadata
+        coord.close_records()
 
     def run_time(self) -> float:
         """Seconds since the run's t=0 on this machine (0 before it)."""
