@@ -246,7 +246,7 @@ def refusals(status: np.ndarray, error_code: Codes, limit_kind: Codes, schema: C
 
 def table_from_records(recs: list[RequestRecord]) -> pa.Table:
     """An arrow table of record objects (tests, small runs)."""
-    return pa.Table.from_pylist([asdict(r) for r in recs], schema=_arrow_schema())
+    return _records.records_table([asdict(r) for r in recs], _arrow_schema())
 
 
 def columns_from_records(recs: list[RequestRecord]) -> Columns:

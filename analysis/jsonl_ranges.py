@@ -168,7 +168,9 @@ class _Slice(io.RawIOBase):
 def _record_batch(rows: list[dict[str, object]], schema: pa.Schema) -> pa.RecordBatch | None:
     if not rows:
         return None
-    table = pa.Table.from_pylist(rows, schema=schema).select(list(FIELDS))
+    from loadkit.records import records_table
+
+    table = records_table(rows, schema).select(list(FIELDS))
     return table.combine_chunks().to_batches()[0]
 
 

@@ -376,7 +376,7 @@ def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
                 tables.append(pj.read_json(path, parse_options=opts))
             except pa.ArrowInvalid:
                 recs = [asdict(r) for r in iter_records_file(path)]
-                tables.append(pa.Table.from_pylist(recs, schema=schema))
+                tables.append(records_table(recs, schema))
             except OSError as exc:
                 raise ValueError(f"{path}: cannot read ({exc})") from None
         table = pa.concat_tables(tables) if tables else schema.empty_table()
@@ -455,6 +455,24 @@ def iter_records_file(path: Path) -> list[RequestRecord]:
                 continue  # torn final line of a killed writer
             raise ValueError(f"{path}:{i + 1}: not a JSON record ({exc.msg})") from None
     return out
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def records_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Record dicts as a table of ``schema``. An integer beyond int64 (a number a hostile or
+    broken server sent in a header or a body, kept in the record as sent) is clamped to the
+    nearest bound, so it still reads as huge instead of failing the whole run's analysis."""
+    import pyarrow as pa
+
+    ints = [f.name for f in schema if pa.types.is_integer(f.type)]
+    for row in rows:
+        for name in ints:
+            v = row.get(name)
+            if isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:
+                row[name] = min(max(v, _INT64[0]), _INT64[1])
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def arrow_schema() -> pa.Schema:

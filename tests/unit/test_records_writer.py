@@ -165,3 +165,22 @@ def test_a_table_of_old_and_new_lines_has_conn_s_null_where_not_measured(tmp_pat
     new = record(1, conn_s=2.25).to_json()
     (tmp_path / "records-a.jsonl").write_text(json.dumps(old) + "\n" + new + "\n")
     assert read_table(tmp_path).column("conn_s").to_pylist() == [None, 2.25]
+
+
+def test_a_number_beyond_int64_reads_as_huge_instead_of_failing_the_run(tmp_path):
+    # a hostile or broken server's header or usage number is kept in the record as sent;
+    # the readers clamp it to int64 (still huge) rather than refuse every record of the run
+    from loadkit.analysis.ingest import read_reduced
+    from loadkit.records import RecordWriter, read_table
+
+    with RecordWriter(tmp_path / "records-w.jsonl") as w:
+        w.write(record(0))
+        w.write(record(1, rl_limit_requests=2**70, prompt_tokens=-(2**65)))
+        w.write(record(2, rl_limit_requests=60))
+    table = read_table(tmp_path)
+    assert table.column("rl_limit_requests").to_pylist() == [None, 2**63 - 1, 60]
+    assert table.column("prompt_tokens").to_pylist()[1] == -(2**63)
+    reduced = read_reduced(tmp_path)
+    assert reduced.n == 3
+    assert reduced.arrays["rl_limit_requests"][1] == float(2**63 - 1)
+    assert reduced.arrays["rl_limit_requests"][2] == 60.0
