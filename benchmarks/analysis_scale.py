@@ -23,8 +23,8 @@ the CPU it would cost a run (6.5-7.9 s per million records, on the writer's own 
 Measured 2026-12-01 with the twins (load average 0.2-1.1, two repetitions of ``--reuse``):
 1 M first analysis 4.32-4.59 s wall, 5.0-5.5 s CPU, 927-954 MB (reading 0.87-0.92 s); again
 from the cache 3.63-3.66 s, 872 MB; the same run without twins (``--no-twins``) 7.84 s
-(reading 4.36 s). 10 M (9,993,790 records): first 49 s (reading 14 s), from the cache 32 s,
-7.2-7.5 GB peak -- the time target met, the memory target not.
+(reading 4.36 s). 10 M (9,993,790 records, ``--records 10000000``): first 37 s (reading
+10.5 s), from the cache 28 s, 7.2-7.5 GB peak -- the time target met, the memory target not.
 
 Measured 2026-12-01 on the 2-core machine at load average 1.0-1.1, 1 M records (998,034;
 921 MB JSONL), two interleaved repetitions of ``--reuse`` (charts and report included) with
