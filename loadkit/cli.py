@@ -195,6 +195,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also write the records as records.parquet at the end",
     )
     r.add_argument(
+        "--no-twins",
+        action="store_true",
+        help="no Parquet twins beside the record files (the scenario's [run] "
+        "parquet_twins = false): a large run's analysis then parses the JSONL",
+    )
+    r.add_argument(
         "--quiet",
         action="store_true",
         help="no progress line and no console table; a run that did not pass still gets "

@@ -329,6 +329,7 @@ class ParquetTwin:
         finally:
             if self._pool is not None:
                 self._pool.stop()
+                atexit.unregister(self._at_exit)
         self.partial.unlink(missing_ok=True)
         log.warning(
             "%s: no Parquet twin (%s); analysis parses the JSONL", self.jsonl.name, self.failed

@@ -335,6 +335,12 @@ class RecordWriter:
         self.close()
 
 
+def record_writer(path: str | os.PathLike[str], twins: bool = True) -> RecordWriter:
+    """The run's writer of one records file: with its Parquet twin, or (``twins`` False,
+    the scenario's ``[run] parquet_twins``) without."""
+    return RecordWriter(path, twin_block_bytes=TWIN_BLOCK_BYTES if twins else None)
+
+
 def record_files(run_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(Path(run_dir).glob(RECORDS_GLOB))
 

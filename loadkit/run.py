@@ -18,7 +18,7 @@ from typing import Any
 from loadkit import __version__
 from loadkit.api import TargetApi
 from loadkit.engine.worker_plan import WorkerPlan, available_cores, default_workers, split_plan
-from loadkit.records import RecordWriter, RequestRecord, shifted
+from loadkit.records import RecordWriter, RequestRecord, record_writer, shifted
 from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id
 from loadkit.scenario import EMBEDDED, Key, Scenario, ScenarioError, load_scenario, resolve_keys
 
@@ -305,7 +305,7 @@ def _run_async(
     from loadkit.engine.async_engine import run_engine
 
     worker = "async-0"
-    with RecordWriter(out_dir / f"records-{worker}.jsonl") as writer:
+    with record_writer(out_dir / f"records-{worker}.jsonl", scenario.parquet_twins) as writer:
         info = WorkerInfo(worker)
         try:
             res = run_engine(
@@ -335,7 +335,11 @@ def _run_async(
 def run_main(args: Any) -> int:
     try:
         scenario = load_scenario(args.scenario) if args.scenario else builtin_scenario()
-        scenario = scenario.with_overrides(duration_s=args.duration, base_url=args.target)
+        scenario = scenario.with_overrides(
+            duration_s=args.duration,
+            base_url=args.target,
+            parquet_twins=False if getattr(args, "no_twins", False) else None,
+        )
     except ScenarioError as exc:
         print(f"loadkit run: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from typing import Any
 from loadkit import parquet_twin
 from loadkit.locustfiles._options import tier_matches
 from loadkit.locustfiles._roles import RoleSpec, role_specs
-from loadkit.records import RECORDS_GLOB, RecordWriter, RequestRecord
+from loadkit.records import RECORDS_GLOB, RecordWriter, RequestRecord, record_writer
 from loadkit.runmeta import (
     RUN_FILE,
     Origin,
@@ -174,7 +174,8 @@ class Coordinator:
                 p.refused += 1
                 continue
             if p.writer is None:
-                p.writer = RecordWriter(self.out / self._file_for(p))
+                twins = self.scenario is None or self.scenario.parquet_twins
+                p.writer = record_writer(self.out / self._file_for(p), twins)
             elif p.writer.closed:  # a record after the run's end: appended, no twin then
                 p.writer = RecordWriter(p.writer.path)
             p.writer.write(rec)

@@ -71,7 +71,7 @@ def _run_job(
     early: list[signal.Signals],
 ) -> dict[str, Any] | None:
     from loadkit.engine.async_engine import AsyncEngine
-    from loadkit.records import RecordWriter
+    from loadkit.records import record_writer
     from loadkit.scenario import Key
     from loadkit.scenario.parse import scenario_from_dict
 
@@ -81,7 +81,9 @@ def _run_job(
     pairs = [(int(i), by_label[label], scenario.load[int(n)]) for i, label, n in job["pairs"]]
     worker = str(job["worker"])
     clock = Clock()  # re-anchored on the run's t=0 by ``go``
-    with RecordWriter(Path(job["out"]) / f"records-{worker}.jsonl") as writer:
+    with record_writer(
+        Path(job["out"]) / f"records-{worker}.jsonl", scenario.parquet_twins
+    ) as writer:
         engine = AsyncEngine(
             scenario,
             keys,

@@ -405,15 +405,22 @@ class Scenario:
     engine: str | None = None
     honour_retry_after: bool = False
     max_retries: int = 3
+    parquet_twins: bool = True  # record files of 4 MB or more get a Parquet twin (records.py)
     slo: dict[str, Any] = field(default_factory=dict)
     goodput: dict[str, float] = field(default_factory=dict)
     sweep: dict[str, Any] = field(default_factory=dict)
     source: str = "<built-in>"
 
     def with_overrides(
-        self, *, duration_s: float | None = None, base_url: str | None = None
+        self,
+        *,
+        duration_s: float | None = None,
+        base_url: str | None = None,
+        parquet_twins: bool | None = None,
     ) -> Scenario:
         s = self
+        if parquet_twins is not None:
+            s = replace(s, parquet_twins=parquet_twins)
         if duration_s is not None:
             try:
                 duration_s = validate_value(Positive, duration_s, root="--duration")

@@ -332,6 +332,9 @@ class RunTable(Table):
     honour_retry_after: Flag = Scenario.honour_retry_after
     """True: sleep Retry-After and retry (each retry its own record)."""
     max_retries: NonNegativeInt = Scenario.max_retries
+    parquet_twins: Flag = Scenario.parquet_twins
+    """Record files of 4 MB or more get a Parquet twin, written as the run goes, that a
+    large run's analysis reads instead of parsing the JSON (``--no-twins``: none)."""
 
 
 def _one_or_many(v: Any) -> Any:

@@ -266,6 +266,18 @@ def test_closing_the_records_completes_each_files_parquet_twin(tmp_path):
     assert read_table(tmp_path).num_rows == n + 1
 
 
+def test_a_scenario_without_twins_gets_none(tmp_path):
+    from loadkit.parquet_twin import MIN_TWIN_BYTES
+
+    off = scenario().with_overrides(parquet_twins=False)
+    c = coordinator(tmp_path, off)
+    run = tmp_path.name
+    n = MIN_TWIN_BYTES // len(record(run, "a-00000")) + 100
+    c.records("A", "locust-hostA-10", [record(run, f"a-{i:05d}") for i in range(n)], 0)
+    c.close_records()
+    assert sorted(p.name for p in tmp_path.glob("records-*")) == ["records-locust-hostA-10.jsonl"]
+
+
 def test_two_processes_with_one_name_never_share_a_file(tmp_path):
     c = coordinator(tmp_path)
     run = tmp_path.name

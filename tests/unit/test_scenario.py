@@ -124,7 +124,7 @@ def test_valid_scenario_and_rate_factor() -> None:
         ("load.0.max_tokens", {"dist": "fixed", "value": 2.5}, "load[0].max_tokens.value: expected an integer, got 2.5"),
         # unknown fields, at every level
         ("surprise", 1, "surprise: unknown field (expected one of target, run, tiers, load, slo, goodput, sweep, name, description)"),
-        ("run.surprise", 1, "run.surprise: unknown field (expected one of duration_s, max_requests, warmup_s, drain_s, seed, engine, honour_retry_after, max_retries)"),
+        ("run.surprise", 1, "run.surprise: unknown field (expected one of duration_s, max_requests, warmup_s, drain_s, seed, engine, honour_retry_after, max_retries, parquet_twins)"),
         ("target.url", "x", "target.url: unknown field (expected one of base_url, model, connect_timeout_s, request_timeout_s, read_timeout_s, server_config, api, paths, auth_header, auth_scheme, headers)"),
         ("tiers.free.rpm", 60, "tiers.free.rpm: unknown field (expected one of requests, window_s, concurrency, tokens, token_window_s, token_counts, requests_per_day, day_window_s, models, keys_env, keys_file, keys)"),
         ("tiers.free.name", "x", "tiers.free.name: unknown field (a tier's name is its table's name)"),
@@ -315,6 +315,10 @@ def test_overrides_survive_the_round_trip() -> None:
     s = builtin_scenario().with_overrides(duration_s=12)
     assert _round_trip(s) == _without_key_sources(s)
     assert _round_trip(s).duration_s == 12
+    # --no-twins reaches every engine's writers through the scenario they are handed
+    assert builtin_scenario().parquet_twins
+    off = builtin_scenario().with_overrides(parquet_twins=False)
+    assert not _round_trip(off).parquet_twins
 
 
 def test_every_field_survives_the_round_trip(tmp_path: Path) -> None:
@@ -340,6 +344,7 @@ def test_every_field_survives_the_round_trip(tmp_path: Path) -> None:
                 "engine": "async",
                 "honour_retry_after": True,
                 "max_retries": 5,
+                "parquet_twins": False,
             },
             "tiers": {"a": {"requests": 5, "window_s": 2, "concurrency": 2, "keys": 2}},
             "load": [
