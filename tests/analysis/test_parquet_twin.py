@@ -258,6 +258,19 @@ def test_a_killed_writer_leaves_no_twin_and_its_jsonl_is_read(tmp_path: Path) ->
     assert _twin_jobs(tmp_path) == 0
 
 
+def _child(script: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` run in a fresh interpreter with ``path`` as its argument; it must exit 0."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 _GEVENT = """
 from gevent import monkey
 monkey.patch_all()
@@ -282,14 +295,7 @@ def test_a_gevent_process_writes_its_twin_on_a_real_thread(tmp_path: Path) -> No
     # the Locust master writes every worker's records in a gevent-patched process
     path = tmp_path / "records-w.jsonl"
     t0 = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-c", _GEVENT, str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _child(_GEVENT, path)
     assert out.stdout == "closed\n" and time.monotonic() - t0 < 120
     found = valid_twin(path)
     assert found is not None and found[1] >= 5
@@ -411,14 +417,7 @@ except KeyboardInterrupt:
 
 def test_a_signal_while_the_twin_is_completed_stops_it_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "records-w.jsonl"
-    out = subprocess.run(
-        [sys.executable, "-c", _SIGNAL_IN_CLOSE, str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr  # no abort of the interpreter
+    out = _child(_SIGNAL_IN_CLOSE, path)  # exits 0: no abort of the interpreter
     assert out.stdout == "interrupted\n"
     assert "no Parquet twin (the run was stopped" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records-w.jsonl"]
