@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -48,9 +48,15 @@ class Target:
 
 
 @contextlib.contextmanager
-def open_target(scenario: Scenario, out_dir: Path, cpu: int | None = None) -> Iterator[Target]:
+def open_target(
+    scenario: Scenario,
+    out_dir: Path,
+    cpu: int | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> Iterator[Target]:
     """The target to load: the embedded reference server (started here, stopped after) or
-    the scenario's URL with keys from the environment / keys files."""
+    the scenario's URL with keys from the environment / keys files. ``say`` is told where
+    the scenario's promises differ from the embedded server's plan."""
     api = scenario.target.target_api(os.environ)
     if scenario.target.base_url != EMBEDDED:
         yield Target(scenario.target.base_url, resolve_keys(scenario), api=api)
@@ -62,6 +68,9 @@ def open_target(scenario: Scenario, out_dir: Path, cpu: int | None = None) -> It
         )
     from loadkit.server.process import start_server_process
 
+    config = _embedded_config(scenario)
+    for line in plan_differences(scenario, config) if config is not None else []:
+        say(line)
     truth = out_dir / "truth.jsonl"
     with start_server_process(
         config_path=scenario.target.server_config,
@@ -70,6 +79,55 @@ def open_target(scenario: Scenario, out_dir: Path, cpu: int | None = None) -> It
         api=api.layout.name,
     ) as srv:
         yield Target(srv.base_url, embedded_keys(scenario, srv.keys), truth, api, embedded=True)
+
+
+# A tier's promises a scenario states and the embedded server enforces, with their units.
+_PLAN_FIELDS = (
+    ("requests", "requests"),
+    ("window_s", "s window"),
+    ("concurrency", "concurrent"),
+    ("tokens", "tokens"),
+    ("token_window_s", "s token window"),
+    ("requests_per_day", "requests a day"),
+)
+
+
+def plan_differences(scenario: Scenario, server: Any) -> list[str]:
+    """For each tier whose promises (the scenario's) differ from what the embedded
+    server's config enforces, a line naming both: the verdicts judge the promise, so such
+    a run reports the server's plan as violations (or as not tested). Pure."""
+    out = []
+    for tier in scenario.tiers.values():
+        try:
+            enforced = server.tier(tier.name)
+        except KeyError:
+            continue  # refused by embedded_keys
+        promised, actual = [], []
+        for name, unit in _PLAN_FIELDS:
+            want, have = getattr(tier, name, None), getattr(enforced, name, None)
+            if want is not None and want != have:
+                promised.append(f"{_num(want)} {unit}")
+                actual.append(f"{_num(have)} {unit}" if have is not None else f"no {unit} limit")
+        if promised:
+            out.append(
+                f"tier {tier.name}: the scenario promises {', '.join(promised)}; the embedded "
+                f"server enforces {', '.join(actual)} (the verdicts judge the promise)"
+            )
+    return out
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:g}"
+
+
+def _embedded_config(scenario: Scenario) -> Any:
+    from loadkit.server.config import ConfigError, default_config, load_config
+
+    path = scenario.target.server_config
+    try:
+        return load_config(path) if path else default_config()
+    except ConfigError:
+        return None  # the server itself says why, as it starts
 
 
 def embedded_keys(scenario: Scenario, server_keys: list[dict[str, str]]) -> list[Key]:
@@ -143,7 +201,12 @@ def run_scenario(
     server_cpu = _server_cpu()
     if engine == "async":
         import loadkit.engine.async_engine  # noqa: F401  (imported before the clock starts)
-    with _stop_signals(), open_target(scenario, out_dir, cpu=server_cpu) as target:
+    with (
+        _stop_signals(),
+        open_target(
+            scenario, out_dir, cpu=server_cpu, say=lambda text: _say(progress, text)
+        ) as target,
+    ):
         wplan = None
         if engine == "async":
             wplan = _async_workers(scenario, target, workers or 1, progress)
