@@ -70,7 +70,6 @@ def load(run_dir: str | os.PathLike[str]) -> Reduced | None:
         gap_ms=gap_ms,
         gap_counts=gap_counts,
         request_id=ids,
-        schemas=set(manifest["schemas"]),
     )
 
 
@@ -99,7 +98,6 @@ def store(run_dir: str | os.PathLike[str], reduced: Reduced, sources: list[list[
             "sources": sources,
             "arrays": sorted(reduced.arrays),
             "codes": {name: list(names) for name, (_, names) in reduced.codes.items()},
-            "schemas": sorted(reduced.schemas),
         }
         (tmp / _MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)

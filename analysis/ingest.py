@@ -206,7 +206,11 @@ class Reduced:
     gap_ms: np.ndarray
     gap_counts: np.ndarray
     request_id: pa.ChunkedArray
-    schemas: set[str]
+
+    @property
+    def schemas(self) -> set[str]:
+        """The record schemas the records name."""
+        return set(self.codes["schema"][1])
 
 
 def _gaps(lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -250,7 +254,6 @@ def reduce_batch(batch: pa.RecordBatch | pa.Table) -> Reduced:
         gap_ms=gap_ms,
         gap_counts=gap_counts,
         request_id=pa.chunked_array(ids, type=pa.string()),
-        schemas=set(codes["schema"][1]),
     )
 
 
@@ -295,7 +298,6 @@ class Joiner:
             gap_ms=gap_ms,
             gap_counts=gap_counts,
             request_id=ids,
-            schemas=set(codes["schema"][1]),
         )
 
 

@@ -52,17 +52,17 @@ def twin_path(jsonl: Path) -> Path:
     return jsonl.with_suffix(TWIN_SUFFIX)
 
 
-def prepare() -> None:
+def prepare() -> Any:
     """Import what the converter needs, on the caller's thread, before a run starts: the
     first import of pyarrow holds the GIL for ~0.1 s (a stall of the run if it happened on
     the converter's thread mid-run) and, under gevent, must not race the main greenlet's
-    imports."""
+    imports. Returns the record schema the twins are written with."""
     import pyarrow.json  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
     from loadkit.records import arrow_schema
 
-    arrow_schema()
+    return arrow_schema()
 
 
 def _fingerprint(fh: Any, size: int) -> list[int]:
@@ -197,7 +197,7 @@ class ParquetTwin:
         # the file is new: any twin beside it is another file's
         self.path.unlink(missing_ok=True)
         self.partial.unlink(missing_ok=True)
-        prepare()
+        self._schema = prepare()
 
     def feed(self, nbytes: int) -> None:
         """The writer has written and flushed ``nbytes`` more bytes of whole lines."""
@@ -259,9 +259,7 @@ class ParquetTwin:
         import pyarrow.json as pj
         import pyarrow.parquet as pq
 
-        from loadkit.records import arrow_schema
-
-        schema = arrow_schema()
+        schema = self._schema
         table = pj.read_json(
             pa.BufferReader(pa.py_buffer(data).slice(0, size)),
             read_options=pj.ReadOptions(use_threads=False, block_size=4 << 20),
