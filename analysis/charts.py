@@ -6,14 +6,18 @@ records draw as fast as a thousand."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from loadkit.analysis import figures
+from loadkit.analysis import figures, metrics
+from loadkit.analysis.metrics import MetricValues
+from loadkit.analysis.pooled import describe_groups
 from loadkit.analysis.series import bin_max, rolling_mean, smooth_bins
+from loadkit.analysis.stats import Stats
 from loadkit.analysis.summary import Analysis, KeyAnalysis
 from loadkit.analysis.throughput import bin_width, failed
 from loadkit.analysis.token_charts import write_token_charts
@@ -94,8 +98,7 @@ class Cdfs:
 
 
 def tier_cdfs(
-    values: np.ndarray,
-    rows: np.ndarray,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
     row_group: np.ndarray,
     ngroups: int,
     lo: float,
@@ -103,7 +106,8 @@ def tier_cdfs(
     log: bool,
 ) -> Cdfs:
     """The CDF over [lo, hi] of the values of each group (``row_group[rows[i]]`` for value
-    i; -1: none); values above ``hi`` count, off the axis. The values are not reordered."""
+    i; -1: none), the values read as (values, rows) blocks; values above ``hi`` count, off
+    the axis. The values are not reordered."""
     nb = CDF_BINS
     a, span = (np.log(lo), np.log(hi) - np.log(lo)) if log else (lo, hi - lo)
     # a hair under nb / span: the largest value falls in the last bin, not past it
@@ -111,21 +115,22 @@ def tier_cdfs(
     counts = np.zeros((ngroups + 1) * (nb + 1), dtype=np.int64)
     # where each row's group starts in the counts; row 0 gathers the values of no group
     offset = (row_group.astype(np.intp) + 1) * (nb + 1)
-    buf = np.empty(min(CDF_CHUNK, values.size))
-    for start in range(0, values.size, CDF_CHUNK):
-        v = values[start : start + CDF_CHUNK]
-        pos = buf[: v.size]
-        if log:
-            np.log(v, out=pos)
-            pos -= a
-            pos *= scale
-        else:
-            np.multiply(v, scale, out=pos)
-            pos -= a * scale
-        np.clip(pos, 0, nb, out=pos)
-        idx = pos.astype(np.intp)
-        idx += offset[rows[start : start + CDF_CHUNK]]
-        counts += np.bincount(idx, minlength=counts.size)
+    buf = np.empty(CDF_CHUNK)
+    for values, rows in blocks:
+        for start in range(0, values.size, CDF_CHUNK):
+            v = values[start : start + CDF_CHUNK]
+            pos = buf[: v.size]
+            if log:
+                np.log(v, out=pos)
+                pos -= a
+                pos *= scale
+            else:
+                np.multiply(v, scale, out=pos)
+                pos -= a * scale
+            np.clip(pos, 0, nb, out=pos)
+            idx = pos.astype(np.intp)
+            idx += offset[rows[start : start + CDF_CHUNK]]
+            counts += np.bincount(idx, minlength=counts.size)
     per = counts.reshape(ngroups + 1, nb + 1)[1:]
     n = per.sum(axis=1)
     steps = np.arange(nb + 1) / scale if scale else np.zeros(nb + 1)
@@ -133,6 +138,29 @@ def tier_cdfs(
     cum = np.cumsum(per[:, :nb], axis=1) / np.maximum(n, 1)[:, None]
     fractions = np.concatenate([np.zeros((ngroups, 1)), cum], axis=1)
     return Cdfs(edges, fractions, n, log)
+
+
+def _extremes(mv: MetricValues) -> tuple[float, float]:
+    """The smallest and largest value (NaN when any is NaN, as numpy's min and max)."""
+    if mv.size <= metrics.SORT_IN_MEMORY:  # no block copies: the values as they are held
+        values = mv.values
+        return float(values.min()), float(values.max())
+    low, peak = np.inf, -np.inf
+    for values, _ in mv.blocks():
+        low, peak = np.minimum(low, values.min()), np.maximum(peak, values.max())
+    return float(low), float(peak)
+
+
+def _by_tier(mv: MetricValues, tier_of_row: np.ndarray, ntiers: int) -> list[Stats]:
+    """``describe`` of each tier's values (every endpoint), then of all values (rows
+    without a tier too), read in blocks."""
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for values, rows in mv.blocks():
+            yield values, tier_of_row[rows].astype(np.int64) + 1
+
+    sets = [[c + 1] for c in range(ntiers)] + [list(range(ntiers + 1))]
+    return describe_groups(blocks, ntiers + 1, sets)
 
 
 def _quantile_of(c: Cdfs, q: float) -> float:
@@ -148,16 +176,19 @@ def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
         ("ttft_ms", "Time to first token", "requests"),
         ("itl_ms", "Inter-token latency", "gaps between chunks"),
     ):
-        mv = result.values[metric]
+        mv = result.values[metric].load()
         table = result.summary.latency.table(metric)
         xlabel = f"{title.lower()} (ms)"
         cdfs = None
         right = None
-        if mv.values.size:
-            low, peak = float(mv.values.min()), float(mv.values.max())
+        exact: list[Stats] | None = None  # per tier and of all values, when asked for
+        if mv.size:
+            low, peak = _extremes(mv)
             top = table.overall.p99_9
-            if top is None or table.overall.count != mv.values.size:
-                top = float(np.quantile(mv.values, 0.999))
+            if top is None or table.overall.count != mv.size:
+                exact = _by_tier(mv, cols.tier.codes, len(tiers))
+                top = exact[-1].p99_9
+                assert top is not None
             # The last 0.1 % would stretch the axis over an empty flat top: cut it, and say so.
             hi = peak
             if peak > top * 1.1:
@@ -165,9 +196,7 @@ def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
                 hi = right
                 xlabel += f"; axis ends at p99.9 = {top:,.0f} ms, max {peak:,.0f} ms"
             maybe_log = low > 0 and top / low > LOG_AXIS_RATIO
-            cdfs = tier_cdfs(
-                mv.values, mv.rows, cols.tier.codes, len(tiers), low, max(hi, low), maybe_log
-            )
+            cdfs = tier_cdfs(mv.blocks(), cols.tier.codes, len(tiers), low, max(hi, low), maybe_log)
             log = maybe_log and top / max(_quantile_of(cdfs, 0.001), low) > LOG_AXIS_RATIO
         drawn = [c for c in range(len(tiers)) if cdfs is not None and cdfs.counts[c]]
         fig, (ax,) = figures.figure(8.0, 2.9, legend_rows=figures.legend_rows(len(drawn), 1))
@@ -176,11 +205,10 @@ def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
             name = tiers[code]
             color, style, lw = _tier_style(code)
             st = table.by_tier.get(name)
-            if st is not None and st.count == cdfs.counts[code] and st.p50 is not None:
-                p50, p99 = st.p50, st.p99
-            else:
-                mine = mv.values[mv.of_rows(cols.tier.codes) == code]
-                p50, p99 = np.percentile(mine, [50, 99], overwrite_input=True)
+            if st is None or st.count != cdfs.counts[code]:  # the table: inference only
+                exact = exact or _by_tier(mv, cols.tier.codes, len(tiers))
+                st = exact[code]
+            p50, p99 = (np.nan if q is None else q for q in (st.p50, st.p99))
             # Each tier its own colour, dash and width: a tier whose curve lies on another's
             # still shows (the wider line under the narrower), and the legend states its
             # p50 and p99 in figures.
@@ -199,7 +227,7 @@ def chart_cdfs(result: Analysis, out: Path, written: list[str]) -> None:
         if cdfs is not None and log:
             ax.set_xscale("log")
             _plain_ticks(ax)
-        elif mv.values.size and mv.values.min() >= 0:
+        elif mv.size and low >= 0:
             ax.set_xlim(left=0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"fraction of {unit}")
@@ -271,7 +299,7 @@ def chart_latency_time(
         (axes[0], "ttft_ms", "time to first token"),
         (axes[1], "e2e_ms", "end-to-end latency"),
     ):
-        mv = result.values[metric]
+        mv = result.values[metric].load()
         raw, smooth = time_quantiles(
             cols.send[mv.rows], mv.values, width, nbins, k, stride, (0.5, 0.99)
         )
@@ -402,7 +430,7 @@ def chart_inflight(
     margin = result.summary.settings.concurrency_margin_s
     levels = []
     for k in keys:
-        kv = k.view
+        kv = k.view(result.cols)
         adm, maybe = kv.admitted, kv.maybe
         levels.append(
             (
@@ -463,7 +491,7 @@ def chart_window(
         return
     levels = []
     for k in keys:
-        kv = k.view
+        kv = k.view(result.cols)
         adm = kv.admitted
         mid = np.sort((kv.s[adm] + kv.hi[adm]) / 2.0)
         levels.append(trailing_window_per_bin(mid, k.policy.window_s, width, nbins))

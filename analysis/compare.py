@@ -183,7 +183,10 @@ def load_sample(run_dir: str | Path) -> RunSample:
     warmup = float(meta.warmup_s or 0.0)
     values = metric_values(cols, warmup)
     inference = cols.endpoint.isin(INFERENCE_ENDPOINTS)
-    latency = {m: values[m].values[inference[values[m].rows]] for m in LATENCY_METRICS}
+    latency = {}
+    for m in LATENCY_METRICS:
+        mv = values[m].load()
+        latency[m] = mv.values[inference[mv.rows]]
     return RunSample(path, summary, latency, _rates(cols, warmup))
 
 

@@ -4,15 +4,20 @@ tier and per (tier, key, endpoint, stream) group. ``docs/metrics.md`` defines ea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from loadkit.analysis.codec import JsonRecord, flatten, omit_none
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns
+from loadkit.analysis.pooled import describe_groups
 from loadkit.analysis.stats import Stats, describe, describe_sorted
 
+# A pooled metric of at most this many values is copied and sorted in memory (0.27 GB,
+# twice: numpy's sort beats the passes of ``pooled`` by ~3x); a larger one is read in
+# blocks, so no run needs memory in proportion to its size for it.
+SORT_IN_MEMORY = 1 << 25
 LATENCY_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "headers_ms")
 CLIENT_METRICS = ("send_lateness_ms", "queued_ms", "connect_wait_ms")
 # Measured by some engines only (records with conn_s): absent from a run that has none.
@@ -21,39 +26,132 @@ METRICS = LATENCY_METRICS + CLIENT_METRICS  # the order of summary.json's latenc
 
 
 class MetricValues:
-    """Raw values of one metric (milliseconds) and the record row each came from.
+    """Raw values of one metric (milliseconds) and the record row each came from."""
 
-    ``rows`` is either given, or -- for a metric pooling several values per row, such as
-    ITL -- implied by ``repeats`` (row i owns ``repeats[i]`` consecutive values) and
-    built only when asked for: at 10 M records the ITL rows alone are ~650 MB, and the
-    summary needs only small per-value ids (``of_rows``)."""
+    __slots__ = ("_values", "_rows")
 
-    __slots__ = ("values", "_rows", "_repeats")
-
-    def __init__(
-        self, values: np.ndarray, rows: np.ndarray | None = None, repeats: np.ndarray | None = None
-    ) -> None:
-        if (rows is None) == (repeats is None):
-            raise ValueError("MetricValues takes rows or repeats, not both")
-        self.values = values
+    def __init__(self, values: np.ndarray, rows: np.ndarray) -> None:
+        self._values = values
         self._rows = rows
-        self._repeats = repeats
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._values
 
     @property
     def rows(self) -> np.ndarray:
-        """The record row of each value (int32 below 2**31 rows)."""
-        if self._rows is not None:
-            return self._rows
-        assert self._repeats is not None
-        n = self._repeats.size
-        return np.repeat(np.arange(n, dtype=np.int32 if n < 2**31 else np.int64), self._repeats)
+        """The record row of each value."""
+        return self._rows
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
 
     def of_rows(self, per_row: np.ndarray) -> np.ndarray:
         """``per_row[rows]``: a per-record array read at each value's row."""
-        if self._rows is not None:
-            return np.asarray(per_row[self._rows])
-        assert self._repeats is not None
-        return np.repeat(per_row, self._repeats)
+        return np.asarray(per_row[self.rows])
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The values with their rows, a block at a time (here: one block)."""
+        yield self.values, self.rows
+
+    def load(self) -> MetricValues:
+        """The values to read now (a reader holds them while it reads, then drops them)."""
+        return self
+
+
+class LazyValues(MetricValues):
+    """A per-record metric computed from the columns each time a reader asks (``load``),
+    and dropped by that reader: at 10 M records each is ~120 MB, and the analysis would
+    otherwise hold eight of them from the first table to the last chart."""
+
+    __slots__ = ("_compute",)
+
+    def __init__(self, compute: Callable[[], MetricValues]) -> None:
+        self._compute = compute
+
+    def load(self) -> MetricValues:
+        return self._compute()
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.load().values
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.load().rows
+
+    @property
+    def size(self) -> int:
+        return self.load().size
+
+    def of_rows(self, per_row: np.ndarray) -> np.ndarray:
+        return self.load().of_rows(per_row)
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.load().blocks()
+
+
+class PooledValues(MetricValues):
+    """A metric pooling several values per row (ITL: ~16 per streamed request), kept as
+    the whole run's per-row values (``pooled``, row i owning ``counts[i]`` consecutive
+    ones; possibly memory-mapped) and which rows count: at 10 M records the values alone
+    are 1.3 GB, so they are read a block of rows at a time (``blocks``) and never copied
+    whole. ``values`` and ``rows`` build the whole arrays, for small runs and tests."""
+
+    __slots__ = ("_pooled", "_counts", "_keep", "_size")
+
+    BLOCK_VALUES = 1 << 22  # values per block (32 MB, and their rows)
+
+    def __init__(self, pooled: np.ndarray, counts: np.ndarray, keep: np.ndarray) -> None:
+        self._pooled = pooled
+        self._counts = counts
+        self._keep = keep
+        self._size = int(counts[keep].sum(dtype=np.int64))
+
+    @property
+    def values(self) -> np.ndarray:
+        if self._keep[self._counts > 0].all():  # every row with values counts: no copy
+            return self._pooled
+        return np.asarray(self._pooled[np.repeat(self._keep, self._counts)])
+
+    @property
+    def rows(self) -> np.ndarray:
+        n = self._counts.size
+        parts = [r for _, r in self.blocks()]
+        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return rows.astype(np.int32 if n < 2**31 else np.int64)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def of_rows(self, per_row: np.ndarray) -> np.ndarray:
+        return np.repeat(per_row, np.where(self._keep, self._counts, 0))
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        n = self._counts.size
+        if n == 0 or self._size == 0:
+            return
+        per_row = max(1.0, self._pooled.size / n)
+        step = max(1, int(self.BLOCK_VALUES / per_row))
+        at = 0
+        for start in range(0, n, step):
+            counts = np.asarray(self._counts[start : start + step], dtype=np.int64)
+            keep = np.asarray(self._keep[start : start + step])
+            end = at + int(counts.sum())
+            block = np.asarray(self._pooled[at:end])
+            at = end
+            if not keep.any():
+                continue
+            if keep.all():
+                values = np.array(block, dtype=np.float64)
+                rows = np.repeat(np.arange(start, start + counts.size), counts)
+            else:
+                values = block[np.repeat(keep, counts)]
+                rows = np.repeat(np.arange(start, start + counts.size)[keep], counts[keep])
+            if values.size:
+                yield values, rows
 
 
 def latency_eligible(cols: Columns, warmup_s: float) -> np.ndarray:
@@ -68,12 +166,9 @@ def output_tokens(cols: Columns) -> np.ndarray:
     return np.where(np.isnan(cols.completion_tokens), cols.content_chunks, cols.completion_tokens)
 
 
-def itl_values(cols: Columns, rows_mask: np.ndarray) -> MetricValues:
+def itl_values(cols: Columns, rows_mask: np.ndarray) -> PooledValues:
     """Gaps between consecutive content chunks of the same request, pooled."""
-    if rows_mask[cols.gap_counts > 0].all():  # every row with gaps counts: no copy of them
-        return MetricValues(cols.gap_ms, repeats=cols.gap_counts)
-    values = cols.gap_ms[np.repeat(rows_mask, cols.gap_counts)]
-    return MetricValues(values, repeats=np.where(rows_mask, cols.gap_counts, 0))
+    return PooledValues(cols.gap_ms, cols.gap_counts, rows_mask)
 
 
 def _mv(values_s: np.ndarray, mask: np.ndarray) -> MetricValues:
@@ -84,29 +179,42 @@ def _mv(values_s: np.ndarray, mask: np.ndarray) -> MetricValues:
 
 
 def metric_values(cols: Columns, warmup_s: float) -> dict[str, MetricValues]:
-    """Every latency and client metric's raw values, in milliseconds."""
-    ok = latency_eligible(cols, warmup_s)
-    has_first = ~np.isnan(cols.first_token)
-    ttft_mask = ok & cols.stream & has_first
-    tokens = output_tokens(cols)
-    tpot_mask = ttft_mask & (tokens >= 2)
-    denom = np.where(tpot_mask, tokens - 1, 1)
-    after_warmup = cols.send >= warmup_s
-    late_mask = after_warmup & ~np.isnan(cols.scheduled)
-    out = {
-        "ttft_ms": _mv(cols.first_token - cols.send, ttft_mask),
-        "itl_ms": itl_values(cols, ok & cols.stream),
-        "tpot_ms": _mv((cols.end - cols.first_token) / denom, tpot_mask),
-        "e2e_ms": _mv(cols.end - cols.send, ok),
-        "headers_ms": _mv(cols.headers - cols.send, ok & ~np.isnan(cols.headers)),
-        "send_lateness_ms": _mv(cols.send - cols.scheduled, late_mask),
-        "queued_ms": _mv(cols.queued, after_warmup),
+    """Every latency and client metric's raw values, in milliseconds: the per-record ones
+    computed when read (``LazyValues``), ITL read in blocks (``PooledValues``)."""
+
+    def ok() -> np.ndarray:
+        return latency_eligible(cols, warmup_s)
+
+    def ttft_mask() -> np.ndarray:
+        return np.asarray(ok() & cols.stream & ~np.isnan(cols.first_token))
+
+    def after_warmup() -> np.ndarray:
+        return np.asarray(cols.send >= warmup_s)
+
+    def tpot() -> MetricValues:
+        tokens = output_tokens(cols)
+        mask = ttft_mask() & (tokens >= 2)
+        return _mv((cols.end - cols.first_token) / np.where(mask, tokens - 1, 1), mask)
+
+    out: dict[str, MetricValues] = {
+        "ttft_ms": LazyValues(lambda: _mv(cols.first_token - cols.send, ttft_mask())),
+        "itl_ms": itl_values(cols, ok() & cols.stream),
+        "tpot_ms": LazyValues(tpot),
+        "e2e_ms": LazyValues(lambda: _mv(cols.end - cols.send, ok())),
+        "headers_ms": LazyValues(
+            lambda: _mv(cols.headers - cols.send, ok() & ~np.isnan(cols.headers))
+        ),
+        "send_lateness_ms": LazyValues(
+            lambda: _mv(cols.send - cols.scheduled, after_warmup() & ~np.isnan(cols.scheduled))
+        ),
+        "queued_ms": LazyValues(lambda: _mv(cols.queued, after_warmup())),
     }
-    has_conn = ~np.isnan(cols.conn)
-    if has_conn.any():
+    if not np.isnan(cols.conn).all():
         # Waiting for a connection (new, or free in the pool) after the send: with many new
         # connections, the lateness at the server that send_lateness_ms does not show.
-        out["connect_wait_ms"] = _mv(cols.conn - cols.send, after_warmup & has_conn)
+        out["connect_wait_ms"] = LazyValues(
+            lambda: _mv(cols.conn - cols.send, after_warmup() & ~np.isnan(cols.conn))
+        )
     return out
 
 
@@ -250,12 +358,16 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
     tables: dict[str, MetricLatency] = {}
     per_group: list[dict[str, Stats]] = [{} for _ in labels]
     for name in METRICS:
-        mv = values.get(name)
-        if mv is None:  # an optional metric nothing measured
+        lazy = values.get(name)
+        if lazy is None:  # an optional metric nothing measured
+            continue
+        mv = lazy.load()
+        if isinstance(mv, PooledValues) and mv.size > SORT_IN_MEMORY:
+            tables[name] = _pooled_table(
+                mv, gid, per_group, name, group_tier, group_inference, tiers
+            )
             continue
         g_of = mv.of_rows(gid)
-        # A metric of the ITL kind pools ~15 values per request: one tier's copy at a
-        # time is held beside them for its mean, then the groups' sorted copies.
         if all_inference:
             overall_mean = float(mv.values.mean()) if mv.values.size else 0.0
         else:
@@ -289,10 +401,38 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
         }
         overall = describe_sorted([sorted_groups[g] for g in inference_groups], overall_mean)
         tables[name] = MetricLatency(unit="ms", overall=overall, by_tier=by_tier)
-        del sorted_groups
+        del sorted_groups, mv
     groups = tuple(
         GroupLatency(labels=lab, **stats)
         for lab, stats in zip(labels, per_group, strict=True)
         if stats
     )
     return Latency(**tables, groups=groups)
+
+
+def _pooled_table(
+    mv: PooledValues,
+    gid: np.ndarray,
+    per_group: list[dict[str, Stats]],
+    name: str,
+    group_tier: list[int],
+    group_inference: list[bool],
+    tiers: tuple[str, ...],
+) -> MetricLatency:
+    """A pooled metric's table and its groups' stats, read in blocks (``pooled``): every
+    group, tier and the overall table in the same few passes over the values."""
+    n_groups = len(per_group)
+    inference = [g for g in range(n_groups) if group_inference[g]]
+    by_code = [[g for g in inference if group_tier[g] == code] for code in range(len(tiers))]
+    sets = [[g] for g in range(n_groups)] + by_code + [inference]
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for values, rows in mv.blocks():
+            yield values, gid[rows]
+
+    stats = describe_groups(blocks, n_groups, sets)
+    for g in range(n_groups):
+        if stats[g].count:
+            per_group[g][name] = stats[g]
+    by_tier = {tiers[code]: st for code, st in enumerate(stats[n_groups:-1]) if st.count}
+    return MetricLatency(unit="ms", overall=stats[-1], by_tier=by_tier)

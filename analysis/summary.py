@@ -57,6 +57,7 @@ from loadkit.analysis.verdicts import (
     model_view,
     requests_verdict,
     rows_by_key,
+    view_of_rows,
 )
 from loadkit.runmeta import RunMeta
 
@@ -205,10 +206,16 @@ def read_summary(path: str | os.PathLike[str]) -> Summary:
 
 @dataclass(frozen=True)
 class KeyAnalysis:
+    """A judged key, for the charts: its rows to the limited endpoints, not its view (at
+    10 M records the views are ~80 bytes a request); ``view`` gathers it again."""
+
     label: str
     tier: str
     policy: Policy
-    view: KeyView
+    rows: np.ndarray
+
+    def view(self, cols: Columns) -> KeyView:
+        return view_of_rows(cols, self.rows)
 
 
 @dataclass(frozen=True)
@@ -416,7 +423,7 @@ def limit_verdicts(
             )
             continue
         policy = policies[tier]
-        keys.append(KeyAnalysis(label, tier, policy, kv))
+        keys.append(KeyAnalysis(label, tier, policy, kv.rows))
         req = requests_verdict(kv, policy, settings, ids)
         ra = retry_after_check(kv, settings.max_examples, ids)
         rh = remaining_header_check(kv, policy, settings.max_examples, ids)

@@ -147,7 +147,7 @@ def goodput(
             ignored.append(name)
             continue
         used[name] = float(limit)
-        mv = values[name]
+        mv = values[name].load()
         bad_rows = mv.rows[mv.values > float(limit)]
         good[bad_rows] = False
     n_good, n_base = int(good.sum()), int(base.sum())

@@ -267,7 +267,8 @@ def test_cdf_curves_are_each_tiers_empirical_cdf(log):
     tier_of_row = rng.integers(-1, 3, 500).astype(np.int8)  # -1: a row without a tier
     values = rng.lognormal(3, 1, rows.size)
     lo, hi = float(values.min()), float(np.quantile(values, 0.99))  # the axis cut at p99
-    got = charts.tier_cdfs(values, rows, tier_of_row, 3, lo, hi, log)
+    blocks = [(values[i : i + 7000], rows[i : i + 7000]) for i in range(0, rows.size, 7000)]
+    got = charts.tier_cdfs(blocks, tier_of_row, 3, lo, hi, log)
     assert got.x[0] == pytest.approx(lo) and got.x[-1] == pytest.approx(hi)
     for tier in range(3):
         mine = np.sort(values[tier_of_row[rows] == tier])
