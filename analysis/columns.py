@@ -158,7 +158,7 @@ def columns_from_reduced(r: Reduced) -> Columns:
         first_token=a["first_token_s"],
         end=a["end_s"],
         scheduled=a["scheduled_s"],
-        # a copy: the reduction's arrays may still be being written to the column cache
+        # a copy: the reduction's arrays may be read-only maps of the column cache
         queued=np.nan_to_num(a["queued_s"], nan=0.0),
         status=status,
         stream=a["stream"],
@@ -268,14 +268,15 @@ def parquet_file(run_dir: str | os.PathLike[str]) -> Path | None:
 
 def load_run(
     run_dir: str | os.PathLike[str],
-    cache_min_records: int = column_cache.CACHE_MIN_RECORDS,
+    cache_min_records: int | None = None,
     background: list[threading.Thread] | None = None,
 ) -> tuple[RunMeta, Columns]:
     """run.json and the records of a run; UnusableInput with a one-line reason otherwise.
-    A run of ``cache_min_records`` or more keeps its reduced records in the run folder
-    (``column_cache``): a later analysis of the same records skips parsing them. With
-    ``background``, the cache is written by a thread appended to it (the caller joins it;
-    the files' writes do not hold the GIL, so they overlap the analysis)."""
+    A run of ``cache_min_records`` (default ``column_cache.CACHE_MIN_RECORDS``) or more
+    keeps its reduced records in the run folder (``column_cache``), written while they are
+    read: a later analysis of the same records skips parsing them, and either one reads the
+    columns memory-mapped (read-only arrays). ``background`` is kept for its callers:
+    nothing is left to write once the records are read, so no thread is added to it."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UnusableInput(f"{run_dir}: not a directory")
@@ -285,24 +286,21 @@ def load_run(
         raise UnusableInput(str(exc)) from None
     if not _records.record_files(path) and parquet_file(path) is None:
         raise UnusableInput(f"{run_dir}: no record files ({_records.RECORDS_GLOB})")
+    if cache_min_records is None:
+        cache_min_records = column_cache.CACHE_MIN_RECORDS
+    # before reading: records appended meanwhile must make the cache stale
     sources = column_cache.source_signature(path)
     reduced = column_cache.load(path)
     if reduced is None:
         try:
-            reduced = read_reduced(path)
+            try:
+                with column_cache.Spill(path, sources, cache_min_records) as spill:
+                    reduced = read_reduced(path, joiner=spill.joiner)
+                    spill.keep()
+            except column_cache.CannotSpill:  # a full disk: no cache, the run in memory
+                reduced = read_reduced(path)
         except (ValueError, TypeError, OSError) as exc:
             raise UnusableInput(str(exc)) from None
-        if reduced.n >= cache_min_records:
-            if background is None:
-                column_cache.store(path, reduced, sources)
-            else:
-                writer = threading.Thread(
-                    target=column_cache.store,
-                    args=(path, reduced, sources),
-                    name="loadkit-column-cache",
-                )
-                writer.start()
-                background.append(writer)
     if reduced.n == 0:
         raise UnusableInput(f"{run_dir}: the record files hold no records")
     cols = columns_from_reduced(reduced)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -65,22 +65,32 @@ FIELDS = FLOAT_FIELDS + CODE_FIELDS + OTHER_FIELDS
 
 
 @dataclass
-class _Dictionary:
-    """One string column's codes, part by part, against a dictionary in order of first
-    appearance: each part's own codes (into its own names) are re-mapped as it is added."""
+class CodeDictionary:
+    """One string column's dictionary in order of first appearance, grown part by part:
+    each part's own codes (into its own names) are re-mapped onto it as the part comes."""
 
     names: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
-    parts: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, codes: np.ndarray, names: tuple[str, ...]) -> None:
+    def map(self, codes: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+        """A part's codes as codes into this dictionary (its new names added)."""
         for name in names:
             if name not in self.index:
                 self.index[name] = len(self.names)
                 self.names.append(name)
         # the last slot maps a null (code -1) to -1
         mapping = np.array([self.index[s] for s in names] + [-1], dtype=np.int32)
-        self.parts.append(np.asarray(mapping[codes], dtype=np.int32))
+        return np.asarray(mapping[codes], dtype=np.int32)
+
+
+@dataclass
+class _Dictionary(CodeDictionary):
+    """A CodeDictionary that keeps the parts' re-mapped codes, to join them at the end."""
+
+    parts: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, codes: np.ndarray, names: tuple[str, ...]) -> None:
+        self.parts.append(self.map(codes, names))
 
     def codes(self) -> np.ndarray:
         return _concat(self.parts, np.int32)
@@ -257,6 +267,17 @@ def reduce_batch(batch: pa.RecordBatch | pa.Table) -> Reduced:
     )
 
 
+class PartJoiner(Protocol):
+    """Joins the reductions of a run's consecutive parts, in order, into one (``Joiner``
+    in memory; ``column_cache.SpillJoiner`` into the column cache's files)."""
+
+    n: int
+
+    def add(self, part: Reduced) -> None: ...
+
+    def finish(self) -> Reduced: ...
+
+
 class Joiner:
     """Reductions of consecutive parts of a run joined in order into one: string codes
     re-mapped onto one dictionary in order of first appearance (the order a whole-table
@@ -301,9 +322,13 @@ class Joiner:
         )
 
 
-def reduce_batches(batches: Iterable[pa.RecordBatch | pa.Table]) -> Reduced:
-    """Reduce record batches (arrow, with the fields in FIELDS) in order, each once."""
-    joiner = Joiner()
+def reduce_batches(
+    batches: Iterable[pa.RecordBatch | pa.Table], joiner: PartJoiner | None = None
+) -> Reduced:
+    """Reduce record batches (arrow, with the fields in FIELDS) in order, each once, joined
+    by ``joiner`` (default: in memory)."""
+    if joiner is None:
+        joiner = Joiner()
     for batch in batches:
         if batch.num_rows:
             joiner.add(reduce_batch(batch))
@@ -345,11 +370,16 @@ def parquet_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         raise ValueError(f"{path}: cannot read ({exc})") from None
 
 
-def read_reduced(run_dir: str | os.PathLike[str], threads: int | None = None) -> Reduced:
+def read_reduced(
+    run_dir: str | os.PathLike[str],
+    threads: int | None = None,
+    joiner: Callable[[], PartJoiner] = Joiner,
+) -> Reduced:
     """Every record of a run, reduced part by part: records.parquet when it is current
     (``loadkit.records.parquet_file``), else the JSONL files in order, their ranges parsed
-    by ``threads`` threads (default: one per core, ``jsonl_ranges.default_threads``).
-    Raises ValueError (naming the file) for unreadable or foreign records, as
+    by ``threads`` threads (default: one per core, ``jsonl_ranges.default_threads``), the
+    parts joined by a joiner from ``joiner`` (a fresh one each time the reading starts
+    over). Raises ValueError (naming the file) for unreadable or foreign records, as
     ``loadkit.records.read_table``."""
     from loadkit.records import (
         _READABLE,
@@ -361,7 +391,7 @@ def read_reduced(run_dir: str | os.PathLike[str], threads: int | None = None) ->
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        reduced = _read_reduced(run_dir, threads)
+        reduced = _read_reduced(run_dir, threads, joiner)
     finally:
         pa.set_memory_pool(previous)
     bad = reduced.schemas - set(READABLE_SCHEMAS)
@@ -373,15 +403,17 @@ def read_reduced(run_dir: str | os.PathLike[str], threads: int | None = None) ->
     return reduced
 
 
-def _read_reduced(run_dir: str | os.PathLike[str], threads: int | None) -> Reduced:
+def _read_reduced(
+    run_dir: str | os.PathLike[str], threads: int | None, joiner: Callable[[], PartJoiner]
+) -> Reduced:
     from loadkit.analysis import jsonl_ranges
     from loadkit.records import arrow_schema, parquet_file, record_files
 
     schema = arrow_schema()
     parquet = parquet_file(run_dir)
     if parquet is not None:
-        return reduce_batches(parquet_batches(parquet, schema))
+        return reduce_batches(parquet_batches(parquet, schema), joiner())
     files = record_files(run_dir)
     if threads is None:
         threads = jsonl_ranges.default_threads()
-    return jsonl_ranges.read_files(files, schema, threads)
+    return jsonl_ranges.read_files(files, schema, threads, joiner=joiner)
