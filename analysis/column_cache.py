@@ -13,6 +13,7 @@ small run parses in well under a second and its folder stays as the run left it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -292,15 +293,15 @@ class Spill:
 
     def _make_folder(self) -> Path:
         try:
-            folder = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=self._run)
+            folder = _new_folder(self._run)
             self._in_run = True
         except OSError:  # a read-only run folder
             try:
-                folder = tempfile.mkdtemp(prefix="loadkit-columns-")
+                folder = Path(tempfile.mkdtemp(prefix="loadkit-columns-"))
             except OSError as exc:
                 raise CannotSpill(str(exc)) from exc
             self._in_run = False
-        return Path(folder)
+        return folder
 
     def keep(self) -> bool:
         """Move the finished reading's files into the run folder's cache (replacing an
@@ -316,6 +317,22 @@ class Spill:
             return False
         current.folder = None
         return True
+
+
+def _new_folder(run_dir: Path) -> Path:
+    """A fresh folder for the cache's files in the run folder, named after this process
+    (``_sweep``), made with the usual permissions (``mkdtemp``'s are the owner's only, and
+    the cache is for whoever reads the run)."""
+    while True:
+        folder = run_dir / f"{_TMP_PREFIX}{os.getpid()}-{next(_serial)}"
+        try:
+            folder.mkdir()
+        except FileExistsError:  # a killed analysis' of a process that had this pid
+            continue
+        return folder
+
+
+_serial = itertools.count()
 
 
 def _sweep(run_dir: Path) -> None:
