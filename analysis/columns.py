@@ -185,45 +185,59 @@ def columns_from_reduced(r: Reduced) -> Columns:
     )
 
 
+#: Rows whose outcomes are worked out at a time: what the keys and their sorting cost in
+#: memory is bounded by this, not by the run's size (~40 MB).
+OUTCOME_ROWS = 1 << 20
+
+
 def outcomes(
     status: np.ndarray, error_code: Codes, content_type: Codes, transport: Codes
 ) -> np.ndarray:
     """Each row's outcome (index into OUTCOMES): ``loadkit.outcomes.classify`` applied once
-    per distinct (status, error code, content type, transport error), not once per row."""
+    per distinct (status, error code, content type, transport error), not once per row;
+    OUTCOME_ROWS rows at a time."""
     n = status.size
+    out = np.zeros(n, dtype=np.int8)
     if n == 0:
-        return np.zeros(0, dtype=np.int8)
-    parts = [
-        status - status.min(),
-        error_code.codes + 1,
-        content_type.codes + 1,
-        transport.codes + 1,
-    ]
-    radices = [int(p.max()) + 1 for p in parts]
-    if np.prod([float(r) for r in radices]) < 2.0**62:
-        combined = np.zeros(n, dtype=np.int64)
-        for p, r in zip(parts, radices, strict=True):
-            combined = combined * r + p
-        _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
-    else:  # vocabularies too large for one integer key
-        stacked = np.stack(parts, axis=1)
-        _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        return out
+    low = int(status.min())
+    columns = (error_code.codes, content_type.codes, transport.codes)
+    radices = [int(status.max()) - low + 1] + [int(c.max()) + 2 for c in columns]
+    # one integer a combination when the vocabularies allow, else the rows themselves
+    as_int = np.prod([float(r) for r in radices]) < 2.0**62
     index = {o: i for i, o in enumerate(OUTCOMES)}
-    per_combo = np.array(
-        [
-            index[
-                classify(
-                    int(status[r]),
-                    error_code.label(int(error_code.codes[r])),
-                    content_type.label(int(content_type.codes[r])),
-                    transport.label(int(transport.codes[r])),
-                )
-            ]
-            for r in first.tolist()
-        ],
-        dtype=np.int8,
-    )
-    return np.asarray(per_combo[np.asarray(inverse).reshape(-1)])
+    known: dict[object, int] = {}  # a combination's key -> its outcome's index
+    for start in range(0, n, OUTCOME_ROWS):
+        rows = slice(start, min(start + OUTCOME_ROWS, n))
+        parts = [status[rows].astype(np.int64) - low] + [
+            c[rows].astype(np.int64) + 1 for c in columns
+        ]
+        if as_int:
+            combined = parts[0]
+            for p, r in zip(parts[1:], radices[1:], strict=True):
+                combined = combined * r + p
+            keys, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+            names: list[object] = keys.tolist()
+        else:  # vocabularies too large for one integer key
+            stacked = np.stack(parts, axis=1)
+            keys, first, inverse = np.unique(
+                stacked, axis=0, return_index=True, return_inverse=True
+            )
+            names = [tuple(k) for k in keys.tolist()]
+        per_combo = np.empty(len(names), dtype=np.int8)
+        for i, (key, r) in enumerate(zip(names, (first + start).tolist(), strict=True)):
+            if key not in known:
+                known[key] = index[
+                    classify(
+                        int(status[r]),
+                        error_code.label(int(error_code.codes[r])),
+                        content_type.label(int(content_type.codes[r])),
+                        transport.label(int(transport.codes[r])),
+                    )
+                ]
+            per_combo[i] = known[key]
+        out[rows] = per_combo[np.asarray(inverse).reshape(-1)]
+    return out
 
 
 def refusals(status: np.ndarray, error_code: Codes, limit_kind: Codes, schema: Codes) -> np.ndarray:

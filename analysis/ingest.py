@@ -105,7 +105,7 @@ def _encode(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, tuple[str, 
     return _numpy(enc.indices, np.int32, -1), names
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Give the C heap's free pages back to the system (glibc; elsewhere nothing): the
     batches' small arrays, once joined and freed, would otherwise stay resident beside the
     joined columns."""
@@ -120,7 +120,7 @@ def _trim_heap() -> None:
 
 
 _malloc_trim: Any = None
-_TRIM_EVERY = 64 << 20  # bytes of parts freed between heap trims while joining
+TRIM_EVERY = 64 << 20  # bytes of parts freed between heap trims while joining
 
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -138,10 +138,10 @@ def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
         end -= part.size
         freed += part.nbytes
         del part
-        if freed >= _TRIM_EVERY:
-            _trim_heap()
+        if freed >= TRIM_EVERY:
+            trim_heap()
             freed = 0
-    _trim_heap()
+    trim_heap()
     return out
 
 
