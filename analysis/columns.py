@@ -248,14 +248,20 @@ def refusals(status: np.ndarray, error_code: Codes, limit_kind: Codes, schema: C
 
     def lookup(c: Codes, table: dict[str, Refused], default: Refused) -> np.ndarray:
         # index -1 (null) reads the last slot, which holds the default
-        m = np.array([table.get(name, default) for name in c.names] + [default], dtype=np.int8)
-        return np.asarray(m[c.codes])
+        return np.array([table.get(name, default) for name in c.names] + [default], np.int8)
 
     by_kind = lookup(limit_kind, _KINDS, Refused.UNATTRIBUTED)
     by_code = lookup(error_code, _V1_CODES, Refused.UNATTRIBUTED)
-    v1 = schema.codes == schema.code_of(V1_RECORD_SCHEMA)
-    kind = np.where(v1 & (limit_kind.codes < 0), by_code, by_kind)
-    return np.asarray(np.where(status == 429, kind, Refused.NOT_REFUSED).astype(np.int8))
+    v1 = schema.code_of(V1_RECORD_SCHEMA)
+    n = status.size
+    out = np.empty(n, dtype=np.int8)
+    for start in range(0, n, OUTCOME_ROWS):  # the temporaries bounded, as in outcomes()
+        rows = slice(start, min(start + OUTCOME_ROWS, n))
+        kinds = limit_kind.codes[rows]
+        old = (schema.codes[rows] == v1) & (kinds < 0)
+        kind = np.where(old, by_code[error_code.codes[rows]], by_kind[kinds])
+        out[rows] = np.where(status[rows] == 429, kind, np.int8(Refused.NOT_REFUSED))
+    return out
 
 
 def table_from_records(recs: list[RequestRecord]) -> pa.Table:

@@ -239,7 +239,7 @@ def test_a_bad_line_inside_a_file_is_an_error_naming_it(run: Path, tmp_path: Pat
         load_run(bad, cache_min_records=10**9)
 
 
-def test_outcomes_worked_out_a_few_rows_at_a_time_are_the_same(
+def test_outcomes_and_refusals_worked_out_a_few_rows_at_a_time_are_the_same(
     run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from loadkit.analysis import columns
@@ -263,3 +263,5 @@ def test_outcomes_worked_out_a_few_rows_at_a_time_are_the_same(
     monkeypatch.setattr(columns, "OUTCOME_ROWS", 97)
     chunked = columns_from_reduced(reduce_batches([table]))
     assert chunked.outcome.dtype == np.int8 and chunked.outcome.tolist() == want
+    assert np.count_nonzero(whole.refused) > 10
+    assert chunked.refused.dtype == np.int8 and np.array_equal(chunked.refused, whole.refused)
