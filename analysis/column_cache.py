@@ -315,7 +315,8 @@ class Spill:
 
     def keep(self) -> bool:
         """Move the finished reading's files into the run folder's cache (replacing an
-        outdated one); True when they are there. A temporary folder is removed."""
+        outdated one); True when they are there. Files in a temporary folder stay there
+        until the ``with`` ends, which removes them."""
         current = self._current
         if current is None or current.folder is None or not self._in_run:
             return False

@@ -4,7 +4,9 @@ to the compact numpy arrays the analysis reads, then dropped. Strings become int
 against one dictionary that grows in order of first appearance (the order a whole-table
 ``dictionary_encode`` gives), and each stream's content-chunk times become the gaps between
 consecutive chunks (all that ITL needs), so neither a whole-run arrow table nor a list
-column of chunk times is ever held."""
+column of chunk times is ever held. The reductions are joined in memory (``Joiner``), or,
+for a run large enough to keep its columns, straight into the column cache's files
+(``column_cache.SpillJoiner``), so that not even the joined columns are held."""
 
 from __future__ import annotations
 

@@ -274,3 +274,18 @@ def test_a_killed_analysis_unfinished_cache_is_removed(run: Path, tmp_path: Path
         (d / "gap_ms.npy").write_bytes(b"\x93NUMPY")
     load_run(folder, cache_min_records=0)
     assert _cache_files(folder) == [column_cache.CACHE_DIR, alive.name]
+
+
+def test_records_parquet_spills_the_same_columns(run: Path, tmp_path: Path) -> None:
+    from loadkit.records import parquet_file, write_parquet
+    from tests.analysis.test_ingest import _same
+
+    folder = _copy(run, tmp_path / "run")
+    write_parquet(folder)  # newer than every JSONL file: read instead of them
+    assert parquet_file(folder) is not None
+    _, want = load_run(run, cache_min_records=10**9)
+    _, spilled = load_run(folder, cache_min_records=0)
+    assert _cache_files(folder) == [column_cache.CACHE_DIR]
+    _, cached = load_run(folder, cache_min_records=0)
+    _same(spilled, want)
+    _same(cached, want)
