@@ -158,7 +158,7 @@ def columns_from_reduced(r: Reduced) -> Columns:
         first_token=a["first_token_s"],
         end=a["end_s"],
         scheduled=a["scheduled_s"],
-        # a copy: the reduction's arrays may still be being written to the column cache
+        # a copy: the reduction's arrays may be read-only maps of the column cache
         queued=np.nan_to_num(a["queued_s"], nan=0.0),
         status=status,
         stream=a["stream"],
@@ -185,45 +185,59 @@ def columns_from_reduced(r: Reduced) -> Columns:
     )
 
 
+#: Rows whose outcomes are worked out at a time: what the keys and their sorting cost in
+#: memory is bounded by this, not by the run's size (~40 MB).
+OUTCOME_ROWS = 1 << 20
+
+
 def outcomes(
     status: np.ndarray, error_code: Codes, content_type: Codes, transport: Codes
 ) -> np.ndarray:
     """Each row's outcome (index into OUTCOMES): ``loadkit.outcomes.classify`` applied once
-    per distinct (status, error code, content type, transport error), not once per row."""
+    per distinct (status, error code, content type, transport error), not once per row;
+    OUTCOME_ROWS rows at a time."""
     n = status.size
+    out = np.zeros(n, dtype=np.int8)
     if n == 0:
-        return np.zeros(0, dtype=np.int8)
-    parts = [
-        status - status.min(),
-        error_code.codes + 1,
-        content_type.codes + 1,
-        transport.codes + 1,
-    ]
-    radices = [int(p.max()) + 1 for p in parts]
-    if np.prod([float(r) for r in radices]) < 2.0**62:
-        combined = np.zeros(n, dtype=np.int64)
-        for p, r in zip(parts, radices, strict=True):
-            combined = combined * r + p
-        _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
-    else:  # vocabularies too large for one integer key
-        stacked = np.stack(parts, axis=1)
-        _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        return out
+    low = int(status.min())
+    columns = (error_code.codes, content_type.codes, transport.codes)
+    radices = [int(status.max()) - low + 1] + [int(c.max()) + 2 for c in columns]
+    # one integer a combination when the vocabularies allow, else the rows themselves
+    as_int = np.prod([float(r) for r in radices]) < 2.0**62
     index = {o: i for i, o in enumerate(OUTCOMES)}
-    per_combo = np.array(
-        [
-            index[
-                classify(
-                    int(status[r]),
-                    error_code.label(int(error_code.codes[r])),
-                    content_type.label(int(content_type.codes[r])),
-                    transport.label(int(transport.codes[r])),
-                )
-            ]
-            for r in first.tolist()
-        ],
-        dtype=np.int8,
-    )
-    return np.asarray(per_combo[np.asarray(inverse).reshape(-1)])
+    known: dict[object, int] = {}  # a combination's key -> its outcome's index
+    for start in range(0, n, OUTCOME_ROWS):
+        rows = slice(start, min(start + OUTCOME_ROWS, n))
+        parts = [status[rows].astype(np.int64) - low] + [
+            c[rows].astype(np.int64) + 1 for c in columns
+        ]
+        if as_int:
+            combined = parts[0]
+            for p, r in zip(parts[1:], radices[1:], strict=True):
+                combined = combined * r + p
+            keys, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+            names: list[object] = keys.tolist()
+        else:  # vocabularies too large for one integer key
+            stacked = np.stack(parts, axis=1)
+            keys, first, inverse = np.unique(
+                stacked, axis=0, return_index=True, return_inverse=True
+            )
+            names = [tuple(k) for k in keys.tolist()]
+        per_combo = np.empty(len(names), dtype=np.int8)
+        for i, (key, r) in enumerate(zip(names, (first + start).tolist(), strict=True)):
+            if key not in known:
+                known[key] = index[
+                    classify(
+                        int(status[r]),
+                        error_code.label(int(error_code.codes[r])),
+                        content_type.label(int(content_type.codes[r])),
+                        transport.label(int(transport.codes[r])),
+                    )
+                ]
+            per_combo[i] = known[key]
+        out[rows] = per_combo[np.asarray(inverse).reshape(-1)]
+    return out
 
 
 def refusals(status: np.ndarray, error_code: Codes, limit_kind: Codes, schema: Codes) -> np.ndarray:
@@ -234,14 +248,20 @@ def refusals(status: np.ndarray, error_code: Codes, limit_kind: Codes, schema: C
 
     def lookup(c: Codes, table: dict[str, Refused], default: Refused) -> np.ndarray:
         # index -1 (null) reads the last slot, which holds the default
-        m = np.array([table.get(name, default) for name in c.names] + [default], dtype=np.int8)
-        return np.asarray(m[c.codes])
+        return np.array([table.get(name, default) for name in c.names] + [default], np.int8)
 
     by_kind = lookup(limit_kind, _KINDS, Refused.UNATTRIBUTED)
     by_code = lookup(error_code, _V1_CODES, Refused.UNATTRIBUTED)
-    v1 = schema.codes == schema.code_of(V1_RECORD_SCHEMA)
-    kind = np.where(v1 & (limit_kind.codes < 0), by_code, by_kind)
-    return np.asarray(np.where(status == 429, kind, Refused.NOT_REFUSED).astype(np.int8))
+    v1 = schema.code_of(V1_RECORD_SCHEMA)
+    n = status.size
+    out = np.empty(n, dtype=np.int8)
+    for start in range(0, n, OUTCOME_ROWS):  # the temporaries bounded, as in outcomes()
+        rows = slice(start, min(start + OUTCOME_ROWS, n))
+        kinds = limit_kind.codes[rows]
+        old = (schema.codes[rows] == v1) & (kinds < 0)
+        kind = np.where(old, by_code[error_code.codes[rows]], by_kind[kinds])
+        out[rows] = np.where(status[rows] == 429, kind, np.int8(Refused.NOT_REFUSED))
+    return out
 
 
 def table_from_records(recs: list[RequestRecord]) -> pa.Table:
@@ -268,14 +288,15 @@ def parquet_file(run_dir: str | os.PathLike[str]) -> Path | None:
 
 def load_run(
     run_dir: str | os.PathLike[str],
-    cache_min_records: int = column_cache.CACHE_MIN_RECORDS,
+    cache_min_records: int | None = None,
     background: list[threading.Thread] | None = None,
 ) -> tuple[RunMeta, Columns]:
     """run.json and the records of a run; UnusableInput with a one-line reason otherwise.
-    A run of ``cache_min_records`` or more keeps its reduced records in the run folder
-    (``column_cache``): a later analysis of the same records skips parsing them. With
-    ``background``, the cache is written by a thread appended to it (the caller joins it;
-    the files' writes do not hold the GIL, so they overlap the analysis)."""
+    A run of ``cache_min_records`` (default ``column_cache.CACHE_MIN_RECORDS``) or more
+    keeps its reduced records in the run folder (``column_cache``), written while they are
+    read: a later analysis of the same records skips parsing them, and either one reads the
+    columns memory-mapped (read-only arrays). ``background`` is kept for its callers:
+    nothing is left to write once the records are read, so no thread is added to it."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UnusableInput(f"{run_dir}: not a directory")
@@ -285,24 +306,21 @@ def load_run(
         raise UnusableInput(str(exc)) from None
     if not _records.record_files(path) and parquet_file(path) is None:
         raise UnusableInput(f"{run_dir}: no record files ({_records.RECORDS_GLOB})")
+    if cache_min_records is None:
+        cache_min_records = column_cache.CACHE_MIN_RECORDS
+    # before reading: records appended meanwhile must make the cache stale
     sources = column_cache.source_signature(path)
     reduced = column_cache.load(path)
     if reduced is None:
         try:
-            reduced = read_reduced(path)
+            try:
+                with column_cache.Spill(path, sources, cache_min_records) as spill:
+                    reduced = read_reduced(path, joiner=spill.joiner)
+                    spill.keep()
+            except column_cache.CannotSpill:  # a full disk: no cache, the run in memory
+                reduced = read_reduced(path)
         except (ValueError, TypeError, OSError) as exc:
             raise UnusableInput(str(exc)) from None
-        if reduced.n >= cache_min_records:
-            if background is None:
-                column_cache.store(path, reduced, sources)
-            else:
-                writer = threading.Thread(
-                    target=column_cache.store,
-                    args=(path, reduced, sources),
-                    name="loadkit-column-cache",
-                )
-                writer.start()
-                background.append(writer)
     if reduced.n == 0:
         raise UnusableInput(f"{run_dir}: the record files hold no records")
     cols = columns_from_reduced(reduced)

@@ -4,16 +4,18 @@ to the compact numpy arrays the analysis reads, then dropped. Strings become int
 against one dictionary that grows in order of first appearance (the order a whole-table
 ``dictionary_encode`` gives), and each stream's content-chunk times become the gaps between
 consecutive chunks (all that ITL needs), so neither a whole-run arrow table nor a list
-column of chunk times is ever held."""
+column of chunk times is ever held. The reductions are joined in memory (``Joiner``), or,
+for a run large enough to keep its columns, straight into the column cache's files
+(``column_cache.SpillJoiner``), so that not even the joined columns are held."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -65,22 +67,32 @@ FIELDS = FLOAT_FIELDS + CODE_FIELDS + OTHER_FIELDS
 
 
 @dataclass
-class _Dictionary:
-    """One string column's codes, part by part, against a dictionary in order of first
-    appearance: each part's own codes (into its own names) are re-mapped as it is added."""
+class CodeDictionary:
+    """One string column's dictionary in order of first appearance, grown part by part:
+    each part's own codes (into its own names) are re-mapped onto it as the part comes."""
 
     names: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
-    parts: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, codes: np.ndarray, names: tuple[str, ...]) -> None:
+    def map(self, codes: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+        """A part's codes as codes into this dictionary (its new names added)."""
         for name in names:
             if name not in self.index:
                 self.index[name] = len(self.names)
                 self.names.append(name)
         # the last slot maps a null (code -1) to -1
         mapping = np.array([self.index[s] for s in names] + [-1], dtype=np.int32)
-        self.parts.append(np.asarray(mapping[codes], dtype=np.int32))
+        return np.asarray(mapping[codes], dtype=np.int32)
+
+
+@dataclass
+class _Dictionary(CodeDictionary):
+    """A CodeDictionary that keeps the parts' re-mapped codes, to join them at the end."""
+
+    parts: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, codes: np.ndarray, names: tuple[str, ...]) -> None:
+        self.parts.append(self.map(codes, names))
 
     def codes(self) -> np.ndarray:
         return _concat(self.parts, np.int32)
@@ -95,7 +107,7 @@ def _encode(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, tuple[str, 
     return _numpy(enc.indices, np.int32, -1), names
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Give the C heap's free pages back to the system (glibc; elsewhere nothing): the
     batches' small arrays, once joined and freed, would otherwise stay resident beside the
     joined columns."""
@@ -110,7 +122,7 @@ def _trim_heap() -> None:
 
 
 _malloc_trim: Any = None
-_TRIM_EVERY = 64 << 20  # bytes of parts freed between heap trims while joining
+TRIM_EVERY = 64 << 20  # bytes of parts freed between heap trims while joining
 
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -128,10 +140,10 @@ def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
         end -= part.size
         freed += part.nbytes
         del part
-        if freed >= _TRIM_EVERY:
-            _trim_heap()
+        if freed >= TRIM_EVERY:
+            trim_heap()
             freed = 0
-    _trim_heap()
+    trim_heap()
     return out
 
 
@@ -257,6 +269,17 @@ def reduce_batch(batch: pa.RecordBatch | pa.Table) -> Reduced:
     )
 
 
+class PartJoiner(Protocol):
+    """Joins the reductions of a run's consecutive parts, in order, into one (``Joiner``
+    in memory; ``column_cache.SpillJoiner`` into the column cache's files)."""
+
+    n: int
+
+    def add(self, part: Reduced) -> None: ...
+
+    def finish(self) -> Reduced: ...
+
+
 class Joiner:
     """Reductions of consecutive parts of a run joined in order into one: string codes
     re-mapped onto one dictionary in order of first appearance (the order a whole-table
@@ -301,9 +324,13 @@ class Joiner:
         )
 
 
-def reduce_batches(batches: Iterable[pa.RecordBatch | pa.Table]) -> Reduced:
-    """Reduce record batches (arrow, with the fields in FIELDS) in order, each once."""
-    joiner = Joiner()
+def reduce_batches(
+    batches: Iterable[pa.RecordBatch | pa.Table], joiner: PartJoiner | None = None
+) -> Reduced:
+    """Reduce record batches (arrow, with the fields in FIELDS) in order, each once, joined
+    by ``joiner`` (default: in memory)."""
+    if joiner is None:
+        joiner = Joiner()
     for batch in batches:
         if batch.num_rows:
             joiner.add(reduce_batch(batch))
@@ -345,11 +372,16 @@ def parquet_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         raise ValueError(f"{path}: cannot read ({exc})") from None
 
 
-def read_reduced(run_dir: str | os.PathLike[str], threads: int | None = None) -> Reduced:
+def read_reduced(
+    run_dir: str | os.PathLike[str],
+    threads: int | None = None,
+    joiner: Callable[[], PartJoiner] = Joiner,
+) -> Reduced:
     """Every record of a run, reduced part by part: records.parquet when it is current
     (``loadkit.records.parquet_file``), else the JSONL files in order, their ranges parsed
-    by ``threads`` threads (default: one per core, ``jsonl_ranges.default_threads``).
-    Raises ValueError (naming the file) for unreadable or foreign records, as
+    by ``threads`` threads (default: one per core, ``jsonl_ranges.default_threads``), the
+    parts joined by a joiner from ``joiner`` (a fresh one each time the reading starts
+    over). Raises ValueError (naming the file) for unreadable or foreign records, as
     ``loadkit.records.read_table``."""
     from loadkit.records import (
         _READABLE,
@@ -361,9 +393,11 @@ def read_reduced(run_dir: str | os.PathLike[str], threads: int | None = None) ->
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        reduced = _read_reduced(run_dir, threads)
+        reduced = _read_reduced(run_dir, threads, joiner)
     finally:
         pa.set_memory_pool(previous)
+        # what arrow's readers took from its own allocator regardless (~40 MB at 1 M)
+        previous.release_unused()
     bad = reduced.schemas - set(READABLE_SCHEMAS)
     if bad:
         raise ValueError(
@@ -373,15 +407,17 @@ def read_reduced(run_dir: str | os.PathLike[str], threads: int | None = None) ->
     return reduced
 
 
-def _read_reduced(run_dir: str | os.PathLike[str], threads: int | None) -> Reduced:
+def _read_reduced(
+    run_dir: str | os.PathLike[str], threads: int | None, joiner: Callable[[], PartJoiner]
+) -> Reduced:
     from loadkit.analysis import jsonl_ranges
     from loadkit.records import arrow_schema, parquet_file, record_files
 
     schema = arrow_schema()
     parquet = parquet_file(run_dir)
     if parquet is not None:
-        return reduce_batches(parquet_batches(parquet, schema))
+        return reduce_batches(parquet_batches(parquet, schema), joiner())
     files = record_files(run_dir)
     if threads is None:
         threads = jsonl_ranges.default_threads()
-    return jsonl_ranges.read_files(files, schema, threads)
+    return jsonl_ranges.read_files(files, schema, threads, joiner=joiner)

@@ -16,7 +16,7 @@ import io
 import json
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -24,7 +24,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from loadkit.analysis.ingest import FIELDS, Joiner, Reduced, reduce_batch, select_fields
+from loadkit.analysis.ingest import (
+    FIELDS,
+    Joiner,
+    PartJoiner,
+    Reduced,
+    reduce_batch,
+    select_fields,
+)
 
 #: About how many bytes of JSONL one thread parses and reduces at a time.
 RANGE_BYTES = 16 << 20
@@ -263,13 +270,17 @@ def job_parts(job: Job, schema: pa.Schema, use_threads: bool = True) -> Iterator
 
 
 def read_files(
-    files: list[Path], schema: pa.Schema, threads: int, range_bytes: int = RANGE_BYTES
+    files: list[Path],
+    schema: pa.Schema,
+    threads: int,
+    range_bytes: int = RANGE_BYTES,
+    joiner: Callable[[], PartJoiner] = Joiner,
 ) -> Reduced:
-    """Every record of ``files``, in order, reduced; with ``threads`` > 1 the ranges (and
-    twins' row groups) are read by that many threads. A file arrow cannot parse is read
-    again with the line reader, a twin that cannot be read is set aside for its JSONL (all
-    of the files from the start: rare). Raises ValueError naming the file, and the line
-    when it can."""
+    """Every record of ``files``, in order, reduced and joined by a joiner from ``joiner``;
+    with ``threads`` > 1 the ranges (and twins' row groups) are read by that many threads.
+    A file arrow cannot parse is read again with the line reader, a twin that cannot be
+    read is set aside for its JSONL (all of the files from the start, by a fresh joiner:
+    rare). Raises ValueError naming the file, and the line when it can."""
     careful: set[Path] = set()
     no_twin: set[Path] = set()
     # one thread: one range per file, whose blocks arrow's reader parses on its own threads
@@ -277,14 +288,14 @@ def read_files(
     while True:
         jobs = [j for path in files for j in plan(path, path in careful, step, path not in no_twin)]
         try:
-            return _read_jobs(jobs, schema, min(threads, len(jobs)))
+            return _read_jobs(jobs, schema, min(threads, len(jobs)), joiner())
         except ReadCarefully as exc:
             careful.add(exc.path)
         except TwinUnusable as exc:
             no_twin.add(exc.path)
 
 
-def _threaded(jobs: list[Job], schema: pa.Schema, threads: int, joiner: Joiner) -> None:
+def _threaded(jobs: list[Job], schema: pa.Schema, threads: int, joiner: PartJoiner) -> None:
     """The jobs run by ``threads`` threads (arrow parses without holding the GIL),
     their batches' reductions joined in job order, at most two jobs per thread ahead."""
 
@@ -310,8 +321,7 @@ def _threaded(jobs: list[Job], schema: pa.Schema, threads: int, joiner: Joiner) 
             raise
 
 
-def _read_jobs(jobs: list[Job], schema: pa.Schema, threads: int) -> Reduced:
-    joiner = Joiner()
+def _read_jobs(jobs: list[Job], schema: pa.Schema, threads: int, joiner: PartJoiner) -> Reduced:
     if threads > 1:
         _threaded(jobs, schema, threads, joiner)
     else:

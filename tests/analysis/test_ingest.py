@@ -237,3 +237,31 @@ def test_a_bad_line_inside_a_file_is_an_error_naming_it(run: Path, tmp_path: Pat
 
     with pytest.raises(UnusableInput, match=r"records-w2\.jsonl:6"):
         load_run(bad, cache_min_records=10**9)
+
+
+def test_outcomes_and_refusals_worked_out_a_few_rows_at_a_time_are_the_same(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loadkit.analysis import columns
+    from loadkit.outcomes import classify
+
+    table = read_table(run)
+    whole = columns_from_reduced(reduce_batches([table]))
+    # every row's outcome as classify has it, whatever rows are taken together
+    want = [
+        columns.OUTCOMES.index(
+            classify(
+                int(whole.status[i]),
+                whole.error_code.label(int(whole.error_code.codes[i])),
+                whole.content_type.label(int(whole.content_type.codes[i])),
+                whole.transport_error.label(int(whole.transport_error.codes[i])),
+            )
+        )
+        for i in range(whole.n)
+    ]
+    assert whole.outcome.tolist() == want and len(set(want)) > 3
+    monkeypatch.setattr(columns, "OUTCOME_ROWS", 97)
+    chunked = columns_from_reduced(reduce_batches([table]))
+    assert chunked.outcome.dtype == np.int8 and chunked.outcome.tolist() == want
+    assert np.count_nonzero(whole.refused) > 10
+    assert chunked.refused.dtype == np.int8 and np.array_equal(chunked.refused, whole.refused)
