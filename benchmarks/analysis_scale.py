@@ -20,6 +20,14 @@ Generation (parallel by key and time slice) is timed apart: 1 M records, 921 MB 
 and 195 MB of twins, in 10-17 s on the 2-core machine; the twins' conversion is reported as
 the CPU it would cost a run (6.5-7.9 s per million records, on the writer's own thread).
 
+Measured 2026-12-01 with the columns mapped from the cache and the ITL read in blocks
+(``analysis/pooled.py``), load average 0.7-1.4: 1 M first analysis 3.88-4.23 s, 533-543 MB
+anonymous (802-812 MB RSS), from the cache 3.18-3.38 s, 351 MB; 10 M first 33.7 s, 1,144 MB
+anonymous (3.9 GB RSS with the mapped cache), from the cache 26.6 s, 978 MB; inside a
+1,536 MB memory cgroup (``--cgroup-mb 1536``, root: the run's pages are evicted first, so
+its mapped cache is charged to the cgroup) 38.2 s and 32.8 s: both targets met. Peak
+anonymous memory is the target's measure; the RSS counts file pages the kernel drops.
+
 Measured 2026-12-01 with the twins (load average 0.2-1.1, two repetitions of ``--reuse``):
 1 M first analysis 4.32-4.59 s wall, 5.0-5.5 s CPU, 927-954 MB (reading 0.87-0.92 s); again
 from the cache 3.63-3.66 s, 872 MB; the same run without twins (``--no-twins``) 7.84 s
@@ -237,8 +245,30 @@ def generate(
     return time.perf_counter() - t0, mix
 
 
+def _anon_mb() -> float:
+    """The process's anonymous memory (heap, arrays), without mapped file pages."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def analyse_child(run_dir: str, charts: bool) -> None:
-    """Runs in a fresh interpreter so that RSS and imports are the analysis' own."""
+    """Runs in a fresh interpreter so that RSS and imports are the analysis' own. Peak
+    RSS counts the column cache's mapped pages, which the kernel drops under pressure;
+    the peak of anonymous memory (sampled every 5 ms) is what the analysis needs."""
+    import threading
+
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], _anon_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0, c0 = time.perf_counter(), time.process_time()
     from loadkit.analysis.summary import analyze_run
 
@@ -246,6 +276,8 @@ def analyse_child(run_dir: str, charts: bool) -> None:
     timings: dict[str, float] = {}
     summary = analyze_run(run_dir, charts=charts, timings=timings)
     total = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(
         json.dumps(
@@ -255,6 +287,7 @@ def analyse_child(run_dir: str, charts: bool) -> None:
                 "wall_s": total,
                 "cpu_s": time.process_time() - c0,
                 "peak_rss_mb": rss_mb,
+                "peak_anon_mb": max(peak[0], _anon_mb()),
                 "records": summary["run"]["records"],
                 "verdict": summary["verdict"],
                 "charts": len(summary["charts"]),
@@ -263,15 +296,58 @@ def analyse_child(run_dir: str, charts: bool) -> None:
     )
 
 
-def run_child(run_dir: Path, charts: bool) -> dict[str, Any] | None:
+def evict(run_dir: Path) -> None:
+    """Drop the run's files (records, twins, column cache) from the page cache, so that a
+    child in a memory cgroup reads them afresh and is charged for the pages it maps."""
+    os.sync()
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def memory_cgroup(limit_mb: int) -> Path:
+    """A cgroup (v2, else v1's memory controller) limited to ``limit_mb``; needs root."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    if v2.exists():
+        cg = Path("/sys/fs/cgroup/loadkit-analysis-scale")
+        cg.mkdir(exist_ok=True)
+        (cg / "memory.max").write_text(str(limit_mb << 20))
+        (cg / "memory.swap.max").write_text("0")
+        return cg
+    cg = Path("/sys/fs/cgroup/memory/loadkit-analysis-scale")
+    cg.mkdir(exist_ok=True)
+    (cg / "memory.limit_in_bytes").write_text(str(limit_mb << 20))
+    return cg
+
+
+def run_child(run_dir: Path, charts: bool, cgroup: Path | None = None) -> dict[str, Any] | None:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--dir", str(run_dir)]
     if not charts:
         cmd.append("--no-charts")
+    enter = None
+    if cgroup is not None:
+        evict(run_dir)
+        procs = cgroup / "cgroup.procs"
+
+        def enter() -> None:  # in the child, before it starts the analysis
+            procs.write_text(str(os.getpid()))
+
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=enter,
     )
     if proc.returncode != 0:
         print(proc.stderr, file=sys.stderr)
+        if proc.returncode < 0:
+            print(f"the analysis was killed by signal {-proc.returncode}", file=sys.stderr)
         return None
     r: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return r
@@ -294,8 +370,9 @@ def show(title: str, r: dict[str, Any], source: str) -> bool:
     limit_s, limit_mb, size = targets(r["records"])
     print(f"  total (wall)      {r['wall_s']:6.2f} s   (target <= {limit_s:g} s for {size})")
     print(f"  CPU (process)     {r['cpu_s']:6.2f} s")
-    print(f"  peak RSS          {r['peak_rss_mb']:6.0f} MB (target <= {limit_mb} MB for {size})")
-    ok = bool(r["wall_s"] <= limit_s and r["peak_rss_mb"] <= limit_mb)
+    print(f"  peak anonymous    {r['peak_anon_mb']:6.0f} MB (target <= {limit_mb} MB for {size})")
+    print(f"  peak RSS          {r['peak_rss_mb']:6.0f} MB (with the mapped column cache)")
+    ok = bool(r["wall_s"] <= limit_s and r["peak_anon_mb"] <= limit_mb)
     print("  MEETS TARGET" if ok else "  MISSES TARGET")
     return ok
 
@@ -318,6 +395,13 @@ def main() -> int:
         action="store_true",
         help="no Parquet twins (generation writes none; --reuse removes them): the first "
         "analysis parses the JSONL",
+    )
+    p.add_argument(
+        "--cgroup-mb",
+        type=int,
+        default=None,
+        help="run each analysis in a memory cgroup of this many MB (root; the run's pages "
+        "are dropped from the page cache first, so its mapped files are charged to it)",
     )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -344,7 +428,11 @@ def main() -> int:
             f.with_suffix(".parquet").unlink(missing_ok=True)
     twinned = sum(valid_twin(f) is not None for f in jsonl)
     print(f"command: {sys.executable} {' '.join(sys.argv)}")
-    first = run_child(run_dir, charts)
+    cgroup = None
+    if args.cgroup_mb:
+        cgroup = memory_cgroup(args.cgroup_mb)
+        print(f"each analysis in a memory cgroup of {args.cgroup_mb} MB ({cgroup})")
+    first = run_child(run_dir, charts, cgroup)
     if first is None:
         return 1
     cached = first["records"] >= CACHE_MIN_RECORDS
@@ -356,7 +444,7 @@ def main() -> int:
     else:
         what, source = "parses the JSONL", "JSONL"
     ok = show(f"first analysis ({what}{note})", first, source)
-    again = run_child(run_dir, charts)
+    again = run_child(run_dir, charts, cgroup)
     if again is None:
         return 1
     again_title = "reads the column cache" if cached else "parses the JSONL again"
