@@ -17,13 +17,14 @@ from typing import TextIO
 
 import numpy as np
 
+from loadkit.analysis import metrics
 from loadkit.analysis.codec import JsonRecord
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns, UnusableInput, load_run
 from loadkit.analysis.junit import Case, write_junit
 from loadkit.analysis.limits import Limit, RequestsLimit
-from loadkit.analysis.metrics import LATENCY_METRICS, metric_values, output_tokens
+from loadkit.analysis.metrics import LATENCY_METRICS, PooledValues, metric_values, output_tokens
 from loadkit.analysis.outcome import RunVerdict, Verdict
-from loadkit.analysis.stats import Change, bootstrap_changes
+from loadkit.analysis.stats import Change, Sample, bootstrap_changes
 from loadkit.analysis.summary import SUMMARY_FILE, Summary, analyse, read_summary
 from loadkit.analysis.throughput import Throughput, bin_width, measured_span, succeeded
 
@@ -48,7 +49,7 @@ class RunSample:
 
     path: Path
     summary: Summary
-    latency: dict[str, np.ndarray]
+    latency: dict[str, np.ndarray | Sample]
     throughput: dict[str, np.ndarray]  # per-bin rates
 
 
@@ -183,10 +184,13 @@ def load_sample(run_dir: str | Path) -> RunSample:
     warmup = float(meta.warmup_s or 0.0)
     values = metric_values(cols, warmup)
     inference = cols.endpoint.isin(INFERENCE_ENDPOINTS)
-    latency = {}
+    latency: dict[str, np.ndarray | Sample] = {}
     for m in LATENCY_METRICS:
         mv = values[m].load()
-        latency[m] = mv.values[inference[mv.rows]]
+        if isinstance(mv, PooledValues) and mv.size > metrics.SORT_IN_MEMORY:
+            latency[m] = mv.restrict(inference)  # a soak's gaps: read in blocks
+        else:
+            latency[m] = mv.values[inference[mv.rows]]
     return RunSample(path, summary, latency, _rates(cols, warmup))
 
 

@@ -129,6 +129,30 @@ class PooledValues(MetricValues):
     def of_rows(self, per_row: np.ndarray) -> np.ndarray:
         return np.repeat(per_row, np.where(self._keep, self._counts, 0))
 
+    def restrict(self, rows: np.ndarray) -> PooledValues:
+        """The values of the given rows only (a boolean per row)."""
+        return PooledValues(self._pooled, self._counts, self._keep & rows)
+
+    def statistics(self, stats: tuple[str, ...]) -> np.ndarray:
+        """``stats`` (names in ``stats.STATS``) of all the values, read in blocks: a
+        ``stats.Sample`` for the bootstrap."""
+        whole = describe_groups(
+            lambda: ((v, np.zeros(v.size, np.int8)) for v, _ in self.blocks()), 1, [[0]]
+        )[0]
+        return np.array([whole.value(s) for s in stats], dtype=np.float64)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The values at ``positions`` (in the order of ``values``), in one pass."""
+        order = np.argsort(positions, kind="stable")
+        wanted = positions[order]
+        out = np.empty(positions.size, dtype=np.float64)
+        at = 0
+        for values, _ in self.blocks():
+            lo, hi = np.searchsorted(wanted, [at, at + values.size])
+            out[order[lo:hi]] = values[wanted[lo:hi] - at]
+            at += values.size
+        return out
+
     def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         n = self._counts.size
         if n == 0 or self._size == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -165,25 +166,57 @@ def _statistics(values: np.ndarray, stats: tuple[str, ...]) -> np.ndarray:
     return np.array([next(qs) if s in PERCENTILES else statistic(values, s) for s in stats])
 
 
+class Sample(Protocol):
+    """Values a bootstrap resamples without holding them: how many, the statistics of all
+    of them, and the values at given positions (in one fixed order)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def statistics(self, stats: tuple[str, ...]) -> np.ndarray: ...
+
+    def take(self, positions: np.ndarray) -> np.ndarray: ...
+
+
+class ArraySample:
+    """Values held in memory, as a ``Sample``."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = np.asarray(values, dtype=np.float64)
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+    def statistics(self, stats: tuple[str, ...]) -> np.ndarray:
+        return _statistics(self.values, stats)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        return np.asarray(self.values[positions])
+
+
 def _replicates(
-    values: np.ndarray, stats: tuple[str, ...], rounds: int, cap: int, rng: np.random.Generator
+    values: Sample, stats: tuple[str, ...], rounds: int, cap: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap replicates (rounds x stats); with more than ``cap`` values an m-out-of-n
-    bootstrap whose spread is rescaled by sqrt(m / n) (consistent for quantiles)."""
+    bootstrap whose spread is rescaled by sqrt(m / n) (consistent for quantiles). Every
+    round's positions are drawn first and their values taken at once: a sample read in
+    blocks is read once, not once a round."""
     n = values.size
     m = min(n, cap)
-    point = _statistics(values, stats)
+    point = values.statistics(stats)
+    drawn = values.take(np.concatenate([rng.integers(0, n, m) for _ in range(rounds)]))
     reps = np.empty((rounds, len(stats)))
     for b in range(rounds):
-        reps[b] = _statistics(values[rng.integers(0, n, m)], stats)
+        reps[b] = _statistics(drawn[b * m : (b + 1) * m], stats)
     if m < n:
         reps = point + (reps - point) * np.sqrt(m / n)
     return reps, point
 
 
 def bootstrap_changes(
-    base: np.ndarray,
-    new: np.ndarray,
+    base: np.ndarray | Sample,
+    new: np.ndarray | Sample,
     stats: tuple[str, ...],
     *,
     rounds: int = 200,
@@ -192,9 +225,12 @@ def bootstrap_changes(
     confidence: float = 0.95,
 ) -> dict[str, Change]:
     """Relative change of each statistic from base to new (new / base - 1) with a
-    percentile-bootstrap confidence interval; deterministic for a given seed."""
-    base = np.asarray(base, dtype=np.float64)
-    new = np.asarray(new, dtype=np.float64)
+    percentile-bootstrap confidence interval; deterministic for a given seed. Either side
+    is an array or a ``Sample`` (values read in blocks): the same draws, the same result."""
+    if isinstance(base, np.ndarray):
+        base = ArraySample(base)
+    if isinstance(new, np.ndarray):
+        new = ArraySample(new)
     if base.size == 0 or new.size == 0:
         return {s: Change() for s in stats}
     rng = np.random.default_rng(seed)
