@@ -11,6 +11,7 @@ import asyncio
 import json
 import operator
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -357,35 +358,49 @@ def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
     file. A torn last line falls back to the careful line reader. Raises
     ValueError (naming the file) for unreadable or foreign records."""
     import pyarrow as pa
-    import pyarrow.json as pj
 
     schema = arrow_schema()
     parquet = parquet_file(run_dir)
     if parquet is not None:
         table = _read_parquet(parquet, schema)
-    else:
-        from loadkit.parquet_twin import valid_twin
+        _check_schemas(run_dir, table)
+        return table
+    tables = list(_file_tables(run_dir, schema))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
-        tables = []
-        for path in record_files(run_dir):
-            if path.stat().st_size == 0:
-                continue
-            twin = valid_twin(path)
-            if twin is not None:
-                try:
-                    tables.append(_read_parquet(twin[0], schema))
-                    continue
-                except ValueError:
-                    pass  # the twin is unusable after all: its JSONL is the record
+
+def _file_tables(run_dir: str | os.PathLike[str], schema: pa.Schema) -> Iterator[pa.Table]:
+    """Each JSONL file's records (or its valid twin's) as a table, file by file, each
+    checked for foreign schemas."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    from loadkit.parquet_twin import valid_twin
+
+    for path in record_files(run_dir):
+        if path.stat().st_size == 0:
+            continue
+        table = None
+        twin = valid_twin(path)
+        if twin is not None:
+            try:
+                table = _read_parquet(twin[0], schema)
+            except ValueError:
+                pass  # the twin is unusable after all: its JSONL is the record
+        if table is None:
             opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
             try:
-                tables.append(pj.read_json(path, parse_options=opts))
+                table = pj.read_json(path, parse_options=opts)
             except pa.ArrowInvalid:
                 recs = [asdict(r) for r in iter_records_file(path)]
-                tables.append(records_table(recs, schema))
+                table = records_table(recs, schema)
             except OSError as exc:
                 raise ValueError(f"{path}: cannot read ({exc})") from None
-        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        _check_schemas(run_dir, table)
+        yield table
+
+
+def _check_schemas(run_dir: str | os.PathLike[str], table: pa.Table) -> None:
     schemas = set(table.column("schema").unique().to_pylist()) - {None}
     if schemas - set(READABLE_SCHEMAS):
         bad = sorted(str(x) for x in schemas - set(READABLE_SCHEMAS))
@@ -393,7 +408,6 @@ def read_table(run_dir: str | os.PathLike[str]) -> pa.Table:
             f"{run_dir}: unsupported record schema {', '.join(bad)} "
             f"(this loadkit reads {_READABLE})"
         )
-    return table
 
 
 def read_records(run_dir: str | os.PathLike[str]) -> Any:  # a pandas.DataFrame (no stubs)
@@ -436,12 +450,22 @@ def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
 
 def write_parquet(run_dir: str | os.PathLike[str]) -> Path:
     """Write every record of the run as ``records.parquet`` (the JSONL files stay: they
-    are what an interrupted run keeps)."""
+    are what an interrupted run keeps), one record file at a time: a soak's ten million
+    records are never one table in memory. Written under a temporary name, then renamed:
+    a failure leaves no partial file."""
     import pyarrow.parquet as pq
 
-    table = read_table(run_dir)
     path = Path(run_dir) / PARQUET_FILE
-    pq.write_table(table, path)
+    partial = path.with_name(f".{PARQUET_FILE}.partial-{os.getpid()}")
+    schema = arrow_schema()
+    try:
+        with pq.ParquetWriter(partial, schema) as writer:
+            for table in _file_tables(run_dir, schema):
+                writer.write_table(table.select(schema.names).cast(schema))
+                del table
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

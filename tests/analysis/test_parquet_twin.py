@@ -422,3 +422,21 @@ def test_a_signal_while_the_twin_is_completed_stops_it_cleanly(tmp_path: Path) -
     assert "no Parquet twin (the run was stopped" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records-w.jsonl"]
     assert len(iter_records(tmp_path)) == 100
+
+
+def test_records_parquet_from_twins_holds_every_record(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    """``loadkit run --parquet`` writes records.parquet file by file, from the twins where
+    they stand for their JSONL: the same rows as the JSONL, and no table of the whole run."""
+    from loadkit.records import PARQUET_FILE, write_parquet
+
+    twinned = _rewrite(run, tmp_path / "twinned")
+    assert _twin_jobs(twinned) > 0
+    want = read_table(twinned)
+    write_parquet(twinned)
+    for f in twinned.glob("records-*"):  # records.parquet alone now
+        f.unlink()
+    got = read_table(twinned)
+    assert got.num_rows == want.num_rows > 1000
+    assert got.column("request_id").to_pylist() == want.column("request_id").to_pylist()
+    assert got.column("chunk_s").to_pylist() == want.column("chunk_s").to_pylist()
+    assert not list(twinned.glob(f".{PARQUET_FILE}*"))  # no partial file left behind
