@@ -190,7 +190,7 @@ def load_sample(run_dir: str | Path) -> RunSample:
         if isinstance(mv, PooledValues) and mv.size > metrics.SORT_IN_MEMORY:
             latency[m] = mv.restrict(inference)  # a soak's gaps: read in blocks
         else:
-            latency[m] = mv.values[inference[mv.rows]]
+            latency[m] = mv.values[mv.of_rows(inference)]
     return RunSample(path, summary, latency, _rates(cols, warmup))
 
 

@@ -118,9 +118,8 @@ class PooledValues(MetricValues):
     @property
     def rows(self) -> np.ndarray:
         n = self._counts.size
-        parts = [r for _, r in self.blocks()]
-        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        return rows.astype(np.int32 if n < 2**31 else np.int64)
+        index = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+        return np.repeat(index, np.where(self._keep, self._counts, 0))
 
     @property
     def size(self) -> int:
@@ -154,28 +153,38 @@ class PooledValues(MetricValues):
         return out
 
     def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The values of the rows that count with their rows, BLOCK_VALUES at most at a
+        time (or one row's): cut where the running count of values reaches it, so rows
+        dense with values (long streams, a file of them) make more blocks, not larger."""
         n = self._counts.size
         if n == 0 or self._size == 0:
             return
-        per_row = max(1.0, self._pooled.size / n)
-        step = max(1, int(self.BLOCK_VALUES / per_row))
-        at = 0
-        for start in range(0, n, step):
-            counts = np.asarray(self._counts[start : start + step], dtype=np.int64)
-            keep = np.asarray(self._keep[start : start + step])
-            end = at + int(counts.sum())
-            block = np.asarray(self._pooled[at:end])
-            at = end
-            if not keep.any():
-                continue
-            if keep.all():
-                values = np.array(block, dtype=np.float64)
-                rows = np.repeat(np.arange(start, start + counts.size), counts)
-            else:
-                values = block[np.repeat(keep, counts)]
-                rows = np.repeat(np.arange(start, start + counts.size)[keep], counts[keep])
-            if values.size:
-                yield values, rows
+        at = 0  # where the pooled values of row ``lo`` start
+        for lo in range(0, n, _ROWS_READ):
+            counts = np.asarray(self._counts[lo : lo + _ROWS_READ], dtype=np.int64)
+            keep = np.asarray(self._keep[lo : lo + _ROWS_READ])
+            ends = np.cumsum(counts)
+            a = 0
+            while a < counts.size:
+                first = int(ends[a - 1]) if a else 0
+                b = max(a + 1, int(np.searchsorted(ends, first + self.BLOCK_VALUES, "right")))
+                c, k = counts[a:b], keep[a:b]
+                if k.any():
+                    block = self._pooled[at + first : at + int(ends[b - 1])]
+                    if k.all():
+                        values = np.array(block, dtype=np.float64)
+                        rows = np.repeat(np.arange(lo + a, lo + b), c)
+                    else:
+                        values = np.asarray(block[np.repeat(k, c)], dtype=np.float64)
+                        rows = np.repeat(np.arange(lo + a, lo + b)[k], c[k])
+                    if values.size:
+                        yield values, rows
+                a = b
+            at += int(ends[-1]) if ends.size else 0
+
+
+# Rows whose counts are read at a time while blocks are cut (8 MB of counts).
+_ROWS_READ = 1 << 20
 
 
 def latency_eligible(cols: Columns, warmup_s: float) -> np.ndarray:
@@ -392,24 +401,25 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
             )
             continue
         g_of = mv.of_rows(gid)
+        vals = mv.values  # built once (a pooled metric's is a copy)
         if all_inference:
-            overall_mean = float(mv.values.mean()) if mv.values.size else 0.0
+            overall_mean = float(vals.mean()) if vals.size else 0.0
         else:
             inf = inference_of_group[g_of]
-            overall_mean = float(mv.values[inf].mean()) if inf.any() else 0.0
+            overall_mean = float(vals[inf].mean()) if inf.any() else 0.0
             del inf
         if one_tier is not None and all_inference:  # one tier's table holds every value
-            tier_means = {one_tier: overall_mean} if mv.values.size else {}
+            tier_means = {one_tier: overall_mean} if vals.size else {}
         else:
             tier_of = tier_of_group[g_of]
             tier_means = {
                 code: float(chunk.mean())
-                for code, chunk in enumerate(_grouped(tier_of, len(tiers), mv.values))
+                for code, chunk in enumerate(_grouped(tier_of, len(tiers), vals))
                 if chunk.size
             }
             del tier_of
         sorted_groups: dict[int, np.ndarray] = {}
-        for g, chunk in enumerate(_grouped(g_of, len(labels), mv.values)):
+        for g, chunk in enumerate(_grouped(g_of, len(labels), vals)):
             if chunk.size:
                 mean = float(chunk.mean())
                 chunk.sort()
@@ -425,7 +435,7 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
         }
         overall = describe_sorted([sorted_groups[g] for g in inference_groups], overall_mean)
         tables[name] = MetricLatency(unit="ms", overall=overall, by_tier=by_tier)
-        del sorted_groups, mv
+        del sorted_groups, mv, vals
     groups = tuple(
         GroupLatency(labels=lab, **stats)
         for lab, stats in zip(labels, per_group, strict=True)

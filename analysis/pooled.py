@@ -24,7 +24,7 @@ from loadkit.analysis.stats import Stats, _from_keys, _order_keys, percentiles_b
 #: (values, group id of each value); NaN values count but have no rank.
 Blocks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
-COLLECT_MAX = 1 << 24  # values collected and sorted in one pass, at most (128 MB of keys)
+COLLECT_MAX = 1 << 24  # keys collected in one pass, at most (128 MB, and a target's copy)
 _HIST_CELLS = 1 << 23  # counts in a pass's histograms (64 MB, and as much per batch)
 _BIN_BATCH = 1 << 22  # bin numbers counted at once
 
@@ -46,6 +46,9 @@ class _Target:
     def population(self) -> int:
         return int(self.cells.sum())
 
+    def resolve(self, key: int) -> None:
+        self.value = float(_from_keys(np.array([key], dtype=np.int64))[0])
+
 
 def _bits_for(cells: int, room: int, most: int) -> int:
     """As many bits (4..``most``) as keep ``cells`` histograms of 2**bits within ``room``."""
@@ -58,24 +61,13 @@ def _bits_for(cells: int, room: int, most: int) -> int:
 def describe_groups(blocks: Blocks, n_groups: int, sets: Sequence[Sequence[int]]) -> list[Stats]:
     """``stats.describe`` of the values of each set of groups (ids 0..n_groups-1; values
     of other ids are in no set), read from ``blocks`` in a few passes."""
-    counts = np.zeros(n_groups, dtype=np.int64)
-    nans = np.zeros(n_groups, dtype=np.int64)
-    sums = np.zeros(n_groups, dtype=np.float64)
     bits = _bits_for(n_groups, _HIST_CELLS, 20)
-    hist = _Histogram(n_groups << bits)
-    for values, groups in blocks():
-        g, v = _in_groups(values, groups, n_groups)
-        bad = np.isnan(v)
-        if bad.any():
-            nans += np.bincount(g[bad], minlength=n_groups)
-            g, v = g[~bad], v[~bad]
-        counts += np.bincount(g, minlength=n_groups)
-        sums += np.bincount(g, weights=v, minlength=n_groups)
-        top = (_order_keys(v) >> (64 - bits)) + (1 << (bits - 1))
-        hist.add((g << bits) | top)
-    per_group = hist.counts().reshape(n_groups, 1 << bits)
+    counts, nans, sums, per_group = _first_pass(blocks, n_groups, bits)
 
     members = [np.unique(np.asarray(s, dtype=np.int64)) for s in sets]
+    for i, m in enumerate(members):
+        if m.size and (m[0] < 0 or m[-1] >= n_groups):
+            raise ValueError(f"set {i} names groups outside 0..{n_groups - 1}: {m.tolist()}")
     targets: dict[tuple[int, int], _Target] = {}
     plans: list[tuple[int, int, np.ndarray] | None] = []
     for i, m in enumerate(members):
@@ -114,6 +106,28 @@ def describe_groups(blocks: Blocks, n_groups: int, sets: Sequence[Sequence[int]]
     return out
 
 
+def _first_pass(
+    blocks: Blocks, n_groups: int, bits: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each group's count, NaNs, sum, and histogram over the top ``bits`` bits of its
+    values' keys (groups x 2**bits)."""
+    counts = np.zeros(n_groups, dtype=np.int64)
+    nans = np.zeros(n_groups, dtype=np.int64)
+    sums = np.zeros(n_groups, dtype=np.float64)
+    hist = _Histogram(n_groups << bits)
+    for values, groups in blocks():
+        g, v = _in_groups(values, groups, n_groups)
+        bad = np.isnan(v)
+        if bad.any():
+            nans += np.bincount(g[bad], minlength=n_groups)
+            g, v = g[~bad], v[~bad]
+        counts += np.bincount(g, minlength=n_groups)
+        sums += np.bincount(g, weights=v, minlength=n_groups)
+        top = (_order_keys(v) >> (64 - bits)) + (1 << (bits - 1))
+        hist.add((g << bits) | top)
+    return counts, nans, sums, hist.counts().reshape(n_groups, 1 << bits)
+
+
 def _in_groups(values: np.ndarray, groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     g = np.asarray(groups, dtype=np.int64)
     v = np.asarray(values, dtype=np.float64)
@@ -144,21 +158,23 @@ def _descend(
 ) -> None:
     """Move each target into the bin that holds its rank, given each of its groups'
     histogram (``rows_of``) over the next ``bits`` bits under its prefix (bins ``base``,
-    ``base`` + 1, ...); the targets of one set and prefix share the sums."""
-    shared: dict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = {}
+    ``base`` + 1, ...); the targets of one set and prefix share the sums, one set's rows
+    held at a time."""
+    alike: dict[tuple[bytes, int], list[_Target]] = {}
     for t in targets:
-        key = (t.groups.tobytes(), t.prefix)
-        if key not in shared:
-            rows = rows_of(t)
-            shared[key] = rows, np.cumsum(rows.sum(axis=0))
-        rows, cum = shared[key]
-        b = int(np.searchsorted(cum, t.rank, side="right"))
-        t.rank -= int(cum[b - 1]) if b else 0
-        t.cells = rows[:, b].copy()
-        t.prefix = (t.prefix << bits) + base + b if t.depth else base + b
-        t.depth += bits
-        if t.depth == 64:  # every bit known: the key is the value
-            t.value = float(_from_keys(np.array([t.prefix], dtype=np.int64))[0])
+        alike.setdefault((t.groups.tobytes(), t.prefix), []).append(t)
+    for same in alike.values():
+        rows = rows_of(same[0])
+        cum = np.cumsum(rows.sum(axis=0))
+        for t in same:
+            b = int(np.searchsorted(cum, t.rank, side="right"))
+            t.rank -= int(cum[b - 1]) if b else 0
+            t.cells = rows[:, b].copy()
+            t.prefix = (t.prefix << bits) + base + b if t.depth else base + b
+            t.depth += bits
+            if t.depth == 64:  # every bit known: the key is the value
+                t.resolve(t.prefix)
+        del rows, cum
 
 
 def _plan(open_: list[_Target]) -> tuple[list[_Target], list[_Target]]:
@@ -192,42 +208,70 @@ def _narrow(blocks: Blocks, n_groups: int, targets: list[_Target]) -> None:
         open_ = [t for t in targets if t.value is None]
         if not open_:
             return
-        depth = open_[0].depth
+        depth = open_[0].depth  # the open targets descend together: one depth
         collect, refine = _plan(open_)
         cells = _Cells(n_groups, depth, open_)
         step = _bits_for(cells.size, _HIST_CELLS, min(20, 64 - depth)) if refine else 0
         hist = _Histogram(cells.size << step if refine else 0)
+        # each cell's least and greatest key: a bin of one value repeated (gaps of 0.0
+        # from coalesced chunks) is settled here, not bit by bit in passes to come
+        low = np.full(cells.size, np.iinfo(np.int64).max, dtype=np.int64)
+        high = np.full(cells.size, np.iinfo(np.int64).min, dtype=np.int64)
         want = np.zeros(cells.size, dtype=bool)
         for t in collect:
             want[cells.ids(t)] = True
-        kept_cells: list[np.ndarray] = []
-        kept_keys: list[np.ndarray] = []
+        pieces: dict[int, list[np.ndarray]] = {}
         for values, groups in blocks():
             g, v = _in_groups(values, groups, n_groups)
             v_ok = ~np.isnan(v)
             if not v_ok.all():
                 g, v = g[v_ok], v[v_ok]
             keys = _order_keys(v)
+            del v, v_ok
             cell, at = cells.lookup(keys, g)
             keys = keys[at]
+            del g
             if refine:
                 sub = (keys >> (64 - depth - step)) & ((1 << step) - 1)
                 hist.add((cell << step) | sub)
+                np.minimum.at(low, cell, keys)
+                np.maximum.at(high, cell, keys)
             if collect:
-                mine = want[cell]
-                kept_cells.append(cell[mine].astype(np.int32))
-                kept_keys.append(keys[mine])
-        if collect:
-            cell_of = np.concatenate(kept_cells)
-            order = np.argsort(cell_of, kind="stable")
-            key_of = np.concatenate(kept_keys)[order]
-            bounds = np.searchsorted(cell_of[order], np.arange(cells.size + 1))
-            del kept_cells, kept_keys, cell_of, order
-            for t in collect:
-                mine = np.concatenate([key_of[bounds[c] : bounds[c + 1]] for c in cells.ids(t)])
-                t.value = float(_from_keys(np.partition(mine, t.rank)[t.rank : t.rank + 1])[0])
+                _keep_pieces(pieces, cell, keys, want)
+        for t in collect:
+            mine = np.concatenate([p for c in cells.ids(t).tolist() for p in pieces.get(c, [])])
+            t.resolve(int(np.partition(mine, t.rank)[t.rank]))
+        del pieces
+        for t in refine:
+            _settle_ties(t, cells, low, high)
+        refine = [t for t in refine if t.value is None]
         if refine:
             _descend(refine, partial(cells.rows, hist.counts()), step, 0)
+
+
+def _keep_pieces(
+    pieces: dict[int, list[np.ndarray]], cell: np.ndarray, keys: np.ndarray, want: np.ndarray
+) -> None:
+    """Append a block's keys of the wanted cells to each cell's pieces."""
+    mine = want[cell]
+    cell, keys = cell[mine], keys[mine]
+    if cell.size == 0:
+        return
+    order = np.argsort(cell, kind="stable")
+    cell, keys = cell[order], keys[order]
+    starts = np.flatnonzero(np.diff(cell, prepend=-1))
+    ends = np.append(starts[1:], cell.size)
+    for c, a, b in zip(cell[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+        pieces.setdefault(c, []).append(keys[a:b].copy())
+
+
+def _settle_ties(t: _Target, cells: _Cells, low: np.ndarray, high: np.ndarray) -> None:
+    """A target whose bin holds one value only, in every group of its set: that is its
+    value, whatever its rank."""
+    ids = cells.ids(t)
+    seen = ids[high[ids] >= low[ids]]
+    if seen.size and (low[seen] == high[seen]).all() and (low[seen] == low[seen[0]]).all():
+        t.resolve(int(low[seen[0]]))
 
 
 class _Histogram:
@@ -267,6 +311,7 @@ class _Cells:
         pairs = sorted({(t.prefix, g) for t in targets for g in t.groups.tolist()})
         self.size = len(pairs)
         self.prefixes = np.array(sorted({p for p, _ in pairs}), dtype=np.int64)
+        # prefixes x groups: a few thousand x the groups of a run's keys and endpoints
         self.table = np.full((self.prefixes.size, n_groups), -1, dtype=np.int64)
         for i, (p, g) in enumerate(pairs):
             self.table[int(np.searchsorted(self.prefixes, p)), g] = i

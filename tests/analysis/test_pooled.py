@@ -185,3 +185,50 @@ def test_compare_of_two_soaks_reads_their_gaps_in_blocks(
     assert [r.metric for r in got] == ["itl_ms.p50", "itl_ms.p95", "itl_ms.p99"]
     assert got == want
     assert any(r.regression for r in got)
+
+
+def test_blocks_stay_small_where_rows_are_dense_with_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run whose long streams come together (a file of them after many 429s) is read in
+    blocks of at most BLOCK_VALUES (or one row's), not of the run's average row count;
+    the blocks hold exactly the counted rows' values, in order."""
+    monkeypatch.setattr(metrics.PooledValues, "BLOCK_VALUES", 1000)
+    monkeypatch.setattr(metrics, "_ROWS_READ", 700)
+    rng = np.random.default_rng(5)
+    counts = np.concatenate([np.zeros(19_000), np.full(1_000, 299), [5_000], np.zeros(50)])
+    counts = counts.astype(np.int32)
+    keep = rng.random(counts.size) < 0.9
+    pooled_values = rng.random(int(counts.sum()))
+    mv = metrics.PooledValues(pooled_values, counts, keep)
+    blocks = list(mv.blocks())
+    assert max(v.size for v, r in blocks if np.unique(r).size > 1) <= 1000
+    want = pooled_values[np.repeat(keep, counts)]
+    assert np.array_equal(np.concatenate([v for v, _ in blocks]), want)
+    assert np.array_equal(np.concatenate([r for _, r in blocks]), mv.rows)
+    assert mv.rows.size == mv.size == want.size
+
+
+def test_a_bin_of_one_repeated_value_is_settled_without_more_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Gaps of exactly 0.0 (chunks that arrived together) fill a bin too large to collect:
+    its one value is known after one more pass, not after resolving all 64 bits."""
+    monkeypatch.setattr(pooled, "COLLECT_MAX", 1 << 12)
+    rng = np.random.default_rng(1)
+    v = rng.lognormal(2.5, 0.3, 200_000)
+    v[rng.random(v.size) < 0.6] = 0.0
+    g = rng.integers(0, 4, v.size)
+    passes: list[int] = []
+    sets = [[i] for i in range(4)] + [list(range(4))]
+    got = pooled.describe_groups(_blocks(v, g, 1 << 14, passes), 4, sets)
+    for stats, members in zip(got, sets, strict=True):
+        _same(stats, describe(v[np.isin(g, members)]))
+    assert got[-1].p50 == 0.0
+    assert len(passes) <= 3
+
+
+def test_a_set_naming_a_group_that_does_not_exist_is_refused() -> None:
+    v, g = np.array([1.0, 2.0]), np.array([0, 1])
+    with pytest.raises(ValueError, match="set 1 names groups outside 0..1"):
+        pooled.describe_groups(_blocks(v, g, 1), 2, [[0], [-1]])
