@@ -15,8 +15,9 @@ from loadkit.analysis.pooled import describe_groups
 from loadkit.analysis.stats import Stats, describe, describe_sorted
 
 # A pooled metric of at most this many values is copied and sorted in memory (0.27 GB,
-# twice: numpy's sort beats the passes of ``pooled`` by ~3x); a larger one is read in
-# blocks, so no run needs memory in proportion to its size for it.
+# twice: at 1 M records, 16 M gaps, numpy's sort takes 0.3 s where the passes of
+# ``pooled`` take 0.8 s); a larger one is read in blocks, so no run needs memory in
+# proportion to its size for it.
 SORT_IN_MEMORY = 1 << 25
 LATENCY_METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "headers_ms")
 CLIENT_METRICS = ("send_lateness_ms", "queued_ms", "connect_wait_ms")
