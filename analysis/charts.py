@@ -6,8 +6,9 @@ records draw as fast as a thousand."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -155,12 +156,9 @@ def _by_tier(mv: MetricValues, tier_of_row: np.ndarray, ntiers: int) -> list[Sta
     """``describe`` of each tier's values (every endpoint), then of all values (rows
     without a tier too), read in blocks."""
 
-    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for values, rows in mv.blocks():
-            yield values, tier_of_row[rows].astype(np.int64) + 1
-
+    group = tier_of_row.astype(np.int64) + 1  # 0: rows without a tier
     sets = [[c + 1] for c in range(ntiers)] + [list(range(ntiers + 1))]
-    return describe_groups(blocks, ntiers + 1, sets)
+    return describe_groups(partial(mv.blocks, group), ntiers + 1, sets)
 
 
 def _quantile_of(c: Cdfs, q: float) -> float:

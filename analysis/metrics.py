@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -52,9 +53,10 @@ class MetricValues:
         """``per_row[rows]``: a per-record array read at each value's row."""
         return np.asarray(per_row[self.rows])
 
-    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The values with their rows, a block at a time (here: one block)."""
-        yield self.values, self.rows
+    def blocks(self, per_row: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The values with their rows (or ``per_row`` read at their rows), a block at a
+        time (here: one block)."""
+        yield self.values, self.rows if per_row is None else self.of_rows(per_row)
 
     def load(self) -> MetricValues:
         """The values to read now (a reader holds them while it reads, then drops them)."""
@@ -89,8 +91,8 @@ class LazyValues(MetricValues):
     def of_rows(self, per_row: np.ndarray) -> np.ndarray:
         return self.load().of_rows(per_row)
 
-    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return self.load().blocks()
+    def blocks(self, per_row: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.load().blocks(per_row)
 
 
 class PooledValues(MetricValues):
@@ -153,10 +155,11 @@ class PooledValues(MetricValues):
             at += values.size
         return out
 
-    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The values of the rows that count with their rows, BLOCK_VALUES at most at a
-        time (or one row's): cut where the running count of values reaches it, so rows
-        dense with values (long streams, a file of them) make more blocks, not larger."""
+    def blocks(self, per_row: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The values of the rows that count with their rows (or ``per_row`` read at
+        their rows), BLOCK_VALUES at most at a time (or one row's): cut where the running
+        count of values reaches it, so rows dense with values (long streams, a file of
+        them) make more blocks, not larger. The values may be a read-only view."""
         n = self._counts.size
         if n == 0 or self._size == 0:
             return
@@ -172,12 +175,17 @@ class PooledValues(MetricValues):
                 c, k = counts[a:b], keep[a:b]
                 if k.any():
                     block = self._pooled[at + first : at + int(ends[b - 1])]
+                    of_row = (
+                        np.arange(lo + a, lo + b)
+                        if per_row is None
+                        else np.asarray(per_row[lo + a : lo + b])
+                    )
                     if k.all():
-                        values = np.array(block, dtype=np.float64)
-                        rows = np.repeat(np.arange(lo + a, lo + b), c)
+                        values = np.asarray(block, dtype=np.float64)
+                        rows = np.repeat(of_row, c)
                     else:
                         values = np.asarray(block[np.repeat(k, c)], dtype=np.float64)
-                        rows = np.repeat(np.arange(lo + a, lo + b)[k], c[k])
+                        rows = np.repeat(of_row[k], c[k])
                     if values.size:
                         yield values, rows
                 a = b
@@ -461,11 +469,7 @@ def _pooled_table(
     by_code = [[g for g in inference if group_tier[g] == code] for code in range(len(tiers))]
     sets = [[g] for g in range(n_groups)] + by_code + [inference]
 
-    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for values, rows in mv.blocks():
-            yield values, gid[rows]
-
-    stats = describe_groups(blocks, n_groups, sets)
+    stats = describe_groups(partial(mv.blocks, gid), n_groups, sets)
     for g in range(n_groups):
         if stats[g].count:
             per_group[g][name] = stats[g]
