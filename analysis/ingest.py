@@ -122,6 +122,27 @@ def trim_heap() -> None:
 
 
 _malloc_trim: Any = None
+
+
+def limit_arenas(arenas: int = 2) -> None:
+    """Let the C heap keep at most ``arenas`` arenas (glibc; elsewhere nothing): by default
+    each thread that allocates while another does gets an arena of its own (up to eight a
+    core), and what a reading thread freed stays in its arena, out of ``trim_heap``'s
+    reach -- ~150 MB of a 10 M-record analysis, for no speed it measurably bought. Once
+    per process, before the reading threads start; arenas already made stay."""
+    global _arenas_limited
+    if _arenas_limited:
+        return
+    _arenas_limited = True
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_ARENA_MAX, arenas)
+
+
+_arenas_limited = False
+_M_ARENA_MAX = -8  # glibc's malloc.h
 TRIM_EVERY = 64 << 20  # bytes of parts freed between heap trims while joining
 
 
@@ -388,6 +409,7 @@ def read_reduced(
         READABLE_SCHEMAS,
     )
 
+    limit_arenas()
     # Arrow's own allocator keeps what the batches freed; the C heap's is trimmed, so the
     # reading costs about one batch, not all of them (1 M records: 0.67 GB peak, not 0.79).
     previous = pa.default_memory_pool()

@@ -27,6 +27,7 @@ from loadkit.analysis.completeness import (
     unrecorded_requests,
 )
 from loadkit.analysis.explain import explain_concurrency, explain_requests
+from loadkit.analysis.ingest import limit_arenas
 from loadkit.analysis.limits import ConcurrencyLimit, Limit, RequestsLimit
 from loadkit.analysis.metrics import Latency, MetricValues, latency_summary, metric_values
 from loadkit.analysis.outcome import RunVerdict, Verdict
@@ -565,6 +566,7 @@ def summarize_run(
     ``timings``, when given, receives the seconds spent in each stage."""
     clock = time.perf_counter
     t0 = clock()
+    limit_arenas()  # before any thread of ours allocates (``ingest.limit_arenas``)
     overrides = parse_overrides(slo_overrides)
     background: list[threading.Thread] = []
     if charts:
