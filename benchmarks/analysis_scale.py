@@ -20,13 +20,14 @@ Generation (parallel by key and time slice) is timed apart: 1 M records, 921 MB 
 and 195 MB of twins, in 10-17 s on the 2-core machine; the twins' conversion is reported as
 the CPU it would cost a run (6.5-7.9 s per million records, on the writer's own thread).
 
-Measured 2026-12-01 with the columns mapped from the cache and the ITL read in blocks
-(``analysis/pooled.py``), load average 0.7-1.4: 1 M first analysis 3.88-4.23 s, 533-543 MB
-anonymous (802-812 MB RSS), from the cache 3.18-3.38 s, 351 MB; 10 M first 33.7 s, 1,144 MB
-anonymous (3.9 GB RSS with the mapped cache), from the cache 26.6 s, 978 MB; inside a
-1,536 MB memory cgroup (``--cgroup-mb 1536``, root: the run's pages are evicted first, so
-its mapped cache is charged to the cgroup) 38.2 s and 32.8 s: both targets met. Peak
-anonymous memory is the target's measure; the RSS counts file pages the kernel drops.
+Measured 2026-12-01 with the columns mapped from the cache, the ITL read in blocks
+(``analysis/pooled.py``) and two malloc arenas, load average 1.2-2.6: 1 M first analysis
+4.01-4.12 s, 447-451 MB anonymous, from the cache 3.34-3.36 s, 349 MB; 10 M first
+31.1-32.8 s, 987-1,021 MB anonymous (3.8 GB RSS with the mapped cache), from the cache
+25.0-27.2 s, 896-906 MB; inside a 1,536 MB memory cgroup (``--cgroup-mb 1536``, root: the
+run's pages are evicted first, so its mapped cache is charged to the cgroup) 35.4 s and
+29.3 s; 10 M from the JSONL (no twins) 59.1 s, 917 MB: both targets met. Peak anonymous
+memory is the target's measure; the RSS counts file pages the kernel drops.
 
 Measured 2026-12-01 with the twins (load average 0.2-1.1, two repetitions of ``--reuse``):
 1 M first analysis 4.32-4.59 s wall, 5.0-5.5 s CPU, 927-954 MB (reading 0.87-0.92 s); again
