@@ -109,15 +109,20 @@ KEYS = [
     ("free-0", "free", 0.02, True, 16),
     ("free-1", "free", 0.02, True, 16),
 ]
+# ``--keys one``: every record through one paid key, the case where a key's own verdicts,
+# not the run, set the analysis' peak memory
+ONE_KEY = [("paid-0", "paid", 1.0, True, 16)]
 RATE = 3000.0  # records per second of simulated run: the issue's one-hour soak
 TTFT_S, ITL_S = 0.08, 0.012
 
 
-def tiers_for(records: int, duration: float) -> dict[str, dict[str, float]]:
+def tiers_for(
+    records: int, duration: float, keys: list[tuple[str, str, float, bool, int]]
+) -> dict[str, dict[str, float]]:
     """Tier limits for a run of ``records``: paid keys' limits 30 % above the busiest paid
     key's mean rate, concurrency well above its mean in-flight count; free: 60 a minute."""
-    busiest = max(share for _, tier, share, _, _ in KEYS if tier == "paid") * records / duration
-    service = TTFT_S + ITL_S * max(t for *_, t in KEYS)
+    busiest = max(share for _, tier, share, _, _ in keys if tier == "paid") * records / duration
+    service = TTFT_S + ITL_S * max(t for *_, t in keys)
     return {
         "paid": dict(
             requests=math.ceil(busiest * 60.0 * 1.3),
@@ -129,7 +134,7 @@ def tiers_for(records: int, duration: float) -> dict[str, dict[str, float]]:
 
 
 def _generate_part(
-    job: tuple[int, int, int, float, str, int, bool],
+    job: tuple[list[tuple[str, str, float, bool, int]], int, int, int, float, str, int, bool],
 ) -> tuple[int, int, int, float]:
     """One key's records (or one time slice of them), written as its own JSONL file and,
     with ``twins``, the Parquet twin the engine's record writer leaves beside it
@@ -146,11 +151,11 @@ def _generate_part(
         simulate_key,
     )
 
-    key_i, part, records, duration, out_dir, seed, twins = job
-    label, tier, share, stream, tokens = KEYS[key_i]
+    keys, key_i, part, records, duration, out_dir, seed, twins = job
+    label, tier, share, stream, tokens = keys[key_i]
     rng = np.random.default_rng(seed * 1000 + part)
     n = int(records * share)
-    t = tiers_for(records, duration)[tier]
+    t = tiers_for(records, duration, keys)[tier]
     kind = "sliding_log" if tier == "paid" else "fixed_window"
     lim = Limiter(
         kind, requests=int(t["requests"]), window_s=t["window_s"], concurrency=int(t["concurrency"])
@@ -201,7 +206,12 @@ PARTS = 4  # time slices of each paid key
 
 
 def generate(
-    run_dir: Path, records: int, duration: float, workers: int, twins: bool
+    run_dir: Path,
+    records: int,
+    duration: float,
+    workers: int,
+    twins: bool,
+    keys: list[tuple[str, str, float, bool, int]] = KEYS,
 ) -> tuple[float, str]:
     from tests.analysis.synthetic import Limiter, run_meta
 
@@ -210,8 +220,8 @@ def generate(
         old.unlink()
     t0 = time.perf_counter()
     jobs = [
-        (i, part, records, duration, str(run_dir), i, twins)
-        for i, (_, tier, *_) in enumerate(KEYS)
+        (keys, i, part, records, duration, str(run_dir), i, twins)
+        for i, (_, tier, *_) in enumerate(keys)
         for part in range(PARTS if tier == "paid" else 1)
     ]
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -222,11 +232,11 @@ def generate(
     twin_cpu = sum(c[3] for c in counts)
     tiers = {
         name: Limiter("sliding_log", **t)  # type: ignore[arg-type]
-        for name, t in tiers_for(records, duration).items()
+        for name, t in tiers_for(records, duration, keys).items()
     }
     meta = run_meta(
         tiers,
-        [(k, t) for k, t, *_ in KEYS],
+        [(k, t) for k, t, *_ in keys],
         run_id="bench",
         duration_s=duration,
         warmup_s=5.0,
@@ -236,7 +246,7 @@ def generate(
     meta.write(run_dir)
     mix = (
         f"{total:,} records: {streams16 / total:.1%} streams with 16+ chunks, "
-        f"{refused / total:.1%} 429s, {len(KEYS)} keys in 2 tiers"
+        f"{refused / total:.1%} 429s, {len(keys)} keys in {len({k[1] for k in keys})} tier(s)"
     )
     if twins:
         mix += (
@@ -390,6 +400,12 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="generation")
     p.add_argument("--dir", default="/tmp/loadkit-analysis-scale", help="run directory")
     p.add_argument("--reuse", action="store_true", help="analyse the existing run directory")
+    p.add_argument(
+        "--keys",
+        choices=("mix", "one"),
+        default="mix",
+        help="mix: 9 keys in 2 tiers (default); one: every record through one paid key",
+    )
     p.add_argument("--no-charts", action="store_true", help="summary.json only")
     p.add_argument(
         "--no-twins",
@@ -413,7 +429,10 @@ def main() -> int:
     run_dir = Path(args.dir)
     if not args.reuse:
         duration = args.duration or max(60.0, args.records / RATE)
-        gen_s, mix = generate(run_dir, args.records, duration, args.workers, not args.no_twins)
+        keys = ONE_KEY if args.keys == "one" else KEYS
+        gen_s, mix = generate(
+            run_dir, args.records, duration, args.workers, not args.no_twins, keys
+        )
         size = sum(f.stat().st_size for f in run_dir.glob("records-*.jsonl"))
         print(
             f"generated {mix} ({size / 1e6:,.0f} MB JSONL, {duration:.0f} s run) in {gen_s:.1f} s"
