@@ -8,6 +8,8 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
+from loadkit.stop_signals import stop_signals
+
 # What each command's --help says about its exit status and the environment it reads.
 ANALYSIS_EXIT = (
     "0 pass (or inconclusive: the load never provoked a limit), 1 a limit violated or an "
@@ -296,11 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "analyze":
             from loadkit.analysis.cli import analyze_main
 
-            return analyze_main(args)
+            with stop_signals():  # an unfinished column cache is removed on these too
+                return analyze_main(args)
         if args.command == "compare":
             from loadkit.analysis.compare import compare_main
 
-            return compare_main(args)
+            with stop_signals():
+                return compare_main(args)
         if args.command == "locustfile":
             from loadkit.locust_engine import locustfile
 

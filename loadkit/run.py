@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from loadkit.engine.worker_plan import WorkerPlan, available_cores, default_work
 from loadkit.records import RecordWriter, RequestRecord, record_writer, shifted
 from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id
 from loadkit.scenario import EMBEDDED, Key, Scenario, ScenarioError, load_scenario, resolve_keys
+from loadkit.stop_signals import stop_signals
 
 DEFAULT_SCENARIO = "default.toml"
 
@@ -202,7 +202,9 @@ def run_scenario(
     if engine == "async":
         import loadkit.engine.async_engine  # noqa: F401  (imported before the clock starts)
     with (
-        _stop_signals(),
+        # a run stops on them as on Ctrl-C: stop sending, drain, keep every record,
+        # analyse what there is (the engines turn a second signal into "skip the drain")
+        stop_signals(),
         open_target(
             scenario, out_dir, cpu=server_cpu, say=lambda text: _say(progress, text)
         ) as target,
@@ -307,24 +309,6 @@ def _write_probes(out_dir: Path, probes: list[RequestRecord], delta_s: float) ->
     with RecordWriter(out_dir / "records-preflight.jsonl") as w:
         for rec in probes:
             w.write(shifted(rec, delta_s) if delta_s else rec)
-
-
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-    """SIGTERM (CI runners, ``timeout``, Kubernetes) and SIGHUP (a closed terminal) stop a
-    run like Ctrl-C: stop sending, drain, keep every record, analyse what there is. The
-    engines turn a second signal into "skip the drain"."""
-    sigs = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    try:
-        old = {sig: signal.signal(sig, signal.default_int_handler) for sig in sigs}
-    except ValueError:  # not the main thread (tests): signals stay as they are
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def _server_cpu() -> int | None:

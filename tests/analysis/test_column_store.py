@@ -10,6 +10,9 @@ import errno
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,8 @@ from tests.analysis.synthetic import (
     write_run,
 )
 from tests.analysis.test_golden import golden_run
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _mixed_run(folder: Path) -> Path:
@@ -177,6 +182,49 @@ def test_an_interrupted_reading_leaves_no_half_cache(
     with pytest.raises(KeyboardInterrupt):
         load_run(folder, cache_min_records=0)
     assert seen[2].startswith(str(folder / ".loadkit-columns.tmp-"))
+    assert _cache_files(folder) == []
+
+
+_SPILL_THEN_WAIT = """
+import sys, time
+from loadkit.analysis import column_cache, jsonl_ranges
+column_cache.CACHE_MIN_RECORDS = 0
+jsonl_ranges.BLOCK_BYTES = 1 << 15
+write = column_cache.SpillJoiner._write
+def slow(self, part):
+    write(self, part)
+    print("spilling", flush=True)
+    time.sleep(30)
+column_cache.SpillJoiner._write = slow
+from loadkit.cli import main
+sys.exit(main(["analyze", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_loadkit_analyze_stopped_by_a_signal_leaves_no_half_cache(
+    run: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM (a CI runner's timeout) or SIGHUP in the middle of writing the column cache
+    ends ``loadkit analyze`` as Ctrl-C does: "interrupted", exit 130, no cache folder."""
+    folder = _copy(run, tmp_path / "run")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SPILL_THEN_WAIT, str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "spilling"
+        assert _cache_files(folder)  # the unfinished cache is there
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
     assert _cache_files(folder) == []
 
 
