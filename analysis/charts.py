@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from loadkit.analysis import figures, metrics
+from loadkit.analysis import figures
 from loadkit.analysis.metrics import MetricValues
 from loadkit.analysis.pooled import describe_groups
 from loadkit.analysis.series import bin_max, rolling_mean, smooth_bins
@@ -143,7 +143,7 @@ def tier_cdfs(
 
 def _extremes(mv: MetricValues) -> tuple[float, float]:
     """The smallest and largest value (NaN when any is NaN, as numpy's min and max)."""
-    if mv.size <= metrics.SORT_IN_MEMORY:  # no block copies: the values as they are held
+    if mv.in_memory():  # no block copies: the values as they are held
         values = mv.values
         return float(values.min()), float(values.max())
     low, peak = np.inf, -np.inf

@@ -17,7 +17,6 @@ from typing import TextIO
 
 import numpy as np
 
-from loadkit.analysis import metrics
 from loadkit.analysis.codec import JsonRecord
 from loadkit.analysis.columns import INFERENCE_ENDPOINTS, Columns, UnusableInput, load_run
 from loadkit.analysis.junit import Case, write_junit
@@ -187,7 +186,7 @@ def load_sample(run_dir: str | Path) -> RunSample:
     latency: dict[str, np.ndarray | Sample] = {}
     for m in LATENCY_METRICS:
         mv = values[m].load()
-        if isinstance(mv, PooledValues) and mv.size > metrics.SORT_IN_MEMORY:
+        if isinstance(mv, PooledValues) and not mv.in_memory():
             latency[m] = mv.restrict(inference)  # a soak's gaps: read in blocks
         else:
             latency[m] = mv.values[mv.of_rows(inference)]

@@ -62,6 +62,11 @@ class MetricValues:
         """The values to read now (a reader holds them while it reads, then drops them)."""
         return self
 
+    def in_memory(self) -> bool:
+        """Whether a reader should take the values whole (``values``, sorted in memory)
+        rather than in ``blocks``."""
+        return True
+
 
 class LazyValues(MetricValues):
     """A per-record metric computed from the columns each time a reader asks (``load``),
@@ -128,6 +133,9 @@ class PooledValues(MetricValues):
     def size(self) -> int:
         return self._size
 
+    def in_memory(self) -> bool:
+        return self._size <= SORT_IN_MEMORY
+
     def of_rows(self, per_row: np.ndarray) -> np.ndarray:
         return np.repeat(per_row, np.where(self._keep, self._counts, 0))
 
@@ -138,9 +146,8 @@ class PooledValues(MetricValues):
     def statistics(self, stats: tuple[str, ...]) -> np.ndarray:
         """``stats`` (names in ``stats.STATS``) of all the values, read in blocks: a
         ``stats.Sample`` for the bootstrap."""
-        whole = describe_groups(
-            lambda: ((v, np.zeros(v.size, np.int8)) for v, _ in self.blocks()), 1, [[0]]
-        )[0]
+        one_group = np.zeros(self._counts.size, dtype=np.int8)
+        whole = describe_groups(partial(self.blocks, one_group), 1, [[0]])[0]
         return np.array([whole.value(s) for s in stats], dtype=np.float64)
 
     def take(self, positions: np.ndarray) -> np.ndarray:
@@ -404,7 +411,7 @@ def latency_summary(cols: Columns, values: dict[str, MetricValues]) -> Latency:
         if lazy is None:  # an optional metric nothing measured
             continue
         mv = lazy.load()
-        if isinstance(mv, PooledValues) and mv.size > SORT_IN_MEMORY:
+        if isinstance(mv, PooledValues) and not mv.in_memory():
             tables[name] = _pooled_table(
                 mv, gid, per_group, name, group_tier, group_inference, tiers
             )

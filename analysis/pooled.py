@@ -69,17 +69,12 @@ def describe_groups(blocks: Blocks, n_groups: int, sets: Sequence[Sequence[int]]
         if m.size and (m[0] < 0 or m[-1] >= n_groups):
             raise ValueError(f"set {i} names groups outside 0..{n_groups - 1}: {m.tolist()}")
     targets: dict[tuple[int, int], _Target] = {}
-    plans: list[tuple[int, int, np.ndarray] | None] = []
     for i, m in enumerate(members):
         n = int(counts[m].sum())
         if n == 0 or nans[m].sum():
-            plans.append(None)
             continue
-        ranks = _ranks(n)
-        for r in [*ranks.tolist(), n - 1]:
-            if (i, r) not in targets:
-                targets[(i, r)] = _Target(groups=m, rank=r)
-        plans.append((i, n, ranks))
+        for r in {*_ranks(n).tolist(), n - 1}:
+            targets[(i, r)] = _Target(groups=m, rank=r)
     _first_level(list(targets.values()), per_group, bits)
     _narrow(blocks, n_groups, list(targets.values()))
 
