@@ -5,7 +5,6 @@ million Python objects."""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -289,14 +288,12 @@ def parquet_file(run_dir: str | os.PathLike[str]) -> Path | None:
 def load_run(
     run_dir: str | os.PathLike[str],
     cache_min_records: int | None = None,
-    background: list[threading.Thread] | None = None,
 ) -> tuple[RunMeta, Columns]:
     """run.json and the records of a run; UnusableInput with a one-line reason otherwise.
     A run of ``cache_min_records`` (default ``column_cache.CACHE_MIN_RECORDS``) or more
     keeps its reduced records in the run folder (``column_cache``), written while they are
     read: a later analysis of the same records skips parsing them, and either one reads the
-    columns memory-mapped (read-only arrays). ``background`` is kept for its callers:
-    nothing is left to write once the records are read, so no thread is added to it."""
+    columns memory-mapped (read-only arrays)."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UnusableInput(f"{run_dir}: not a directory")

@@ -575,7 +575,7 @@ def summarize_run(
         importer = threading.Thread(target=_import_charts, name="loadkit-import", daemon=True)
         importer.start()
         background.append(importer)
-    meta, cols = load_run(run_dir, background=background)
+    meta, cols = load_run(run_dir)
     t1 = clock()
     result = analyse(meta, cols, overrides, settings)
     t2 = clock()
