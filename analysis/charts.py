@@ -155,7 +155,6 @@ def _extremes(mv: MetricValues) -> tuple[float, float]:
 def _by_tier(mv: MetricValues, tier_of_row: np.ndarray, ntiers: int) -> list[Stats]:
     """``describe`` of each tier's values (every endpoint), then of all values (rows
     without a tier too), read in blocks."""
-
     group = tier_of_row.astype(np.int64) + 1  # 0: rows without a tier
     sets = [[c + 1] for c in range(ntiers)] + [list(range(ntiers + 1))]
     return describe_groups(partial(mv.blocks, group), ntiers + 1, sets)
