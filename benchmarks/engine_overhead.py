@@ -75,7 +75,10 @@ from _bench import (  # noqa: E402
 
 GEN_CPU = 1
 TARGET_CPU = 0
-ARMS = ("bare", "engine")
+# "engine" is loadkit run's default (its own HTTP/1.1 client); "engine-aiohttp" the same
+# engine with [target] http_client = "aiohttp".
+ARMS = ("bare", "engine", "engine-aiohttp")
+ENGINES = ARMS[1:]
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +195,11 @@ def _engine(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     scenario = scenario_from_dict(
         {
             "name": "bench",
-            "target": {"base_url": spec["url"], "model": spec["model"]},
+            "target": {
+                "base_url": spec["url"],
+                "model": spec["model"],
+                **({"http_client": spec["http_client"]} if spec.get("http_client") else {}),
+            },
             "run": {"duration_s": spec["seconds"], "drain_s": 30},
             "tiers": {
                 "bench": {
@@ -261,6 +268,8 @@ def child_main(arm: str, spec_path: str) -> int:
     t0 = time.perf_counter()
     if arm == "engine-no-twin":
         spec["no_twin"] = True
+    if arm == "engine-aiohttp":
+        spec["http_client"] = "aiohttp"
     res = asyncio.run(_bare(spec)) if arm == "bare" else _engine(spec, Path(spec_path).parent)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
@@ -353,30 +362,27 @@ def ceiling(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
             with sse_target(TARGET_CPU, gap_ms=gap or 0.0) as tgt:
                 res = go(tgt)
                 srv = http_json(tgt.base + "/stats")
-        b, e = res["bare"], res["engine"]
-        thr = [y["rate"] / x["rate"] for x, y in zip(b, e, strict=True)]
-        cpu = [x["cpu_ms_per_req"] / y["cpu_ms_per_req"] for x, y in zip(b, e, strict=True)]
-        row = {
-            "name": name,
-            "thr_ratio": thr,
-            "cpu_ratio": cpu,
-            "bare_rate": [x["rate"] for x in b],
-            "engine_rate": [x["rate"] for x in e],
-            "bare_cpu": [x["cpu_ms_per_req"] for x in b],
-            "engine_cpu": [x["cpu_ms_per_req"] for x in e],
-            "bare_reads": [x["reads_per_req"] for x in b],
-            "engine_reads": [x["reads_per_req"] for x in e],
-            "bare_share": [x["cpu_share"] for x in b],
-            "engine_share": [x["cpu_share"] for x in e],
-            "load": f"{la0} → {loadavg_text()}",
-            "conc": conc,
-        }
+        b = res["bare"]
+        row = {"name": name, "load": f"{la0} → {loadavg_text()}", "conc": conc}
+        for arm in ARMS:
+            e = res[arm]
+            row[arm + "_thr"] = [y["rate"] / x["rate"] for x, y in zip(b, e, strict=True)]
+            row[arm + "_cpur"] = [
+                x["cpu_ms_per_req"] / y["cpu_ms_per_req"] for x, y in zip(b, e, strict=True)
+            ]
+            row[arm + "_rate"] = [x["rate"] for x in e]
+            row[arm + "_cpu"] = [x["cpu_ms_per_req"] for x in e]
+            row[arm + "_reads"] = [x["reads_per_req"] for x in e]
+            row[arm + "_share"] = [x["cpu_share"] for x in e]
         if kind == "sse":
             row["server_late"] = srv["lateness_ms"]
         rows.append(row)
-        print(
-            f"  {name}: engine/bare throughput {med_range(thr)}, CPU {med_range(cpu)}", flush=True
-        )
+        for arm in ENGINES:
+            print(
+                f"  {name}: {arm}/bare throughput {med_range(row[arm + '_thr'])}, "
+                f"CPU {med_range(row[arm + '_cpur'])}",
+                flush=True,
+            )
     out += [
         f"Ceiling: closed loop, {a.seconds:g} s per run ({a.warmup:g} s warm-up), {a.reps} "
         "interleaved repetitions per client, client on CPU 1, target on CPU 0 (the C target "
@@ -385,15 +391,16 @@ def ceiling(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
         "distinct content-chunk times; CPU share = client CPU seconds / wall seconds (below "
         "1.0 when other processes took part of its core).",
         "",
-        "| target | concurrency | engine ÷ bare, throughput | bare ÷ engine, CPU per request "
+        "| target | concurrency | client | ÷ bare, throughput | bare ÷, CPU per request "
         "| load avg before → after |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        out.append(
-            f"| {r['name']} | {r['conc']} | {med_range(r['thr_ratio'])} | "
-            f"{med_range(r['cpu_ratio'])} | {r['load']} |"
-        )
+        for arm in ENGINES:
+            out.append(
+                f"| {r['name']} | {r['conc']} | {arm} | {med_range(r[arm + '_thr'])} | "
+                f"{med_range(r[arm + '_cpur'])} | {r['load']} |"
+            )
     out += [
         "",
         "| target | client | req/s | CPU ms per request | reads per request | CPU share |",
@@ -493,8 +500,9 @@ def instructions(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
         f"{a.vg_short:g} s and {a.vg_long:g} s under valgrind, per request = Δ instructions ÷ "
         "Δ requests, so start-up cancels out; concurrency 8):",
         "",
-        "| target | bare ÷ engine | bare loop | engine | reads per request (bare / engine) |",
-        "|---|---|---|---|---|",
+        "| target | bare ÷ engine | bare ÷ engine-aiohttp | bare loop | engine | engine-aiohttp "
+        "| reads per request (bare / engine / engine-aiohttp) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, kind, prefix, stream, conc, gap in cases:
         if a.cases and not any(c in name for c in a.cases.split(",")):
@@ -529,8 +537,10 @@ def instructions(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
             with sse_target(TARGET_CPU, gap_ms=gap or 0.0) as tgt:
                 per = go(tgt)
         out.append(
-            f"| {name} | {per['bare'] / per['engine']:.2f} | {per['bare']:,.0f} | "
-            f"{per['engine']:,.0f} | {per['bare_reads']:.1f} / {per['engine_reads']:.1f} |"
+            f"| {name} | {per['bare'] / per['engine']:.2f} | "
+            f"{per['bare'] / per['engine-aiohttp']:.2f} | {per['bare']:,.0f} | "
+            f"{per['engine']:,.0f} | {per['engine-aiohttp']:,.0f} | {per['bare_reads']:.1f} / "
+            f"{per['engine_reads']:.1f} / {per['engine-aiohttp_reads']:.1f} |"
         )
     out.append("")
 

@@ -195,6 +195,12 @@ def run_scenario(
             f"--out {out_dir}: already holds a run ({', '.join(used[:3])}); "
             "choose another directory or delete this one"
         )
+    if engine == "locust" and scenario.target.http_client is not None:
+        raise ScenarioError(
+            f"[target] http_client = {scenario.target.http_client!r}: chooses the asyncio "
+            "engine's HTTP client; the Locust engine sends with Locust's own. Remove it, "
+            "or run with --engine async"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = out_dir.name if out_dir.name else new_run_id()
     # Pin the embedded server and the generator to different cores when there are two.

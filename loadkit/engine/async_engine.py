@@ -5,8 +5,8 @@ kept), never re-timed; arrivals are never dropped (a client-side cap makes them 
 wait is recorded in ``queued_s``). Every arrival, whatever happens to it, yields exactly one
 record through :class:`loadkit.trace.RequestTrace`, written as it finishes — one that was
 still waiting for a client-side slot when the run stopped included (``not_sent``).
-Requests go out through a :class:`~loadkit.engine.transport.Transport` (aiohttp unless
-another is given), addressed by the target's :class:`~loadkit.api.TargetApi`.
+Requests go out through a :class:`~loadkit.engine.transport.Transport` (loadkit's own
+HTTP/1.1 client, or aiohttp's as ``[target] http_client`` says), addressed by the target's :class:`~loadkit.api.TargetApi`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from loadkit.api import TargetApi
 from loadkit.arrivals import arrivals
 from loadkit.engine import stop_signals
 from loadkit.engine.aiohttp_transport import AiohttpTransport, ClientConfig
+from loadkit.engine.http1_transport import Http1Transport
 from loadkit.engine.gates import Latch, Slots
 from loadkit.engine.transport import (
     Incomplete,
@@ -109,9 +110,18 @@ class EngineResult:
 
 
 def client_config(scenario: Scenario) -> ClientConfig:
-    """The aiohttp transport's settings for a scenario's target."""
+    """The transport's settings for a scenario's target."""
     t = scenario.target
     return ClientConfig(t.connect_timeout_s, t.request_timeout_s, t.read_timeout_s)
+
+
+def make_transport(scenario: Scenario) -> Transport:
+    """The HTTP client the scenario asks for (``[target] http_client``): loadkit's own
+    HTTP/1.1 client unless it names aiohttp."""
+    config = client_config(scenario)
+    if scenario.target.http_client == "aiohttp":
+        return AiohttpTransport(config)
+    return Http1Transport(config)
 
 
 @dataclass(slots=True)
@@ -159,7 +169,7 @@ class AsyncEngine:
         self.clock = clock
         self.run_id = run_id
         self.worker = worker
-        self.transport = transport or AiohttpTransport(client_config(scenario))
+        self.transport = transport or make_transport(scenario)
         self.wake_early_s = wake_early_s
         self.progress = progress
         self.api = api if api is not None else scenario.target.target_api(os.environ)

@@ -376,6 +376,10 @@ class TargetSpec:
     headers: dict[HeaderName, HeaderValue] = field(default_factory=dict)
     """Extra static headers on every request. ``${NAME}`` in a value is read from the
     environment at run time (put secrets there: the scenario and run.json keep the text)."""
+    http_client: Literal["loadkit", "aiohttp"] | None = None
+    """The asyncio engine's HTTP client: "loadkit" (the default), its own HTTP/1.1 client,
+    which costs less per request, or "aiohttp". Refused with the Locust engine, which
+    sends with Locust's client."""
 
     def target_api(self, environ: Mapping[str, str] | None = None) -> TargetApi:
         """The resolved layout and auth style (``environ`` expands ``${NAME}`` in header

@@ -1,4 +1,4 @@
-"""When a request's connection was ready (``conn_s``): reported by the aiohttp transport for
+"""When a request's connection was ready (``conn_s``): reported by both transports for
 new and reused connections, stamped by the engine on the run's clock, absent when no
 connection was ever ready."""
 
@@ -19,7 +19,7 @@ from tests.engine.scripted import (
     make_scenario,
     run_scripted,
 )
-from tests.engine.test_aiohttp_transport import serve, transport
+from tests.engine.test_transports import client, serve, transport  # noqa: F401 (fixture)
 
 EXACT = 1e-9
 
@@ -63,7 +63,7 @@ def test_no_connection_no_time_and_a_retried_connection_counts_last():
     )
 
 
-def test_aiohttp_reports_new_and_reused_connections_before_the_answer():
+def test_transports_report_new_and_reused_connections_before_the_answer(client: str):
     peers: list[object] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -73,7 +73,7 @@ def test_aiohttp_reports_new_and_reused_connections_before_the_answer():
 
     async def main() -> list[list[tuple[str, float]]]:
         out = []
-        async with serve(handler) as base, transport() as t:
+        async with serve(handler) as base, transport(client) as t:
             for _ in range(2):  # one after the other: the second reuses the connection
                 rec = Recorder()
                 async with t.send("POST", base + "/v1/chat", {}, b"{}", rec) as resp:
@@ -94,14 +94,14 @@ def test_aiohttp_reports_new_and_reused_connections_before_the_answer():
         assert events[1][1] - events[0][1] >= 0.015
 
 
-def test_aiohttp_reports_nothing_for_a_refused_connection():
+def test_transports_report_nothing_for_a_refused_connection(client: str):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connections are refused
 
         async def main() -> Recorder:
             rec = Recorder()
-            async with transport() as t:
+            async with transport(client) as t:
                 with pytest.raises(Refused):
                     async with t.send("GET", f"http://127.0.0.1:{port}/v1/models", {}, None, rec):
                         pass

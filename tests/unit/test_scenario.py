@@ -125,7 +125,7 @@ def test_valid_scenario_and_rate_factor() -> None:
         # unknown fields, at every level
         ("surprise", 1, "surprise: unknown field (expected one of target, run, tiers, load, slo, goodput, sweep, name, description)"),
         ("run.surprise", 1, "run.surprise: unknown field (expected one of duration_s, max_requests, warmup_s, drain_s, seed, engine, honour_retry_after, max_retries, parquet_twins)"),
-        ("target.url", "x", "target.url: unknown field (expected one of base_url, model, connect_timeout_s, request_timeout_s, read_timeout_s, server_config, api, paths, auth_header, auth_scheme, headers)"),
+        ("target.url", "x", "target.url: unknown field (expected one of base_url, model, connect_timeout_s, request_timeout_s, read_timeout_s, server_config, api, paths, auth_header, auth_scheme, headers, http_client)"),
         ("tiers.free.rpm", 60, "tiers.free.rpm: unknown field (expected one of requests, window_s, concurrency, tokens, token_window_s, token_counts, requests_per_day, day_window_s, models, keys_env, keys_file, keys)"),
         ("tiers.free.name", "x", "tiers.free.name: unknown field (a tier's name is its table's name)"),
         ("load.0.max_tokens", {"dist": "uniform", "mean": 3}, "load[0].max_tokens.mean: unknown field (expected one of dist, min, max)"),

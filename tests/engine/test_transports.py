@@ -1,6 +1,7 @@
-"""The aiohttp transport against a small aiohttp server on loopback (port 0): bodies read
-as they arrive and never decompressed, no headers of aiohttp's own choosing, and each way a
-connection fails raised as the seam's typed error."""
+"""Both transports (loadkit's own HTTP/1.1 client, the default, and aiohttp's) against a
+small aiohttp server on loopback (port 0): bodies read as they arrive and never
+decompressed, no headers of the client's own choosing, and each way a connection fails
+raised as the seam's typed error."""
 
 from __future__ import annotations
 
@@ -14,7 +15,19 @@ import pytest
 from aiohttp import web
 
 from loadkit.engine.aiohttp_transport import AiohttpTransport, ClientConfig
-from loadkit.engine.transport import Incomplete, Refused, Reset, TimedOut
+from loadkit.engine.http1_transport import Http1Transport
+from loadkit.engine.transport import Incomplete, Refused, Reset, TimedOut, Transport
+
+CLIENTS: dict[str, type[Http1Transport] | type[AiohttpTransport]] = {
+    "loadkit": Http1Transport,
+    "aiohttp": AiohttpTransport,
+}
+
+
+@pytest.fixture(params=sorted(CLIENTS))
+def client(request: pytest.FixtureRequest) -> str:
+    """Each test taking it runs once per transport."""
+    return str(request.param)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -35,8 +48,8 @@ async def serve(handler: Handler) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def transport(**config: float) -> AsyncIterator[AiohttpTransport]:
-    t = AiohttpTransport(ClientConfig(**config))
+async def transport(client: str = "loadkit", **config: float) -> AsyncIterator[Transport]:
+    t = CLIENTS[client](ClientConfig(**config))
     await t.open()
     try:
         yield t
@@ -44,7 +57,7 @@ async def transport(**config: float) -> AsyncIterator[AiohttpTransport]:
         await t.close()
 
 
-async def read_all(t: AiohttpTransport, url: str) -> tuple[int, dict[str, str], list[bytes]]:
+async def read_all(t: Transport, url: str) -> tuple[int, dict[str, str], list[bytes]]:
     async with t.send("POST", url, {"Authorization": "Bearer k"}, b"{}") as resp:
         chunks = []
         while chunk := await resp.read():
@@ -52,7 +65,7 @@ async def read_all(t: AiohttpTransport, url: str) -> tuple[int, dict[str, str], 
         return resp.status, dict(resp.headers), chunks
 
 
-def test_body_arrives_in_pieces_as_sent_and_only_our_headers_go_out():
+def test_body_arrives_in_pieces_as_sent_and_only_our_headers_go_out(client: str):
     seen: dict[str, str] = {}
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -66,7 +79,7 @@ def test_body_arrives_in_pieces_as_sent_and_only_our_headers_go_out():
         return resp
 
     async def main() -> tuple[int, dict[str, str], list[bytes]]:
-        async with serve(handler) as base, transport() as t:
+        async with serve(handler) as base, transport(client) as t:
             return await read_all(t, base + "/ai/chat/completions")
 
     status, headers, chunks = asyncio.run(main())
@@ -76,33 +89,33 @@ def test_body_arrives_in_pieces_as_sent_and_only_our_headers_go_out():
     assert "User-Agent" not in seen
 
 
-def test_a_compressed_body_is_handed_over_as_received():
+def test_a_compressed_body_is_handed_over_as_received(client: str):
     packed = gzip.compress(b'{"choices": []}')
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.Response(body=packed, headers={"Content-Encoding": "gzip"})
 
     async def main() -> list[bytes]:
-        async with serve(handler) as base, transport() as t:
+        async with serve(handler) as base, transport(client) as t:
             return (await read_all(t, base + "/"))[2]
 
     assert b"".join(asyncio.run(main())) == packed
 
 
-def test_nothing_listening_is_refused():
+def test_nothing_listening_is_refused(client: str):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again before the connect: nothing listens
 
     async def main() -> None:
-        async with transport() as t:
+        async with transport(client) as t:
             await read_all(t, f"http://127.0.0.1:{port}/")
 
     with pytest.raises(Refused):
         asyncio.run(main())
 
 
-def test_silence_longer_than_the_read_timeout_times_out():
+def test_silence_longer_than_the_read_timeout_times_out(client: str):
     async def main() -> None:
         release = asyncio.Event()
 
@@ -110,7 +123,7 @@ def test_silence_longer_than_the_read_timeout_times_out():
             await release.wait()
             return web.Response(text="late")
 
-        async with serve(handler) as base, transport(read_timeout_s=0.2) as t:
+        async with serve(handler) as base, transport(client, read_timeout_s=0.2) as t:
             try:
                 await read_all(t, base + "/")
             finally:
@@ -120,7 +133,7 @@ def test_silence_longer_than_the_read_timeout_times_out():
         asyncio.run(main())
 
 
-def test_a_body_cut_short_is_incomplete_and_keeps_what_arrived():
+def test_a_body_cut_short_is_incomplete_and_keeps_what_arrived(client: str):
     got: list[bytes] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -135,7 +148,7 @@ def test_a_body_cut_short_is_incomplete_and_keeps_what_arrived():
     async def main() -> None:
         async with (
             serve(handler) as base,
-            transport() as t,
+            transport(client) as t,
             t.send("GET", base + "/", {}, None) as resp,
         ):
             while chunk := await resp.read():
@@ -146,7 +159,7 @@ def test_a_body_cut_short_is_incomplete_and_keeps_what_arrived():
     assert got == [b"0123456789"]
 
 
-def test_a_connection_closed_before_any_answer_is_reset():
+def test_a_connection_closed_before_any_answer_is_reset(client: str):
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")  # the request's head, then no answer
         writer.close()
@@ -154,7 +167,7 @@ def test_a_connection_closed_before_any_answer_is_reset():
     async def main() -> None:
         server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        async with server, transport() as t:
+        async with server, transport(client) as t:
             await read_all(t, f"http://127.0.0.1:{port}/")
 
     with pytest.raises(Reset):
