@@ -79,11 +79,14 @@ def keys(srv: ServerThread, n: int = 2) -> str:
     return ",".join(srv.key(label) for label in srv.labels("free")[:n])
 
 
-@pytest.mark.parametrize("engine", ["async", "locust"])
-def test_the_openai_layout_end_to_end(tmp_path, openai_server, engine):
+@pytest.mark.parametrize(
+    ("engine", "http_client"), [("async", None), ("async", "aiohttp"), ("locust", None)]
+)
+def test_the_openai_layout_end_to_end(tmp_path, openai_server, engine, http_client):
     out = tmp_path / "run"
+    target = {"http_client": http_client} if http_client else {}
     res = run(
-        [str(scenario(tmp_path)), "--target", openai_server.base_url, "--out", str(out)],
+        [str(scenario(tmp_path, **target)), "--target", openai_server.base_url, "--out", str(out)],
         keys(openai_server),
         engine,
     )
@@ -158,3 +161,13 @@ def test_a_wrong_url_run_is_an_error_never_a_violation(tmp_path, openai_server):
     assert summary["verdict"] == "error"
     assert "violated" not in json.dumps(summary["limits"])
     assert "404 Not Found from " + wrong + "/ai/chat/completions" in res.stdout + res.stderr
+
+
+def test_the_asyncio_engines_http_client_is_refused_by_name_under_locust(tmp_path):
+    out = tmp_path / "run"
+    res = run(
+        [str(scenario(tmp_path, http_client="loadkit")), "--out", str(out)], "k", "locust"
+    )
+    assert res.returncode == 2
+    assert "[target] http_client = 'loadkit'" in res.stderr and "--engine async" in res.stderr
+    assert not out.exists()
