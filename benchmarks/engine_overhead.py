@@ -364,23 +364,23 @@ def ceiling(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
                 srv = http_json(tgt.base + "/stats")
         b = res["bare"]
         row = {"name": name, "load": f"{la0} → {loadavg_text()}", "conc": conc}
-        for arm in ARMS:
-            e = res[arm]
-            row[arm + "_thr"] = [y["rate"] / x["rate"] for x, y in zip(b, e, strict=True)]
-            row[arm + "_cpur"] = [
+        for cl in ARMS:
+            e = res[cl]
+            row[cl + "_thr"] = [y["rate"] / x["rate"] for x, y in zip(b, e, strict=True)]
+            row[cl + "_cpur"] = [
                 x["cpu_ms_per_req"] / y["cpu_ms_per_req"] for x, y in zip(b, e, strict=True)
             ]
-            row[arm + "_rate"] = [x["rate"] for x in e]
-            row[arm + "_cpu"] = [x["cpu_ms_per_req"] for x in e]
-            row[arm + "_reads"] = [x["reads_per_req"] for x in e]
-            row[arm + "_share"] = [x["cpu_share"] for x in e]
+            row[cl + "_rate"] = [x["rate"] for x in e]
+            row[cl + "_cpu"] = [x["cpu_ms_per_req"] for x in e]
+            row[cl + "_reads"] = [x["reads_per_req"] for x in e]
+            row[cl + "_share"] = [x["cpu_share"] for x in e]
         if kind == "sse":
             row["server_late"] = srv["lateness_ms"]
         rows.append(row)
-        for arm in ENGINES:
+        for cl in ENGINES:
             print(
-                f"  {name}: {arm}/bare throughput {med_range(row[arm + '_thr'])}, "
-                f"CPU {med_range(row[arm + '_cpur'])}",
+                f"  {name}: {cl}/bare throughput {med_range(row[cl + '_thr'])}, "
+                f"CPU {med_range(row[cl + '_cpur'])}",
                 flush=True,
             )
     out += [

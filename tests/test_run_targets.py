@@ -165,9 +165,7 @@ def test_a_wrong_url_run_is_an_error_never_a_violation(tmp_path, openai_server):
 
 def test_the_asyncio_engines_http_client_is_refused_by_name_under_locust(tmp_path):
     out = tmp_path / "run"
-    res = run(
-        [str(scenario(tmp_path, http_client="loadkit")), "--out", str(out)], "k", "locust"
-    )
+    res = run([str(scenario(tmp_path, http_client="loadkit")), "--out", str(out)], "k", "locust")
     assert res.returncode == 2
     assert "[target] http_client = 'loadkit'" in res.stderr and "--engine async" in res.stderr
     assert not out.exists()

@@ -6,7 +6,8 @@ wait is recorded in ``queued_s``). Every arrival, whatever happens to it, yields
 record through :class:`loadkit.trace.RequestTrace`, written as it finishes — one that was
 still waiting for a client-side slot when the run stopped included (``not_sent``).
 Requests go out through a :class:`~loadkit.engine.transport.Transport` (loadkit's own
-HTTP/1.1 client, or aiohttp's as ``[target] http_client`` says), addressed by the target's :class:`~loadkit.api.TargetApi`.
+HTTP/1.1 client, or aiohttp's as ``[target] http_client`` says), addressed by the
+target's :class:`~loadkit.api.TargetApi`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from loadkit.api import TargetApi
 from loadkit.arrivals import arrivals
 from loadkit.engine import stop_signals
 from loadkit.engine.aiohttp_transport import AiohttpTransport, ClientConfig
-from loadkit.engine.http1_transport import Http1Transport
 from loadkit.engine.gates import Latch, Slots
+from loadkit.engine.http1_transport import Http1Transport
 from loadkit.engine.transport import (
     Incomplete,
     Refused,

@@ -19,7 +19,7 @@ import socket
 import ssl
 from collections.abc import Mapping
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from loadkit.engine.aiohttp_transport import ClientConfig
@@ -37,6 +37,8 @@ from loadkit.http1 import BadHead, ProtocolError, ResponseParser, request_head
 DNS_TTL_S = 300.0  # aiohttp's ttl_dns_cache as the aiohttp transport sets it
 KEEPALIVE_S = 30.0  # an idle connection older than this is closed, not reused
 _URL_CACHE = 4096  # distinct URLs remembered (a run uses a handful)
+
+_Address = tuple[int, tuple[Any, ...]]  # address family, socket address
 
 
 class _Origin(NamedTuple):
@@ -79,7 +81,7 @@ class Http1Transport:
         self._origins: dict[str, _Origin] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._live: set[_Connection] = set()
-        self._addresses: dict[tuple[str, int], tuple[float, list[tuple[int, tuple]]]] = {}
+        self._addresses: dict[tuple[str, int], tuple[float, list[_Address]]] = {}
         self._tls: ssl.SSLContext | None = None
 
     async def open(self) -> None:
@@ -166,7 +168,7 @@ class Http1Transport:
             # what the aiohttp transport says.
             raise Refused(type(exc).__name__) from exc
 
-    async def _resolve(self, host: str, port: int) -> list[tuple[int, tuple]]:
+    async def _resolve(self, host: str, port: int) -> list[_Address]:
         loop = self._loop
         assert loop is not None
         now = loop.time()
@@ -177,7 +179,7 @@ class Http1Transport:
             ip = ipaddress.ip_address(host)
         except ValueError:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            found = [(family, address) for family, _, _, _, address in infos]
+            found: list[_Address] = [(family, address) for family, _, _, _, address in infos]
             if not found:
                 raise socket.gaierror(f"no address for {host}") from None
         else:
@@ -458,4 +460,3 @@ class _Exchange:
         if conn is not None:
             conn.exchange = None
             conn.close()
-

@@ -108,7 +108,7 @@ def test_a_connection_the_server_closes_is_not_reused():
 
 
 def test_a_stream_written_byte_by_byte_reads_whole_and_the_connection_is_reused():
-    body = b"".join(f"data: {{\"i\": {i}}}\n\n".encode() for i in range(5)) + b"data: [DONE]\n\n"
+    body = b"".join(f'data: {{"i": {i}}}\n\n'.encode() for i in range(5)) + b"data: [DONE]\n\n"
     wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     for i in range(0, len(body), 7):
         piece = body[i : i + 7]

@@ -19,7 +19,7 @@ from tests.engine.scripted import (
     make_scenario,
     run_scripted,
 )
-from tests.engine.test_transports import client, serve, transport  # noqa: F401 (fixture)
+from tests.engine.test_transports import serve, transport
 
 EXACT = 1e-9
 

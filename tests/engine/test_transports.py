@@ -14,20 +14,9 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from loadkit.engine.aiohttp_transport import AiohttpTransport, ClientConfig
-from loadkit.engine.http1_transport import Http1Transport
+from loadkit.engine.aiohttp_transport import ClientConfig
 from loadkit.engine.transport import Incomplete, Refused, Reset, TimedOut, Transport
-
-CLIENTS: dict[str, type[Http1Transport] | type[AiohttpTransport]] = {
-    "loadkit": Http1Transport,
-    "aiohttp": AiohttpTransport,
-}
-
-
-@pytest.fixture(params=sorted(CLIENTS))
-def client(request: pytest.FixtureRequest) -> str:
-    """Each test taking it runs once per transport."""
-    return str(request.param)
+from tests.engine.conftest import CLIENTS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

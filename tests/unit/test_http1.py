@@ -19,12 +19,14 @@ from loadkit.http1 import (
 
 CHUNKED = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    b"f\r\ndata: {\"a\":1}\n\n\r\n"
+    b'f\r\ndata: {"a":1}\n\n\r\n'
     b"10;ext=1\r\ndata: [DONE]\n\n\r\n\r\n"
     b"0\r\nX-Trailer: yes\r\n\r\n"
 )
 CHUNKED_BODY = b'data: {"a":1}\n\ndata: [DONE]\n\n\r\n'
-LENGTH = b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 11\r\nRetry-After: 2\r\n\r\nhello world"
+LENGTH = (
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 11\r\nRetry-After: 2\r\n\r\nhello world"
+)
 
 
 def parse(pieces: list[bytes], head_request: bool = False) -> ResponseParser:
