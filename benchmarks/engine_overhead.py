@@ -19,8 +19,13 @@ Sections (``--only``):
   instead of wall-clock: each client runs twice (short and long); instructions per
   request = the difference in instructions / the difference in requests, so start-up and
   imports cancel out. Deterministic enough for a shared, loaded machine. Last figures
-  (2026-12-01, ``--only instructions``, bare ÷ engine): nginx stream 0.95, nginx JSON 0.68,
-  C stream 0.93 (the README's benchmark section has the table and what remains).
+  (2026-12-01, ``--only instructions``, bare ÷ engine with its own HTTP client / with
+  aiohttp's): nginx stream 1.33 / 0.95, nginx JSON 1.02 / 0.68, C stream 1.25 / 0.94 (the
+  README's benchmark section has the tables).
+
+Clients (arms): ``bare`` (the bare aiohttp loop), ``engine`` (loadkit's asyncio engine as
+``loadkit run`` runs it, with its own HTTP/1.1 client) and ``engine-aiohttp`` (the same
+engine with ``[target] http_client = "aiohttp"``).
 * ``lateness``: open loop, constant rate against nginx; ``send_s − scheduled_s``.
 * ``arrival``: high connection churn (the streaming target closes every connection, so
   each request opens a new one): the recorded ``send_s − scheduled_s`` and
