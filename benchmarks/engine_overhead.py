@@ -564,7 +564,7 @@ def lateness(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
         "|---|---|---|---|---|",
     ]
     with nginx_target(TARGET_CPU, tmp / "nginx-late") as tgt:
-        for rate in (100, 500, 1000):
+        for rate in a.late_rates:
             la0 = loadavg_text()
             p50, p99, mx = [], [], []
             for rep in range(a.reps):
@@ -755,6 +755,12 @@ def main() -> int:
         "--churn-bursts", type=lambda s: [int(x) for x in s.split(",") if x], default=[500, 1500]
     )
     ap.add_argument("--churn-gap-ms", type=float, default=5.0)
+    ap.add_argument(
+        "--late-rates",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[100, 500, 1000, 2000, 4000],
+        help="lateness: open-loop rates (req/s)",
+    )
     ap.add_argument(
         "--acc-streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100, 1000]
     )

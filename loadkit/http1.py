@@ -10,6 +10,7 @@ its framing says, or framing that cannot be read, is an error and never a shorte
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from multidict import CIMultiDict
@@ -25,6 +26,9 @@ __all__ = [
 
 MAX_HEAD = 64 * 1024  # status line and headers; aiohttp allows 8 KiB per line
 MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions, or one trailer line
+MAX_HEADERS = 1000  # lines of a head
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
 
 # Defaults a request gets unless its own headers name them (what aiohttp sends, minus its
 # User-Agent, with the body never compressed: bytes are timed as they arrive).
@@ -92,6 +96,7 @@ class ResponseParser:
         "done",
         "_no_body",
         "_buf",
+        "_scan",
         "_framing",
         "_remaining",
         "_state",
@@ -105,6 +110,7 @@ class ResponseParser:
         self.done = False
         self._no_body = head_request
         self._buf = b""  # unparsed bytes: the head so far, or a partial chunk line
+        self._scan = 0  # where in _buf the search for the head's end resumes
         self._framing = _NONE
         self._remaining = 0
         self._state = _SIZE
@@ -152,20 +158,26 @@ class ResponseParser:
     def _head(self, data: bytes) -> bytes:
         buf = self._buf + data if self._buf else data
         while True:
-            end = buf.find(b"\r\n\r\n")
-            sep = 4
-            if end < 0:
-                end = buf.find(b"\n\n")  # bare-LF heads, as lenient clients accept
-                sep = 2
-            if end < 0:
+            # The head ends at the first line break followed by an empty line, CRLF or bare
+            # LF alike (as lenient clients read it), wherever the reads split the bytes.
+            scan = self._scan
+            lf = buf.find(b"\n\n", scan)
+            crlf = buf.find(b"\n\r\n", scan)
+            if lf < 0 and crlf < 0:
                 if len(buf) > MAX_HEAD:
                     raise BadHead(f"the response's head is over {MAX_HEAD} bytes")
                 self._buf = buf
+                self._scan = max(0, len(buf) - 2)  # a trickled head is not rescanned
                 return b""
+            if crlf < 0 or 0 <= lf < crlf:
+                end, sep = lf, 2
+            else:
+                end, sep = crlf, 3
             if end > MAX_HEAD:
                 raise BadHead(f"the response's head is over {MAX_HEAD} bytes")
             status = self._parse_head(buf[:end])
             buf = buf[end + sep :]
+            self._scan = 0
             if 100 <= status < 200 and status != 101:
                 self.headers = CIMultiDict()  # an interim answer (100 Continue): skip it
                 continue
@@ -176,33 +188,32 @@ class ResponseParser:
 
     def _parse_head(self, head: bytes) -> int:
         lines = head.decode("utf-8", "surrogateescape").split("\n")
+        if len(lines) > MAX_HEADERS:
+            raise BadHead(f"the response has over {MAX_HEADERS} header lines")
         line = lines[0].rstrip("\r")
         if not line.startswith("HTTP/1.") or len(line) < 12 or line[8] != " ":
             raise BadHead("the status line is not HTTP/1.x")
         code = line[9:12]
-        if not code.isdigit() or (len(line) > 12 and line[12] != " "):
-            raise BadHead("the status code is not three digits")
-        headers = self.headers = CIMultiDict()
-        add = headers.add
-        last: tuple[str, str] | None = None
+        if (
+            not (code.isascii() and code.isdigit())
+            or code[0] == "0"
+            or (len(line) > 12 and line[12] != " ")
+        ):
+            raise BadHead("the status code is not three digits from 100")
+        pairs: list[tuple[str, str]] = []
         for raw in lines[1:]:
             text = raw.rstrip("\r")
             if text[:1] in (" ", "\t"):  # obsolete line folding: continues the last value
-                if last is None:
+                if not pairs:
                     raise BadHead("a header line starts with white space")
-                name, value = last
-                value = f"{value} {text.strip()}"
-                popped = headers.popall(name)
-                headers.extend((name, v) for v in popped[:-1])
-                add(name, value)
-                last = (name, value)
+                name, value = pairs[-1]
+                pairs[-1] = (name, f"{value} {text.strip()}")
                 continue
             name, colon, value = text.partition(":")
-            if not colon or not name or name != name.strip(" \t"):
+            if not colon or not _TOKEN.fullmatch(name):
                 raise BadHead("a header line is not 'name: value'")
-            value = value.strip(" \t")
-            add(name, value)
-            last = (name, value)
+            pairs.append((name, value.strip(" \t")))
+        headers = self.headers = CIMultiDict(pairs)
         minor = line[7]
         connection = headers.get("connection", "").lower()
         if minor == "1":
@@ -219,14 +230,19 @@ class ResponseParser:
             if status == 101:
                 self.keep_alive = False
             return
-        te = h.get("transfer-encoding")
+        te = h.getall("transfer-encoding", None)
         if te is not None:
-            if te.rsplit(",", 1)[-1].strip().lower() != "chunked":
+            last = ",".join(te).rsplit(",", 1)[-1].strip().lower()
+            if last != "chunked":
                 # A coding other than chunked last: the body runs to the connection's end.
                 self._framing = _CLOSE
                 self.keep_alive = False
                 return
             self._framing = _CHUNKED
+            if "content-length" in h:
+                # Both framings: read as chunked (RFC 9112 6.3), but the connection is
+                # not trusted with another request.
+                self.keep_alive = False
             return
         cl = h.getall("content-length", None)
         if cl is not None:
@@ -278,7 +294,7 @@ class ResponseParser:
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 size = line.split(b";", 1)[0].strip(b" \t")
-                if not size or len(size) > 16 or not _HEX.issuperset(size):
+                if not size or len(size.lstrip(b"0")) > 16 or not _HEX.issuperset(size):
                     raise BadBody("a chunk size is not a hexadecimal number")
                 pos = eol + 1
                 r = int(size, 16)

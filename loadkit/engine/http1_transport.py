@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from loadkit.engine.aiohttp_transport import ClientConfig
 from loadkit.engine.transport import (
@@ -39,6 +39,8 @@ KEEPALIVE_S = 30.0  # an idle connection older than this is closed, not reused
 _URL_CACHE = 4096  # distinct URLs remembered (a run uses a handful)
 
 _Address = tuple[int, tuple[Any, ...]]  # address family, socket address
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+_QUERY_SAFE = _PATH_SAFE + "?"
 
 
 class _Origin(NamedTuple):
@@ -60,14 +62,19 @@ def _origin(url: str) -> _Origin:
     host = parts.hostname
     if not host:
         raise ValueError("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        # aiohttp would turn them into a Basic Authorization header; this client sends
+        # the key only as [target] auth_header says.
+        raise ValueError("credentials in the URL are not sent: use [target] headers")
     tls = scheme == "https"
     default = 443 if tls else 80
     port = parts.port or default
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default else f"{shown}:{port}"
-    target = parts.path or "/"
+    # Percent-encoded as aiohttp would (spaces, non-ASCII), escapes already there kept.
+    target = quote(parts.path or "/", safe=_PATH_SAFE)
     if parts.query:
-        target = f"{target}?{parts.query}"
+        target = f"{target}?{quote(parts.query, safe=_QUERY_SAFE)}"
     return _Origin((scheme, host, port), host, port, tls, host_header, target)
 
 
@@ -88,8 +95,13 @@ class Http1Transport:
         self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
+        """Ends every connection at once: a request still under way fails (``Reset``),
+        never reads as a body that ended, and no socket waits on a peer's TLS goodbye."""
         for conn in list(self._live):
-            conn.close()
+            ex = conn.exchange
+            if ex is not None:
+                ex._fail(Reset("TransportClosed"))
+            conn.abort()
         self._live.clear()
         self._idle.clear()
         # Let the transports' connection_lost callbacks run before the loop goes away.
@@ -132,6 +144,10 @@ class Http1Transport:
         idle = self._idle.get(conn.pool)
         if idle is None:
             idle = self._idle[conn.pool] = []
+        # The pool is a stack: the oldest idle connections are at its bottom, closed here
+        # once idle too long (after a burst they would otherwise stay open unused).
+        while idle and now - idle[0].idle_since >= KEEPALIVE_S:
+            idle.pop(0).close()
         idle.append(conn)
 
     async def _connect(self, origin: _Origin, timeout: float) -> _Connection:
@@ -230,6 +246,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class _Exchange:
     """One request on one connection: the seam's context manager (entering sends and waits
@@ -249,6 +270,7 @@ class _Exchange:
         "last_read",
         "deadline",
         "paused",
+        "unread",
     )
 
     def __init__(
@@ -273,6 +295,7 @@ class _Exchange:
         self.last_read = 0.0
         self.deadline = 0.0
         self.paused = False
+        self.unread = 0  # body bytes received and not yet read
 
     async def __aenter__(self) -> Response:
         owner = self.owner
@@ -349,6 +372,7 @@ class _Exchange:
             if pieces:
                 data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 pieces.clear()
+                self.unread = 0
                 if self.paused:
                     self.paused = False
                     conn = self.conn
@@ -379,14 +403,13 @@ class _Exchange:
         except ProtocolError as exc:
             self._fail(Incomplete(type(exc).__name__))
             return
-        if not self.paused and len(parser.body) > 64:
+        self.unread += len(data)  # the head's bytes too: an upper bound
+        if self.unread > self.owner.config.read_bufsize and not self.paused:
             # The reader is far behind: stop reading the socket until it catches up.
-            size = sum(map(len, parser.body))
-            if size > self.owner.config.read_bufsize and self.conn is not None:
-                transport = self.conn.transport
-                if transport is not None:
-                    transport.pause_reading()
-                    self.paused = True
+            conn = self.conn
+            if conn is not None and conn.transport is not None and not conn.lost:
+                conn.transport.pause_reading()
+                self.paused = True
         self._wake()
 
     def ended(self, exc: Exception | None) -> None:

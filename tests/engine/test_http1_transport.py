@@ -29,8 +29,8 @@ async def raw_server(handler: Serve, host: str = "127.0.0.1") -> AsyncIterator[t
         peers.append(writer.get_extra_info("peername"))
         try:
             await handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went, or the test ended
         finally:
             writer.close()
 
@@ -267,3 +267,66 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent():
             return len(peers)
 
     assert asyncio.run(main()) == 0
+
+
+def test_closing_the_client_mid_body_fails_the_request_never_shortens_it():
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npart")  # no length: the body runs to the end
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async def main() -> bytes:
+        async with raw_server(until_close) as (base, _):
+            t = Http1Transport(ClientConfig())
+            await t.open()
+            async with t.send("GET", base + "/", {}, None) as resp:
+                first = await resp.read()
+                await t.close()
+                with pytest.raises(Reset):
+                    await resp.read()
+            return first
+
+    assert asyncio.run(main()) == b"part"
+
+
+def test_a_flood_nobody_reads_is_held_to_the_read_buffer():
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50000000\r\n\r\n")
+        block = b"x" * 65536
+        for _ in range(50_000_000 // 65536):
+            writer.write(block)
+            await writer.drain()
+
+    async def main() -> tuple[int, int]:
+        async with raw_server(flood) as (base, _), client() as t:
+            ex = t.send("GET", base + "/", {}, None)
+            async with ex as resp:
+                await asyncio.sleep(0.5)  # not reading: the client must stop reading too
+                held = ex.unread
+                got = len(await resp.read())
+            return held, got
+
+    held, got = asyncio.run(main())
+    bufsize = ClientConfig().read_bufsize
+    assert bufsize < held < bufsize + 1024 * 1024 and held - 100 < got <= held  # held: + head
+
+
+def test_urls_are_percent_encoded_and_credentials_in_them_refused():
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0])
+            writer.write(OK)
+            await writer.drain()
+
+    async def main() -> None:
+        async with raw_server(record) as (base, _), client() as t:
+            await fetch(t, base + "/v1/models/my model é?q=a b&x=%2F")
+            with pytest.raises(ValueError, match="credentials"):
+                t.send("GET", base.replace("http://", "http://user:pw@") + "/", {}, None)
+
+    asyncio.run(main())
+    assert seen == [b"GET /v1/models/my%20model%20%C3%A9?q=a%20b&x=%2F HTTP/1.1"]

@@ -185,3 +185,54 @@ def test_request_head_defaults_the_callers_headers_win_and_a_body_has_its_length
 def test_a_line_break_in_a_header_is_refused(headers: dict[str, str]):
     with pytest.raises(ValueError, match="line break"):
         request_head("GET", "/", "h", headers, None)
+
+
+def test_the_heads_end_does_not_depend_on_how_the_reads_split_it():
+    # a bare-LF head whose body holds a CRLF blank line; and a head ending LF CR LF
+    for raw, body in [
+        (b"HTTP/1.1 200 OK\nContent-Length: 9\n\nab\r\n\r\ncde", b"ab\r\n\r\ncde"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\r\nok", b"ok"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\n\r\n\r\n", b"\r\n\r\n"),
+    ]:
+        for cut in range(1, len(raw)):
+            p = parse([raw[:cut], raw[cut:]])
+            assert (p.status, b"".join(p.body), p.done) == (200, body, True), (raw, cut)
+
+
+def test_many_folded_lines_are_read_in_order_and_too_many_lines_refused():
+    lines = b"".join(b"X-%d: a\r\n b\r\n" % i for i in range(400))
+    p = parse([b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 0\r\n\r\n"])
+    assert len(p.headers) == 401 and p.headers["x-399"] == "a b"
+    with pytest.raises(BadHead, match="header lines"):
+        parse([b"HTTP/1.1 200 OK\r\n" + b"X: a\r\n" * 1200 + b"\r\n"])
+
+
+@pytest.mark.parametrize(
+    "status_line", [b"HTTP/1.1 099 Early", b"HTTP/1.1 \xc2\xb200 OK", b"HTTP/1.1 \xd9\xa200 OK"]
+)
+def test_a_status_that_is_not_three_ascii_digits_from_100_is_refused(status_line: bytes):
+    with pytest.raises(BadHead):
+        parse([status_line + b"\r\nContent-Length: 5\r\n\r\nhello"])
+
+
+def test_transfer_codings_are_read_across_fields_and_two_framings_end_the_connection():
+    p = parse(
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\nab"]
+    )
+    assert not p.done and not p.keep_alive  # gzip is last: to the connection's end
+    p.eof()
+    assert b"".join(p.body) == b"ab"
+    p = parse([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+               b"2\r\nok\r\n0\r\n\r\n"])  # fmt: skip
+    assert p.done and b"".join(p.body) == b"ok" and not p.keep_alive
+
+
+def test_chunk_sizes_with_many_leading_zeros_are_read():
+    p = parse(
+        [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"0" * 20
+            + b"2\r\nok\r\n0\r\n\r\n"
+        ]
+    )
+    assert p.done and p.body == [b"ok"]
