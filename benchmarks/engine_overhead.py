@@ -675,6 +675,8 @@ def accuracy(tmp: Path, a: argparse.Namespace, out: list[str]) -> None:
     from loadkit.server.process import start_server_process
 
     cfg = {
+        # the OpenAI layout: the bare loop posts to <base>/chat/completions
+        "server": {"api": "openai"},
         "tiers": {
             "bench": {"requests": 10_000_000, "window_s": 60.0, "concurrency": 100_000, "keys": 1}
         },

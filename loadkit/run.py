@@ -18,11 +18,15 @@ from loadkit import __version__
 from loadkit.api import TargetApi
 from loadkit.engine.worker_plan import WorkerPlan, available_cores, default_workers, split_plan
 from loadkit.records import RecordWriter, RequestRecord, record_writer, shifted
-from loadkit.runmeta import Clock, RunMeta, WorkerInfo, fingerprint, new_run_id
+from loadkit.runmeta import Clock, Origin, RunMeta, WorkerInfo, fingerprint, new_run_id
 from loadkit.scenario import EMBEDDED, Key, Scenario, ScenarioError, load_scenario, resolve_keys
 from loadkit.stop_signals import stop_signals
 
 DEFAULT_SCENARIO = "default.toml"
+
+# The single-process engine's t=0 this long after it is ready: run.json is written with the
+# new origin first (a killed run's records and run.json agree).
+START_LEAD_S = 0.005
 
 
 def builtin_scenario(name: str = DEFAULT_SCENARIO) -> Scenario:
@@ -358,6 +362,17 @@ def _run_async(
     from loadkit.engine.async_engine import run_engine
 
     worker = "async-0"
+
+    def start() -> None:
+        # t=0 is when the load begins. The pre-flight check, opening the record files
+        # (pyarrow's import) and the event loop's start came before it: kept on the old
+        # origin, the arrivals scheduled meanwhile would all leave at once, a burst the
+        # scenario never asked for (seconds of arrivals against a slow target).
+        origin = Origin.now(START_LEAD_S)
+        clock.mono_anchor_ns = meta.mono_anchor_ns = origin.mono_ns
+        clock.wall_anchor = meta.started_unix = origin.wall
+        meta.write(out_dir)
+
     with record_writer(out_dir / f"records-{worker}.jsonl", scenario.parquet_twins) as writer:
         info = WorkerInfo(worker)
         try:
@@ -370,6 +385,7 @@ def _run_async(
                 meta.run_id,
                 progress=progress,
                 api=target.api,
+                on_start=start,
             )
             meta.interrupted = res.interrupted
             meta.stop_reason = res.stop_reason

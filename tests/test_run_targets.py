@@ -169,3 +169,46 @@ def test_the_asyncio_engines_http_client_is_refused_by_name_under_locust(tmp_pat
     assert res.returncode == 2
     assert "[target] http_client = 'loadkit'" in res.stderr and "--engine async" in res.stderr
     assert not out.exists()
+
+
+def test_the_load_starts_on_schedule_after_a_slow_preflight(tmp_path):
+    """The run's t=0 is when the load begins: arrivals scheduled while the pre-flight check
+    waited on a slow target do not leave at once when it ends."""
+    slow = {
+        "id": "slow",
+        "context_length": 8192,
+        "capabilities": ["chat", "completion"],
+        "ttft_ms": 1500.0,
+        "prefill_ms_per_token": 0.0,
+        "ttft_jitter_ms": 0.0,
+        "itl_ms": 1.0,
+        "itl_jitter_ms": 0.0,
+        "decode_capacity_tps": 0,
+    }
+    config = {
+        "tiers": {"bench": {"requests": 100_000, "window_s": 60.0, "concurrency": 1000, "keys": 1}},
+        "models": [slow],
+    }
+    out = tmp_path / "run"
+    with ServerThread(config=config) as srv:
+        res = run(
+            [
+                str(scenario(tmp_path, rate=10.0, duration=1.0, model="slow")),
+                "--target",
+                srv.base_url,
+                "--out",
+                str(out),
+            ],
+            srv.key(srv.labels("bench")[0]),
+        )
+    # exit 1: the server admits more than the scenario's 3 concurrent (not this test's point)
+    assert res.returncode in (0, 1), res.stderr
+    recs = [r for f in out.glob("records-*.jsonl") for r in lines(f)]
+    probes = [r for r in recs if r["worker"] == "preflight"]
+    load = sorted((r for r in recs if r["worker"] != "preflight"), key=lambda r: r["scheduled_s"])
+    # the check took seconds (a 1.5 s TTFT per probe), all before the run's t=0
+    assert probes and all(r["end_s"] < 0 for r in probes)
+    assert min(r["send_s"] for r in probes) < -2.5
+    assert len(load) == 10
+    # on time: before the fix the first arrivals left seconds late, together
+    assert max(r["send_s"] - r["scheduled_s"] for r in load[:3]) < 0.5

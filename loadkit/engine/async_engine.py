@@ -19,7 +19,7 @@ import random
 import signal
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -154,6 +154,7 @@ class AsyncEngine:
         trace_limits: TraceLimits = DEFAULT_LIMITS,
         watch: FailureWatch | None = None,
         pairs: Sequence[tuple[int, Key, LoadSpec]] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         """``wake_early_s``: how long before a scheduled send to stop sleeping and spin
         (0 on a loop whose timers are exact, such as the tests' virtual-time loop).
@@ -162,7 +163,9 @@ class AsyncEngine:
         SIGINT, SIGTERM and SIGHUP stop the run while it lasts (when on the main thread).
         ``watch``: decides when a target that fails everything ends the run.
         ``pairs``: the (plan index, key, load phase) pairs this engine drives, when it
-        drives only part of the run's plan (one worker of several); None: the whole plan."""
+        drives only part of the run's plan (one worker of several); None: the whole plan.
+        ``on_start``: called once the transport is open, just before the load begins (the
+        run re-anchors its t=0 there)."""
         self.scenario = scenario
         self.keys = keys
         self.base_url = base_url.rstrip("/")
@@ -178,6 +181,7 @@ class AsyncEngine:
         self.trace_limits = trace_limits
         self.watch = watch if watch is not None else FailureWatch()
         self.pairs = pairs
+        self.on_start = on_start
         self.result = EngineResult()
         self._seq = 0
         self._inflight: set[asyncio.Future[Any]] = set()  # open-loop requests, users
@@ -201,6 +205,8 @@ class AsyncEngine:
         try:
             await self.transport.open()
             try:
+                if self.on_start is not None:
+                    self.on_start()
                 await self._run_load()
             finally:
                 await self.transport.close()
@@ -643,11 +649,21 @@ def run_engine(
     run_id: str,
     progress: bool = True,
     api: TargetApi | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> EngineResult:
     """Run the asyncio engine to completion in a fresh event loop. ``api``: the target's
-    resolved layout and auth style (None: ``scenario.target.target_api(os.environ)``)."""
+    resolved layout and auth style (None: ``scenario.target.target_api(os.environ)``).
+    ``on_start``: called just before the load begins (see :class:`AsyncEngine`)."""
     engine = AsyncEngine(
-        scenario, keys, base_url, writer, clock, run_id, progress=progress, api=api
+        scenario,
+        keys,
+        base_url,
+        writer,
+        clock,
+        run_id,
+        progress=progress,
+        api=api,
+        on_start=on_start,
     )
     # Records and traces are acyclic: fewer, later collections keep GC pauses out of the
     # timings without letting memory grow.
