@@ -222,8 +222,14 @@ def _engine(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     clock = Clock()
     # arm "engine-no-twin": the record file without its Parquet twin (section ``twin``)
     twin = {"twin_block_bytes": None} if spec.get("no_twin") else {}
+
+    def start() -> None:  # t=0 when the load begins, as loadkit run sets it
+        clock.mono_anchor_ns, clock.wall_anchor = time.perf_counter_ns(), time.time()
+
     with RecordWriter(path, **twin) as writer:
-        run_engine(scenario, keys, spec["url"], writer, clock, "bench", progress=False)
+        run_engine(
+            scenario, keys, spec["url"], writer, clock, "bench", progress=False, on_start=start
+        )
     recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     statuses = Counter(r["status"] for r in recs)
     errors = Counter(r["transport_error"] for r in recs if r["transport_error"])
