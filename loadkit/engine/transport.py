@@ -3,8 +3,9 @@
 A transport delivers events in order — the status and headers when they arrive, then the
 body bytes as they arrive — and the engine stamps each on its own clock. A failure below
 HTTP is raised as one of the typed errors here; the engine alone turns them into a record's
-``transport_error``. Implementations: ``aiohttp_transport`` (sockets) and, for tests, an
-in-memory scripted one (``tests/engine/scripted.py``).
+``transport_error``. Implementations: ``http1_transport`` (loadkit's own HTTP/1.1 client,
+the default), ``aiohttp_transport`` (``[target] http_client = "aiohttp"``) and, for tests,
+an in-memory scripted one (``tests/engine/scripted.py``).
 """
 
 from __future__ import annotations
