@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
@@ -16,6 +15,7 @@ from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 
 from loadkit.engine.transport import (
+    ClientConfig,
     Incomplete,
     Milestones,
     Refused,
@@ -24,18 +24,6 @@ from loadkit.engine.transport import (
     TimedOut,
     TransportError,
 )
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """HTTP client settings, all explicit: a load tool that inherits a library's
-    connection cap or total timeout measures itself, not the target."""
-
-    connect_timeout_s: float = 10.0
-    request_timeout_s: float = 600.0
-    read_timeout_s: float = 120.0
-    read_bufsize: int = 1 << 20  # aiohttp's 64 KiB default throttles long bodies
-
 
 # What aiohttp raises for a failed exchange; anything else is a bug and propagates as is.
 _FAILURES = (TimeoutError, aiohttp.ClientError, ConnectionError)

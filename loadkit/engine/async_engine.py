@@ -27,10 +27,11 @@ from loadkit import records as R
 from loadkit.api import TargetApi
 from loadkit.arrivals import arrivals
 from loadkit.engine import stop_signals
-from loadkit.engine.aiohttp_transport import AiohttpTransport, ClientConfig
+from loadkit.engine.aiohttp_transport import AiohttpTransport
 from loadkit.engine.gates import Latch, Slots
 from loadkit.engine.http1_transport import Http1Transport
 from loadkit.engine.transport import (
+    ClientConfig,
     Incomplete,
     Refused,
     Reset,

@@ -22,8 +22,8 @@ from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
-from loadkit.engine.aiohttp_transport import ClientConfig
 from loadkit.engine.transport import (
+    ClientConfig,
     Incomplete,
     Milestones,
     Refused,

@@ -12,7 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """A transport's settings, all explicit: a load tool that inherits a library's
+    connection cap or total timeout measures itself, not the target."""
+
+    connect_timeout_s: float = 10.0
+    request_timeout_s: float = 600.0
+    read_timeout_s: float = 120.0
+    read_bufsize: int = 1 << 20  # unread body bytes before reading pauses (aiohttp: 64 KiB)
 
 
 class TransportError(Exception):

@@ -11,9 +11,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from loadkit.engine.aiohttp_transport import ClientConfig
 from loadkit.engine.http1_transport import Http1Transport
-from loadkit.engine.transport import Reset, TimedOut
+from loadkit.engine.transport import ClientConfig, Reset, TimedOut
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -14,8 +14,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from loadkit.engine.aiohttp_transport import ClientConfig
-from loadkit.engine.transport import Incomplete, Refused, Reset, TimedOut, Transport
+from loadkit.engine.transport import ClientConfig, Incomplete, Refused, Reset, TimedOut, Transport
 from tests.engine.conftest import CLIENTS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
