@@ -1,4 +1,4 @@
-"""The token pump: a stream's steps written from event-loop timer callbacks, for the
+"""The token pump: a stream's steps written from callbacks of the loop's pacer, for the
 common stream (timed, no fault due, each step cheap enough to render inline).
 
 A coroutine that sleeps to each deadline costs, per token, a future, a task wake-up and
@@ -6,7 +6,7 @@ a resume through every frame between aiohttp's request handler and the stream, a
 aiohttp's write adds three more coroutines before the transport. With hundreds of
 streams that is most of the server's CPU per token; the pump's callback renders the step
 and hands it to the transport itself (with aiohttp's HTTP/1.1 chunk framing), so a token
-costs one timer and one write. The handler awaits the pump once, and again only when the
+costs a place in the pacer's heap and one write. The handler awaits the pump once, and again only when the
 socket pushes back (it drains, then restarts the pump).
 
 The pump starts after the stream's first write went through aiohttp (the response head
@@ -15,8 +15,9 @@ lateness measured at the hand-off, one write per pass of the event loop when lat
 late stream's write carries every step already due (up to ``MAX_BATCH``): a server that
 fell behind catches up with fewer writes instead of falling further behind.
 
-Every pump on a loop is woken by the loop's one ``Pacer`` (``loadkit.server.pacer``): no
-timer handle per token, and no token before its deadline on either event loop."""
+Every pump on a loop is woken by the loop's one ``Pacer`` (``loadkit.server.pacer``): one
+timer wake-up serves every stream due in its slot, no timer handle per token, and no
+token leaves before its deadline on either event loop."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from collections.abc import Callable
 
 from aiohttp.abc import AbstractStreamWriter
 
-from loadkit.server.pacer import Pacer, pacer
+from loadkit.server.pacer import pacer
 from loadkit.server.responses import LiveStream
 from loadkit.server.stats import LatenessRing
 
@@ -55,7 +56,6 @@ class Pump:
         next_itl: Callable[[], int],
         lateness: LatenessRing,
         on_written: Callable[[int], None],
-        pacer_: Pacer | None = None,
     ) -> None:
         self.live = live
         self.deadline = deadline  # the next step's, on the perf_counter_ns clock
@@ -66,7 +66,7 @@ class Pump:
         self._lateness = lateness
         self._on_written = on_written
         self._loop = asyncio.get_running_loop()
-        self._pacer = pacer_ or pacer()
+        self._pacer = pacer()
         self._fut: asyncio.Future[str] | None = None
         self._ticket: int | None = None
         self._tick_cb = self._tick
