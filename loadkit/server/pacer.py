@@ -206,6 +206,22 @@ class Pacer:
             self._arm()
         return seq
 
+    async def sleep_until(self, deadline_ns: int) -> None:
+        """``asyncio.sleep`` to an absolute deadline, never waking before it."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        ticket = self.at(deadline_ns, wake)
+        try:
+            await fut
+        finally:
+            if not fut.done():  # cancelled while waiting
+                self.cancel(ticket)
+
     def cancel(self, ticket: int) -> None:
         """The callback of ``ticket`` will not run (a ticket already run: no effect)."""
         for _, seq, _ in self._heap:

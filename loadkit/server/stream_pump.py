@@ -6,8 +6,8 @@ a resume through every frame between aiohttp's request handler and the stream, a
 aiohttp's write adds three more coroutines before the transport. With hundreds of
 streams that is most of the server's CPU per token; the pump's callback renders the step
 and hands it to the transport itself (with aiohttp's HTTP/1.1 chunk framing), so a token
-costs a place in the pacer's heap and one write. The handler awaits the pump once, and again only when the
-socket pushes back (it drains, then restarts the pump).
+costs a place in the pacer's heap and one write. The handler awaits the pump once, and
+again only when the socket pushes back (it drains, then restarts the pump).
 
 The pump starts after the stream's first write went through aiohttp (the response head
 is then on the wire), and keeps what the coroutine path keeps: absolute deadlines,

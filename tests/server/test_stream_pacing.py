@@ -59,7 +59,7 @@ async def _post(host: str, port: int, path: str, key: str, body: dict[str, Any])
 
 @pytest.mark.parametrize("factory", _loops())
 def test_concurrent_streams_arrive_whole_and_never_early(factory: Callable[[], Any]) -> None:
-    cfg = {"models": [{"id": "m", "itl_ms": ITL_MS, "context_length": 100_000}]}
+    cfg = {"models": [{"id": "m", "ttft_ms": 3, "itl_ms": ITL_MS, "context_length": 100_000}]}
 
     async def main() -> tuple[list[list[str]], list[str], list[int], int]:
         async with running_server(cfg) as srv:
