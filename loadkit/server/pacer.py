@@ -207,27 +207,20 @@ class Pacer:
         return seq
 
     async def sleep_until(self, deadline_ns: int) -> None:
-        """``asyncio.sleep`` to an absolute deadline, never waking before it."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        """``asyncio.sleep`` to an absolute deadline, never waking before it (cancelled,
+        its entry stays until its deadline and then does nothing)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def wake() -> None:
             if not fut.done():
                 fut.set_result(None)
 
-        ticket = self.at(deadline_ns, wake)
-        try:
-            await fut
-        finally:
-            if not fut.done():  # cancelled while waiting
-                self.cancel(ticket)
+        self.at(deadline_ns, wake)
+        await fut
 
     def cancel(self, ticket: int) -> None:
-        """The callback of ``ticket`` will not run (a ticket already run: no effect)."""
-        for _, seq, _ in self._heap:
-            if seq == ticket:
-                self._cancelled.add(ticket)
-                break
+        """The callback of ``ticket``, scheduled and not run yet, will not run."""
+        self._cancelled.add(ticket)
         if not self._waking:
             self._arm()
 
