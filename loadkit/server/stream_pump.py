@@ -136,6 +136,6 @@ class Pump:
             elif t.get_write_buffer_size() > DRAIN_BYTES:
                 fut.set_result(DRAIN)
             else:
-                self._schedule()
+                self._ticket = self._pacer.at(self.deadline, self._tick_cb)
         except Exception as e:  # to the handler, which owns the response
             fut.set_exception(e)
