@@ -5,7 +5,12 @@ next deadline (every ITL, phases spread evenly) and hand a fixed ~190-byte SSE c
 generation. A forked reader on another CPU drains the K sockets. The process is pinned
 to one CPU; CPU time per token does not depend on the share of it the process got.
 
+``--wakes sleep,pacer``: each stream a coroutine sleeping to its deadlines (one loop
+timer per token), or a callback of the server's pacer (one heap and one timer for all
+streams, ``loadkit.server.pacer``), as the server's token pump is.
+
     .venv/bin/python benchmarks/server_floor.py --ks 100,500 --loops asyncio,uvloop
+    .venv/bin/python benchmarks/server_floor.py --ks 500,1500 --loops uvloop --wakes sleep,pacer
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import machine  # noqa: E402
+
+from loadkit.server.pacer import Pacer  # noqa: E402
 
 CHUNK = b"b9\r\n" + b"data: " + b"x" * 175 + b"\n\n\r\n"
 
@@ -45,7 +52,9 @@ def _reader(port: int, k: int, cpu: int | None) -> None:
     os._exit(0)
 
 
-async def _serve(ls: socket.socket, k: int, itl_ns: int, seconds: float) -> tuple[float, int]:
+async def _serve(
+    ls: socket.socket, k: int, itl_ns: int, seconds: float, wake: str
+) -> tuple[float, int]:
     loop = asyncio.get_running_loop()
     ls.setblocking(False)
     transports = []
@@ -66,16 +75,45 @@ async def _serve(ls: socket.socket, k: int, itl_ns: int, seconds: float) -> tupl
             t.write(CHUNK)
             tokens += 1
 
+    def paced(p: Pacer, t: Any, i: int, left: list[int]) -> None:
+        deadline = time.perf_counter_ns() + i * itl_ns // k
+        end = time.perf_counter_ns() + int(seconds * 1e9)
+
+        def tick() -> None:
+            nonlocal deadline, tokens
+            t.write(CHUNK)
+            tokens += 1
+            deadline += itl_ns
+            if deadline < end:
+                p.at(deadline, tick)
+            else:
+                left[0] -= 1
+                if not left[0]:
+                    finished.set()
+
+        deadline += itl_ns
+        p.at(deadline, tick)
+
+    finished = asyncio.Event()
     c0 = time.process_time()
-    await asyncio.gather(*(stream(t, i) for i, t in enumerate(transports)))
+    if wake == "pacer":
+        p, left = Pacer(loop), [k]
+        for i, t in enumerate(transports):
+            paced(p, t, i, left)
+        await finished.wait()
+    else:
+        await asyncio.gather(*(stream(t, i) for i, t in enumerate(transports)))
     cpu = time.process_time() - c0
     for t in transports:
         t.close()
     return cpu, tokens
 
 
-def one(k: int, loop_name: str, itl_ms: float, seconds: float, cpus: tuple[int, int]) -> float:
-    """CPU µs per token of the bare server with ``k`` streams on ``loop_name``."""
+def one(
+    k: int, loop_name: str, wake: str, itl_ms: float, seconds: float, cpus: tuple[int, int]
+) -> float:
+    """CPU µs per token of the bare server with ``k`` streams on ``loop_name``, woken by
+    ``wake`` (``sleep`` or ``pacer``)."""
     ls = socket.socket()
     ls.bind(("127.0.0.1", 0))
     ls.listen(4096)
@@ -84,7 +122,7 @@ def one(k: int, loop_name: str, itl_ms: float, seconds: float, cpus: tuple[int, 
     pid = os.fork()
     if pid == 0:
         _reader(port, k, cpus[1] if cpus[1] in avail else None)
-    main = _serve(ls, k, round(itl_ms * 1e6), seconds)
+    main = _serve(ls, k, round(itl_ms * 1e6), seconds, wake)
     runner: Callable[[Coroutine[Any, Any, tuple[float, int]]], tuple[float, int]] = asyncio.run
     if loop_name == "uvloop":
         import uvloop
@@ -102,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ks", default="100,500")
     p.add_argument("--loops", default="asyncio,uvloop")
+    p.add_argument("--wakes", default="sleep", help="sleep, pacer, or both: sleep,pacer")
     p.add_argument("--itl-ms", type=float, default=20.0)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--reps", type=int, default=2)
@@ -112,15 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if a.server_cpu in os.sched_getaffinity(0):
         os.sched_setaffinity(0, {a.server_cpu})
-    print("| K streams | loop | CPU µs per token (each repetition) |")
-    print("|---|---|---|")
+    print("| K streams | loop | wake-ups | CPU µs per token (each repetition) |")
+    print("|---|---|---|---|")
     for k in (int(x) for x in a.ks.split(",")):
         for name in a.loops.split(","):
-            runs = [
-                one(k, name, a.itl_ms, a.seconds, (a.server_cpu, a.client_cpu))
-                for _ in range(a.reps)
-            ]
-            print(f"| {k} | {name} | {', '.join(f'{r:.1f}' for r in runs)} |", flush=True)
+            for wake in a.wakes.split(","):
+                runs = [
+                    one(k, name, wake, a.itl_ms, a.seconds, (a.server_cpu, a.client_cpu))
+                    for _ in range(a.reps)
+                ]
+                each = ", ".join(f"{r:.1f}" for r in runs)
+                print(f"| {k} | {name} | {wake} | {each} |", flush=True)
     return 0
 
 

@@ -23,6 +23,7 @@ from loadkit.server.billing import Hold
 from loadkit.server.config import ModelConfig
 from loadkit.server.latency import fixed_itl_ns, itl_ns, ttft_ns
 from loadkit.server.limits import check_output
+from loadkit.server.pacer import pacer
 from loadkit.server.responses import (
     LiveStream,
     Plan,
@@ -282,7 +283,7 @@ async def _stream(
         written += tokens
         st.counters.tokens_written += tokens
 
-    # The common stream goes to the timer-driven pump once its first write is out.
+    # The common stream goes to the pacer-driven pump once its first write is out.
     pumped = timed and inline and not faulty
     lateness = st.counters.lateness
     clock = time.perf_counter_ns
@@ -306,9 +307,8 @@ async def _stream(
                 deadline += next_itl()
             if faulty and f.due(f.stall_after, step, last):
                 deadline += f.stall_ns
-            now = clock()
-            if (timed or f.stall_after is not None) and deadline > now:
-                await asyncio.sleep((deadline - now) / _NS)
+            if (timed or f.stall_after is not None) and deadline > clock():
+                await pacer().sleep_until(deadline)  # a loop timer may wake it early
             else:
                 # Late (or untimed): still one step per pass of the event loop. aiohttp's
                 # write returns without yielding until the socket pushes back, so a late
