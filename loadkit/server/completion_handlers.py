@@ -227,9 +227,8 @@ async def _wait_schedule(
                 deadline += itl_ns(prof, st.active[model.id], st.rng)
             if f.due(f.stall_after, step, step == plan.steps - 1):
                 deadline += f.stall_ns
-            delay = deadline - time.perf_counter_ns()
-            if delay > 0:
-                await asyncio.sleep(delay / _NS)
+            if deadline > time.perf_counter_ns():
+                await pacer().sleep_until(deadline)  # never early, on uvloop too
             elif step % 256 == 255:
                 await asyncio.sleep(0)  # running late: still let others in
     finally:

@@ -97,3 +97,48 @@ def test_concurrent_streams_arrive_whole_and_never_early(factory: Callable[[], A
     assert len(lateness) == STREAMS * TOKENS
     early = [ns for ns in lateness if ns < 0]
     assert not early, f"{len(early)} tokens handed over before their deadline"
+
+
+@pytest.mark.parametrize("factory", _loops())
+def test_a_non_stream_answer_never_leaves_before_its_last_token_is_due(
+    factory: Callable[[], Any], tmp_path: Any
+) -> None:
+    ttft_ms, itl_ms, tokens = 3.0, 1.5, 30
+    cfg = {
+        "models": [
+            {
+                "id": "m",
+                "ttft_ms": ttft_ms,
+                "itl_ms": itl_ms,
+                "ttft_jitter_ms": 0.0,
+                "itl_jitter_ms": 0.0,
+                "prefill_ms_per_token": 0.0,
+                "decode_capacity_tps": 0,
+                "context_length": 100_000,
+            }
+        ]
+    }
+    due_ns = round((ttft_ms + (tokens - 1) * itl_ms) * 1e6)  # from admission
+    truth = tmp_path / "truth.jsonl"
+
+    async def main() -> None:
+        async with running_server(cfg, truth_path=truth) as srv:
+            u = urlsplit(srv.base_url)
+            host, port = u.hostname or "127.0.0.1", u.port or 80
+            path = f"{u.path}/ai/completions"
+            key = srv.key("enterprise-1")
+
+            async def one(i: int) -> None:
+                body = {"model": "m", "prompt": f"plain {i}", "max_tokens": tokens, "seed": i}
+                answer = json.loads(await _post(host, port, path, key, body))
+                assert answer["usage"]["completion_tokens"] == tokens
+
+            await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(40))), 30)
+
+    with asyncio.Runner(loop_factory=factory) as r:
+        r.run(main())
+    lines = [json.loads(x) for x in truth.read_text().splitlines()]
+    took = [r["finish_ns"] - r["admitted_ns"] for r in lines if r.get("admitted_ns")]
+    assert len(took) == 40
+    early = [t for t in took if t < due_ns]
+    assert not early, f"{len(early)} answers left up to {(due_ns - min(early)) / 1e6:.2f} ms early"
