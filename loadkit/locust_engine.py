@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from loadkit.records import record_files
-from loadkit.runmeta import RUN_FILE, Clock, RunMeta, read_run_meta
+from loadkit.runmeta import RUN_FILE, Clock, RunMeta, read_run_meta, start_at
 from loadkit.scenario import Key, Scenario, plan, scenario_to_dict
 
 STARTUP_MARGIN_S = 60  # Locust's --run-time safety net beyond the schedule and its drain
@@ -192,8 +192,7 @@ def _adopt(out_dir: Path, clock: Clock, meta: RunMeta) -> None:
         return
     if master.run_id != meta.run_id:
         return
-    clock.mono_anchor_ns = meta.mono_anchor_ns = master.mono_anchor_ns
-    clock.wall_anchor = meta.started_unix = master.started_unix
+    start_at(clock, meta, master.mono_anchor_ns, master.started_unix)
     meta.workers = master.workers
     if not meta.interrupted and master.stop_reason:
         meta.stop_reason = master.stop_reason

@@ -18,7 +18,7 @@ from loadkit import __version__
 from loadkit.api import TargetApi
 from loadkit.engine.worker_plan import WorkerPlan, available_cores, default_workers, split_plan
 from loadkit.records import RecordWriter, RequestRecord, record_writer, shifted
-from loadkit.runmeta import Clock, Origin, RunMeta, WorkerInfo, fingerprint, new_run_id
+from loadkit.runmeta import Clock, Origin, RunMeta, WorkerInfo, fingerprint, new_run_id, start_at
 from loadkit.scenario import EMBEDDED, Key, Scenario, ScenarioError, load_scenario, resolve_keys
 from loadkit.stop_signals import stop_signals
 
@@ -369,8 +369,7 @@ def _run_async(
         # origin, the arrivals scheduled meanwhile would all leave at once, a burst the
         # scenario never asked for (seconds of arrivals against a slow target).
         origin = Origin.now(START_LEAD_S)
-        clock.mono_anchor_ns = meta.mono_anchor_ns = origin.mono_ns
-        clock.wall_anchor = meta.started_unix = origin.wall
+        start_at(clock, meta, origin.mono_ns, origin.wall)
         meta.write(out_dir)
 
     with record_writer(out_dir / f"records-{worker}.jsonl", scenario.parquet_twins) as writer:

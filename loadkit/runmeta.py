@@ -37,6 +37,13 @@ class Clock:
         return (time.perf_counter_ns() - self.mono_anchor_ns) / 1e9
 
 
+def start_at(clock: Clock, meta: RunMeta, mono_ns: int, wall: float) -> None:
+    """Make ``mono_ns`` / ``wall`` the run's t=0, for this process's clock and run.json
+    alike (the caller writes run.json)."""
+    clock.mono_anchor_ns = meta.mono_anchor_ns = mono_ns
+    clock.wall_anchor = meta.started_unix = wall
+
+
 @dataclass(frozen=True)
 class Origin:
     """t=0 of a run as the process that decided it saw it: its wall clock, its monotonic

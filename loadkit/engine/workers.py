@@ -31,7 +31,7 @@ from typing import Protocol
 from loadkit.engine import stop_signals
 from loadkit.engine import worker_link as link
 from loadkit.engine.worker_plan import WorkerPlan, WorkerShare
-from loadkit.runmeta import Clock, Origin, RunMeta, WorkerInfo
+from loadkit.runmeta import Clock, Origin, RunMeta, WorkerInfo, start_at
 from loadkit.scenario import Key, Scenario, scenario_to_dict
 
 READY_TIMEOUT_S = 60.0  # a worker imports aiohttp and the engine: seconds on a busy machine
@@ -103,8 +103,7 @@ def run_workers(
             origin = Origin.now(START_LEAD_S)
             for w in workers:
                 link.send(w.control, link.GO, origin=origin.to_dict())
-            clock.mono_anchor_ns = meta.mono_anchor_ns = origin.mono_ns
-            clock.wall_anchor = meta.started_unix = origin.wall
+            start_at(clock, meta, origin.mono_ns, origin.wall)
             meta.write(out_dir)
             _follow(workers, scenario, clock, meta, caught, progress)
         finally:

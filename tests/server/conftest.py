@@ -87,3 +87,30 @@ def sse_events(data: bytes) -> list[str]:
         assert block.startswith("data: "), block
         out.append(block[len("data: ") :])
     return out
+
+
+def loop_factories() -> list[Any]:
+    """``pytest.param`` per event loop the server runs on: asyncio's own, and uvloop's
+    (skipped when it is not installed)."""
+    import asyncio
+
+    out: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        out.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("no uvloop")))
+    else:
+        out.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
+    return out
+
+
+def unchunk(framed: bytes) -> bytes:
+    """A body sent with HTTP/1.1 chunked framing, the framing removed."""
+    body = b""
+    while framed:
+        size, _, rest = framed.partition(b"\r\n")
+        length = int(size, 16)
+        body, framed = body + rest[:length], rest[length + 2 :]
+        if length == 0:
+            break
+    return body

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from loadkit.server.pacer import Pacer, pacer
+from tests.server.conftest import loop_factories
 
 
 class FakeClock:
@@ -106,23 +107,12 @@ def test_a_cancelled_callback_never_runs(loop: Any) -> None:
     assert p.pending == 0 and not p.timer_open
 
 
-def _loops() -> list[Any]:
-    out: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        out.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("no uvloop")))
-    else:
-        out.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return out
-
-
 def _run(factory: Callable[[], Any], main: Coroutine[Any, Any, Any]) -> Any:
     with asyncio.Runner(loop_factory=factory) as r:
         return r.run(main)
 
 
-@pytest.mark.parametrize("factory", _loops())
+@pytest.mark.parametrize("factory", loop_factories())
 @pytest.mark.parametrize("timerfd", [True, False], ids=["timerfd", "loop-timer"])
 def test_on_a_running_loop_every_callback_runs_once_never_early(
     factory: Callable[[], Any], timerfd: bool

@@ -14,22 +14,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from loadkit.server.testing import running_server
-from tests.server.conftest import sse_events
+from tests.server.conftest import loop_factories, sse_events, unchunk
 
 STREAMS = 40
 TOKENS = 30
 ITL_MS = 1.5
-
-
-def _loops() -> list[Any]:
-    out: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        out.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("no uvloop")))
-    else:
-        out.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return out
 
 
 async def _post(host: str, port: int, path: str, key: str, body: dict[str, Any]) -> bytes:
@@ -45,19 +34,10 @@ async def _post(host: str, port: int, path: str, key: str, body: dict[str, Any])
     writer.close()
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
-    if b"chunked" not in head.lower():
-        return rest
-    body_bytes = b""
-    while rest:  # undo HTTP/1.1 chunked framing
-        size, _, rest = rest.partition(b"\r\n")
-        length = int(size, 16)
-        body_bytes, rest = body_bytes + rest[:length], rest[length + 2 :]
-        if length == 0:
-            break
-    return body_bytes
+    return unchunk(rest) if b"chunked" in head.lower() else rest
 
 
-@pytest.mark.parametrize("factory", _loops())
+@pytest.mark.parametrize("factory", loop_factories())
 def test_concurrent_streams_arrive_whole_and_never_early(factory: Callable[[], Any]) -> None:
     cfg = {"models": [{"id": "m", "ttft_ms": 3, "itl_ms": ITL_MS, "context_length": 100_000}]}
 
@@ -99,7 +79,7 @@ def test_concurrent_streams_arrive_whole_and_never_early(factory: Callable[[], A
     assert not early, f"{len(early)} tokens handed over before their deadline"
 
 
-@pytest.mark.parametrize("factory", _loops())
+@pytest.mark.parametrize("factory", loop_factories())
 def test_a_non_stream_answer_never_leaves_before_its_last_token_is_due(
     factory: Callable[[], Any], tmp_path: Any
 ) -> None:

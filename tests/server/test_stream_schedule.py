@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from loadkit.server.testing import running_server
+from tests.server.conftest import unchunk
 
 ITL_MS = 2
 BLOCK_S = 1.0  # the loop is held this long: every stream falls BLOCK_S / ITL behind
@@ -106,13 +107,7 @@ def test_a_client_that_reads_late_gets_the_whole_stream_intact() -> None:
     streamed, plain = asyncio.run(main())
     head, _, chunked = streamed.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
-    body = b""
-    while chunked:  # undo HTTP/1.1 chunked framing
-        size, _, rest = chunked.partition(b"\r\n")
-        length = int(size, 16)
-        body, chunked = body + rest[:length], rest[length + 2 :]
-        if length == 0:
-            break
+    body = unchunk(chunked)
     events = [e[len(b"data: ") :] for e in body.split(b"\n\n") if e]
     assert events[-1] == b"[DONE]" and len(events) == n * choices + 1
     texts = [""] * choices
